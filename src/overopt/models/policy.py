@@ -1,0 +1,75 @@
+"""Policies are plain transformers causal LMs; this module builds the lab's tiny ones and scores tokens."""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+
+from overopt.ops import entropy_from_logits, selective_log_softmax
+
+
+def tiny_llama(
+    tokenizer: PreTrainedTokenizerBase,
+    hidden_size: int,
+    num_layers: int,
+    num_heads: int,
+    max_positions: int,
+    seed: int,
+) -> LlamaForCausalLM:
+    """A from-scratch Llama-architecture LM sized for CPU experiments (weights drawn from `seed`)."""
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=4 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding: (B, L) mask -> (B, L) ids, 0 at the first real token."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def completion_logits(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int
+) -> torch.Tensor:
+    """Logits that predict each completion token: (B, P + T) sequence -> (B, T, V).
+
+    The token at position P + t is predicted by the logits at position P + t - 1.
+    """
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    )
+    return out.logits[:, prompt_len - 1 : -1]
+
+
+def completion_logprobs(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_len: int,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log π(y_t | x, y_<t) for every completion token (B, T), and optionally the entropy (B, T).
+
+    Logits are divided by the sampling temperature so the log-probs are those of the distribution
+    the completions were actually drawn from.
+    """
+    logits = completion_logits(model, input_ids, attention_mask, prompt_len).float() / temperature
+    logprobs = selective_log_softmax(logits, input_ids[:, prompt_len:])
+    entropy = entropy_from_logits(logits) if with_entropy else None
+    return logprobs, entropy

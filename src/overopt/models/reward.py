@@ -1,0 +1,65 @@
+"""Reward models: a transformers backbone + linear scalar head read at the last non-pad token.
+
+We use the stock `AutoModelForSequenceClassification` (num_labels=1) so RMs save and load with
+save_pretrained / from_pretrained like any Hugging Face RM, but we run the backbone and the head
+ourselves: SignCert-PO (arXiv 2604.02986) needs the final hidden state h and the head w of
+r(x, y) = wᵀh(x, y) + b, not only the score.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from transformers import AutoModelForSequenceClassification, PreTrainedModel
+
+from overopt.models.policy import position_ids_from_mask
+
+
+class RewardOutput(NamedTuple):
+    rewards: torch.Tensor  # (B,) scalar reward per sequence
+    hidden: torch.Tensor  # (B, H) final hidden state at the last non-pad token
+
+
+def reward_model_from_backbone(path: str | Path, seed: int) -> PreTrainedModel:
+    """An RM whose backbone is loaded from `path` (e.g. the SFT policy) and whose head is fresh.
+
+    The head init depends on `seed` only, so RM ensembles differ exactly where intended.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    return model
+
+
+def score_head(model: PreTrainedModel) -> torch.nn.Linear:
+    """The linear scalar head (`score` in Llama / Qwen2 / GPT-2 / GPT-NeoX classifiers)."""
+    head = getattr(model, "score", None)
+    if not isinstance(head, torch.nn.Linear) or head.out_features != 1:
+        raise ValueError(
+            f"{type(model).__name__} has no linear `score` head with one output; "
+            "a reward model must be a sequence-classification model with num_labels=1"
+        )
+    return head
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last non-pad token per row: (B, L) -> (B,). Works for left and right padding."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (positions * attention_mask.long()).argmax(dim=1)
+
+
+def reward_forward(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> RewardOutput:
+    """r(x, y) = wᵀh + b for a batch of full sequences (B, L) -> RewardOutput((B,), (B, H))."""
+    hidden_states = model.base_model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    ).last_hidden_state  # (B, L, H)
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+    h = hidden_states[rows, last_token_index(attention_mask)]  # (B, H)
+    return RewardOutput(score_head(model)(h).squeeze(-1), h)

@@ -1,0 +1,185 @@
+"""The lab protocol end to end (Gao et al., arXiv 2210.10760): SFT -> pairs -> proxy RM -> RL × methods × seeds.
+
+Shared stages (SFT, pairs, RM) are computed once per OUT and reused; each stage records the
+fingerprint of the configuration it was built from, so a changed configuration is refused instead
+of silently mixed with stale artifacts.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from datasets import load_from_disk
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+from overopt.config import ExperimentConfig, to_yaml
+from overopt.io import append_jsonl, atomic_write_text, fingerprint, read_json, replace_dir, write_json
+from overopt.methods import resolve_method
+from overopt.models.policy import tiny_llama
+from overopt.models.reward import reward_model_from_backbone
+from overopt.progress import StageProgress, console
+from overopt.sampling import pad_left
+from overopt.stages.evaluate import evaluate_policy
+from overopt.stages.pairs import sample_and_label_pairs
+from overopt.stages.rl import train_policy
+from overopt.stages.rm import train_reward_model
+from overopt.stages.sft import train_sft
+from overopt.testbeds import Testbed, make_testbed
+
+SAMPLE_BATCH = 256
+
+
+def _quiet_libraries() -> None:
+    """Our own progress bars say what is happening; silence the libraries' per-file bars and load reports."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+
+
+class StaleArtifactError(RuntimeError):
+    """An artifact in OUT was built from a different configuration."""
+
+
+def _stage_fingerprints(cfg: ExperimentConfig) -> dict[str, str]:
+    world = (cfg.testbed, cfg.summarize.model_dump(), cfg.seed)
+    sft = fingerprint(world, cfg.model.model_dump(), cfg.sft.model_dump())
+    pairs = fingerprint(sft, cfg.pairs.model_dump())
+    rm = fingerprint(pairs, cfg.rm.model_dump())
+    return {"sft": sft, "pairs": pairs, "rm": rm}
+
+
+def _finished(stage_dir: Path, expected: str) -> bool:
+    """True if the stage is complete and matches; raises if it was built from another config."""
+    marker = stage_dir / "stage.json"
+    if not marker.exists():
+        return False
+    found = read_json(marker).get("fingerprint")
+    if found != expected:
+        raise StaleArtifactError(
+            f"{stage_dir} was built from a different configuration; use a new --out or delete that directory"
+        )
+    return True
+
+
+def _run_stage(out: Path, name: str, fp: str, build) -> Path:
+    """Run `build(tmp_dir) -> metrics` unless finished; the result appears atomically at OUT/artifacts/name."""
+    final = out / "artifacts" / name
+    if _finished(final, fp):
+        console.print(f"[dim]reusing {final}[/dim]")
+        return final
+    tmp = out / "artifacts" / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    start = time.perf_counter()
+    with StageProgress(name) as progress:
+        metrics = build(tmp, progress)
+    write_json(tmp / "stage.json", {"stage": name, "fingerprint": fp, "wall_s": time.perf_counter() - start,
+                                    "metrics": metrics})
+    replace_dir(tmp, final)
+    return final
+
+
+def run_experiment(cfg: ExperimentConfig) -> dict:
+    """Run (or resume) every stage and every method × seed, then build the report."""
+    from overopt.report import build_report  # the report reads outputs only; imported at the end
+
+    _quiet_libraries()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", to_yaml(cfg))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    testbed = make_testbed(cfg)
+    tok = testbed.tokenizer
+    fps = _stage_fingerprints(cfg)
+    methods = {name: resolve_method(name, cfg.rl) for name in cfg.method_list}  # fail fast on bad names
+
+    # 1. SFT policy.
+    def build_sft(tmp: Path, progress: StageProgress) -> dict:
+        max_len = max(len(p) for p in testbed.prompts("eval", 1, cfg.seed)) + testbed.max_completion_tokens
+        policy = tiny_llama(tok, cfg.model.hidden_size, cfg.model.num_layers, cfg.model.num_heads,
+                            max_positions=max_len + 8, seed=cfg.seed)
+        corpus = testbed.sft_corpus(cfg.sft.n_examples, cfg.seed)
+        metrics = train_sft(policy, corpus, epochs=cfg.sft.epochs, batch_size=cfg.sft.batch_size, lr=cfg.sft.lr,
+                            eval_fraction=cfg.sft.eval_fraction, pad_id=tok.pad_token_id, seed=cfg.seed,
+                            progress=progress)
+        policy.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        return metrics
+
+    sft_dir = _run_stage(out, "sft", fps["sft"], build_sft)
+    sft_policy = AutoModelForCausalLM.from_pretrained(sft_dir).eval()
+
+    # 2-3. Gold-labelled pairs sampled from the SFT policy.
+    def build_pairs(tmp: Path, progress: StageProgress) -> dict:
+        torch.manual_seed(cfg.seed)
+        pairs, stats = sample_and_label_pairs(
+            sft_policy, testbed, testbed.prompts("train", cfg.pairs.n_prompts, cfg.seed + 1),
+            labeling=cfg.pairs.labeling, bt_temperature=cfg.pairs.bt_temperature, label_noise=cfg.pairs.label_noise,
+            drop_ties=cfg.pairs.drop_ties, seed=cfg.seed, batch_size=SAMPLE_BATCH, progress=progress,
+        )
+        split = pairs.train_test_split(test_size=cfg.pairs.heldout_fraction, seed=cfg.seed)
+        split.save_to_disk(str(tmp / "data"))
+        return stats
+
+    pairs_dir = _run_stage(out, "pairs", fps["pairs"], build_pairs)
+    pairs = load_from_disk(str(pairs_dir / "data"))
+
+    # 4. Proxy reward model (SFT backbone, fresh head).
+    def build_rm(tmp: Path, progress: StageProgress) -> dict:
+        rm = reward_model_from_backbone(sft_dir, seed=cfg.seed)
+        metrics = train_reward_model(rm, pairs["train"], pairs["test"], epochs=cfg.rm.epochs,
+                                     batch_size=cfg.rm.batch_size, lr=cfg.rm.lr, pad_id=tok.pad_token_id,
+                                     seed=cfg.seed, progress=progress)
+        rm.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        return metrics
+
+    rm_dir = _run_stage(out, "rm", fps["rm"], build_rm)
+    reward_model = AutoModelForSequenceClassification.from_pretrained(rm_dir).eval()
+
+    # 5. Policy optimisation for every method × seed, evaluated on held-out prompts.
+    eval_ids, eval_mask = pad_left(testbed.prompts("eval", cfg.eval.n_prompts, cfg.seed), tok.pad_token_id)
+    train_prompts = testbed.prompts("train", max(4 * cfg.rl.prompts_per_step, cfg.pairs.n_prompts), cfg.seed + 2)
+    for method, rl_cfg in methods.items():
+        for seed in range(cfg.seeds):
+            run_dir = out / "runs" / method / f"seed{seed}"
+            run_fp = fingerprint(fps["rm"], method, rl_cfg.model_dump(), cfg.eval.model_dump(), seed)
+            if _finished(run_dir, run_fp):
+                console.print(f"[dim]reusing {run_dir}[/dim]")
+                continue
+            shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run restarts from scratch
+            run_dir.mkdir(parents=True)
+            _run_policy_optimisation(cfg, rl_cfg, testbed, sft_policy, reward_model, rm_dir, train_prompts,
+                                     eval_ids, eval_mask, run_dir, method, seed)
+            write_json(run_dir / "stage.json", {"stage": "rl", "method": method, "seed": seed, "fingerprint": run_fp})
+
+    return build_report(out, console=console)
+
+
+def _run_policy_optimisation(cfg, rl_cfg, testbed: Testbed, sft_policy, reward_model, rm_dir, train_prompts,
+                             eval_ids, eval_mask, run_dir: Path, method: str, seed: int) -> None:
+    policy = copy.deepcopy(sft_policy).train()
+    value_model = AutoModelForTokenClassification.from_pretrained(rm_dir, num_labels=1) if rl_cfg.algo == "ppo" else None
+    start = time.perf_counter()
+
+    def on_eval(step: int, train_figures: dict[str, float]) -> None:
+        metrics, samples = evaluate_policy(
+            policy, sft_policy, reward_model, testbed, eval_ids, eval_mask, temperature=cfg.eval.temperature,
+            seed=10_000 + seed, batch_size=SAMPLE_BATCH, n_logged_samples=cfg.eval.n_logged_samples,
+        )
+        row = {"step": step, **metrics, "wall_s": time.perf_counter() - start, **train_figures}
+        append_jsonl(run_dir / "metrics.jsonl", row)
+        append_jsonl(run_dir / "samples.jsonl", {"step": step, "samples": samples})
+
+    with StageProgress(f"rl {method} seed{seed}") as progress:
+        train_policy(rl_cfg, policy=policy, ref_policy=sft_policy, reward_model=reward_model, value_model=value_model,
+                     testbed=testbed, train_prompts=train_prompts, seed=seed, eval_every=cfg.eval.every,
+                     on_eval=on_eval, progress=progress)

@@ -1,0 +1,319 @@
+"""A single self-contained HTML page (``OUT/report.html``) for a run.
+
+Standard library only: every dynamic string goes through :func:`html.escape`,
+plots are embedded as base64 data URIs, and there is no JavaScript and no
+external resource, so the file can be mailed or opened offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .table import format_mean_std, format_value, rm_heldout_accuracy
+
+__all__ = ["load_samples", "write_report"]
+
+MAX_SAMPLES = 4  # per step shown for each method
+MAX_CHARS = 1500  # per prompt/completion shown
+
+_CSS = """
+:root { --fg:#1d2330; --muted:#5b6475; --line:#dde1e8; --bg:#fafbfc; --accent:#2f5fa7; --bad:#b3261e; --ok:#1e7b34; }
+* { box-sizing: border-box; }
+body { margin: 0; background: var(--bg); color: var(--fg);
+  font: 15px/1.5 -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; }
+main { max-width: 1180px; margin: 0 auto; padding: 28px 24px 60px; }
+h1 { font-size: 1.6em; margin: 0 0 4px; }
+h2 { font-size: 1.2em; margin: 36px 0 10px; padding-bottom: 4px; border-bottom: 1px solid var(--line); }
+h3 { font-size: 1.0em; margin: 18px 0 6px; }
+.sub { color: var(--muted); margin: 0 0 16px; }
+p.lead { max-width: 860px; }
+table { border-collapse: collapse; background: #fff; margin: 6px 0 12px; font-size: 0.92em; }
+th, td { border: 1px solid var(--line); padding: 5px 10px; text-align: right; vertical-align: top; }
+th { background: #f0f2f6; font-weight: 600; }
+td.l, th.l { text-align: left; }
+td.hacked { color: var(--bad); font-weight: 600; }
+td.clean { color: var(--ok); }
+.kv td:first-child { text-align: left; color: var(--muted); }
+.stages { display: flex; flex-wrap: wrap; gap: 18px; }
+.stages > div { min-width: 240px; }
+figure { margin: 14px 0 26px; background: #fff; border: 1px solid var(--line); padding: 10px; }
+figure img { max-width: 100%; height: auto; display: block; margin: 0 auto; }
+figcaption { color: var(--muted); font-size: 0.9em; margin-top: 6px; }
+table.samples { width: 100%; table-layout: fixed; }
+table.samples td { text-align: left; }
+.prompt { color: var(--muted); font-size: 0.9em; white-space: pre-wrap; word-break: break-word; }
+.completion { white-space: pre-wrap; word-break: break-word; font-family: ui-monospace, Menlo, Consolas, monospace;
+  font-size: 0.86em; background: #f6f7f9; padding: 6px 8px; margin: 4px 0; border-radius: 3px; }
+.scores { color: var(--muted); font-size: 0.85em; }
+pre.config { background: #fff; border: 1px solid var(--line); padding: 12px; overflow-x: auto; font-size: 0.85em; }
+details { margin: 6px 0 12px; }
+summary { cursor: pointer; color: var(--accent); }
+"""
+
+_INTRO = (
+    "This lab reproduces <em>reward-model overoptimization</em>, a form of reward hacking in RLHF. "
+    "A supervised (SFT) policy is optimised against a <strong>proxy</strong> reward model that was trained "
+    "on preference pairs labelled by a known <strong>gold</strong> reward. The optimiser only sees the proxy, "
+    "so the proxy reward keeps rising; the gold reward, which we can measure here but could not in practice, "
+    "typically improves at first and then peaks and falls once the policy starts exploiting the proxy's "
+    "errors (Gao et al., 2022, arXiv:2210.10760). Mitigations such as a KL penalty towards the SFT policy "
+    "trade a slower rise for a smaller or no decline. The table and plots compare methods over seeds."
+)
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return str(x)
+    if isinstance(x, float):
+        return format_value(x, digits)
+    if x is None:
+        return "–"
+    return escape(str(x))
+
+
+def _clip(text: Any) -> str:
+    s = "" if text is None else str(text)
+    return s if len(s) <= MAX_CHARS else s[:MAX_CHARS] + " …"
+
+
+def load_samples(path: str | Path) -> list[dict]:
+    """Entries ``{"step", "samples": [...]}`` of a samples.jsonl, in file order.
+
+    Display-only and therefore lenient: a missing file gives [], and malformed
+    lines or entries without a sample list are skipped.
+    """
+    path = Path(path)
+    entries: list[dict] = []
+    if not path.is_file():
+        return entries
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(obj, dict) and isinstance(obj.get("samples"), list):
+                entries.append(obj)
+    return entries
+
+
+# --------------------------------------------------------------------------- #
+# sections
+# --------------------------------------------------------------------------- #
+def _methods_section(summary: dict) -> str:
+    methods = summary.get("methods") or {}
+    head = (
+        "<tr><th class='l'>method</th><th>seeds</th><th>gold final</th><th>gold peak</th>"
+        "<th>gold peak step</th><th>proxy final</th><th>KL to SFT final</th><th>wall s</th>"
+        "<th>hacked seeds</th></tr>"
+    )
+    rows = []
+    for name, m in methods.items():
+        n = m.get("n_seeds", len(m.get("seeds", [])))
+        k = m.get("hacked_seeds", 0)
+        rows.append(
+            "<tr>"
+            f"<td class='l'><strong>{escape(name)}</strong></td><td>{n}</td>"
+            f"<td>{format_mean_std(m.get('gold_final'))}</td>"
+            f"<td>{format_mean_std(m.get('gold_peak'))}</td>"
+            f"<td>{format_mean_std(m.get('gold_peak_step'), 0)}</td>"
+            f"<td>{format_mean_std(m.get('proxy_final'))}</td>"
+            f"<td>{format_mean_std(m.get('kl_final'))}</td>"
+            f"<td>{format_mean_std(m.get('wall_s'), 1)}</td>"
+            f"<td class='{'hacked' if k else 'clean'}'>{k}/{n}</td>"
+            "</tr>"
+        )
+    sft = summary.get("sft") or {}
+    acc = rm_heldout_accuracy(summary)
+    sft_line = (
+        f"SFT policy (step 0): gold reward <strong>{_fmt(sft.get('gold_reward'))}</strong>, "
+        f"proxy reward <strong>{_fmt(sft.get('proxy_reward'))}</strong>"
+        + (f"; reward model held-out pair accuracy <strong>{_fmt(acc)}</strong>" if acc is not None else "")
+        + "."
+    )
+    frac = summary.get("min_drop_frac", 0.3)
+    criterion = (
+        "Values are mean ± sample std (ddof=1) over seeds; finals are the last evaluation. A seed counts as "
+        f"<em>hacked</em> when its gold reward rose above the SFT level, then lost at least {_fmt(frac, 2)} of "
+        "that gain by the end, while the proxy reward still ended above its value at the gold peak."
+    )
+    details = []
+    for name, m in methods.items():
+        srows = []
+        for s in m.get("seeds", []):
+            srows.append(
+                "<tr>"
+                f"<td class='l'>{escape(name)}</td><td>{_fmt(s.get('seed'))}</td>"
+                f"<td>{_fmt(s.get('gold_final'))}</td><td>{_fmt(s.get('gold_peak'))}</td>"
+                f"<td>{_fmt(s.get('gold_peak_step'))}</td><td>{_fmt(s.get('proxy_final'))}</td>"
+                f"<td>{_fmt(s.get('kl_final'))}</td><td>{_fmt(s.get('wall_s'), 1)}</td>"
+                f"<td>{_fmt(s.get('drop_frac'), 2)}</td><td>{_fmt(s.get('proxy_rose_after_peak'))}</td>"
+                f"<td class='{'hacked' if s.get('hacked') else 'clean'}'>{_fmt(bool(s.get('hacked')))}</td>"
+                "</tr>"
+            )
+        details.extend(srows)
+    seed_table = (
+        "<details><summary>Per-seed results</summary><table>"
+        "<tr><th class='l'>method</th><th>seed</th><th>gold final</th><th>gold peak</th><th>peak step</th>"
+        "<th>proxy final</th><th>KL final</th><th>wall s</th><th>gold drop fraction</th>"
+        "<th>proxy rose after peak</th><th>hacked</th></tr>"
+        + "".join(details)
+        + "</table></details>"
+    )
+    return (
+        "<h2>Methods</h2>"
+        f"<p>{sft_line}</p>"
+        f"<table>{head}{''.join(rows)}</table>"
+        f"<p class='sub'>{criterion}</p>"
+        f"{seed_table}"
+    )
+
+
+_STAGE_TITLES = {"sft": "SFT policy", "pairs": "Preference pairs (gold-labelled)", "rm": "Proxy reward model"}
+
+
+def _stages_section(summary: dict) -> str:
+    stages = summary.get("stages") or {}
+    if not stages:
+        return "<h2>Pipeline stages</h2><p class='sub'>No stage records (artifacts/*/stage.json) were found.</p>"
+    cards = []
+    for name, st in stages.items():
+        rows = []
+        metrics = st.get("metrics") if isinstance(st.get("metrics"), dict) else {}
+        for key, val in metrics.items():
+            rows.append(f"<tr><td>{escape(str(key))}</td><td>{_fmt(val, 4)}</td></tr>")
+        if "wall_s" in st:
+            rows.append(f"<tr><td>wall time (s)</td><td>{_fmt(st.get('wall_s'), 1)}</td></tr>")
+        title = _STAGE_TITLES.get(name, name)
+        cards.append(
+            f"<div><h3>{escape(title)} <span class='sub'>({escape(name)})</span></h3>"
+            f"<table class='kv'>{''.join(rows) or '<tr><td>no metrics</td><td></td></tr>'}</table></div>"
+        )
+    return f"<h2>Pipeline stages</h2><div class='stages'>{''.join(cards)}</div>"
+
+
+_PLOT_CAPTIONS = {
+    "rewards_vs_step": "Gold (left) and proxy (right) reward vs optimisation step; line = mean over seeds, "
+    "band = ± std, dashed = SFT policy. Reward hacking shows up as a rising proxy with a gold curve that "
+    "peaks and then falls.",
+    "gold_vs_kl": "Reward vs √KL between the policy and the SFT policy (mean over seeds per evaluation). "
+    "Gold reward as a function of this distance is the overoptimization curve of Gao et al. (2022).",
+    "metrics_grid": "Other policy metrics vs step (mean over seeds).",
+}
+
+
+def _plots_section(plot_paths: list[Path]) -> str:
+    figs = []
+    for p in plot_paths:
+        p = Path(p)
+        if not p.is_file():
+            continue
+        data = base64.b64encode(p.read_bytes()).decode("ascii")
+        caption = _PLOT_CAPTIONS.get(p.stem, p.stem)
+        figs.append(
+            f"<figure><img src=\"data:image/png;base64,{data}\" alt=\"{escape(p.stem)}\">"
+            f"<figcaption>{escape(caption)}</figcaption></figure>"
+        )
+    if not figs:
+        return "<h2>Plots</h2><p class='sub'>No plots.</p>"
+    return "<h2>Plots</h2>" + "".join(figs)
+
+
+def _sample_cell(sample: dict, show_prompt: bool) -> str:
+    if not isinstance(sample, dict):
+        return "<td></td>"
+    prompt = f"<div class='prompt'>{escape(_clip(sample.get('prompt')))}</div>" if show_prompt else ""
+    return (
+        f"<td>{prompt}<div class='completion'>{escape(_clip(sample.get('completion')))}</div>"
+        f"<div class='scores'>gold {_fmt(sample.get('gold_reward'))} · proxy {_fmt(sample.get('proxy_reward'))}</div></td>"
+    )
+
+
+def _samples_section(out_dir: Path, summary: dict) -> str:
+    blocks = []
+    for name, m in (summary.get("methods") or {}).items():
+        seeds = sorted(s["seed"] for s in m.get("seeds", []) if isinstance(s.get("seed"), int))
+        if not seeds:
+            continue
+        seed = seeds[0]
+        entries = load_samples(out_dir / "runs" / name / f"seed{seed}" / "samples.jsonl")
+        if not entries:
+            continue
+        first = next((e for e in entries if e.get("step") == 0), entries[0])
+        last = entries[-1]
+        cols = [first] if last is first else [first, last]
+        width = max(len(c["samples"]) for c in cols)
+        header = "".join(f"<th class='l'>step {_fmt(c.get('step'))}"
+                         f"{' (SFT)' if c is first and c.get('step') == 0 else ''}"
+                         f"{' (final)' if c is last and c is not first else ''}</th>" for c in cols)
+        rows = []
+        for i in range(min(width, MAX_SAMPLES)):
+            items = [c["samples"][i] if i < len(c["samples"]) else None for c in cols]
+            prompts = {str(s.get("prompt")) for s in items if isinstance(s, dict)}
+            shared = len(prompts) == 1 and len(cols) > 1
+            if shared:
+                rows.append(f"<tr><td colspan='{len(cols)}' class='prompt'><strong>prompt:</strong> "
+                            f"{escape(_clip(prompts.pop()))}</td></tr>")
+            rows.append("<tr>" + "".join(_sample_cell(s, not shared) for s in items) + "</tr>")
+        blocks.append(
+            f"<h3>{escape(name)} <span class='sub'>(seed {seed})</span></h3>"
+            f"<table class='samples'><tr>{header}</tr>{''.join(rows)}</table>"
+        )
+    if not blocks:
+        return ""
+    return ("<h2>Example completions</h2><p class='sub'>First seed of each method: the SFT policy's samples "
+            "next to the final policy's, with gold and proxy rewards per sample.</p>" + "".join(blocks))
+
+
+def _config_section(out_dir: Path, summary: dict) -> str:
+    path = out_dir / "config.yaml"
+    if path.is_file():
+        text = path.read_text(encoding="utf-8", errors="replace")
+    elif summary.get("config"):
+        text = yaml.safe_dump(summary["config"], sort_keys=False)
+    else:
+        return ""
+    return f"<h2>Resolved config</h2><pre class='config'>{escape(text)}</pre>"
+
+
+def write_report(out_dir: str | Path, summary: dict, plot_paths: list[Path]) -> Path:
+    """Write ``OUT/report.html`` (one self-contained page) and return its path.
+
+    Sections: explanation, method table (mean ± std, hacked seeds, per-seed
+    details), pipeline stage metrics, embedded plots, example completions from
+    the first seed's ``samples.jsonl`` of each method (step 0 next to the final
+    step) when present, and the resolved config.
+    """
+    out_dir = Path(out_dir)
+    testbed, preset = summary.get("testbed", "?"), summary.get("preset", "?")
+    title = f"overopt report · {testbed} · {preset}"
+    body = "".join([
+        f"<h1>Reward hacking lab: {escape(str(testbed))}</h1>",
+        f"<p class='sub'>testbed <strong>{escape(str(testbed))}</strong> · preset "
+        f"<strong>{escape(str(preset))}</strong> · output <code>{escape(str(out_dir))}</code></p>",
+        f"<p class='lead'>{_INTRO}</p>",
+        _methods_section(summary),
+        _stages_section(summary),
+        _plots_section(plot_paths),
+        _samples_section(out_dir, summary),
+        _config_section(out_dir, summary),
+    ])
+    page = (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>{escape(title)}</title><style>{_CSS}</style></head>"
+        f"<body><main>{body}</main></body></html>\n"
+    )
+    path = out_dir / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path

@@ -1,0 +1,75 @@
+"""Rich console table of a summary (see :mod:`overopt.report.summary`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+__all__ = ["format_mean_std", "format_value", "print_summary_table", "rm_heldout_accuracy"]
+
+
+def format_value(x: Any, digits: int = 3) -> str:
+    """A number with ``digits`` decimals, "–" for None/non-numeric."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or x != x:
+        return "–"
+    return f"{x:.{digits}f}"
+
+
+def format_mean_std(d: dict | None, digits: int = 3) -> str:
+    """``"mean ± std"`` for a ``{"mean", "std", "n"}`` dict.
+
+    A single seed (``n == 1``) is shown as the mean alone, since its std of 0.0
+    says nothing about spread; a missing value (None dict or ``mean``) is "–".
+    """
+    if not d or d.get("mean") is None:
+        return "–"
+    mean = format_value(d["mean"], digits)
+    if d.get("n", 0) <= 1 or d.get("std") is None:
+        return mean
+    return f"{mean} ± {format_value(d['std'], digits)}"
+
+
+def rm_heldout_accuracy(summary: dict) -> float | None:
+    """The reward model's held-out pair accuracy from ``stages["rm"]``, if any."""
+    metrics = (summary.get("stages") or {}).get("rm", {}).get("metrics") or {}
+    acc = metrics.get("heldout_accuracy")
+    return acc if isinstance(acc, (int, float)) and not isinstance(acc, bool) else None
+
+
+def print_summary_table(summary: dict, console: Console | None = None) -> None:
+    """Print one row per method (gold final, gold peak @ step, proxy final, KL
+    final, wall time, hacked seeds ``k/n``) plus a line with the SFT gold/proxy
+    reward and the RM held-out accuracy when known."""
+    console = console or Console()
+    title = escape(f"overopt · testbed {summary.get('testbed', '?')} · preset {summary.get('preset', '?')}")
+    table = Table(title=title, title_style="bold", header_style="bold")
+    table.add_column("method", style="cyan", no_wrap=True)
+    table.add_column("gold final", justify="right")
+    table.add_column("gold peak (step)", justify="right")
+    table.add_column("proxy final", justify="right")
+    table.add_column("KL final", justify="right")
+    table.add_column("wall s", justify="right")
+    table.add_column("hacked", justify="right")
+    for name, m in (summary.get("methods") or {}).items():
+        n = m.get("n_seeds", len(m.get("seeds", [])))
+        k = m.get("hacked_seeds", 0)
+        hacked = f"{k}/{n}"
+        table.add_row(
+            escape(name),
+            format_mean_std(m.get("gold_final")),
+            f"{format_mean_std(m.get('gold_peak'))} (@{format_mean_std(m.get('gold_peak_step'), 0)})",
+            format_mean_std(m.get("proxy_final")),
+            format_mean_std(m.get("kl_final")),
+            format_mean_std(m.get("wall_s"), 1),
+            f"[red]{hacked}[/red]" if k else f"[green]{hacked}[/green]",
+        )
+    console.print(table)
+    sft = summary.get("sft") or {}
+    line = f"SFT policy: gold {format_value(sft.get('gold_reward'))} · proxy {format_value(sft.get('proxy_reward'))}"
+    acc = rm_heldout_accuracy(summary)
+    if acc is not None:
+        line += f" · RM held-out accuracy {format_value(acc)}"
+    console.print(line, highlight=False)

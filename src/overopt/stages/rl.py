@@ -1,0 +1,211 @@
+"""Stage 5: policy optimisation against the proxy RM — RLOO, GRPO / Dr.GRPO, PPO (METHODS.md §1).
+
+One readable loop. Each update:
+  1. draw prompts, repeat each K times, sample completions from π_θ;
+  2. score them with the proxy RM (and the optional no-EOS penalty);
+  3. log-probs under π_θ (old) and π_ref; KL penalty in the reward if so configured;
+  4. advantages: RLOO / GRPO / Dr.GRPO per group of K, or GAE over tokens with a value model (PPO);
+  5. `epochs` × `minibatches` clipped-surrogate steps (+ β·KL in the loss, + value loss for PPO);
+  6. adaptive KL coefficient;
+  7. every `eval_every` updates, the held-out evaluation is written through `on_eval`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from transformers import PreTrainedModel
+
+from overopt.config import RLConfig
+from overopt.models.policy import completion_logits, completion_logprobs
+from overopt.models.reward import reward_forward
+from overopt.ops import (
+    adaptive_kl_coef,
+    clipped_surrogate,
+    clipped_value_loss,
+    gae,
+    grpo_advantages,
+    kl_estimate,
+    masked_mean,
+    masked_sum,
+    masked_whiten,
+    rloo_advantages,
+)
+from overopt.progress import StageProgress
+from overopt.sampling import Rollout, pad_left, sample_completions
+from overopt.testbeds.base import Testbed
+
+
+@dataclass
+class Batch:
+    """Everything the update needs about one rollout batch (B = prompts × K rows)."""
+
+    rollout: Rollout
+    old_logprobs: torch.Tensor  # (B, T)
+    ref_logprobs: torch.Tensor  # (B, T)
+    advantages: torch.Tensor  # (B,) sequence-level, or (B, T) for PPO
+    old_values: torch.Tensor | None = None  # (B, T), PPO only
+    returns: torch.Tensor | None = None  # (B, T), PPO only
+
+
+def _values(value_model: PreTrainedModel, rollout: Rollout) -> torch.Tensor:
+    """V(x, y_<t) for every completion token: (B, T). The value of state t is read before token t."""
+    return completion_logits(value_model, rollout.input_ids, rollout.attention_mask, rollout.prompt_len)[..., 0]
+
+
+def _sequence_advantages(cfg: RLConfig, rewards: torch.Tensor) -> torch.Tensor:
+    """(B,) rewards laid out as groups of K consecutive rows -> (B,) advantages."""
+    grouped = rewards.view(-1, cfg.group_size)
+    if cfg.algo == "rloo":
+        return rloo_advantages(grouped).flatten()
+    return grpo_advantages(grouped, scale_by_std=cfg.algo == "grpo").flatten()
+
+
+class PromptStream:
+    """Endless shuffled passes over the training prompts (deterministic given the seed)."""
+
+    def __init__(self, prompts: list[list[int]], seed: int):
+        self.prompts, self._order, self._pos = prompts, [], 0
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def take(self, n: int) -> list[list[int]]:
+        out = []
+        while len(out) < n:
+            if self._pos >= len(self._order):
+                self._order, self._pos = torch.randperm(len(self.prompts), generator=self._generator).tolist(), 0
+            out.append(self.prompts[self._order[self._pos]])
+            self._pos += 1
+        return out
+
+
+def train_policy(
+    cfg: RLConfig,
+    *,
+    policy: PreTrainedModel,
+    ref_policy: PreTrainedModel,
+    reward_model: PreTrainedModel,
+    value_model: PreTrainedModel | None,
+    testbed: Testbed,
+    train_prompts: list[list[int]],
+    seed: int,
+    eval_every: int,
+    on_eval: Callable[[int, dict[str, float]], None],
+    progress: StageProgress,
+) -> None:
+    """Optimise `policy` in place for `cfg.steps` updates; `on_eval(step, train_figures)` evaluates."""
+    tok = testbed.tokenizer
+    torch.manual_seed(seed)
+    prompts = PromptStream(train_prompts, seed)
+    params = list(policy.parameters()) + (list(value_model.parameters()) if value_model is not None else [])
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    kl_coef = cfg.kl.coef
+    reward_model.eval()
+    ref_policy.eval()
+    figures: dict[str, list[float]] = {}
+    start_time = time.perf_counter()
+
+    def log(**values: float) -> None:
+        for k, v in values.items():
+            figures.setdefault(k, []).append(float(v))
+
+    def flush() -> dict[str, float]:
+        out = {k: sum(v) / len(v) for k, v in figures.items()}
+        figures.clear()
+        return out
+
+    on_eval(0, {})
+    progress.start(cfg.steps)
+    for step in range(1, cfg.steps + 1):
+        # 1. Rollouts: K completions for each of the step's prompts.
+        batch_prompts = [p for p in prompts.take(cfg.prompts_per_step) for _ in range(cfg.group_size)]
+        prompt_ids, prompt_mask = pad_left(batch_prompts, tok.pad_token_id)
+        rollout = sample_completions(
+            policy, prompt_ids, prompt_mask, testbed.max_completion_tokens, cfg.temperature,
+            tok.eos_token_id, tok.pad_token_id,
+        )
+        ids, mask, plen, cmask = rollout.input_ids, rollout.attention_mask, rollout.prompt_len, rollout.completion_mask
+        with torch.no_grad():
+            # 2. Proxy scores.
+            scores = reward_forward(reward_model, ids, mask).rewards.float()
+            if cfg.no_eos_penalty is not None:
+                has_eos = (rollout.completion_ids == tok.eos_token_id).any(1)
+                scores = torch.where(has_eos, scores, torch.full_like(scores, cfg.no_eos_penalty))
+            # 3. Old and reference log-probs; KL to the reference (the estimator that is optimised).
+            old_logprobs, _ = completion_logprobs(policy, ids, mask, plen, cfg.temperature)
+            ref_logprobs, _ = completion_logprobs(ref_policy, ids, mask, plen, cfg.temperature)
+            token_kl = kl_estimate(old_logprobs, ref_logprobs, cfg.kl.estimator) * cmask
+            seq_kl = token_kl.sum(1)
+            in_reward = cfg.kl.placement == "reward" and kl_coef > 0
+            # 4. Advantages.
+            if cfg.algo == "ppo":
+                assert value_model is not None, "PPO needs a value model"
+                old_values = _values(value_model, rollout) * cmask
+                token_rewards = -kl_coef * token_kl if in_reward else torch.zeros_like(token_kl)
+                last = cmask.sum(1) - 1
+                token_rewards[torch.arange(len(last)), last] += scores
+                est = gae(token_rewards, old_values, cmask, cfg.gamma, cfg.lam)
+                batch = Batch(rollout, old_logprobs, ref_logprobs, masked_whiten(est.advantages, cmask) * cmask,
+                              old_values, est.returns)
+            else:
+                rewards = scores - kl_coef * seq_kl if in_reward else scores
+                batch = Batch(rollout, old_logprobs, ref_logprobs, _sequence_advantages(cfg, rewards))
+        log(**{"train/proxy_reward": scores.mean(), "train/kl_ref": seq_kl.mean(), "kl/coef": kl_coef,
+               "train/mean_length": cmask.sum(1).double().mean()})
+
+        # 5. Clipped-surrogate updates over minibatches.
+        n_rows = ids.shape[0]
+        for _ in range(cfg.epochs):
+            order = torch.randperm(n_rows)
+            for rows in order.chunk(cfg.minibatches):
+                log(**_update(cfg, policy, value_model, optimizer, batch, rows, kl_coef, params,
+                              testbed.max_completion_tokens))
+
+        # 6. Adaptive KL coefficient (Ziegler et al., arXiv 1909.08593).
+        if cfg.kl.adaptive and kl_coef > 0:
+            kl_coef = adaptive_kl_coef(kl_coef, seq_kl.mean().item(), cfg.kl.target, cfg.kl.horizon, n_rows)
+
+        progress.advance(proxy=scores.mean().item(), kl=seq_kl.mean().item())
+        # 7. Held-out evaluation.
+        if step % eval_every == 0 or step == cfg.steps:
+            on_eval(step, {**flush(), "train/wall_s": time.perf_counter() - start_time})
+
+
+def _update(
+    cfg: RLConfig,
+    policy: PreTrainedModel,
+    value_model: PreTrainedModel | None,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    rows: torch.Tensor,
+    kl_coef: float,
+    params: list[torch.nn.Parameter],
+    max_completion_tokens: int,
+) -> dict[str, float]:
+    """One optimiser step on the minibatch `rows`; returns its figures."""
+    rollout = batch.rollout.index(rows)
+    ids, mask, plen, cmask = rollout.input_ids, rollout.attention_mask, rollout.prompt_len, rollout.completion_mask
+    logprobs, _ = completion_logprobs(policy, ids, mask, plen, cfg.temperature)
+    pg = clipped_surrogate(
+        logprobs, batch.old_logprobs[rows], batch.advantages[rows], cmask,
+        clip_eps=cfg.clip_eps, aggregation=cfg.aggregation, norm_const=float(max_completion_tokens),
+    )
+    loss = pg.loss
+    figures = {"train/pg_loss": pg.loss.item(), "train/clip_frac": pg.clip_frac.item()}
+    if cfg.kl.placement == "loss" and kl_coef > 0:
+        kl_term = masked_mean(kl_estimate(logprobs, batch.ref_logprobs[rows], cfg.kl.estimator), cmask)
+        loss = loss + kl_coef * kl_term
+        figures["train/kl_loss"] = kl_term.item()
+    if value_model is not None and batch.returns is not None:
+        values = _values(value_model, rollout)
+        vf_loss = clipped_value_loss(values, batch.old_values[rows], batch.returns[rows], cmask, cfg.vf_clip)
+        loss = loss + cfg.vf_coef * vf_loss
+        figures["train/vf_loss"] = vf_loss.item()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    figures["train/grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item()
+    optimizer.step()
+    figures["train/loss"] = loss.item()
+    return figures

@@ -1,0 +1,90 @@
+"""Stage 4: proxy reward model trained with the Bradley-Terry loss on gold-labelled pairs (§0.4)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from datasets import Dataset
+from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
+
+from overopt.models.reward import reward_forward
+from overopt.ops import bradley_terry_loss, pairwise_accuracy
+from overopt.progress import StageProgress
+from overopt.sampling import pad_left, pad_right
+
+
+def encode_sequences(
+    prompts: list[list[int]], completions: list[list[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt (left-padded) + completion (right-padded) -> input_ids, attention_mask (B, P + T)."""
+    prompt_ids, prompt_mask = pad_left(prompts, pad_id)
+    completion_ids, completion_mask = pad_right(completions, pad_id)
+    return torch.cat([prompt_ids, completion_ids], 1), torch.cat([prompt_mask, completion_mask], 1)
+
+
+def pair_rewards(model: PreTrainedModel, batch: dict, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards of the chosen and rejected completions of a batch of pairs, one forward pass."""
+    n = len(batch["prompt_ids"])
+    ids, mask = encode_sequences(
+        batch["prompt_ids"] * 2, batch["chosen_ids"] + batch["rejected_ids"], pad_id
+    )
+    rewards = reward_forward(model, ids, mask).rewards
+    return rewards[:n], rewards[n:]
+
+
+@torch.no_grad()
+def gold_order_accuracy(model: PreTrainedModel, pairs: Dataset, pad_id: int, batch_size: int) -> float:
+    """Share of pairs where the RM orders the completions as the gold reward does (ties count 1/2)."""
+    model.eval()
+    proxy_gap, gold_gap = [], []
+    for start in range(0, len(pairs), batch_size):
+        batch = pairs[start : start + batch_size]
+        chosen, rejected = pair_rewards(model, batch, pad_id)
+        proxy_gap.append(chosen - rejected)
+        gold_gap.append(torch.tensor(batch["gold_chosen"]) - torch.tensor(batch["gold_rejected"]))
+    proxy, gold = torch.cat(proxy_gap), torch.cat(gold_gap)
+    sign = torch.sign(gold)  # orient every pair so that the gold-preferred completion comes first
+    return pairwise_accuracy(proxy * sign, torch.zeros_like(proxy)).item()
+
+
+def train_reward_model(
+    model: PreTrainedModel,
+    train_pairs: Dataset,
+    heldout_pairs: Dataset,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    pad_id: int,
+    seed: int,
+    progress: StageProgress,
+) -> dict[str, float]:
+    """Bradley-Terry training, −log σ(r(x, y_c) − r(x, y_r)); returns loss and gold-order accuracies."""
+    steps_per_epoch = math.ceil(len(train_pairs) / batch_size)
+    total = epochs * steps_per_epoch
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, total // 20), total)
+    generator = torch.Generator().manual_seed(seed)
+    progress.start(total)
+    loss_value = float("nan")
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(len(train_pairs), generator=generator).tolist()
+        for start in range(0, len(order), batch_size):
+            chosen, rejected = pair_rewards(model, train_pairs[order[start : start + batch_size]], pad_id)
+            loss = bradley_terry_loss(chosen, rejected)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            loss_value = loss.item()
+            progress.advance(loss=loss_value)
+    return {
+        "train_loss": loss_value,
+        "train_accuracy": gold_order_accuracy(model, train_pairs, pad_id, 4 * batch_size),
+        "heldout_accuracy": gold_order_accuracy(model, heldout_pairs, pad_id, 4 * batch_size),
+        "n_train_pairs": len(train_pairs),
+        "n_heldout_pairs": len(heldout_pairs),
+    }

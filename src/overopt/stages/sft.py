@@ -1,0 +1,73 @@
+"""Stage 1: supervised fine-tuning of the policy on the testbed's demonstrations (METHODS.md §0.1)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
+
+from overopt.models.policy import completion_logits
+from overopt.progress import StageProgress
+from overopt.sampling import pad_left, pad_right
+from overopt.testbeds.base import SFTExample
+
+
+def _batch_nll(model: PreTrainedModel, batch: list[SFTExample], pad_id: int) -> torch.Tensor:
+    """Mean next-token NLL over completion tokens only (the prompt is conditioning, not target)."""
+    prompt_ids, prompt_mask = pad_left([ex.prompt_ids for ex in batch], pad_id)
+    completion_ids, completion_mask = pad_right([ex.completion_ids for ex in batch], pad_id)
+    logits = completion_logits(
+        model,
+        torch.cat([prompt_ids, completion_ids], 1),
+        torch.cat([prompt_mask, completion_mask], 1),
+        prompt_ids.shape[1],
+    )
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), completion_ids, reduction="none")
+    return (nll * completion_mask).sum() / completion_mask.sum()
+
+
+def train_sft(
+    model: PreTrainedModel,
+    corpus: list[SFTExample],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    eval_fraction: float,
+    pad_id: int,
+    seed: int,
+    progress: StageProgress,
+) -> dict[str, float]:
+    """Train `model` in place; returns train/eval NLL per completion token."""
+    # 1. Split off held-out demonstrations.
+    n_eval = max(1, int(len(corpus) * eval_fraction))
+    eval_set, train_set = corpus[:n_eval], corpus[n_eval:]
+    steps_per_epoch = math.ceil(len(train_set) / batch_size)
+    total = epochs * steps_per_epoch
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, total // 20), total)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    progress.start(total)
+    train_loss = float("nan")
+    # 2. Minibatch AdamW over shuffled demonstrations.
+    for _ in range(epochs):
+        order = torch.randperm(len(train_set), generator=generator).tolist()
+        for start in range(0, len(order), batch_size):
+            loss = _batch_nll(model, [train_set[i] for i in order[start : start + batch_size]], pad_id)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            train_loss = loss.item()
+            progress.advance(loss=train_loss)
+    # 3. Held-out NLL.
+    model.eval()
+    with torch.no_grad():
+        eval_loss = sum(
+            _batch_nll(model, eval_set[i : i + batch_size], pad_id).item() * len(eval_set[i : i + batch_size])
+            for i in range(0, n_eval, batch_size)
+        ) / n_eval
+    return {"train_nll": train_loss, "eval_nll": eval_loss, "n_train": len(train_set), "n_eval": n_eval}

@@ -1,0 +1,49 @@
+"""What every testbed provides to the lab pipeline.
+
+A testbed is a task with a known gold reward r*: it supplies the tokenizer, the SFT corpus, the
+train/eval prompts and a vectorised gold reward. The pipeline (SFT -> pairs -> proxy RM -> RL ->
+evaluation) is the same for every testbed (Gao et al., arXiv 2210.10760, §2).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Protocol
+
+import torch
+from transformers import PreTrainedTokenizerFast
+
+
+class SFTExample(NamedTuple):
+    """One supervised example: prompt tokens and the target completion tokens (ending in EOS)."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+
+
+class Testbed(Protocol):
+    """The interface the lab pipeline needs from a task with a known gold reward."""
+
+    name: str
+    tokenizer: PreTrainedTokenizerFast
+    max_completion_tokens: int
+    """Generation budget for completions: also the Dr.GRPO length normaliser."""
+
+    def sft_corpus(self, n: int, seed: int) -> list[SFTExample]:
+        """`n` demonstrations of varied quality for supervised fine-tuning."""
+        ...
+
+    def prompts(self, split: str, n: int, seed: int) -> list[list[int]]:
+        """`n` prompts (token ids) from `split` in {"train", "eval"}; splits never overlap."""
+        ...
+
+    def gold_reward(
+        self, prompt_ids: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """r*(x, y) for a batch: prompt (B, P), completion (B, T) with mask (B, T) -> (B,)."""
+        ...
+
+    def gold_components(
+        self, prompt_ids: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The named terms of r* (each (B,)), logged so a person can see *how* a policy hacks."""
+        ...
