@@ -1,4 +1,6 @@
-"""`overopt run` and `overopt report` (tyro over the pydantic config).
+"""overopt: reproduce reward-model overoptimization and compare its mitigations.
+
+`overopt run` and `overopt report` (tyro over the pydantic config).
 
 `overopt run` parses in two passes: the first finds --preset / --config, the second parses every
 config field as an override on top of that preset (so `--help` shows the preset's values).
@@ -9,11 +11,14 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import tyro
+import yaml
+from pydantic import ValidationError
 
 from overopt.config import ExperimentConfig, load_config
+from overopt.errors import StaleArtifactError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,11 +58,28 @@ def report(argv: list[str]) -> dict:
 COMMANDS = {"run": run, "report": report}
 
 
+def _fail(message: str) -> NoReturn:
+    """Bad input ends with one line on stderr and exit status 2 (--debug shows the traceback)."""
+    print(f"overopt: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] not in COMMANDS:
-        tyro.extras.subcommand_cli_from_dict(
-            {name: fn for name, fn in COMMANDS.items()}, args=argv or ["--help"], prog="overopt"
-        )
-        return
-    COMMANDS[argv[0]](argv[1:])
+        print(__doc__.strip().splitlines()[0], "\n\nusage: overopt {run,report} [--help]", file=sys.stderr)
+        raise SystemExit(0 if argv[:1] in (["-h"], ["--help"]) else 2)
+    try:
+        COMMANDS[argv[0]](argv[1:])
+    except (ValueError, FileNotFoundError, StaleArtifactError, ValidationError, yaml.YAMLError) as err:
+        if debug:
+            raise
+        _fail(" ".join(str(err).split()) if not isinstance(err, ValidationError) else _one_line(err))
+
+
+def _one_line(err: ValidationError) -> str:
+    first = err.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "config"
+    return f"{field}: {first['msg']}"

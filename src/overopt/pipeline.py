@@ -17,6 +17,7 @@ from datasets import load_from_disk
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
 from overopt.config import ExperimentConfig, to_yaml
+from overopt.errors import StaleArtifactError
 from overopt.io import append_jsonl, atomic_write_text, fingerprint, read_json, replace_dir, write_json
 from overopt.methods import resolve_method
 from overopt.models.policy import tiny_llama
@@ -41,10 +42,6 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     datasets.disable_progress_bars()
-
-
-class StaleArtifactError(RuntimeError):
-    """An artifact in OUT was built from a different configuration."""
 
 
 def _stage_fingerprints(cfg: ExperimentConfig) -> dict[str, str]:

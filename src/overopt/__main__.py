@@ -1,0 +1,3 @@
+from overopt.cli import main
+
+main()

@@ -1,0 +1,28 @@
+"""Shared fixtures: a tiny summarize world (testbed, random policy, reward model) built once per session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """A small summarize testbed with an untrained tiny policy saved to disk and an RM built from it."""
+    import torch  # noqa: F401  (imported lazily so ops-only test runs stay light)
+
+    from overopt.models.policy import tiny_llama
+    from overopt.models.reward import reward_model_from_backbone
+    from overopt.testbeds.summarize import SummarizeSpec, SummarizeTestbed
+
+    testbed = SummarizeTestbed(SummarizeSpec(n_fact_types=12, doc_facts=3, length_budget=4, max_completion_tokens=6))
+    policy = tiny_llama(testbed.tokenizer, hidden_size=16, num_layers=1, num_heads=2, max_positions=32, seed=0)
+    path = tmp_path_factory.mktemp("tiny_policy")
+    policy.save_pretrained(path)
+    testbed.tokenizer.save_pretrained(path)
+    reward_model = reward_model_from_backbone(path, seed=0).eval()
+    return {"testbed": testbed, "policy": policy.eval(), "path": path, "reward_model": reward_model}

@@ -1,0 +1,83 @@
+"""End to end: `overopt run --preset smoke` writes every file of the output contract, reuses finished work."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from overopt.cli import main
+
+CONTRACT_KEYS = {"step", "proxy_reward", "gold_reward", "kl_sft", "entropy", "mean_length", "wall_s"}
+STAT_KEYS = {"gold_final", "gold_peak", "proxy_final", "kl_final", "wall_s", "gold_peak_step"}
+
+
+@pytest.fixture(scope="module")
+def smoke_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke") / "out"
+    main(["run", "--preset", "smoke", "--out", str(out)])
+    return out
+
+
+def test_smoke_run_writes_the_output_contract(smoke_out):
+    cfg = yaml.safe_load((smoke_out / "config.yaml").read_text())
+    assert cfg["preset"] == "smoke" and cfg["testbed"] == "summarize"
+    for stage in ("sft", "rm"):
+        assert list((smoke_out / "artifacts" / stage).glob("*.safetensors")), f"{stage} has no safetensors weights"
+        assert (smoke_out / "artifacts" / stage / "config.json").exists()
+    for method in ("none", "kl"):
+        rows = [json.loads(line) for line in (smoke_out / "runs" / method / "seed0" / "metrics.jsonl").open()]
+        assert [r["step"] for r in rows] == [0, 3, 6]
+        for row in rows:
+            assert CONTRACT_KEYS <= row.keys()
+    summary = json.loads((smoke_out / "summary.json").read_text())
+    assert summary["testbed"] == "summarize" and summary["preset"] == "smoke"
+    assert set(summary["sft"]) >= {"gold_reward", "proxy_reward"}
+    assert list(summary["methods"]) == ["none", "kl"]
+    for stats in summary["methods"].values():
+        assert STAT_KEYS <= stats.keys()
+        assert set(stats["gold_final"]) == {"mean", "std", "n"} and stats["gold_final"]["n"] == 1
+    assert "heldout_accuracy" in summary["stages"]["rm"]["metrics"]
+    html = (smoke_out / "report.html").read_text()
+    assert "data:image/png;base64" in html and "heldout" in html.replace(" ", "_").lower()
+    pngs = list((smoke_out / "plots").glob("*.png"))
+    assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_rerun_reuses_finished_stages_and_runs(smoke_out):
+    stamps = {p: p.stat().st_mtime_ns for p in smoke_out.glob("**/stage.json")}
+    metrics = (smoke_out / "runs" / "none" / "seed0" / "metrics.jsonl").read_text()
+    main(["run", "--preset", "smoke", "--out", str(smoke_out)])
+    assert {p: p.stat().st_mtime_ns for p in smoke_out.glob("**/stage.json")} == stamps
+    assert (smoke_out / "runs" / "none" / "seed0" / "metrics.jsonl").read_text() == metrics
+
+
+def test_report_command_rebuilds_from_outputs(smoke_out):
+    (smoke_out / "summary.json").unlink()
+    (smoke_out / "report.html").unlink()
+    main(["report", str(smoke_out)])
+    assert json.loads((smoke_out / "summary.json").read_text())["preset"] == "smoke"
+    assert (smoke_out / "report.html").exists()
+
+
+def test_changed_shared_stage_config_is_refused_in_the_same_out(smoke_out, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--preset", "smoke", "--out", str(smoke_out), "--rm.lr", "0.5"])
+    assert exit_info.value.code == 2
+    assert "different configuration" in capsys.readouterr().err
+
+
+def test_bad_input_is_one_line_exit_2(tmp_path):
+    cases = [
+        ["run", "--preset", "smoke", "--out", str(tmp_path / "a"), "--methods", "none,bogus"],
+        ["run", "--preset", "nope"],
+        ["report", str(tmp_path / "missing")],
+    ]
+    for argv in cases:
+        proc = subprocess.run([sys.executable, "-m", "overopt", *argv], capture_output=True, text=True)
+        assert proc.returncode == 2, (argv, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
