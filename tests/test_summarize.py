@@ -219,7 +219,7 @@ def test_repeating_a_fact_three_times_costs_two_repetition_penalties(testbed):
     assert (g1 > 0).all()  # a covered fact earns something
 
 
-def test_gold_is_invariant_to_padding_width_and_device_of_inputs(default_testbed):
+def test_gold_is_invariant_to_padding_width_and_mask_dtype(default_testbed):
     tb = default_testbed
     corpus = tb.sft_corpus(20, seed=4)
     p, _ = pad_left([e.prompt_ids for e in corpus], 0)
@@ -284,8 +284,10 @@ def test_tokenizer_round_trip_and_special_ids(default_testbed, tmp_path):
     assert len(special) == 4
     assert tok.padding_side == "left"
     # Every word of the language has its own id.
-    words = ["<pad>", "<bos>", EOS, SEP, *default_testbed.fact_tokens, *FILLER_WORDS]
+    words = ["<pad>", "<bos>", EOS, SEP, "<unk>", *default_testbed.fact_tokens, *FILLER_WORDS]
     assert len(set(tok.convert_tokens_to_ids(words))) == len(words) == len(tok)
+    # A word outside the language maps to <unk>, never silently to padding.
+    assert tok.encode("f03 typo", add_special_tokens=False)[1] == tok.unk_token_id != tok.pad_token_id
 
     tok.save_pretrained(tmp_path)
     loaded = AutoTokenizer.from_pretrained(tmp_path)

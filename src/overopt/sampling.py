@@ -41,6 +41,8 @@ class Rollout:
 
 def pad_left(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad token lists into (ids (B, P), mask (B, P)) so every prompt ends at column P - 1."""
+    if not sequences:
+        raise ValueError("pad_left: no sequences to pad")
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
@@ -53,7 +55,9 @@ def pad_left(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
 
 def pad_right(sequences: list[list[int]], pad_id: int, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad token lists into (ids (B, T), mask (B, T))."""
-    width = width or max(len(s) for s in sequences)
+    if not sequences:
+        raise ValueError("pad_right: no sequences to pad")
+    width = max(len(s) for s in sequences) if width is None else width
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, seq in enumerate(sequences):

@@ -69,7 +69,8 @@ def completion_logprobs(
     Logits are divided by the sampling temperature so the log-probs are those of the distribution
     the completions were actually drawn from.
     """
-    logits = completion_logits(model, input_ids, attention_mask, prompt_len).float() / temperature
+    # selective_log_softmax upcasts 16-bit logits itself; float32/float64 keep their precision.
+    logits = completion_logits(model, input_ids, attention_mask, prompt_len) / temperature
     logprobs = selective_log_softmax(logits, input_ids[:, prompt_len:])
     entropy = entropy_from_logits(logits) if with_entropy else None
     return logprobs, entropy

@@ -30,7 +30,7 @@ from transformers import PreTrainedTokenizerFast
 
 from overopt.testbeds.base import SFTExample
 
-PAD, BOS, EOS, SEP = "<pad>", "<bos>", "<eos>", "<tldr>"
+PAD, BOS, EOS, SEP, UNK = "<pad>", "<bos>", "<eos>", "<tldr>", "<unk>"
 FILLER_WORDS = ("the", "and", "also", "then", "so", "very", "really", "indeed")
 # Splits are decided by a hash of the (sorted) document, so train and eval prompts never overlap.
 _EVAL_BUCKET, _N_BUCKETS = 0, 10
@@ -78,11 +78,11 @@ class SummarizeTestbed:
     # -- vocabulary --------------------------------------------------------------------------
     @cached_property
     def tokenizer(self) -> PreTrainedTokenizerFast:
-        vocab = {tok: i for i, tok in enumerate([PAD, BOS, EOS, SEP, *self.fact_tokens, *FILLER_WORDS])}
-        core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=PAD))
+        vocab = {tok: i for i, tok in enumerate([PAD, BOS, EOS, SEP, UNK, *self.fact_tokens, *FILLER_WORDS])}
+        core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
         core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
         return PreTrainedTokenizerFast(
-            tokenizer_object=core, pad_token=PAD, bos_token=BOS, eos_token=EOS, padding_side="left"
+            tokenizer_object=core, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK, padding_side="left"
         )
 
     @cached_property
@@ -119,7 +119,7 @@ class SummarizeTestbed:
     def _write_summary(self, doc: np.ndarray, rng: np.random.Generator) -> list[int]:
         """One human-like summary: a writer of random skill keeps k facts, sometimes slips."""
         s = self.spec
-        k = int(rng.integers(1, s.sft_max_facts + 1))
+        k = int(rng.integers(1, min(s.sft_max_facts, len(doc)) + 1))
         skill = rng.uniform(0.0, 3.0)  # 0: picks facts at random, 3: strongly prefers salient ones
         p = self.salience[doc].numpy() ** skill
         kept = rng.choice(len(doc), size=k, replace=False, p=p / p.sum())
