@@ -81,3 +81,22 @@ def test_bad_input_is_one_line_exit_2(tmp_path):
         assert proc.returncode == 2, (argv, proc.stderr)
         assert "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_readme_documents_every_config_field():
+    from pathlib import Path
+
+    from pydantic import BaseModel
+
+    from overopt.config import ExperimentConfig
+
+    def names(model, prefix=""):
+        for name, field in model.model_fields.items():
+            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+                yield from names(field.annotation, f"{prefix}{name}.")
+            else:
+                yield prefix + name
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    missing = [n for n in names(ExperimentConfig) if f"`{n}`" not in readme]
+    assert not missing, f"README's config table lacks {missing}"
