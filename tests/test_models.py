@@ -78,7 +78,12 @@ def ref_completion_logprobs(model, prompt, completion, temperature=1.0):
 def test_completion_logprobs_match_unpadded_per_prefix_reference(tok, policy, temperature):
     gen = torch.Generator().manual_seed(0)
     prompts, completions, ids, mask, prompt_len = _batch(
-        gen, len(tok), prompt_lens=[5, 2, 8, 1], completion_lens=[4, 6, 1, 3], pad_id=tok.pad_token_id, eos_id=tok.eos_token_id
+        gen,
+        len(tok),
+        prompt_lens=[5, 2, 8, 1],
+        completion_lens=[4, 6, 1, 3],
+        pad_id=tok.pad_token_id,
+        eos_id=tok.eos_token_id,
     )
     with torch.no_grad():
         logps, entropy = completion_logprobs(policy, ids, mask, prompt_len, temperature=temperature, with_entropy=True)
@@ -88,8 +93,12 @@ def test_completion_logprobs_match_unpadded_per_prefix_reference(tok, policy, te
     for row, (prompt, completion) in enumerate(zip(prompts, completions)):
         ref_lp, ref_ent = ref_completion_logprobs(policy, prompt, completion, temperature)
         n = len(completion)
-        torch.testing.assert_close(logps[row, :n].double(), torch.tensor(ref_lp, dtype=torch.float64), rtol=0, atol=LOGPROB_ATOL)
-        torch.testing.assert_close(entropy[row, :n].double(), torch.tensor(ref_ent, dtype=torch.float64), rtol=0, atol=LOGPROB_ATOL)
+        torch.testing.assert_close(
+            logps[row, :n].double(), torch.tensor(ref_lp, dtype=torch.float64), rtol=0, atol=LOGPROB_ATOL
+        )
+        torch.testing.assert_close(
+            entropy[row, :n].double(), torch.tensor(ref_ent, dtype=torch.float64), rtol=0, atol=LOGPROB_ATOL
+        )
         # Padding positions are not meaningful but must not be nan/inf (they get masked downstream).
         assert torch.isfinite(logps[row]).all() and torch.isfinite(entropy[row]).all()
         all_ref += ref_lp

@@ -156,8 +156,16 @@ def test_sample_and_label_pairs_argmax_keeps_gold_order(_one_thread, drop_ties):
     progress = _NoProgress()
     torch.manual_seed(0)
     data, stats = pairs_module.sample_and_label_pairs(
-        policy, testbed, prompts, labeling="argmax", bt_temperature=1.0, label_noise=0.0,
-        drop_ties=drop_ties, seed=0, batch_size=10, progress=progress,
+        policy,
+        testbed,
+        prompts,
+        labeling="argmax",
+        bt_temperature=1.0,
+        label_noise=0.0,
+        drop_ties=drop_ties,
+        seed=0,
+        batch_size=10,
+        progress=progress,
     )
     assert progress.done == progress.total == len(prompts)
     assert stats["n_pairs"] == len(data)
@@ -167,7 +175,9 @@ def test_sample_and_label_pairs_argmax_keeps_gold_order(_one_thread, drop_ties):
     for side in ("chosen", "rejected"):
         ids, mask = pad_right(data[f"{side}_ids"], tok.pad_token_id)
         recomputed = testbed.gold_reward(p_ids, ids, mask)
-        torch.testing.assert_close(recomputed, torch.tensor(data[f"gold_{side}"], dtype=torch.float64), rtol=0, atol=1e-12)
+        torch.testing.assert_close(
+            recomputed, torch.tensor(data[f"gold_{side}"], dtype=torch.float64), rtol=0, atol=1e-12
+        )
         # Each stored completion is a real one: it ends at its first EOS, or runs to the budget.
         for c in data[f"{side}_ids"]:
             assert tok.eos_token_id not in c[:-1]

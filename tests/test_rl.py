@@ -25,9 +25,17 @@ def _train(world, cfg: RLConfig, seed: int = 0, eval_every: int = 2):
     logged: list[tuple[int, dict]] = []
     with StageProgress("test") as progress:
         train_policy(
-            cfg, policy=policy, ref_policy=world["policy"], reward_model=world["reward_model"], value_model=value_model,
-            testbed=testbed, train_prompts=testbed.prompts("train", 16, 0), seed=seed, eval_every=eval_every,
-            on_eval=lambda step, figures: logged.append((step, figures)), progress=progress,
+            cfg,
+            policy=policy,
+            ref_policy=world["policy"],
+            reward_model=world["reward_model"],
+            value_model=value_model,
+            testbed=testbed,
+            train_prompts=testbed.prompts("train", 16, 0),
+            seed=seed,
+            eval_every=eval_every,
+            on_eval=lambda step, figures: logged.append((step, figures)),
+            progress=progress,
         )
     return policy, logged
 

@@ -29,7 +29,6 @@ SMALL_SPEC = SummarizeSpec(
     hallucination_penalty=0.5,
     repetition_penalty=0.3,
     length_penalty=0.1,
-    sft_max_facts=3,  # must be <= doc_facts (the SFT writer samples facts without replacement)
     world_seed=7,
 )
 
@@ -59,7 +58,8 @@ def ref_components(tb, prompt: list[int], completion: list[int], mask: list[int]
     doc = {f for f in (_fact_index(tb, t) for t in prompt) if f is not None}
     summary = [t for t, m in zip(completion, mask) if m and t != eos]  # |y| without EOS
     counts = Counter(f for f in (_fact_index(tb, t) for t in summary) if f is not None)
-    coverage = math.fsum(sal[f] for f in doc if counts[f] > 0) / math.fsum(sal[f] for f in doc)
+    best_within_budget = math.fsum(sorted((sal[f] for f in doc), reverse=True)[: tb.spec.length_budget])
+    coverage = min(1.0, math.fsum(sal[f] for f in doc if counts[f] > 0) / best_within_budget)
     hallucinated = sum(c for f, c in counts.items() if f not in doc)
     repeated = sum(max(0, counts[f] - 1) for f in doc)
     return {
@@ -113,9 +113,7 @@ def _doc_words(tb, prompt: list[int]) -> list[str]:
 # -- gold reward vs the reference ------------------------------------------------------------------------
 def test_gold_matches_reference_on_sft_corpus(testbed):
     corpus = testbed.sft_corpus(300, seed=0)
-    gold, comps = _check_against_reference(
-        testbed, [e.prompt_ids for e in corpus], [e.completion_ids for e in corpus]
-    )
+    gold, comps = _check_against_reference(testbed, [e.prompt_ids for e in corpus], [e.completion_ids for e in corpus])
     # The corpus exercises the terms (otherwise the comparison above says little about them).
     assert (comps["hallucinated"] > 0).any() and (comps["repeated"] > 0).any()
     assert gold.max() - gold.min() > 0.5
@@ -190,17 +188,24 @@ def test_gold_matches_reference_on_random_token_soup(testbed):
     _check_against_reference(testbed, prompts, completions, masks)
 
 
-def test_all_facts_once_within_budget_scores_exactly_one(default_testbed):
+def test_top_salient_facts_score_one_and_listing_everything_pays_for_length(default_testbed):
+    """The best summary names the L most salient document facts; naming all of them costs λ_len per extra token."""
     tb = default_testbed
-    assert tb.spec.doc_facts <= tb.spec.length_budget  # precondition: listing the doc fits the budget
+    sal = tb.salience.tolist()
+    budget, n_doc = tb.spec.length_budget, tb.spec.doc_facts
+    assert n_doc > budget  # precondition: the document does not fit in the budget
     for prompt in tb.prompts("train", 20, seed=2):
         doc = _doc_words(tb, prompt)
-        for order in (doc, doc[::-1]):
-            filler = ["the"] if len(order) < tb.spec.length_budget else []  # fillers are free within budget
-            completion = _ids(tb, " ".join([*order, *filler, EOS]))
-            p, _ = pad_left([prompt], 0)
-            c, m = pad_right([completion], 0)
-            assert tb.gold_reward(p, c, m).item() == 1.0
+        best = sorted(doc, key=lambda w: -sal[int(w[1:])])[:budget]
+        p, _ = pad_left([prompt], 0)
+        for order in (best, best[::-1]):
+            c, m = pad_right([_ids(tb, " ".join([*order, EOS]))], 0)
+            assert tb.gold_reward(p, c, m).item() == pytest.approx(1.0, abs=ATOL)
+        c, m = pad_right([_ids(tb, " ".join([*doc, EOS]))], 0)
+        assert tb.gold_reward(p, c, m).item() == pytest.approx(1.0 - tb.spec.length_penalty * (n_doc - budget), abs=ATOL)
+        # Any proper subset of the best facts scores strictly less than 1.
+        c, m = pad_right([_ids(tb, " ".join([*best[:-1], EOS]))], 0)
+        assert tb.gold_reward(p, c, m).item() < 1.0
 
 
 def test_repeating_a_fact_three_times_costs_two_repetition_penalties(testbed):
@@ -339,6 +344,7 @@ def test_sft_corpus_gold_tracks_distinct_facts_and_rarely_repeats(default_testbe
         over_budget += len(e.completion_ids) - 1 > tb.spec.length_budget
     assert _pearson(n_distinct, gold) > 0.5
     assert repeats / len(corpus) < 0.10  # sft_p_repeat = 0.05 of summaries get one repeat
-    assert over_budget / len(corpus) < 0.05  # "rarely run past the budget"
+    # Writers aim at the budget; going past it (an extra fact, a filler, a slip) is the exception.
+    assert over_budget / len(corpus) < 0.3
     # And every count of facts is represented, so the correlation is not driven by two clusters.
-    assert set(n_distinct) == set(range(1, tb.spec.sft_max_facts + 1))
+    assert set(n_distinct) == set(range(1, tb.spec.length_budget + 2))

@@ -34,7 +34,10 @@ def run(argv: list[str]) -> dict:
     selector, rest = tyro.cli(_RunSelector, args=argv, add_help=False, return_unknown_args=True)
     base = load_config(selector.preset, selector.config)
     cfg = tyro.cli(
-        ExperimentConfig, default=base, args=rest, prog="overopt run",
+        ExperimentConfig,
+        default=base,
+        args=rest,
+        prog="overopt run",
         description="Reproduce reward-model overoptimization end to end and compare methods.",
         config=(tyro.conf.FlagConversionOff,),
     )

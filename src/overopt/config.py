@@ -44,7 +44,7 @@ class SFTConfig(_Frozen):
 class PairsConfig(_Frozen):
     """Gold-labelled preference pairs sampled from the SFT policy (METHODS.md §0 steps 2-3)."""
 
-    n_prompts: int = Field(6000, gt=0, description="Training prompts; two SFT samples (T=1) each.")
+    n_prompts: int = Field(12000, gt=0, description="Training prompts; two SFT samples (T=1) each.")
     labeling: Literal["argmax", "bradley_terry"] = Field(
         "argmax", description="chosen = argmax r* (OCRM's code), or sampled with P = σ((r1 - r2)/T)."
     )
@@ -57,7 +57,7 @@ class PairsConfig(_Frozen):
 class RMConfig(_Frozen):
     """Proxy reward model: SFT backbone + fresh linear head, Bradley-Terry loss (§0 step 4)."""
 
-    epochs: int = Field(3, gt=0, description="Passes over the training pairs.")
+    epochs: int = Field(4, gt=0, description="Passes over the training pairs.")
     batch_size: int = Field(64, gt=0, description="Pairs per optimiser step.")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate (cosine decay, 5% warm-up).")
 
@@ -65,7 +65,7 @@ class RMConfig(_Frozen):
 class KLConfig(_Frozen):
     """KL regularisation to the reference policy (used by method `kl`; `none` turns it off)."""
 
-    coef: float = Field(0.1, ge=0, description="β: initial KL coefficient.")
+    coef: float = Field(0.2, ge=0, description="β: initial KL coefficient.")
     estimator: Literal["k1", "k2", "k3"] = Field("k1", description="Per-token KL estimator (Schulman).")
     placement: Literal["reward", "loss"] = Field(
         "reward", description="Subtract β·Σ KL from the reward (Ziegler) or add β·mean KL to the loss (GRPO)."
@@ -82,7 +82,7 @@ class RLConfig(_Frozen):
     steps: int = Field(200, gt=0, description="Policy updates (one batch of rollouts each).")
     prompts_per_step: int = Field(32, gt=0, description="Prompts per rollout batch.")
     group_size: int = Field(4, ge=2, description="K completions per prompt.")
-    lr: float = Field(6e-4, gt=0, description="AdamW learning rate (constant).")
+    lr: float = Field(3e-4, gt=0, description="AdamW learning rate (constant).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of rollouts.")
     clip_eps: float = Field(0.2, gt=0, description="ε of the clipped surrogate.")
     epochs: int = Field(1, gt=0, description="Optimisation passes over each rollout batch.")
@@ -120,12 +120,12 @@ class SummarizeConfig(_Frozen):
     """The `summarize` testbed's language and gold reward (see overopt.testbeds.summarize)."""
 
     n_fact_types: int = Field(40, gt=1, description="Distinct fact tokens.")
-    doc_facts: int = Field(6, gt=0, description="Facts per document.")
-    length_budget: int = Field(8, gt=0, description="Summary length after which each token costs length_penalty.")
-    max_completion_tokens: int = Field(16, gt=0, description="Generation budget.")
+    doc_facts: int = Field(8, gt=0, description="Facts per document.")
+    length_budget: int = Field(4, gt=0, description="Summary length after which each token costs length_penalty.")
+    max_completion_tokens: int = Field(12, gt=0, description="Generation budget.")
     hallucination_penalty: float = Field(0.25, ge=0, description="Gold cost per fact not in the document.")
     repetition_penalty: float = Field(0.2, ge=0, description="Gold cost per repeated mention of a fact.")
-    length_penalty: float = Field(0.05, ge=0, description="Gold cost per token beyond the budget.")
+    length_penalty: float = Field(0.2, ge=0, description="Gold cost per token beyond the budget.")
 
 
 class ExperimentConfig(_Frozen):
@@ -186,3 +186,17 @@ def load_config(preset: str = "default", config_file: Path | None = None) -> Exp
 
 def to_yaml(cfg: ExperimentConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def config_fields(model: type[BaseModel] = ExperimentConfig, prefix: str = ""):
+    """(dotted name, default, help) for every leaf field: the README's configuration table."""
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield from config_fields(field.annotation, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", field.default, field.description
+
+
+def markdown_table() -> str:
+    rows = [f"| `{name}` | `{default}` | {help_} |" for name, default, help_ in config_fields()]
+    return "\n".join(["| field | default | meaning |", "|---|---|---|", *rows])

@@ -6,7 +6,7 @@ inside the training loop.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from overopt.config import RLConfig
 

@@ -77,8 +77,10 @@ def _run_stage(out: Path, name: str, fp: str, build) -> Path:
     start = time.perf_counter()
     with StageProgress(name) as progress:
         metrics = build(tmp, progress)
-    write_json(tmp / "stage.json", {"stage": name, "fingerprint": fp, "wall_s": time.perf_counter() - start,
-                                    "metrics": metrics})
+    write_json(
+        tmp / "stage.json",
+        {"stage": name, "fingerprint": fp, "wall_s": time.perf_counter() - start, "metrics": metrics},
+    )
     replace_dir(tmp, final)
     return final
 
@@ -101,12 +103,26 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     # 1. SFT policy.
     def build_sft(tmp: Path, progress: StageProgress) -> dict:
         max_len = max(len(p) for p in testbed.prompts("eval", 1, cfg.seed)) + testbed.max_completion_tokens
-        policy = tiny_llama(tok, cfg.model.hidden_size, cfg.model.num_layers, cfg.model.num_heads,
-                            max_positions=max_len + 8, seed=cfg.seed)
+        policy = tiny_llama(
+            tok,
+            cfg.model.hidden_size,
+            cfg.model.num_layers,
+            cfg.model.num_heads,
+            max_positions=max_len + 8,
+            seed=cfg.seed,
+        )
         corpus = testbed.sft_corpus(cfg.sft.n_examples, cfg.seed)
-        metrics = train_sft(policy, corpus, epochs=cfg.sft.epochs, batch_size=cfg.sft.batch_size, lr=cfg.sft.lr,
-                            eval_fraction=cfg.sft.eval_fraction, pad_id=tok.pad_token_id, seed=cfg.seed,
-                            progress=progress)
+        metrics = train_sft(
+            policy,
+            corpus,
+            epochs=cfg.sft.epochs,
+            batch_size=cfg.sft.batch_size,
+            lr=cfg.sft.lr,
+            eval_fraction=cfg.sft.eval_fraction,
+            pad_id=tok.pad_token_id,
+            seed=cfg.seed,
+            progress=progress,
+        )
         policy.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         return metrics
@@ -118,9 +134,16 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     def build_pairs(tmp: Path, progress: StageProgress) -> dict:
         torch.manual_seed(cfg.seed)
         pairs, stats = sample_and_label_pairs(
-            sft_policy, testbed, testbed.prompts("train", cfg.pairs.n_prompts, cfg.seed + 1),
-            labeling=cfg.pairs.labeling, bt_temperature=cfg.pairs.bt_temperature, label_noise=cfg.pairs.label_noise,
-            drop_ties=cfg.pairs.drop_ties, seed=cfg.seed, batch_size=SAMPLE_BATCH, progress=progress,
+            sft_policy,
+            testbed,
+            testbed.prompts("train", cfg.pairs.n_prompts, cfg.seed + 1),
+            labeling=cfg.pairs.labeling,
+            bt_temperature=cfg.pairs.bt_temperature,
+            label_noise=cfg.pairs.label_noise,
+            drop_ties=cfg.pairs.drop_ties,
+            seed=cfg.seed,
+            batch_size=SAMPLE_BATCH,
+            progress=progress,
         )
         split = pairs.train_test_split(test_size=cfg.pairs.heldout_fraction, seed=cfg.seed)
         split.save_to_disk(str(tmp / "data"))
@@ -132,9 +155,17 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     # 4. Proxy reward model (SFT backbone, fresh head).
     def build_rm(tmp: Path, progress: StageProgress) -> dict:
         rm = reward_model_from_backbone(sft_dir, seed=cfg.seed)
-        metrics = train_reward_model(rm, pairs["train"], pairs["test"], epochs=cfg.rm.epochs,
-                                     batch_size=cfg.rm.batch_size, lr=cfg.rm.lr, pad_id=tok.pad_token_id,
-                                     seed=cfg.seed, progress=progress)
+        metrics = train_reward_model(
+            rm,
+            pairs["train"],
+            pairs["test"],
+            epochs=cfg.rm.epochs,
+            batch_size=cfg.rm.batch_size,
+            lr=cfg.rm.lr,
+            pad_id=tok.pad_token_id,
+            seed=cfg.seed,
+            progress=progress,
+        )
         rm.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         return metrics
@@ -154,29 +185,73 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
                 continue
             shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run restarts from scratch
             run_dir.mkdir(parents=True)
-            _run_policy_optimisation(cfg, rl_cfg, testbed, sft_policy, reward_model, rm_dir, train_prompts,
-                                     eval_ids, eval_mask, run_dir, method, seed)
+            _run_policy_optimisation(
+                cfg,
+                rl_cfg,
+                testbed,
+                sft_policy,
+                reward_model,
+                rm_dir,
+                train_prompts,
+                eval_ids,
+                eval_mask,
+                run_dir,
+                method,
+                seed,
+            )
             write_json(run_dir / "stage.json", {"stage": "rl", "method": method, "seed": seed, "fingerprint": run_fp})
 
     return build_report(out, console=console)
 
 
-def _run_policy_optimisation(cfg, rl_cfg, testbed: Testbed, sft_policy, reward_model, rm_dir, train_prompts,
-                             eval_ids, eval_mask, run_dir: Path, method: str, seed: int) -> None:
+def _run_policy_optimisation(
+    cfg,
+    rl_cfg,
+    testbed: Testbed,
+    sft_policy,
+    reward_model,
+    rm_dir,
+    train_prompts,
+    eval_ids,
+    eval_mask,
+    run_dir: Path,
+    method: str,
+    seed: int,
+) -> None:
     policy = copy.deepcopy(sft_policy).train()
-    value_model = AutoModelForTokenClassification.from_pretrained(rm_dir, num_labels=1) if rl_cfg.algo == "ppo" else None
+    value_model = (
+        AutoModelForTokenClassification.from_pretrained(rm_dir, num_labels=1) if rl_cfg.algo == "ppo" else None
+    )
     start = time.perf_counter()
 
     def on_eval(step: int, train_figures: dict[str, float]) -> None:
         metrics, samples = evaluate_policy(
-            policy, sft_policy, reward_model, testbed, eval_ids, eval_mask, temperature=cfg.eval.temperature,
-            seed=10_000 + seed, batch_size=SAMPLE_BATCH, n_logged_samples=cfg.eval.n_logged_samples,
+            policy,
+            sft_policy,
+            reward_model,
+            testbed,
+            eval_ids,
+            eval_mask,
+            temperature=cfg.eval.temperature,
+            seed=10_000 + seed,
+            batch_size=SAMPLE_BATCH,
+            n_logged_samples=cfg.eval.n_logged_samples,
         )
         row = {"step": step, **metrics, "wall_s": time.perf_counter() - start, **train_figures}
         append_jsonl(run_dir / "metrics.jsonl", row)
         append_jsonl(run_dir / "samples.jsonl", {"step": step, "samples": samples})
 
     with StageProgress(f"rl {method} seed{seed}") as progress:
-        train_policy(rl_cfg, policy=policy, ref_policy=sft_policy, reward_model=reward_model, value_model=value_model,
-                     testbed=testbed, train_prompts=train_prompts, seed=seed, eval_every=cfg.eval.every,
-                     on_eval=on_eval, progress=progress)
+        train_policy(
+            rl_cfg,
+            policy=policy,
+            ref_policy=sft_policy,
+            reward_model=reward_model,
+            value_model=value_model,
+            testbed=testbed,
+            train_prompts=train_prompts,
+            seed=seed,
+            eval_every=cfg.eval.every,
+            on_eval=on_eval,
+            progress=progress,
+        )

@@ -104,7 +104,7 @@ def ref_gae(rewards, values, mask, gamma, lam):
         if valid:
             first, last = valid[0], valid[-1]
 
-            def delta(k):
+            def delta(k, r=r, v=v, last=last):
                 next_v = v[k + 1] if k < last else 0.0
                 return r[k] + gamma * next_v - v[k]
 

@@ -145,10 +145,7 @@ def test_entropy_gradient_closed_form(gen, assert_close):
 def test_sequence_logprobs_matches_loop(gen, right_padded_mask, with_garbage, assert_close):
     token_lp = -torch.rand(B, T, generator=gen, dtype=torch.float64) * 4
     mask = right_padded_mask(B, T, gen)
-    expected = [
-        math.fsum(x for x, k in zip(row, row_m) if k)
-        for row, row_m in zip(token_lp.tolist(), mask.tolist())
-    ]
+    expected = [math.fsum(x for x, k in zip(row, row_m) if k) for row, row_m in zip(token_lp.tolist(), mask.tolist())]
     assert_close(sequence_logprobs(token_lp, mask), expected)
     assert_close(sequence_logprobs(with_garbage(token_lp, mask), mask), expected)
 

@@ -87,11 +87,7 @@ def test_tuple_dim_on_3d(gen, assert_close):
     values = torch.randn(2, 3, 4, generator=gen, dtype=torch.float64)
     mask = (torch.rand(2, 3, 4, generator=gen) < 0.5).to(torch.float64)
     expected = [
-        math.fsum(
-            values[i, j, k].item()
-            for j, k in itertools.product(range(3), range(4))
-            if mask[i, j, k]
-        )
+        math.fsum(values[i, j, k].item() for j, k in itertools.product(range(3), range(4)) if mask[i, j, k])
         for i in range(2)
     ]
     assert_close(masked_sum(values, mask, dim=(1, 2)), expected)
@@ -141,9 +137,7 @@ def test_masked_whiten_matches_loop(gen, random_mask, with_garbage, assert_close
         for row_v, row_m in zip(values.tolist(), mask.tolist())
     ]
     assert_close(masked_whiten(values, mask, shift_mean=shift_mean, eps=eps), expected)
-    assert_close(
-        masked_whiten(with_garbage(values, mask), mask, shift_mean=shift_mean, eps=eps), expected
-    )
+    assert_close(masked_whiten(with_garbage(values, mask), mask, shift_mean=shift_mean, eps=eps), expected)
 
 
 def test_masked_whiten_properties(gen, random_mask, assert_close):

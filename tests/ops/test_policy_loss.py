@@ -86,8 +86,12 @@ def test_clipped_surrogate_matches_loop(
 def test_clipped_surrogate_mutations(gen, right_padded_mask, assert_far):
     logprobs, old, adv, mask, weights = _batch(gen, right_padded_mask)
     out = clipped_surrogate(logprobs, old, adv, mask, EPS, "seq_mean", weights=weights)
-    ref = lambda **kw: ref_surrogate(**{**dict(logprobs=logprobs, old=old, adv=adv, mask=mask, eps=EPS,
-                                              aggregation="seq_mean", weights=weights), **kw})
+    ref = lambda **kw: ref_surrogate(
+        **{
+            **dict(logprobs=logprobs, old=old, adv=adv, mask=mask, eps=EPS, aggregation="seq_mean", weights=weights),
+            **kw,
+        }
+    )
     assert_far(out.loss, ref(aggregation="token_mean")[0])  # wrong aggregation
     assert_far(out.loss, ref(aggregation="token_sum_norm", norm_const=T)[0])
     assert_far(out.loss, ref(sign=-1.0)[0])  # sign flip

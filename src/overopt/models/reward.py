@@ -50,9 +50,7 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (positions * attention_mask.long()).argmax(dim=1)
 
 
-def reward_forward(
-    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
-) -> RewardOutput:
+def reward_forward(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> RewardOutput:
     """r(x, y) = wᵀh + b for a batch of full sequences (B, L) -> RewardOutput((B,), (B, H))."""
     hidden_states = model.base_model(
         input_ids=input_ids,

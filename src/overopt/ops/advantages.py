@@ -15,8 +15,7 @@ def _check_group_rewards(rewards: torch.Tensor) -> None:
     _check_ndim("rewards", rewards, 2, "(P, K) = (prompts, completions per prompt)")
     if rewards.shape[1] < 2:
         raise ValueError(
-            "group-relative advantages need K >= 2 completions per prompt, got "
-            f"rewards of shape {tuple(rewards.shape)}"
+            f"group-relative advantages need K >= 2 completions per prompt, got rewards of shape {tuple(rewards.shape)}"
         )
 
 
@@ -37,9 +36,7 @@ def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
     return rewards - loo_mean
 
 
-def grpo_advantages(
-    rewards: torch.Tensor, scale_by_std: bool = True, eps: float = 1e-4
-) -> torch.Tensor:
+def grpo_advantages(rewards: torch.Tensor, scale_by_std: bool = True, eps: float = 1e-4) -> torch.Tensor:
     """Group-normalised advantages of GRPO, or Dr.GRPO's unscaled variant.
 
     Formula: ``A_i = (r_i - mean_j r_j) / (std_j r_j + eps)`` within each

@@ -80,15 +80,11 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: s
     try:
         fn = KL_ESTIMATORS[estimator]
     except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown KL estimator {estimator!r}; valid choices: {sorted(KL_ESTIMATORS)}"
-        ) from None
+        raise ValueError(f"unknown KL estimator {estimator!r}; valid choices: {sorted(KL_ESTIMATORS)}") from None
     return fn(logprobs, ref_logprobs)
 
 
-def adaptive_kl_coef(
-    coef: float, observed_kl: float, target: float, horizon: float, n_steps: float
-) -> float:
+def adaptive_kl_coef(coef: float, observed_kl: float, target: float, horizon: float, n_steps: float) -> float:
     """One update of the adaptive KL coefficient (proportional controller).
 
     Formula (Ziegler et al. 2019, arXiv 1909.08593, Sec. 2.2):

@@ -42,8 +42,7 @@ def selective_log_softmax(logits: torch.Tensor, tokens: torch.Tensor) -> torch.T
     _check_ndim("tokens", tokens, 2, "(B, T)")
     if tokens.shape != logits.shape[:2]:
         raise ValueError(
-            f"tokens must have shape logits.shape[:2] = {tuple(logits.shape[:2])}, "
-            f"got {tuple(tokens.shape)}"
+            f"tokens must have shape logits.shape[:2] = {tuple(logits.shape[:2])}, got {tuple(tokens.shape)}"
         )
     if tokens.is_floating_point() or tokens.dtype == torch.bool:
         raise ValueError(f"tokens must be an integer tensor, got dtype {tokens.dtype}")

@@ -19,8 +19,7 @@ def _check_same_shape(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor
     """Raise ValueError unless ``a`` and ``b`` have identical shapes."""
     if a.shape != b.shape:
         raise ValueError(
-            f"{name_a} and {name_b} must have the same shape, got "
-            f"{name_a}{tuple(a.shape)} and {name_b}{tuple(b.shape)}"
+            f"{name_a} and {name_b} must have the same shape, got {name_a}{tuple(a.shape)} and {name_b}{tuple(b.shape)}"
         )
 
 
@@ -90,9 +89,7 @@ def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) 
     return sq_dev / (n - 1 if unbiased else n)
 
 
-def masked_whiten(
-    values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
-) -> torch.Tensor:
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
     """Standardise ``values`` with statistics of its valid elements.
 
     Formula: ``w_i = (x_i - μ) / sqrt(var + eps)`` with ``μ``, ``var`` the

@@ -95,9 +95,7 @@ def clipped_surrogate(
     # min(ρA, clip(ρ)A) picks the clipped branch exactly in these two cases;
     # selecting with the explicit predicate makes the gradient on clipped tokens
     # exactly 0 and shares the predicate with clip_frac.
-    clip_active = ((advantages > 0) & (ratio > 1.0 + clip_eps)) | (
-        (advantages < 0) & (ratio < 1.0 - clip_eps)
-    )
+    clip_active = ((advantages > 0) & (ratio > 1.0 + clip_eps)) | ((advantages < 0) & (ratio < 1.0 - clip_eps))
     per_token = -torch.where(clip_active, clipped, unclipped)
     if weights is not None:
         per_token = per_token * weights.detach().unsqueeze(1)

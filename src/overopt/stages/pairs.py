@@ -53,7 +53,9 @@ def sample_and_label_pairs(
     """Two T=1 samples per prompt, gold-labelled. Returns the pairs and a few statistics."""
     tok = testbed.tokenizer
     generator = torch.Generator().manual_seed(seed)
-    rows: dict[str, list] = {k: [] for k in ("prompt_ids", "chosen_ids", "rejected_ids", "gold_chosen", "gold_rejected")}
+    rows: dict[str, list] = {
+        k: [] for k in ("prompt_ids", "chosen_ids", "rejected_ids", "gold_chosen", "gold_rejected")
+    }
     n_ties = 0
     progress.start(len(prompts))
     for start in range(0, len(prompts), batch_size):
@@ -67,7 +69,12 @@ def sample_and_label_pairs(
         gold_a, gold_b = gold[0::2], gold[1::2]
         # 2. Gold labels.
         a_wins = label_pairs(
-            gold_a, gold_b, labeling=labeling, bt_temperature=bt_temperature, label_noise=label_noise, generator=generator
+            gold_a,
+            gold_b,
+            labeling=labeling,
+            bt_temperature=bt_temperature,
+            label_noise=label_noise,
+            generator=generator,
         )
         for i, prompt in enumerate(batch):
             if gold_a[i] == gold_b[i]:

@@ -13,8 +13,8 @@ One readable loop. Each update:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from transformers import PreTrainedModel
@@ -30,7 +30,6 @@ from overopt.ops import (
     grpo_advantages,
     kl_estimate,
     masked_mean,
-    masked_sum,
     masked_whiten,
     rloo_advantages,
 )
@@ -123,8 +122,13 @@ def train_policy(
         batch_prompts = [p for p in prompts.take(cfg.prompts_per_step) for _ in range(cfg.group_size)]
         prompt_ids, prompt_mask = pad_left(batch_prompts, tok.pad_token_id)
         rollout = sample_completions(
-            policy, prompt_ids, prompt_mask, testbed.max_completion_tokens, cfg.temperature,
-            tok.eos_token_id, tok.pad_token_id,
+            policy,
+            prompt_ids,
+            prompt_mask,
+            testbed.max_completion_tokens,
+            cfg.temperature,
+            tok.eos_token_id,
+            tok.pad_token_id,
         )
         ids, mask, plen, cmask = rollout.input_ids, rollout.attention_mask, rollout.prompt_len, rollout.completion_mask
         with torch.no_grad():
@@ -147,21 +151,36 @@ def train_policy(
                 last = cmask.sum(1) - 1
                 token_rewards[torch.arange(len(last)), last] += scores
                 est = gae(token_rewards, old_values, cmask, cfg.gamma, cfg.lam)
-                batch = Batch(rollout, old_logprobs, ref_logprobs, masked_whiten(est.advantages, cmask) * cmask,
-                              old_values, est.returns)
+                batch = Batch(
+                    rollout,
+                    old_logprobs,
+                    ref_logprobs,
+                    masked_whiten(est.advantages, cmask) * cmask,
+                    old_values,
+                    est.returns,
+                )
             else:
                 rewards = scores - kl_coef * seq_kl if in_reward else scores
                 batch = Batch(rollout, old_logprobs, ref_logprobs, _sequence_advantages(cfg, rewards))
-        log(**{"train/proxy_reward": scores.mean(), "train/kl_ref": seq_kl.mean(), "kl/coef": kl_coef,
-               "train/mean_length": cmask.sum(1).double().mean()})
+        log(
+            **{
+                "train/proxy_reward": scores.mean(),
+                "train/kl_ref": seq_kl.mean(),
+                "kl/coef": kl_coef,
+                "train/mean_length": cmask.sum(1).double().mean(),
+            }
+        )
 
         # 5. Clipped-surrogate updates over minibatches.
         n_rows = ids.shape[0]
         for _ in range(cfg.epochs):
             order = torch.randperm(n_rows)
             for rows in order.chunk(cfg.minibatches):
-                log(**_update(cfg, policy, value_model, optimizer, batch, rows, kl_coef, params,
-                              testbed.max_completion_tokens))
+                log(
+                    **_update(
+                        cfg, policy, value_model, optimizer, batch, rows, kl_coef, params, testbed.max_completion_tokens
+                    )
+                )
 
         # 6. Adaptive KL coefficient (Ziegler et al., arXiv 1909.08593).
         if cfg.kl.adaptive and kl_coef > 0:
@@ -189,8 +208,13 @@ def _update(
     ids, mask, plen, cmask = rollout.input_ids, rollout.attention_mask, rollout.prompt_len, rollout.completion_mask
     logprobs, _ = completion_logprobs(policy, ids, mask, plen, cfg.temperature)
     pg = clipped_surrogate(
-        logprobs, batch.old_logprobs[rows], batch.advantages[rows], cmask,
-        clip_eps=cfg.clip_eps, aggregation=cfg.aggregation, norm_const=float(max_completion_tokens),
+        logprobs,
+        batch.old_logprobs[rows],
+        batch.advantages[rows],
+        cmask,
+        clip_eps=cfg.clip_eps,
+        aggregation=cfg.aggregation,
+        norm_const=float(max_completion_tokens),
     )
     loss = pg.loss
     figures = {"train/pg_loss": pg.loss.item(), "train/clip_frac": pg.clip_frac.item()}

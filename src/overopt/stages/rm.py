@@ -26,9 +26,7 @@ def encode_sequences(
 def pair_rewards(model: PreTrainedModel, batch: dict, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Rewards of the chosen and rejected completions of a batch of pairs, one forward pass."""
     n = len(batch["prompt_ids"])
-    ids, mask = encode_sequences(
-        batch["prompt_ids"] * 2, batch["chosen_ids"] + batch["rejected_ids"], pad_id
-    )
+    ids, mask = encode_sequences(batch["prompt_ids"] * 2, batch["chosen_ids"] + batch["rejected_ids"], pad_id)
     rewards = reward_forward(model, ids, mask).rewards
     return rewards[:n], rewards[n:]
 

@@ -66,8 +66,11 @@ def train_sft(
     # 3. Held-out NLL.
     model.eval()
     with torch.no_grad():
-        eval_loss = sum(
-            _batch_nll(model, eval_set[i : i + batch_size], pad_id).item() * len(eval_set[i : i + batch_size])
-            for i in range(0, n_eval, batch_size)
-        ) / n_eval
+        eval_loss = (
+            sum(
+                _batch_nll(model, eval_set[i : i + batch_size], pad_id).item() * len(eval_set[i : i + batch_size])
+                for i in range(0, n_eval, batch_size)
+            )
+            / n_eval
+        )
     return {"train_nll": train_loss, "eval_nll": eval_loss, "n_train": len(train_set), "n_eval": n_eval}

@@ -1,21 +1,24 @@
 """`summarize`: a synthetic summarisation language with a known gold reward.
 
 A document is a list of distinct *fact* tokens; each fact type has a hidden salience. A summary is
-a sequence of fact tokens and filler words ending in EOS. The gold reward is what a person would
-want of a summary (mirrors TL;DR / AlpacaFarm-style RLHF):
+a sequence of fact tokens and filler words ending in EOS, with a length budget L smaller than the
+document. The gold reward is what a person would want of such a summary (mirrors TL;DR-style
+RLHF):
 
     r*(x, y) = coverage(x, y) - λ_hal·#hallucinated - λ_rep·#repeated - λ_len·max(0, |y| - L)
 
-with coverage = Σ_{f ∈ doc ∩ y} s_f / Σ_{f ∈ doc} s_f (salience-weighted recall of the document's
-facts), #hallucinated = fact tokens not in the document, #repeated = extra mentions of a document
-fact, |y| = summary length without EOS and L the length budget.
+coverage = min(1, Σ_{f ∈ doc ∩ y} s_f / Σ_{f ∈ top_L(doc)} s_f): the salience of the document's
+facts the summary names, relative to the best summary within budget (its L most salient facts);
+#hallucinated = fact tokens not in the document; #repeated = extra mentions of a document fact;
+|y| = summary length without EOS.
 
-Why a learned proxy RM gets hacked here: the SFT demonstrations are short, rarely repeat a fact and
-rarely run past the budget, and within them *more fact tokens* almost always means *more
-coverage*. A reward model fitted to gold-labelled SFT pairs therefore learns "more / longer is
-better" without ever seeing the penalties bite. RL then follows that direction beyond the SFT
-support, into repetition, hallucination and rambling, as length and repetition are exploited in
-real RLHF.
+Why a learned proxy RM gets hacked here: in the SFT demonstrations, naming more facts, and more
+salient fact types, almost always means more coverage, and hallucinations are a minority. To tell
+a hallucination from a real fact the RM must check each summary token against the document; a
+small RM fitted to gold-labelled SFT pairs also learns the cheaper shortcut "salient fact types are
+good". RL first improves coverage (gold rises), then follows the shortcut beyond the SFT support:
+it names salient facts the document does not contain and repeats them (gold falls while the proxy
+keeps rising) — the hallucination and repetition hacks seen in real RLHF summarisation.
 """
 
 from __future__ import annotations
@@ -41,19 +44,19 @@ class SummarizeSpec:
     """The knobs of the language; defaults are the ones the presets were tuned with."""
 
     n_fact_types: int = 40
-    doc_facts: int = 6
-    length_budget: int = 8
-    max_completion_tokens: int = 16
+    doc_facts: int = 8
+    length_budget: int = 4
+    max_completion_tokens: int = 12
     salience_sigma: float = 0.6
     hallucination_penalty: float = 0.25
     repetition_penalty: float = 0.2
-    length_penalty: float = 0.05
+    length_penalty: float = 0.2
     # The SFT writer: how many facts it keeps, how often it slips.
-    sft_max_facts: int = 5
+    sft_p_over_budget: float = 0.1
     sft_p_hallucinate: float = 0.2
     sft_p_repeat: float = 0.05
-    sft_filler_trials: int = 3
-    sft_p_filler: float = 0.3
+    sft_filler_trials: int = 2
+    sft_p_filler: float = 0.2
     world_seed: int = 1234
 
 
@@ -119,7 +122,9 @@ class SummarizeTestbed:
     def _write_summary(self, doc: np.ndarray, rng: np.random.Generator) -> list[int]:
         """One human-like summary: a writer of random skill keeps k facts, sometimes slips."""
         s = self.spec
-        k = int(rng.integers(1, min(s.sft_max_facts, len(doc)) + 1))
+        budget = min(s.length_budget, len(doc))
+        over = rng.random() < s.sft_p_over_budget and budget < len(doc)
+        k = budget + 1 if over else int(rng.integers(1, budget + 1))
         skill = rng.uniform(0.0, 3.0)  # 0: picks facts at random, 3: strongly prefers salient ones
         p = self.salience[doc].numpy() ** skill
         kept = rng.choice(len(doc), size=k, replace=False, p=p / p.sum())
@@ -157,7 +162,9 @@ class SummarizeTestbed:
         in_doc = (self._fact_counts(prompt_ids, torch.ones_like(prompt_ids)) > 0).double()  # (B, N)
         counts = self._fact_counts(completion_ids, content)  # (B, N)
         sal = self.salience.unsqueeze(0)
-        coverage = ((counts > 0).double() * in_doc * sal).sum(1) / (in_doc * sal).sum(1)
+        # Normalise by the salience of the best possible summary within budget: its top-L facts.
+        top_l = (in_doc * sal).topk(min(self.spec.length_budget, self.spec.doc_facts), dim=1).values.sum(1)
+        coverage = (((counts > 0).double() * in_doc * sal).sum(1) / top_l).clamp(max=1.0)
         hallucinated = (counts * (1 - in_doc)).sum(1)
         repeated = ((counts - 1).clamp(min=0) * in_doc).sum(1)
         length = content.sum(1).double()
