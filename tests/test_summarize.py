@@ -202,7 +202,8 @@ def test_top_salient_facts_score_one_and_listing_everything_pays_for_length(defa
             c, m = pad_right([_ids(tb, " ".join([*order, EOS]))], 0)
             assert tb.gold_reward(p, c, m).item() == pytest.approx(1.0, abs=ATOL)
         c, m = pad_right([_ids(tb, " ".join([*doc, EOS]))], 0)
-        assert tb.gold_reward(p, c, m).item() == pytest.approx(1.0 - tb.spec.length_penalty * (n_doc - budget), abs=ATOL)
+        expected = 1.0 - tb.spec.length_penalty * (n_doc - budget)
+        assert tb.gold_reward(p, c, m).item() == pytest.approx(expected, abs=ATOL)
         # Any proper subset of the best facts scores strictly less than 1.
         c, m = pad_right([_ids(tb, " ".join([*best[:-1], EOS]))], 0)
         assert tb.gold_reward(p, c, m).item() < 1.0
