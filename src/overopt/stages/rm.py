@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from datasets import Dataset
-from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
+from transformers import PreTrainedModel
 
 from overopt.models.reward import reward_forward
 from overopt.ops import bradley_terry_loss, pairwise_accuracy
 from overopt.progress import StageProgress
 from overopt.sampling import pad_left, pad_right
+from overopt.stages.supervised import fit_minibatches
 
 
 def encode_sequences(
@@ -59,26 +58,16 @@ def train_reward_model(
     progress: StageProgress,
 ) -> dict[str, float]:
     """Bradley-Terry training, −log σ(r(x, y_c) − r(x, y_r)); returns loss and gold-order accuracies."""
-    steps_per_epoch = math.ceil(len(train_pairs) / batch_size)
-    total = epochs * steps_per_epoch
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, total // 20), total)
-    generator = torch.Generator().manual_seed(seed)
-    progress.start(total)
-    loss_value = float("nan")
-    for _ in range(epochs):
-        model.train()
-        order = torch.randperm(len(train_pairs), generator=generator).tolist()
-        for start in range(0, len(order), batch_size):
-            chosen, rejected = pair_rewards(model, train_pairs[order[start : start + batch_size]], pad_id)
-            loss = bradley_terry_loss(chosen, rejected)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            loss_value = loss.item()
-            progress.advance(loss=loss_value)
+    loss_value = fit_minibatches(
+        model,
+        len(train_pairs),
+        lambda rows: bradley_terry_loss(*pair_rewards(model, train_pairs[rows], pad_id)),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        progress=progress,
+    )
     return {
         "train_loss": loss_value,
         "train_accuracy": gold_order_accuracy(model, train_pairs, pad_id, 4 * batch_size),

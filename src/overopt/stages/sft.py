@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
-from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
+from transformers import PreTrainedModel
 
 from overopt.models.policy import completion_logits
 from overopt.progress import StageProgress
 from overopt.sampling import pad_left, pad_right
+from overopt.stages.supervised import fit_minibatches
 from overopt.testbeds.base import SFTExample
 
 
@@ -43,28 +42,18 @@ def train_sft(
     # 1. Split off held-out demonstrations.
     n_eval = max(1, int(len(corpus) * eval_fraction))
     eval_set, train_set = corpus[:n_eval], corpus[n_eval:]
-    steps_per_epoch = math.ceil(len(train_set) / batch_size)
-    total = epochs * steps_per_epoch
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, total // 20), total)
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    progress.start(total)
-    train_loss = float("nan")
     # 2. Minibatch AdamW over shuffled demonstrations.
-    for _ in range(epochs):
-        order = torch.randperm(len(train_set), generator=generator).tolist()
-        for start in range(0, len(order), batch_size):
-            loss = _batch_nll(model, [train_set[i] for i in order[start : start + batch_size]], pad_id)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            train_loss = loss.item()
-            progress.advance(loss=train_loss)
+    train_loss = fit_minibatches(
+        model,
+        len(train_set),
+        lambda rows: _batch_nll(model, [train_set[i] for i in rows], pad_id),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        progress=progress,
+    )
     # 3. Held-out NLL.
-    model.eval()
     with torch.no_grad():
         eval_loss = (
             sum(
