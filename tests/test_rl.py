@@ -9,6 +9,7 @@ import torch
 
 from overopt.config import KLConfig, RLConfig
 from overopt.methods import resolve_method
+from overopt.mitigations.rewards import ProxyRewardModel
 from overopt.progress import StageProgress
 from overopt.stages.rl import train_policy
 
@@ -28,7 +29,7 @@ def _train(world, cfg: RLConfig, seed: int = 0, eval_every: int = 2):
             cfg,
             policy=policy,
             ref_policy=world["policy"],
-            reward_model=world["reward_model"],
+            reward_source=ProxyRewardModel(world["reward_model"]),
             value_model=value_model,
             testbed=testbed,
             train_prompts=testbed.prompts("train", 16, 0),

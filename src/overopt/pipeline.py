@@ -20,6 +20,7 @@ from overopt.config import ExperimentConfig, to_yaml
 from overopt.errors import StaleArtifactError
 from overopt.io import append_jsonl, atomic_write_text, fingerprint, read_json, replace_dir, write_json
 from overopt.methods import resolve_method
+from overopt.mitigations.rewards import ProxyRewardModel
 from overopt.models.policy import tiny_llama
 from overopt.models.reward import reward_model_from_backbone
 from overopt.progress import StageProgress, console
@@ -222,13 +223,14 @@ def _run_policy_optimisation(
     value_model = (
         AutoModelForTokenClassification.from_pretrained(rm_dir, num_labels=1) if rl_cfg.algo == "ppo" else None
     )
+    reward_source = ProxyRewardModel(reward_model)
     start = time.perf_counter()
 
     def on_eval(step: int, train_figures: dict[str, float]) -> None:
         metrics, samples = evaluate_policy(
             policy,
             sft_policy,
-            reward_model,
+            reward_source,
             testbed,
             eval_ids,
             eval_mask,
@@ -246,7 +248,7 @@ def _run_policy_optimisation(
             rl_cfg,
             policy=policy,
             ref_policy=sft_policy,
-            reward_model=reward_model,
+            reward_source=reward_source,
             value_model=value_model,
             testbed=testbed,
             train_prompts=train_prompts,

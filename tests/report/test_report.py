@@ -109,7 +109,7 @@ def test_build_report_end_to_end(tmp_path):
     assert on_disk["stages"]["rm"]["metrics"]["heldout_accuracy"] == 0.78
     assert list(on_disk["stages"]) == ["sft", "pairs", "rm"]
 
-    for name, m in on_disk["methods"].items():
+    for m in on_disk["methods"].values():
         for key in ("gold_final", "gold_peak", "proxy_final", "kl_final", "wall_s", "gold_peak_step"):
             assert set(m[key]) >= {"mean", "std", "n"}
             assert m[key]["n"] == 2

@@ -16,14 +16,52 @@ By file:
   "token_sum_norm"; ``clipped_value_loss``.
 * ``preference``  - ``bradley_terry_loss`` (optionally importance-weighted),
   ``pairwise_accuracy``.
+* ``ocrm``        - OCRM importance weights (arXiv 2507.15507):
+  ``relative_log_density_ratio``, ``ocrm_log_weights``, ``normalize_weights``
+  (``WEIGHT_NORMALIZATIONS`` "none" / "batch" / "dataset"),
+  ``effective_sample_size``, ``ess_from_log_weights``.
+* ``signcert``    - SignCert-PO (arXiv 2604.02986, partly reconstructed):
+  ``group_centered_features``, ``sign_radii`` returning ``SignRadii(advantages,
+  radii)``, ``certification_threshold`` (``THRESHOLD_SCOPES``),
+  ``certified_weights`` (``CERTIFIED_WEIGHT_MODES``).
+* ``ensemble``    - RM-ensemble aggregation (arXiv 2310.02743):
+  ``aggregate_ensemble`` (``ENSEMBLE_MODES`` "mean" / "wco" / "uwo"),
+  ``ensemble_std``.
+* ``par``         - ``par_reward``, Preference As Reward shaping (arXiv 2502.18770).
+* ``chi2``        - ``chi2_estimate`` returning ``Chi2(estimate, penalty)``, χ²
+  occupancy regularisation (arXiv 2403.03185).
+* ``gr``          - Gradient Regularization by finite differences (arXiv
+  2602.18037): ``combine_gr_gradients``, ``clip_by_global_norm``,
+  ``is_gr_excluded`` (``GR_EXCLUDE_PATTERNS``).
 """
 
 from overopt.ops.advantages import GAE, gae, grpo_advantages, rloo_advantages
+from overopt.ops.chi2 import Chi2, chi2_estimate
+from overopt.ops.ensemble import ENSEMBLE_MODES, aggregate_ensemble, ensemble_std
+from overopt.ops.gr import GR_EXCLUDE_PATTERNS, clip_by_global_norm, combine_gr_gradients, is_gr_excluded
 from overopt.ops.kl import KL_ESTIMATORS, adaptive_kl_coef, kl_estimate, kl_k1, kl_k2, kl_k3
 from overopt.ops.logprobs import entropy_from_logits, selective_log_softmax, sequence_logprobs
 from overopt.ops.masked import masked_mean, masked_sum, masked_var, masked_whiten
+from overopt.ops.ocrm import (
+    WEIGHT_NORMALIZATIONS,
+    effective_sample_size,
+    ess_from_log_weights,
+    normalize_weights,
+    ocrm_log_weights,
+    relative_log_density_ratio,
+)
+from overopt.ops.par import par_reward
 from overopt.ops.policy_loss import AGGREGATIONS, PolicyLoss, clipped_surrogate, clipped_value_loss
 from overopt.ops.preference import bradley_terry_loss, pairwise_accuracy
+from overopt.ops.signcert import (
+    CERTIFIED_WEIGHT_MODES,
+    THRESHOLD_SCOPES,
+    SignRadii,
+    certification_threshold,
+    certified_weights,
+    group_centered_features,
+    sign_radii,
+)
 
 __all__ = [
     # masked
@@ -55,4 +93,33 @@ __all__ = [
     # preference
     "bradley_terry_loss",
     "pairwise_accuracy",
+    # ocrm
+    "WEIGHT_NORMALIZATIONS",
+    "relative_log_density_ratio",
+    "ocrm_log_weights",
+    "normalize_weights",
+    "effective_sample_size",
+    "ess_from_log_weights",
+    # signcert
+    "THRESHOLD_SCOPES",
+    "CERTIFIED_WEIGHT_MODES",
+    "SignRadii",
+    "group_centered_features",
+    "sign_radii",
+    "certification_threshold",
+    "certified_weights",
+    # ensemble
+    "ENSEMBLE_MODES",
+    "aggregate_ensemble",
+    "ensemble_std",
+    # par
+    "par_reward",
+    # chi2
+    "Chi2",
+    "chi2_estimate",
+    # gr
+    "GR_EXCLUDE_PATTERNS",
+    "combine_gr_gradients",
+    "clip_by_global_norm",
+    "is_gr_excluded",
 ]

@@ -235,7 +235,8 @@ def _sample_cell(sample: dict, show_prompt: bool) -> str:
     prompt = f"<div class='prompt'>{escape(_clip(sample.get('prompt')))}</div>" if show_prompt else ""
     return (
         f"<td>{prompt}<div class='completion'>{escape(_clip(sample.get('completion')))}</div>"
-        f"<div class='scores'>gold {_fmt(sample.get('gold_reward'))} · proxy {_fmt(sample.get('proxy_reward'))}</div></td>"
+        f"<div class='scores'>gold {_fmt(sample.get('gold_reward'))} · "
+        f"proxy {_fmt(sample.get('proxy_reward'))}</div></td>"
     )
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
+from overopt.mitigations.protocols import RewardSource
 from overopt.models.policy import completion_logprobs
-from overopt.models.reward import reward_forward
 from overopt.ops import masked_mean, masked_sum
 from overopt.sampling import Rollout, sample_completions
 from overopt.testbeds.base import Testbed
@@ -16,7 +16,7 @@ from overopt.testbeds.base import Testbed
 def evaluate_policy(
     policy: PreTrainedModel,
     sft_policy: PreTrainedModel,
-    reward_model: PreTrainedModel,
+    reward_source: RewardSource,
     testbed: Testbed,
     prompt_ids: torch.Tensor,
     prompt_mask: torch.Tensor,
@@ -53,7 +53,7 @@ def evaluate_policy(
             sft_logprobs, _ = completion_logprobs(sft_policy, ids, mask, plen, temperature)
             cmask = rollout.completion_mask
             values = {
-                "proxy_reward": reward_forward(reward_model, ids, mask).rewards,
+                "proxy_reward": reward_source(rollout).rewards,
                 "gold_reward": testbed.gold_reward(rollout.prompt_ids, rollout.completion_ids, cmask),
                 "kl_sft": masked_sum(logprobs - sft_logprobs, cmask, dim=1),
                 "entropy": masked_mean(entropy, cmask, dim=1),

@@ -2,11 +2,13 @@
 
 One readable loop. Each update:
   1. draw prompts, repeat each K times, sample completions from π_θ;
-  2. score them with the proxy RM (and the optional no-EOS penalty);
+  2. score them with the reward source (proxy RM or ensemble), the optional no-EOS penalty and the
+     method's reward transforms;
   3. log-probs under π_θ (old) and π_ref; KL penalty in the reward if so configured;
   4. advantages: RLOO / GRPO / Dr.GRPO per group of K, or GAE over tokens with a value model (PPO);
-  5. `epochs` × `minibatches` clipped-surrogate steps (+ β·KL in the loss, + value loss for PPO);
-  6. adaptive KL coefficient;
+  5. `epochs` × `minibatches` clipped-surrogate steps (+ β·KL in the loss, + value loss for PPO, +
+     the method's loss terms, with its completion weights), each through the method's gradient step;
+  6. adaptive KL coefficient; the method's reference schedule;
   7. every `eval_every` updates, the held-out evaluation is written through `on_eval`.
 """
 
@@ -20,8 +22,8 @@ import torch
 from transformers import PreTrainedModel
 
 from overopt.config import RLConfig
+from overopt.mitigations.protocols import Figures, Mitigations, RewardSource
 from overopt.models.policy import completion_logits, completion_logprobs
-from overopt.models.reward import reward_forward
 from overopt.ops import (
     adaptive_kl_coef,
     clipped_surrogate,
@@ -46,6 +48,7 @@ class Batch:
     old_logprobs: torch.Tensor  # (B, T)
     ref_logprobs: torch.Tensor  # (B, T)
     advantages: torch.Tensor  # (B,) sequence-level, or (B, T) for PPO
+    weights: torch.Tensor | None = None  # (B,) per-completion loss weights (SignCert-PO)
     old_values: torch.Tensor | None = None  # (B, T), PPO only
     returns: torch.Tensor | None = None  # (B, T), PPO only
 
@@ -80,44 +83,60 @@ class PromptStream:
         return out
 
 
+class FigureLog:
+    """Running means of training figures between two evaluations."""
+
+    def __init__(self):
+        self._values: dict[str, list[float]] = {}
+
+    def add(self, figures: Figures) -> None:
+        for k, v in figures.items():
+            self._values.setdefault(k, []).append(float(v))
+
+    def flush(self) -> Figures:
+        out = {k: sum(v) / len(v) for k, v in self._values.items()}
+        self._values.clear()
+        return out
+
+
 def train_policy(
     cfg: RLConfig,
     *,
     policy: PreTrainedModel,
     ref_policy: PreTrainedModel,
-    reward_model: PreTrainedModel,
+    reward_source: RewardSource,
     value_model: PreTrainedModel | None,
     testbed: Testbed,
     train_prompts: list[list[int]],
     seed: int,
     eval_every: int,
-    on_eval: Callable[[int, dict[str, float]], None],
+    on_eval: Callable[[int, Figures], None],
     progress: StageProgress,
+    mitigations: Mitigations | None = None,
+    steps: int | None = None,
+    step_offset: int = 0,
 ) -> None:
-    """Optimise `policy` in place for `cfg.steps` updates; `on_eval(step, train_figures)` evaluates."""
+    """Optimise `policy` in place for `steps` (default cfg.steps) updates.
+
+    `on_eval(step, train_figures)` is called at step_offset (before any update), every
+    `eval_every` updates and after the last one; steps are numbered from `step_offset` so that
+    consecutive calls (OCRM rounds) continue one curve.
+    """
+    mitigations = mitigations or Mitigations()
+    steps = cfg.steps if steps is None else steps
     tok = testbed.tokenizer
-    torch.manual_seed(seed)
-    prompts = PromptStream(train_prompts, seed)
+    torch.manual_seed(seed + step_offset)
+    prompts = PromptStream(train_prompts, seed + step_offset)
     params = list(policy.parameters()) + (list(value_model.parameters()) if value_model is not None else [])
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     kl_coef = cfg.kl.coef
-    reward_model.eval()
     ref_policy.eval()
-    figures: dict[str, list[float]] = {}
+    log = FigureLog()
     start_time = time.perf_counter()
 
-    def log(**values: float) -> None:
-        for k, v in values.items():
-            figures.setdefault(k, []).append(float(v))
-
-    def flush() -> dict[str, float]:
-        out = {k: sum(v) / len(v) for k, v in figures.items()}
-        figures.clear()
-        return out
-
-    on_eval(0, {})
-    progress.start(cfg.steps)
-    for step in range(1, cfg.steps + 1):
+    on_eval(step_offset, {})
+    progress.start(steps)
+    for step in range(step_offset + 1, step_offset + steps + 1):
         # 1. Rollouts: K completions for each of the step's prompts.
         batch_prompts = [p for p in prompts.take(cfg.prompts_per_step) for _ in range(cfg.group_size)]
         prompt_ids, prompt_mask = pad_left(batch_prompts, tok.pad_token_id)
@@ -132,11 +151,20 @@ def train_policy(
         )
         ids, mask, plen, cmask = rollout.input_ids, rollout.attention_mask, rollout.prompt_len, rollout.completion_mask
         with torch.no_grad():
-            # 2. Proxy scores.
-            scores = reward_forward(reward_model, ids, mask).rewards.float()
+            # 2. Scores from the reward source, then the method's reward transforms.
+            scored = reward_source(rollout)
+            scores = scored.rewards
             if cfg.no_eos_penalty is not None:
                 has_eos = (rollout.completion_ids == tok.eos_token_id).any(1)
                 scores = torch.where(has_eos, scores, torch.full_like(scores, cfg.no_eos_penalty))
+            log.add({"train/proxy_reward": scores.mean()})
+            for transform in mitigations.reward_transforms:
+                scores, figures = transform(scores, rollout, scored)
+                log.add(figures)
+            weights = None
+            if mitigations.completion_weights is not None:
+                weights, figures = mitigations.completion_weights(scored, cfg.group_size)
+                log.add(figures)
             # 3. Old and reference log-probs; KL to the reference (the estimator that is optimised).
             old_logprobs, _ = completion_logprobs(policy, ids, mask, plen, cfg.temperature)
             ref_logprobs, _ = completion_logprobs(ref_policy, ids, mask, plen, cfg.temperature)
@@ -151,59 +179,52 @@ def train_policy(
                 last = cmask.sum(1) - 1
                 token_rewards[torch.arange(len(last)), last] += scores
                 est = gae(token_rewards, old_values, cmask, cfg.gamma, cfg.lam)
-                batch = Batch(
-                    rollout,
-                    old_logprobs,
-                    ref_logprobs,
-                    masked_whiten(est.advantages, cmask) * cmask,
-                    old_values,
-                    est.returns,
-                )
+                advantages = masked_whiten(est.advantages, cmask) * cmask
+                batch = Batch(rollout, old_logprobs, ref_logprobs, advantages, weights, old_values, est.returns)
             else:
                 rewards = scores - kl_coef * seq_kl if in_reward else scores
-                batch = Batch(rollout, old_logprobs, ref_logprobs, _sequence_advantages(cfg, rewards))
-        log(
-            **{
-                "train/proxy_reward": scores.mean(),
-                "train/kl_ref": seq_kl.mean(),
-                "kl/coef": kl_coef,
-                "train/mean_length": cmask.sum(1).double().mean(),
-            }
-        )
+                batch = Batch(rollout, old_logprobs, ref_logprobs, _sequence_advantages(cfg, rewards), weights)
+        log.add({"train/kl_ref": seq_kl.mean(), "kl/coef": kl_coef, "train/mean_length": cmask.sum(1).double().mean()})
 
-        # 5. Clipped-surrogate updates over minibatches.
+        # 5. Clipped-surrogate updates over minibatches, each through the method's gradient step.
         n_rows = ids.shape[0]
         for _ in range(cfg.epochs):
-            order = torch.randperm(n_rows)
-            for rows in order.chunk(cfg.minibatches):
-                log(
-                    **_update(
-                        cfg, policy, value_model, optimizer, batch, rows, kl_coef, params, testbed.max_completion_tokens
-                    )
-                )
+            for rows in torch.randperm(n_rows).chunk(cfg.minibatches):
+                figures: Figures = {}
 
-        # 6. Adaptive KL coefficient (Ziegler et al., arXiv 1909.08593).
+                def loss_fn(rows=rows, figures=figures, batch=batch, kl_coef=kl_coef) -> torch.Tensor:
+                    loss, first = _minibatch_loss(
+                        cfg, policy, value_model, batch, rows, kl_coef, mitigations, testbed.max_completion_tokens
+                    )
+                    figures.update(first if not figures else {})  # figures of θ, not of a perturbed θ
+                    return loss
+
+                log.add(mitigations.gradient_step(loss_fn, params, optimizer, step, cfg.max_grad_norm))
+                log.add(figures)
+
+        # 6. Adaptive KL coefficient (Ziegler et al., arXiv 1909.08593); reference schedule.
         if cfg.kl.adaptive and kl_coef > 0:
             kl_coef = adaptive_kl_coef(kl_coef, seq_kl.mean().item(), cfg.kl.target, cfg.kl.horizon, n_rows)
+        if mitigations.reference_schedule is not None:
+            log.add(mitigations.reference_schedule(step, policy, ref_policy))
 
-        progress.advance(proxy=scores.mean().item(), kl=seq_kl.mean().item())
+        progress.advance(proxy=scored.rewards.mean().item(), kl=seq_kl.mean().item())
         # 7. Held-out evaluation.
-        if step % eval_every == 0 or step == cfg.steps:
-            on_eval(step, {**flush(), "train/wall_s": time.perf_counter() - start_time})
+        if (step - step_offset) % eval_every == 0 or step == step_offset + steps:
+            on_eval(step, {**log.flush(), "train/wall_s": time.perf_counter() - start_time})
 
 
-def _update(
+def _minibatch_loss(
     cfg: RLConfig,
     policy: PreTrainedModel,
     value_model: PreTrainedModel | None,
-    optimizer: torch.optim.Optimizer,
     batch: Batch,
     rows: torch.Tensor,
     kl_coef: float,
-    params: list[torch.nn.Parameter],
+    mitigations: Mitigations,
     max_completion_tokens: int,
-) -> dict[str, float]:
-    """One optimiser step on the minibatch `rows`; returns its figures."""
+) -> tuple[torch.Tensor, Figures]:
+    """The loss of the minibatch `rows` at the current parameters, and its figures."""
     rollout = batch.rollout.index(rows)
     ids, mask, plen, cmask = rollout.input_ids, rollout.attention_mask, rollout.prompt_len, rollout.completion_mask
     logprobs, _ = completion_logprobs(policy, ids, mask, plen, cfg.temperature)
@@ -215,6 +236,7 @@ def _update(
         clip_eps=cfg.clip_eps,
         aggregation=cfg.aggregation,
         norm_const=float(max_completion_tokens),
+        weights=None if batch.weights is None else batch.weights[rows],
     )
     loss = pg.loss
     figures = {"train/pg_loss": pg.loss.item(), "train/clip_frac": pg.clip_frac.item()}
@@ -222,14 +244,14 @@ def _update(
         kl_term = masked_mean(kl_estimate(logprobs, batch.ref_logprobs[rows], cfg.kl.estimator), cmask)
         loss = loss + kl_coef * kl_term
         figures["train/kl_loss"] = kl_term.item()
+    for term in mitigations.loss_terms:
+        extra, term_figures = term(logprobs, batch.ref_logprobs[rows], cmask)
+        loss = loss + extra
+        figures.update(term_figures)
     if value_model is not None and batch.returns is not None:
         values = _values(value_model, rollout)
         vf_loss = clipped_value_loss(values, batch.old_values[rows], batch.returns[rows], cmask, cfg.vf_clip)
         loss = loss + cfg.vf_coef * vf_loss
         figures["train/vf_loss"] = vf_loss.item()
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    figures["train/grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item()
-    optimizer.step()
     figures["train/loss"] = loss.item()
-    return figures
+    return loss, figures

@@ -1,0 +1,112 @@
+"""The plug-in points through which mitigations enter policy optimisation.
+
+Each mitigation is a small object implementing one of these protocols; `methods.py` builds them
+from the config, and `stages/rl.py` calls them at fixed places of its loop. Nothing in the loop
+checks a method's name.
+
+  where in the RL step                 protocol            used by
+  -----------------------------------  ------------------  -----------------------------------
+  2. score the rollouts                RewardSource        single proxy RM, RM ensembles
+  2. shape the per-sequence reward     RewardTransform     PAR, reward clipping, length penalty,
+                                                           constrained RLHF
+  5. weight each completion's terms    CompletionWeights   SignCert-PO
+  5. add to the policy loss            LossTerm            χ² regularisation
+  5. turn the loss into a step         GradientStep        plain step, gradient regularization
+  after the step                       ReferenceSchedule   reference resets
+  (RM training, between RL rounds)     see mitigations/ocrm.py (OCRM importance weights)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
+
+import torch
+from transformers import PreTrainedModel
+
+from overopt.sampling import Rollout
+
+Figures = dict[str, float]
+
+
+class RewardScores(NamedTuple):
+    """What a reward source says about a batch of B rollouts."""
+
+    rewards: torch.Tensor  # (B,) the scalar reward that is optimised
+    hidden: torch.Tensor | None = None  # (B, H) final hidden state of the linear head's input
+    head_weight: torch.Tensor | None = None  # (H,) w of r = wᵀh + b (SignCert-PO needs it)
+    members: torch.Tensor | None = None  # (k, B) per-member rewards of an ensemble
+
+
+class RewardSource(Protocol):
+    def __call__(self, rollout: Rollout) -> RewardScores: ...
+
+    def models(self) -> list[PreTrainedModel]:
+        """The reward models behind the source (for device placement and eval mode)."""
+        ...
+
+
+class RewardTransform(Protocol):
+    def __call__(self, rewards: torch.Tensor, rollout: Rollout, scores: RewardScores) -> tuple[torch.Tensor, Figures]:
+        """(B,) rewards -> (B,) shaped rewards, plus figures to log."""
+        ...
+
+
+class CompletionWeights(Protocol):
+    def __call__(self, scores: RewardScores, group_size: int) -> tuple[torch.Tensor, Figures]:
+        """(B,) detached weights multiplying each completion's policy-loss terms."""
+        ...
+
+
+class LossTerm(Protocol):
+    def __call__(
+        self, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, Figures]:
+        """A scalar added to the policy loss, from (B, T) log-probs under π_θ and π_ref."""
+        ...
+
+
+class GradientStep(Protocol):
+    def __call__(
+        self,
+        loss_fn: Callable[[], torch.Tensor],
+        params: list[torch.nn.Parameter],
+        optimizer: torch.optim.Optimizer,
+        step: int,
+        max_grad_norm: float,
+    ) -> Figures:
+        """Compute gradients of `loss_fn()` (re-evaluable on the same inputs) and take one step."""
+        ...
+
+
+class ReferenceSchedule(Protocol):
+    def __call__(self, step: int, policy: PreTrainedModel, ref_policy: PreTrainedModel) -> Figures:
+        """Called after every update; may move π_ref towards π_θ."""
+        ...
+
+
+def plain_step(
+    loss_fn: Callable[[], torch.Tensor],
+    params: list[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    max_grad_norm: float,
+) -> Figures:
+    """The ordinary step: backward, clip the global gradient norm, optimiser step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss_fn().backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm).item()
+    optimizer.step()
+    return {"train/grad_norm": grad_norm}
+
+
+@dataclass
+class Mitigations:
+    """Everything a method adds to plain policy optimisation (the defaults add nothing)."""
+
+    reward_transforms: list[RewardTransform] = field(default_factory=list)
+    completion_weights: CompletionWeights | None = None
+    loss_terms: list[LossTerm] = field(default_factory=list)
+    gradient_step: GradientStep = plain_step
+    reference_schedule: ReferenceSchedule | None = None
