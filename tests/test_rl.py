@@ -83,7 +83,7 @@ def test_evaluation_schedule_does_not_change_training(tiny_world):
 
 def test_method_none_equals_kl_with_zero_coefficient(tiny_world):
     with_kl = BASE.model_copy(update={"kl": KLConfig(coef=0.3)})
-    none = resolve_method("none", with_kl)
+    none = resolve_method("none", with_kl).rl
     zero = with_kl.model_copy(update={"kl": KLConfig(coef=0.0)})
     assert none.kl.coef == 0
     a, _ = _train(tiny_world, none)

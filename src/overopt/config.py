@@ -128,6 +128,88 @@ class SummarizeConfig(_Frozen):
     length_penalty: float = Field(0.2, ge=0, description="Gold cost per token beyond the budget.")
 
 
+class RefResetConfig(_Frozen):
+    """Reference resets (Ackermann et al., arXiv 2602.18037 §4): move the KL anchor to the policy."""
+
+    every: int = Field(50, gt=0, description="Reset the reference policy every this many updates.")
+    alpha: float = Field(
+        1.0, gt=0, le=1, description="π_ref ← α·π_θ + (1−α)·π_ref in parameter space; 1 = hard reset (TRL mixup)."
+    )
+
+
+class GRConfig(_Frozen):
+    """Gradient regularization by forward finite differences (arXiv 2602.18037)."""
+
+    eps: float = Field(1e-3, gt=0, description="ε: size of the ascent step θ' = θ + ε·g.")
+    gamma: float = Field(1e-2, ge=0, description="γ of L + (γ/2)‖∇L‖²; γ = ε is unnormalised SAM.")
+    grad_clip: float = Field(10.0, gt=0, description="Clip ‖g1‖ and ‖g2‖ to this norm before combining.")
+    warmup_steps: int = Field(0, ge=0, description="Plain steps before GR starts.")
+    exclude: tuple[str, ...] = Field(
+        ("embed", "lm_head", "output", "classifier", "score"),
+        description="Parameters whose name contains one of these are not perturbed (keep g1).",
+    )
+
+
+class SignCertConfig(_Frozen):
+    """SignCert-PO (arXiv 2604.02986; the radius/threshold/weight choices are RECONSTRUCTED)."""
+
+    quantile: float = Field(0.2, ge=0, le=1, description="τ = this quantile of the certified radii.")
+    scope: Literal["batch", "group"] = Field("batch", description="Quantile over the whole batch or per group.")
+    weighting: Literal["drop", "linear"] = Field(
+        "drop", description="Weight of a completion with radius below τ: 0, or radius/τ."
+    )
+
+
+class OCRMConfig(_Frozen):
+    """Off-policy corrected reward modeling (arXiv 2507.15507)."""
+
+    rounds: int = Field(2, ge=1, description="RM re-fits after the first RL phase (RL runs rounds + 1 phases).")
+    alpha: float = Field(0.1, ge=0, lt=1, description="α of the relative density ratio (0 = plain π_k/π_SFT).")
+    beta_w: float = Field(0.001, ge=0, description="β_w: exponent of the pair weight (published scripts: 0.001).")
+    normalization: Literal["none", "batch", "dataset"] = Field(
+        "none", description="Weights as they are, divided by their batch sum, or by their dataset mean."
+    )
+    truncate_tokens: int | None = Field(
+        None, gt=0, description="Compute log-likelihoods on the first k completion tokens only."
+    )
+
+
+class EnsembleConfig(_Frozen):
+    """Reward-model ensembles (Coste et al., arXiv 2310.02743): members differ in head init and data order."""
+
+    k: int = Field(4, ge=1, description="Members (the proxy RM is member 0).")
+    uwo_lambda: float = Field(0.1, ge=0, description="λ of UWO = mean − λ·Var (0.1 for RL in Coste et al.).")
+    ddof: int = Field(0, ge=0, le=1, description="Variance ddof of UWO (0: population variance over members).")
+
+
+class PARConfig(_Frozen):
+    """Preference As Reward (arXiv 2502.18770): r = mean_m σ(k·(r(y) − r(y_ref,m)))."""
+
+    references: int = Field(4, ge=1, le=10, description="M reference completions per prompt, sampled from SFT.")
+    k: float = Field(1.0, gt=0, description="Slope of the sigmoid.")
+
+
+class Chi2Config(_Frozen):
+    """χ² occupancy regularisation, LLM form (Laidlaw et al., arXiv 2403.03185)."""
+
+    coef: float = Field(0.01, gt=0, description="c of loss += c·sqrt(max(χ̂², 1e-4)).")
+    clamp: float = Field(10.0, gt=0, description="Sequence log-ratio linearly extrapolated beyond ±clamp.")
+
+
+class LengthPenaltyConfig(_Frozen):
+    """The practitioner's length penalty: r ← r − coef·(completion tokens)."""
+
+    coef: float = Field(0.05, gt=0, description="Reward subtracted per completion token.")
+
+
+class RewardClipConfig(_Frozen):
+    """Reward clipping: r ← clip(r, low, high), with optional batch whitening first."""
+
+    low: float = Field(-1e9, description="Lower clip bound.")
+    high: float = Field(2.0, description="Upper clip bound (default: a little above the SFT policy's proxy).")
+    whiten: bool = Field(False, description="Whiten rewards over the batch before clipping.")
+
+
 class ExperimentConfig(_Frozen):
     """One `overopt run`: the whole lab pipeline for every method × seed."""
 
@@ -146,6 +228,15 @@ class ExperimentConfig(_Frozen):
     rm: RMConfig = RMConfig()
     rl: RLConfig = RLConfig()
     eval: EvalConfig = EvalConfig()
+    ref_reset: RefResetConfig = RefResetConfig()
+    gr: GRConfig = GRConfig()
+    signcert: SignCertConfig = SignCertConfig()
+    ocrm: OCRMConfig = OCRMConfig()
+    ensemble: EnsembleConfig = EnsembleConfig()
+    par: PARConfig = PARConfig()
+    chi2: Chi2Config = Chi2Config()
+    length_penalty: LengthPenaltyConfig = LengthPenaltyConfig()
+    reward_clip: RewardClipConfig = RewardClipConfig()
 
     @property
     def method_list(self) -> list[str]:

@@ -1,33 +1,189 @@
-"""Methods as users type them (`--methods none,kl`): each resolves to the RL settings it runs with.
+"""Methods as users type them: `--methods none,kl,gr,ocrm+kl,...`.
 
-Mitigations plug in here through explicit settings of the RL stage, never through string checks
-inside the training loop.
+A method is one part or several joined by `+` (e.g. `ocrm+kl`, `gr+kl`, `signcert+kl`). Each part
+says what it changes; `MethodPlan.mitigations` turns the plan into the plug-ins of
+`overopt.mitigations.protocols`. The KL penalty is on exactly when `kl` is one of the parts
+(`ref_reset` includes it: resetting the KL anchor needs a KL penalty).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from overopt.config import RLConfig
+from transformers import PreTrainedModel
 
-
-def _none(rl: RLConfig) -> RLConfig:
-    """Plain optimisation of the proxy reward: no KL regularisation at all."""
-    return rl.model_copy(update={"kl": rl.kl.model_copy(update={"coef": 0.0})})
-
-
-def _kl(rl: RLConfig) -> RLConfig:
-    """KL penalty to the SFT policy with the configured coefficient, estimator and placement."""
-    if rl.kl.coef <= 0:
-        raise ValueError("method 'kl' needs rl.kl.coef > 0")
-    return rl
+from overopt.config import ExperimentConfig, RLConfig
+from overopt.mitigations.gr import GradientRegularization
+from overopt.mitigations.protocols import Mitigations, RewardSource
+from overopt.mitigations.reference import ReferenceReset
+from overopt.mitigations.regularizers import Chi2Penalty
+from overopt.mitigations.rewards import EnsembleFigures, LengthPenalty, PreferenceAsReward, RewardClip
+from overopt.mitigations.signcert import SignCertWeights
+from overopt.testbeds.base import Testbed
 
 
-METHODS: dict[str, Callable[[RLConfig], RLConfig]] = {"none": _none, "kl": _kl}
+@dataclass
+class MethodContext:
+    """What the plug-ins of one run are built from."""
+
+    cfg: ExperimentConfig
+    policy: PreTrainedModel
+    value_model: PreTrainedModel | None
+    sft_policy: PreTrainedModel
+    reward_source: RewardSource
+    testbed: Testbed
+    seed: int
 
 
-def resolve_method(name: str, rl: RLConfig) -> RLConfig:
-    """The RL configuration that method `name` runs with; unknown names raise ValueError."""
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; available: {', '.join(METHODS)}")
-    return METHODS[name](rl)
+@dataclass(frozen=True)
+class Part:
+    """What one method part changes. Parts of a method may not both set the same slot."""
+
+    summary: str
+    kl: bool = False
+    ensemble: str | None = None  # aggregation of k reward models
+    ocrm: bool = False
+    algo: str | None = None  # base algorithm the part is defined on
+    slot: str | None = None  # the exclusive plug-in slot it fills
+    build: Callable[[MethodContext, Mitigations], None] | None = None
+
+
+def _ref_reset(ctx: MethodContext, m: Mitigations) -> None:
+    m.reference_schedule = ReferenceReset(ctx.cfg.ref_reset.every, ctx.cfg.ref_reset.alpha)
+
+
+def _gr(ctx: MethodContext, m: Mitigations) -> None:
+    named = list(ctx.policy.named_parameters())
+    if ctx.value_model is not None:
+        named += [(f"value.{n}", p) for n, p in ctx.value_model.named_parameters()]
+    g = ctx.cfg.gr
+    m.gradient_step = GradientRegularization(
+        named, eps=g.eps, gamma=g.gamma, grad_clip=g.grad_clip, warmup_steps=g.warmup_steps, exclude=g.exclude
+    )
+
+
+def _signcert(ctx: MethodContext, m: Mitigations) -> None:
+    s = ctx.cfg.signcert
+    m.completion_weights = SignCertWeights(s.quantile, s.scope, s.weighting)
+
+
+def _par(ctx: MethodContext, m: Mitigations) -> None:
+    tok = ctx.testbed.tokenizer
+    m.reward_transforms.append(
+        PreferenceAsReward(
+            ctx.sft_policy,
+            ctx.reward_source,
+            ctx.cfg.par.references,
+            ctx.cfg.par.k,
+            ctx.testbed.max_completion_tokens,
+            tok.eos_token_id,
+            tok.pad_token_id,
+            seed=20_000 + ctx.seed,
+        )
+    )
+
+
+def _chi2(ctx: MethodContext, m: Mitigations) -> None:
+    m.loss_terms.append(Chi2Penalty(ctx.cfg.chi2.coef, ctx.cfg.chi2.clamp))
+
+
+def _length_penalty(ctx: MethodContext, m: Mitigations) -> None:
+    m.reward_transforms.append(LengthPenalty(ctx.cfg.length_penalty.coef))
+
+
+def _reward_clip(ctx: MethodContext, m: Mitigations) -> None:
+    c = ctx.cfg.reward_clip
+    m.reward_transforms.append(RewardClip(c.low, c.high, c.whiten))
+
+
+def _ensemble_figures(ctx: MethodContext, m: Mitigations) -> None:
+    m.reward_transforms.insert(0, EnsembleFigures())
+
+
+PARTS: dict[str, Part] = {
+    "none": Part("plain optimisation of the proxy reward, no regularisation"),
+    "kl": Part("KL penalty to the reference policy (rl.kl.*)", kl=True),
+    "ref_reset": Part(
+        "KL penalty whose reference is reset to the policy (ref_reset.*)", kl=True, slot="reference", build=_ref_reset
+    ),
+    "gr": Part("gradient regularization, finite differences (gr.*)", slot="gradient", build=_gr),
+    "signcert": Part("SignCert-PO on Dr.GRPO (signcert.*)", algo="dr_grpo", slot="weights", build=_signcert),
+    "ocrm": Part("off-policy corrected reward modeling (ocrm.*)", ocrm=True, slot="reward_model"),
+    "ensemble_mean": Part("mean of k RMs (ensemble.*)", ensemble="mean", slot="reward_model", build=_ensemble_figures),
+    "ensemble_wco": Part(
+        "worst case of k RMs (ensemble.*)", ensemble="wco", slot="reward_model", build=_ensemble_figures
+    ),
+    "ensemble_uwo": Part(
+        "uncertainty-weighted k RMs, mean − λ·Var (ensemble.*)",
+        ensemble="uwo",
+        slot="reward_model",
+        build=_ensemble_figures,
+    ),
+    "par": Part("preference-as-reward shaping against SFT references (par.*)", build=_par),
+    "chi2": Part("χ² occupancy regularisation (chi2.*)", build=_chi2),
+    "length_penalty": Part("reward minus a per-token length cost (length_penalty.*)", build=_length_penalty),
+    "reward_clip": Part("clipped (optionally whitened) reward (reward_clip.*)", build=_reward_clip),
+}
+
+
+@dataclass(frozen=True)
+class MethodPlan:
+    """A resolved method: its RL settings and what it plugs in."""
+
+    name: str
+    parts: tuple[str, ...]
+    rl: RLConfig
+    ensemble: str | None = None
+    ocrm: bool = False
+    builders: tuple[Callable[[MethodContext, Mitigations], None], ...] = field(default=())
+
+    @property
+    def uses_kl(self) -> bool:
+        return self.rl.kl.coef > 0
+
+    @property
+    def moves_reference(self) -> bool:
+        """True when π_ref must be a copy of π_SFT that the method may change (resets, OCRM anchors)."""
+        return "ref_reset" in self.parts or (self.ocrm and self.uses_kl)
+
+    def mitigations(self, ctx: MethodContext) -> Mitigations:
+        m = Mitigations()
+        for build in self.builders:
+            build(ctx, m)
+        return m
+
+
+def resolve_method(name: str, rl: RLConfig) -> MethodPlan:
+    """Parse `name` (parts joined by '+') into a plan; impossible combinations raise ValueError."""
+    parts = tuple(p.strip() for p in name.split("+"))
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise ValueError(f"unknown method {unknown[0]!r} in {name!r}; available: {', '.join(PARTS)}")
+    if len(set(parts)) != len(parts):
+        raise ValueError(f"method {name!r} repeats a part")
+    if "none" in parts and len(parts) > 1:
+        raise ValueError(f"method {name!r}: 'none' cannot be combined with other parts")
+    slots: dict[str, str] = {}
+    for p in parts:
+        slot = PARTS[p].slot
+        if slot is not None and slot in slots:
+            raise ValueError(f"method {name!r}: {slots[slot]!r} and {p!r} both set the {slot.replace('_', ' ')}")
+        if slot is not None:
+            slots[slot] = p
+    chosen = [PARTS[p] for p in parts]
+    kl_on = any(part.kl for part in chosen)
+    if kl_on and rl.kl.coef <= 0:
+        raise ValueError(f"method {name!r} uses a KL penalty: set rl.kl.coef > 0")
+    update: dict = {} if kl_on else {"kl": rl.kl.model_copy(update={"coef": 0.0})}
+    algos = {part.algo for part in chosen if part.algo}
+    if algos:
+        update["algo"] = algos.pop()
+    return MethodPlan(
+        name=name,
+        parts=parts,
+        rl=rl.model_copy(update=update),
+        ensemble=next((part.ensemble for part in chosen if part.ensemble), None),
+        ocrm=any(part.ocrm for part in chosen),
+        builders=tuple(part.build for part in chosen if part.build is not None),
+    )

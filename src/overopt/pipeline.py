@@ -7,32 +7,27 @@ of silently mixed with stale artifacts.
 
 from __future__ import annotations
 
-import copy
 import shutil
 import time
 from pathlib import Path
 
 import torch
 from datasets import load_from_disk
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from overopt.config import ExperimentConfig, to_yaml
 from overopt.errors import StaleArtifactError
-from overopt.io import append_jsonl, atomic_write_text, fingerprint, read_json, replace_dir, write_json
+from overopt.io import atomic_write_text, fingerprint, read_json, replace_dir, write_json
 from overopt.methods import resolve_method
-from overopt.mitigations.rewards import ProxyRewardModel
 from overopt.models.policy import tiny_llama
 from overopt.models.reward import reward_model_from_backbone
 from overopt.progress import StageProgress, console
 from overopt.sampling import pad_left
-from overopt.stages.evaluate import evaluate_policy
+from overopt.stages.method_run import SAMPLE_BATCH, Lab, run_method
 from overopt.stages.pairs import sample_and_label_pairs
-from overopt.stages.rl import train_policy
 from overopt.stages.rm import train_reward_model
 from overopt.stages.sft import train_sft
-from overopt.testbeds import Testbed, make_testbed
-
-SAMPLE_BATCH = 256
+from overopt.testbeds import make_testbed
 
 
 def _quiet_libraries() -> None:
@@ -99,7 +94,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     testbed = make_testbed(cfg)
     tok = testbed.tokenizer
     fps = _stage_fingerprints(cfg)
-    methods = {name: resolve_method(name, cfg.rl) for name in cfg.method_list}  # fail fast on bad names
+    plans = {name: resolve_method(name, cfg.rl) for name in cfg.method_list}  # fail fast on bad names
 
     # 1. SFT policy.
     def build_sft(tmp: Path, progress: StageProgress) -> dict:
@@ -172,88 +167,47 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
         return metrics
 
     rm_dir = _run_stage(out, "rm", fps["rm"], build_rm)
-    reward_model = AutoModelForSequenceClassification.from_pretrained(rm_dir).eval()
+    reward_models = [AutoModelForSequenceClassification.from_pretrained(rm_dir).eval()]
+
+    def first_reward_models(k: int) -> list:
+        """The proxy RM and k − 1 more that differ only in seed (head init, data order): RM ensembles."""
+        for member in range(len(reward_models), k):
+            seed = cfg.seed + member
+
+            def build_member(tmp: Path, progress: StageProgress, seed: int = seed) -> dict:
+                rm = reward_model_from_backbone(sft_dir, seed=seed)
+                metrics = train_reward_model(
+                    rm, pairs["train"], pairs["test"], epochs=cfg.rm.epochs, batch_size=cfg.rm.batch_size,
+                    lr=cfg.rm.lr, pad_id=tok.pad_token_id, seed=seed, progress=progress,
+                )  # fmt: skip
+                rm.save_pretrained(tmp)
+                return metrics
+
+            member_dir = _run_stage(out, f"rm_{member}", fingerprint(fps["rm"], member), build_member)
+            reward_models.append(AutoModelForSequenceClassification.from_pretrained(member_dir).eval())
+        return reward_models[:k]
 
     # 5. Policy optimisation for every method × seed, evaluated on held-out prompts.
     eval_ids, eval_mask = pad_left(testbed.prompts("eval", cfg.eval.n_prompts, cfg.seed), tok.pad_token_id)
-    train_prompts = testbed.prompts("train", max(4 * cfg.rl.prompts_per_step, cfg.pairs.n_prompts), cfg.seed + 2)
-    for method, rl_cfg in methods.items():
+    lab = Lab(
+        cfg=cfg, testbed=testbed, sft_dir=sft_dir, sft_policy=sft_policy, pairs=pairs,
+        reward_models=first_reward_models,
+        train_prompts=testbed.prompts("train", max(4 * cfg.rl.prompts_per_step, cfg.pairs.n_prompts), cfg.seed + 2),
+        eval_ids=eval_ids, eval_mask=eval_mask,
+    )  # fmt: skip
+    for name, plan in plans.items():
+        sections = {part: getattr(cfg, part).model_dump() for part in plan.parts if hasattr(cfg, part)}
+        if plan.ensemble:
+            sections["ensemble"] = cfg.ensemble.model_dump()
         for seed in range(cfg.seeds):
-            run_dir = out / "runs" / method / f"seed{seed}"
-            run_fp = fingerprint(fps["rm"], method, rl_cfg.model_dump(), cfg.eval.model_dump(), seed)
+            run_dir = out / "runs" / name / f"seed{seed}"
+            run_fp = fingerprint(fps["rm"], name, plan.rl.model_dump(), cfg.eval.model_dump(), sections, seed)
             if _finished(run_dir, run_fp):
                 console.print(f"[dim]reusing {run_dir}[/dim]")
                 continue
             shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run restarts from scratch
             run_dir.mkdir(parents=True)
-            _run_policy_optimisation(
-                cfg,
-                rl_cfg,
-                testbed,
-                sft_policy,
-                reward_model,
-                rm_dir,
-                train_prompts,
-                eval_ids,
-                eval_mask,
-                run_dir,
-                method,
-                seed,
-            )
-            write_json(run_dir / "stage.json", {"stage": "rl", "method": method, "seed": seed, "fingerprint": run_fp})
+            run_method(lab, plan, seed, run_dir)
+            write_json(run_dir / "stage.json", {"stage": "rl", "method": name, "seed": seed, "fingerprint": run_fp})
 
     return build_report(out, console=console)
-
-
-def _run_policy_optimisation(
-    cfg,
-    rl_cfg,
-    testbed: Testbed,
-    sft_policy,
-    reward_model,
-    rm_dir,
-    train_prompts,
-    eval_ids,
-    eval_mask,
-    run_dir: Path,
-    method: str,
-    seed: int,
-) -> None:
-    policy = copy.deepcopy(sft_policy).train()
-    value_model = (
-        AutoModelForTokenClassification.from_pretrained(rm_dir, num_labels=1) if rl_cfg.algo == "ppo" else None
-    )
-    reward_source = ProxyRewardModel(reward_model)
-    start = time.perf_counter()
-
-    def on_eval(step: int, train_figures: dict[str, float]) -> None:
-        metrics, samples = evaluate_policy(
-            policy,
-            sft_policy,
-            reward_source,
-            testbed,
-            eval_ids,
-            eval_mask,
-            temperature=cfg.eval.temperature,
-            seed=10_000 + seed,
-            batch_size=SAMPLE_BATCH,
-            n_logged_samples=cfg.eval.n_logged_samples,
-        )
-        row = {"step": step, **metrics, "wall_s": time.perf_counter() - start, **train_figures}
-        append_jsonl(run_dir / "metrics.jsonl", row)
-        append_jsonl(run_dir / "samples.jsonl", {"step": step, "samples": samples})
-
-    with StageProgress(f"rl {method} seed{seed}") as progress:
-        train_policy(
-            rl_cfg,
-            policy=policy,
-            ref_policy=sft_policy,
-            reward_source=reward_source,
-            value_model=value_model,
-            testbed=testbed,
-            train_prompts=train_prompts,
-            seed=seed,
-            eval_every=cfg.eval.every,
-            on_eval=on_eval,
-            progress=progress,
-        )

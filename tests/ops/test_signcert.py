@@ -217,7 +217,10 @@ def test_weights_match_loop_and_are_detached(gen, assert_close):
     assert (linear <= 1.0).all() and (linear >= 0.0).all()
     assert ((linear < 1.0) == (drop == 0.0)).all()
     # A float threshold broadcasts like a (1, 1) tensor.
-    assert torch.equal(certified_weights(radii, 0.3, "drop"), certified_weights(radii, torch.tensor([[0.3]], dtype=torch.float64), "drop"))
+    assert torch.equal(
+        certified_weights(radii, 0.3, "drop"),
+        certified_weights(radii, torch.tensor([[0.3]], dtype=torch.float64), "drop"),
+    )
 
 
 @pytest.mark.parametrize("scope", ["batch", "group"])

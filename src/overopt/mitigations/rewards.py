@@ -7,7 +7,8 @@ from transformers import PreTrainedModel
 
 from overopt.mitigations.protocols import RewardScores
 from overopt.models.reward import reward_forward, score_head
-from overopt.sampling import Rollout
+from overopt.ops import aggregate_ensemble, ensemble_std, par_reward
+from overopt.sampling import Rollout, pad_left, sample_completions
 
 
 class ProxyRewardModel:
@@ -23,3 +24,104 @@ class ProxyRewardModel:
 
     def models(self) -> list[PreTrainedModel]:
         return [self.model]
+
+
+class LengthPenalty:
+    """r ← r − coef·|y| with |y| the completion's token count (EOS included)."""
+
+    def __init__(self, coef: float):
+        self.coef = coef
+
+    def __call__(self, rewards: torch.Tensor, rollout: Rollout, scores: RewardScores):
+        length = rollout.completion_mask.sum(1).to(rewards.dtype)
+        return rewards - self.coef * length, {"length_penalty/mean": (self.coef * length).mean().item()}
+
+
+class RewardClip:
+    """r ← clip(r, low, high), after optional whitening over the batch (a common practitioner guard)."""
+
+    def __init__(self, low: float, high: float, whiten: bool):
+        if low >= high:
+            raise ValueError(f"reward_clip.low ({low}) must be below reward_clip.high ({high})")
+        self.low, self.high, self.whiten = low, high, whiten
+
+    def __call__(self, rewards: torch.Tensor, rollout: Rollout, scores: RewardScores):
+        if self.whiten:
+            rewards = (rewards - rewards.mean()) / (rewards.std() + 1e-8)
+        clipped = rewards.clamp(self.low, self.high)
+        return clipped, {"reward_clip/frac": (clipped != rewards).double().mean().item()}
+
+
+class EnsembleRewardModel:
+    """k proxy RMs that differ in seed, aggregated by mean, worst case (WCO) or UWO (Coste et al., arXiv 2310.02743).
+
+    SignCert-PO needs one linear head: it falls back to member 0's hidden state and head.
+    """
+
+    def __init__(self, models: list[PreTrainedModel], mode: str, uwo_lambda: float, ddof: int):
+        if not models:
+            raise ValueError("an ensemble needs at least one reward model")
+        self.members = [ProxyRewardModel(m) for m in models]
+        self.mode, self.uwo_lambda, self.ddof = mode, uwo_lambda, ddof
+
+    @torch.no_grad()
+    def __call__(self, rollout: Rollout) -> RewardScores:
+        scored = [member(rollout) for member in self.members]
+        members = torch.stack([s.rewards for s in scored])  # (k, B)
+        rewards = aggregate_ensemble(members, self.mode, uwo_lambda=self.uwo_lambda, ddof=self.ddof)
+        return RewardScores(rewards, scored[0].hidden, scored[0].head_weight, members)
+
+    def models(self) -> list[PreTrainedModel]:
+        return [m.model for m in self.members]
+
+
+class EnsembleFigures:
+    """Logs the members' disagreement (reward unchanged)."""
+
+    def __call__(self, rewards: torch.Tensor, rollout: Rollout, scores: RewardScores):
+        if scores.members is None:
+            return rewards, {}
+        return rewards, {"ensemble/std": ensemble_std(scores.members).mean().item()}
+
+
+class PreferenceAsReward:
+    """PAR (arXiv 2502.18770): r_RL = (1/M) Σ_m σ(k·(r(x, y) − r(x, y_ref,m))), y_ref,m ~ π_SFT(·|x).
+
+    The M reference completions of each prompt are sampled once from the SFT policy and cached.
+    """
+
+    def __init__(
+        self,
+        sft_policy: PreTrainedModel,
+        reward_source,
+        references: int,
+        k: float,
+        max_new_tokens: int,
+        eos_id: int,
+        pad_id: int,
+        seed: int,
+    ):
+        self.sft_policy, self.reward_source, self.references, self.k = sft_policy, reward_source, references, k
+        self.max_new_tokens, self.eos_id, self.pad_id, self.seed = max_new_tokens, eos_id, pad_id, seed
+        self._cache: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def _reference_rewards(self, prompts: list[tuple[int, ...]]) -> None:
+        """Sample and score M SFT completions for every prompt not cached yet (own RNG stream)."""
+        todo = [p for p in dict.fromkeys(prompts) if p not in self._cache]
+        if not todo:
+            return
+        prompt_ids, prompt_mask = pad_left([list(p) for p in todo for _ in range(self.references)], self.pad_id)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed + len(self._cache))
+            refs = sample_completions(
+                self.sft_policy, prompt_ids, prompt_mask, self.max_new_tokens, 1.0, self.eos_id, self.pad_id
+            )
+        rewards = self.reward_source(refs).rewards.view(len(todo), self.references)
+        self._cache.update(zip(todo, rewards, strict=True))
+
+    def __call__(self, rewards: torch.Tensor, rollout: Rollout, scores: RewardScores):
+        prompts = [tuple(row[mask.bool()].tolist()) for row, mask in zip(rollout.prompt_ids, rollout.prompt_mask)]
+        self._reference_rewards(prompts)
+        reference = torch.stack([self._cache[p] for p in prompts]).to(rewards.dtype)  # (B, M)
+        shaped = par_reward(rewards, reference, self.k)
+        return shaped, {"par/reward": shaped.mean().item(), "par/reference_reward": reference.mean().item()}

@@ -115,10 +115,11 @@ def train_policy(
     mitigations: Mitigations | None = None,
     steps: int | None = None,
     step_offset: int = 0,
+    evaluate_first: bool = True,
 ) -> None:
     """Optimise `policy` in place for `steps` (default cfg.steps) updates.
 
-    `on_eval(step, train_figures)` is called at step_offset (before any update), every
+    `on_eval(step, train_figures)` is called at step_offset (before any update, if `evaluate_first`), every
     `eval_every` updates and after the last one; steps are numbered from `step_offset` so that
     consecutive calls (OCRM rounds) continue one curve.
     """
@@ -134,7 +135,8 @@ def train_policy(
     log = FigureLog()
     start_time = time.perf_counter()
 
-    on_eval(step_offset, {})
+    if evaluate_first:
+        on_eval(step_offset, {})
     progress.start(steps)
     for step in range(step_offset + 1, step_offset + steps + 1):
         # 1. Rollouts: K completions for each of the step's prompts.

@@ -7,7 +7,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel
 
 from overopt.models.reward import reward_forward
-from overopt.ops import bradley_terry_loss, pairwise_accuracy
+from overopt.ops import bradley_terry_loss, normalize_weights, pairwise_accuracy
 from overopt.progress import StageProgress
 from overopt.sampling import pad_left, pad_right
 from overopt.stages.supervised import fit_minibatches
@@ -56,12 +56,31 @@ def train_reward_model(
     pad_id: int,
     seed: int,
     progress: StageProgress,
+    log_weights: torch.Tensor | None = None,
+    normalization: str = "none",
 ) -> dict[str, float]:
-    """Bradley-Terry training, −log σ(r(x, y_c) − r(x, y_r)); returns loss and gold-order accuracies."""
+    """Bradley-Terry training, (1/B) Σ w_i·(−log σ(r(x, y_c) − r(x, y_r))); returns loss and gold-order accuracies.
+
+    `log_weights` (N,) are per-pair log importance weights (OCRM, arXiv 2507.15507); None = plain BT.
+    normalization: "none" uses exp(l) as is; "dataset" divides by the dataset mean; "batch" makes
+    each minibatch's weights sum to B, so the loss is the weighted mean of that batch.
+    """
+    if log_weights is not None and normalization == "dataset":
+        log_weights, normalization = normalize_weights(log_weights, "dataset").log(), "none"
+
+    def batch_loss(rows: list[int]) -> torch.Tensor:
+        chosen, rejected = pair_rewards(model, train_pairs[rows], pad_id)
+        if log_weights is None:
+            return bradley_terry_loss(chosen, rejected)
+        weights = normalize_weights(log_weights[rows], normalization)
+        if normalization == "batch":
+            weights = weights * len(rows)
+        return bradley_terry_loss(chosen, rejected, weights.to(chosen.dtype))
+
     loss_value = fit_minibatches(
         model,
         len(train_pairs),
-        lambda rows: bradley_terry_loss(*pair_rewards(model, train_pairs[rows], pad_id)),
+        batch_loss,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,

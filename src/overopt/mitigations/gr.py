@@ -1,0 +1,75 @@
+"""Gradient regularization (Ackermann, Noukhovitch, Ishida et al., arXiv 2602.18037) as a gradient step.
+
+L_GR(θ) = L(θ) + (γ/2)‖∇L(θ)‖², so ∇L_GR = g + γHg, estimated by forward finite differences
+(Karakida et al., ICML 2023):
+  1. g1 = ∇L(θ), clipped to ‖g1‖ ≤ c;
+  2. θ' = θ + ε·g1 on the non-excluded parameters (in float32);
+  3. g2 = ∇L(θ') on the SAME inputs (same completions, old log-probs, advantages), clipped to ≤ c;
+  4. restore θ; g = (1 − γ/ε)·g1 + (γ/ε)·g2 (excluded parameters keep g1); ordinary optimiser step.
+γ = ε is unnormalised SAM. Costs one extra forward + backward per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from overopt.mitigations.protocols import Figures, plain_step
+from overopt.ops import clip_by_global_norm, combine_gr_gradients, is_gr_excluded
+
+
+class GradientRegularization:
+    def __init__(
+        self,
+        named_parameters: list[tuple[str, torch.nn.Parameter]],
+        *,
+        eps: float,
+        gamma: float,
+        grad_clip: float,
+        warmup_steps: int,
+        exclude: tuple[str, ...],
+    ):
+        self.eps, self.gamma, self.grad_clip, self.warmup_steps = eps, gamma, grad_clip, warmup_steps
+        self.perturbed = {id(p) for name, p in named_parameters if not is_gr_excluded(name, exclude)}
+
+    def __call__(
+        self,
+        loss_fn: Callable[[], torch.Tensor],
+        params: list[torch.nn.Parameter],
+        optimizer: torch.optim.Optimizer,
+        step: int,
+        max_grad_norm: float,
+    ) -> Figures:
+        if step <= self.warmup_steps or self.gamma == 0:
+            return plain_step(loss_fn, params, optimizer, step, max_grad_norm)
+        # 1. g1 at θ.
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn().backward()
+        g1, g1_norm = clip_by_global_norm([p.grad for p in params], self.grad_clip)
+        # 2. Ascent step on the loss, in float32, on the perturbed parameters only.
+        backup = {}
+        with torch.no_grad():
+            for p, g in zip(params, g1, strict=True):
+                if id(p) in self.perturbed and g is not None:
+                    backup[id(p)] = p.detach().clone()
+                    p.copy_((p.float() + self.eps * g.float()).to(p.dtype))
+        # 3. g2 at θ' on the same inputs.
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn().backward()
+        g2, g2_norm = clip_by_global_norm([p.grad for p in params], self.grad_clip)
+        # 4. Restore θ and combine.
+        with torch.no_grad():
+            for p, a, b in zip(params, g1, g2, strict=True):
+                if id(p) in backup:
+                    p.copy_(backup[id(p)])
+                    p.grad = combine_gr_gradients(a, b, self.gamma, self.eps)
+                else:
+                    p.grad = a
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm).item()
+        optimizer.step()
+        return {
+            "train/grad_norm": grad_norm,
+            "gr/grad_norm": g1_norm,
+            "gr/grad_norm_ratio": g2_norm / max(g1_norm, 1e-12),
+        }

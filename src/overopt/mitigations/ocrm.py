@@ -1,0 +1,75 @@
+"""OCRM — off-policy corrected reward modeling (Ackermann, Ishida, Sugiyama, arXiv 2507.15507), the RM side.
+
+Between RL phases, the SAME gold-labelled pairs (no new labels, no new samples) are re-weighted by
+how likely the current policy π_k makes them relative to the SFT policy that sampled them, and a
+reward model is retrained from scratch (SFT backbone, fresh head) with the weighted BT loss:
+
+    log ρ_α(y|x) = log π_k(y|x) − logsumexp(log α + log π_k(y|x), log(1−α) + log π_SFT(y|x))
+    w_pair = exp(β_w · [log ρ_α(y_c|x) + log ρ_α(y_r|x)])
+
+Sequence log-likelihoods at temperature 1, summed up to and including the first EOS (optionally
+over the first k tokens only), all in log space.
+"""
+
+from __future__ import annotations
+
+import torch
+from datasets import Dataset
+from transformers import PreTrainedModel
+
+from overopt.models.policy import completion_logprobs
+from overopt.ops import ess_from_log_weights, ocrm_log_weights, sequence_logprobs
+from overopt.stages.rm import encode_sequences
+
+
+@torch.no_grad()
+def completion_loglik(
+    policy: PreTrainedModel,
+    prompts: list[list[int]],
+    completions: list[list[int]],
+    pad_id: int,
+    batch_size: int = 256,
+    truncate_tokens: int | None = None,
+) -> torch.Tensor:
+    """log π(y|x) at temperature 1 for stored pairs: (N,) float64."""
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        batch_prompts = prompts[start : start + batch_size]
+        ids, mask = encode_sequences(batch_prompts, completions[start : start + batch_size], pad_id)
+        prompt_len = max(len(p) for p in batch_prompts)
+        logprobs, _ = completion_logprobs(policy, ids, mask, prompt_len)
+        cmask = mask[:, prompt_len:]
+        if truncate_tokens is not None:
+            cmask = cmask * (torch.arange(cmask.shape[1]) < truncate_tokens)
+        out.append(sequence_logprobs(logprobs.double(), cmask))
+    return torch.cat(out)
+
+
+def ocrm_pair_log_weights(
+    policy: PreTrainedModel,
+    sft_policy: PreTrainedModel,
+    pairs: Dataset,
+    *,
+    alpha: float,
+    beta_w: float,
+    pad_id: int,
+    truncate_tokens: int | None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """(N,) log importance weights of the stored pairs under π_k vs π_SFT, and their ESS figures."""
+    loglik = {
+        (name, side): completion_loglik(
+            model, pairs["prompt_ids"], pairs[f"{side}_ids"], pad_id, truncate_tokens=truncate_tokens
+        )
+        for name, model in (("policy", policy), ("sft", sft_policy))
+        for side in ("chosen", "rejected")
+    }
+    log_w = ocrm_log_weights(
+        loglik["policy", "chosen"],
+        loglik["sft", "chosen"],
+        loglik["policy", "rejected"],
+        loglik["sft", "rejected"],
+        alpha=alpha,
+        beta_w=beta_w,
+    )
+    ess = ess_from_log_weights(log_w).item()
+    return log_w, {"ocrm/ess": ess, "ocrm/ess_frac": ess / len(log_w), "ocrm/log_weight_std": log_w.std().item()}

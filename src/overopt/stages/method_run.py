@@ -1,0 +1,132 @@
+"""One method × seed: policy optimisation with the method's plug-ins, in one phase or OCRM's rounds.
+
+1. π_θ ← copy of π_SFT; π_ref ← π_SFT (a private copy when the method moves it);
+2. reward source: the proxy RM, or the ensemble of k RMs;
+3. for each phase (1, or OCRM's rounds + 1):
+     a. (OCRM, phase k ≥ 1) importance weights of the stored pairs under π_k vs π_SFT, RM_k
+        retrained from scratch on the SAME pairs, KL anchor reset to π_k, PPO value model from RM_k;
+     b. train_policy for the phase's share of rl.steps, evaluated on held-out prompts.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from datasets import DatasetDict
+from transformers import AutoModelForTokenClassification, PreTrainedModel
+
+from overopt.config import ExperimentConfig
+from overopt.io import append_jsonl
+from overopt.methods import MethodContext, MethodPlan
+from overopt.mitigations.ocrm import ocrm_pair_log_weights
+from overopt.mitigations.protocols import Figures, RewardSource
+from overopt.mitigations.rewards import EnsembleRewardModel, ProxyRewardModel
+from overopt.models.reward import reward_model_from_backbone
+from overopt.progress import StageProgress
+from overopt.stages.evaluate import evaluate_policy
+from overopt.stages.rl import train_policy
+from overopt.stages.rm import train_reward_model
+from overopt.testbeds.base import Testbed
+
+SAMPLE_BATCH = 256
+
+
+@dataclass
+class Lab:
+    """The shared artifacts every run of an experiment starts from."""
+
+    cfg: ExperimentConfig
+    testbed: Testbed
+    sft_dir: Path
+    sft_policy: PreTrainedModel
+    pairs: DatasetDict
+    reward_models: Callable[[int], list[PreTrainedModel]]  # k -> the first k proxy RMs (trained on demand)
+    train_prompts: list[list[int]]
+    eval_ids: torch.Tensor
+    eval_mask: torch.Tensor
+
+
+def phase_steps(total: int, phases: int) -> list[int]:
+    """Split `total` updates into `phases` near-equal consecutive shares."""
+    return [total // phases + (1 if i < total % phases else 0) for i in range(phases)]
+
+
+def run_method(lab: Lab, plan: MethodPlan, seed: int, run_dir: Path) -> None:
+    cfg = lab.cfg
+    rl = plan.rl
+    # 1. Policy and reference.
+    policy = copy.deepcopy(lab.sft_policy).train()
+    ref_policy = copy.deepcopy(lab.sft_policy) if plan.moves_reference else lab.sft_policy
+    # 2. Reward source.
+    if plan.ensemble is not None:
+        e = cfg.ensemble
+        source: RewardSource = EnsembleRewardModel(lab.reward_models(e.k), plan.ensemble, e.uwo_lambda, e.ddof)
+    else:
+        source = ProxyRewardModel(lab.reward_models(1)[0])
+    value_model = _value_model_from(source.models()[0]) if rl.algo == "ppo" else None
+    start = time.perf_counter()
+    extra: Figures = {}
+
+    def on_eval(step: int, train_figures: Figures) -> None:
+        metrics, samples = evaluate_policy(
+            policy, lab.sft_policy, source, lab.testbed, lab.eval_ids, lab.eval_mask,
+            temperature=cfg.eval.temperature, seed=10_000 + seed, batch_size=SAMPLE_BATCH,
+            n_logged_samples=cfg.eval.n_logged_samples,
+        )  # fmt: skip
+        row = {"step": step, **metrics, "wall_s": time.perf_counter() - start, **train_figures, **extra}
+        append_jsonl(run_dir / "metrics.jsonl", row)
+        append_jsonl(run_dir / "samples.jsonl", {"step": step, "samples": samples})
+
+    # 3. Phases (OCRM: rounds + 1 of them).
+    shares = phase_steps(rl.steps, cfg.ocrm.rounds + 1 if plan.ocrm else 1)
+    offset = 0
+    for phase, steps in enumerate(shares):
+        if phase > 0:
+            # 3a. OCRM: re-weight the same pairs under π_k, refit the RM from scratch, move the anchor.
+            with StageProgress(f"ocrm round {phase} rm") as progress:
+                rm, figures = _ocrm_refit(lab, policy, seed, phase, progress)
+            source = ProxyRewardModel(rm)
+            extra = {**figures, "ocrm/round": phase}
+            if plan.uses_kl:
+                ref_policy = copy.deepcopy(policy).eval()
+            if value_model is not None:
+                value_model = _value_model_from(rm)
+        ctx = MethodContext(cfg, policy, value_model, lab.sft_policy, source, lab.testbed, seed)
+        with StageProgress(f"rl {plan.name} seed{seed}" + (f" phase {phase}" if len(shares) > 1 else "")) as progress:
+            train_policy(
+                rl, policy=policy, ref_policy=ref_policy, reward_source=source, value_model=value_model,
+                testbed=lab.testbed, train_prompts=lab.train_prompts, seed=seed, eval_every=cfg.eval.every,
+                on_eval=on_eval, progress=progress, mitigations=plan.mitigations(ctx), steps=steps,
+                step_offset=offset, evaluate_first=phase == 0,
+            )  # fmt: skip
+        offset += steps
+
+
+def _value_model_from(reward_model: PreTrainedModel) -> PreTrainedModel:
+    """A per-token value model whose backbone and head start from the RM (as in TRL's PPO and OCRM)."""
+    value = AutoModelForTokenClassification.from_config(reward_model.config)
+    value.load_state_dict(reward_model.state_dict(), strict=False)  # the token head adds a bias
+    return value
+
+
+def _ocrm_refit(
+    lab: Lab, policy: PreTrainedModel, seed: int, phase: int, progress: StageProgress
+) -> tuple[PreTrainedModel, Figures]:
+    o, r = lab.cfg.ocrm, lab.cfg.rm
+    pad = lab.testbed.tokenizer.pad_token_id
+    log_w, figures = ocrm_pair_log_weights(
+        policy, lab.sft_policy, lab.pairs["train"], alpha=o.alpha, beta_w=o.beta_w, pad_id=pad,
+        truncate_tokens=o.truncate_tokens,
+    )  # fmt: skip
+    rm = reward_model_from_backbone(lab.sft_dir, seed=lab.cfg.seed + 1000 * phase + seed)
+    metrics = train_reward_model(
+        rm, lab.pairs["train"], lab.pairs["test"], epochs=r.epochs, batch_size=r.batch_size, lr=r.lr, pad_id=pad,
+        seed=lab.cfg.seed + phase, progress=progress, log_weights=log_w, normalization=o.normalization,
+    )  # fmt: skip
+    figures["ocrm/rm_heldout_accuracy"] = metrics["heldout_accuracy"]
+    return rm.eval(), figures
