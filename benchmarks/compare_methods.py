@@ -1,0 +1,113 @@
+"""Mitigation comparison on one preset: every method × seeds in one `overopt run`, table to RESULTS.md.
+
+    python benchmarks/compare_methods.py                       # default preset, 3 seeds
+    python benchmarks/compare_methods.py --seeds 5 --methods none,kl,gr
+
+Runs go to benchmarks/out/<preset>/ (reused when re-run), and the table replaces this benchmark's
+section of benchmarks/RESULTS.md, with the command, date and machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+import tyro
+
+from overopt.cli import main as overopt_main
+from overopt.io import read_json
+
+HERE = Path(__file__).parent
+METHODS = "none,kl,ref_reset,gr,signcert,ocrm,ensemble_uwo,par,chi2"
+
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+    preset: str = "default"
+    """overopt preset to compare on."""
+    methods: str = METHODS
+    """Comma-separated methods."""
+    seeds: int = 3
+    """Seeds per method."""
+    extra: tuple[str, ...] = ()
+    """Extra `overopt run` overrides, e.g. --extra --ocrm.rounds 3."""
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    return f"{os.cpu_count()} CPU cores ({cpu}), {platform.system()}, Python {platform.python_version()}, torch {torch.__version__}"
+
+
+def fmt(stat: dict, digits: int = 3) -> str:
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def table(summary: dict) -> str:
+    rows = [
+        "| method | gold final | gold peak (step) | proxy final | KL final | hacked seeds | wall s / run |",
+        "|---|---|---|---|---|---|---|",
+        f"| SFT policy | {summary['sft']['gold_reward']:.3f} | | {summary['sft']['proxy_reward']:.3f} | 0 | | |",
+    ]
+    ranked = sorted(summary["methods"].items(), key=lambda kv: -kv[1]["gold_final"]["mean"])
+    for name, m in ranked:
+        n = m["gold_final"]["n"]
+        rows.append(
+            f"| `{name}` | {fmt(m['gold_final'])} | {fmt(m['gold_peak'])} (@{m['gold_peak_step']['mean']:.0f}) "
+            f"| {fmt(m['proxy_final'])} | {fmt(m['kl_final'], 2)} | {m['hacked_seeds']}/{n} | {m['wall_s']['mean']:.0f} |"
+        )
+    return "\n".join(rows)
+
+
+def write_section(name: str, body: str) -> None:
+    """Replace the section between this benchmark's markers in RESULTS.md (append it if absent)."""
+    path = HERE / "RESULTS.md"
+    text = (
+        path.read_text()
+        if path.exists()
+        else "# Benchmark results\n\nEach section is written by the script it names.\n"
+    )
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{body}\n{end}"
+    if start in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def run(args: Args) -> None:
+    out = HERE / "out" / args.preset
+    argv = ["run", "--preset", args.preset, "--out", str(out), "--methods", args.methods, "--seeds", str(args.seeds),
+            *args.extra]  # fmt: skip
+    overopt_main(argv)
+    summary = read_json(out / "summary.json")
+    rm = summary["stages"]["rm"]["metrics"]
+    command = (
+        f"python benchmarks/compare_methods.py --preset {args.preset} --seeds {args.seeds} --methods {args.methods}"
+    )
+    if args.extra:
+        command += " --extra " + " ".join(args.extra)
+    body = "\n".join([
+        f"## Mitigation comparison: `{args.preset}` preset, testbed `{summary['testbed']}`",
+        "",
+        f"Command: `{command}`  ",
+        f"Date: {datetime.date.today().isoformat()}  ",
+        f"Machine: {machine()}",
+        "",
+        f"Proxy RM held-out accuracy against gold: {rm['heldout_accuracy']:.3f}. Mean ± sample std (ddof = 1) over "
+        f"{args.seeds} seeds, sorted by final gold reward. *Hacked*: gold rose above SFT, then lost ≥ 30 % of the gain "
+        "while the proxy kept rising.",
+        "",
+        table(summary),
+    ])  # fmt: skip
+    write_section(f"compare_methods:{args.preset}", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    run(tyro.cli(Args, args=sys.argv[1:]))

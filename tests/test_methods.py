@@ -1,0 +1,218 @@
+"""Methods: parsing of '+' combinations, identities at loop level, and every method on the smoke preset."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from overopt.cli import main
+from overopt.config import GRConfig, KLConfig, RLConfig
+from overopt.methods import PARTS, resolve_method
+from overopt.mitigations.gr import GradientRegularization
+from overopt.mitigations.protocols import Mitigations
+from overopt.mitigations.reference import ReferenceReset
+from overopt.mitigations.regularizers import Chi2Penalty
+from overopt.mitigations.rewards import EnsembleRewardModel, LengthPenalty, ProxyRewardModel, RewardClip
+from overopt.mitigations.signcert import SignCertWeights
+from overopt.progress import StageProgress
+from overopt.stages.rl import train_policy
+
+BASE = RLConfig(steps=3, prompts_per_step=4, group_size=2, lr=1e-3, kl=KLConfig(coef=0.1))
+
+
+# -- parsing -------------------------------------------------------------------------------------
+def test_kl_is_on_exactly_when_a_part_asks_for_it():
+    assert resolve_method("gr", BASE).rl.kl.coef == 0
+    assert resolve_method("gr+kl", BASE).rl.kl.coef == 0.1
+    assert resolve_method("ref_reset", BASE).rl.kl.coef == 0.1
+    assert resolve_method("none", BASE).rl.kl.coef == 0
+    assert resolve_method("signcert", BASE).rl.algo == "dr_grpo"
+    plan = resolve_method("ocrm+kl", BASE)
+    assert plan.ocrm and plan.moves_reference and plan.uses_kl
+    assert resolve_method("ensemble_uwo", BASE).ensemble == "uwo"
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("bogus", "unknown method 'bogus'"),
+        ("kl+bogus", "unknown method 'bogus'"),
+        ("none+kl", "'none' cannot be combined"),
+        ("kl+kl", "repeats a part"),
+        ("ocrm+ensemble_mean", "both set the reward model"),
+        ("ensemble_mean+ensemble_wco", "both set the reward model"),
+    ],
+)
+def test_impossible_combinations_are_refused(name, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_method(name, BASE)
+
+
+def test_kl_methods_need_a_positive_coefficient():
+    with pytest.raises(ValueError, match="rl.kl.coef > 0"):
+        resolve_method("ref_reset", BASE.model_copy(update={"kl": KLConfig(coef=0.0)}))
+
+
+# -- identities at loop level ---------------------------------------------------------------------
+def _train(world, cfg: RLConfig, mitigations: Mitigations | None = None, reward_source=None, ref_policy=None):
+    testbed = world["testbed"]
+    policy = copy.deepcopy(world["policy"]).train()
+    with StageProgress("test") as progress:
+        train_policy(
+            cfg, policy=policy, ref_policy=ref_policy if ref_policy is not None else world["policy"],
+            reward_source=reward_source or ProxyRewardModel(world["reward_model"]), value_model=None,
+            testbed=testbed, train_prompts=testbed.prompts("train", 16, 0), seed=0, eval_every=100,
+            on_eval=lambda step, figures: None, progress=progress, mitigations=mitigations,
+        )  # fmt: skip
+    return torch.cat([p.detach().flatten() for p in policy.parameters()])
+
+
+def test_gr_with_gamma_zero_is_the_plain_step(tiny_world):
+    policy = tiny_world["policy"]
+    g = GRConfig(gamma=0.0)
+    gr = GradientRegularization(list(policy.named_parameters()), eps=g.eps, gamma=0.0, grad_clip=g.grad_clip,
+                                warmup_steps=0, exclude=g.exclude)  # fmt: skip
+    assert torch.equal(_train(tiny_world, BASE, Mitigations(gradient_step=gr)), _train(tiny_world, BASE))
+
+
+def test_gr_changes_the_update_and_warmup_delays_it(tiny_world):
+    def with_gr(warmup):
+        # GR perturbs the parameters of the policy being trained, so it is built inside the run.
+        return lambda policy: GradientRegularization(
+            list(policy.named_parameters()), eps=1e-3, gamma=1e-1, grad_clip=10.0, warmup_steps=warmup, exclude=()
+        )
+
+    plain = _train(tiny_world, BASE)
+    assert not torch.equal(_train_with(tiny_world, with_gr(0)), plain)
+    assert torch.equal(_train_with(tiny_world, with_gr(BASE.steps)), plain)
+
+
+def _train_with(world, make_step):
+    testbed = world["testbed"]
+    policy = copy.deepcopy(world["policy"]).train()
+    with StageProgress("test") as progress:
+        train_policy(
+            BASE, policy=policy, ref_policy=world["policy"], reward_source=ProxyRewardModel(world["reward_model"]),
+            value_model=None, testbed=testbed, train_prompts=testbed.prompts("train", 16, 0), seed=0, eval_every=100,
+            on_eval=lambda step, figures: None, progress=progress,
+            mitigations=Mitigations(gradient_step=make_step(policy)),
+        )  # fmt: skip
+    return torch.cat([p.detach().flatten() for p in policy.parameters()])
+
+
+def test_signcert_with_everything_certified_is_plain_dr_grpo(tiny_world):
+    dr_grpo = BASE.model_copy(update={"algo": "dr_grpo"})
+    all_certified = Mitigations(completion_weights=SignCertWeights(quantile=0.0, scope="batch", weighting="drop"))
+    assert torch.equal(_train(tiny_world, dr_grpo, all_certified), _train(tiny_world, dr_grpo))
+    strict = Mitigations(completion_weights=SignCertWeights(quantile=0.9, scope="batch", weighting="drop"))
+    assert not torch.equal(_train(tiny_world, dr_grpo, strict), _train(tiny_world, dr_grpo))
+
+
+@pytest.mark.parametrize("mode", ["mean", "wco", "uwo"])
+def test_ensemble_of_one_is_the_single_rm(tiny_world, mode):
+    single = EnsembleRewardModel([tiny_world["reward_model"]], mode, uwo_lambda=0.5, ddof=0)
+    assert torch.equal(_train(tiny_world, BASE, reward_source=single), _train(tiny_world, BASE))
+
+
+def test_reference_reset_that_never_fires_is_plain_kl(tiny_world):
+    ref = copy.deepcopy(tiny_world["policy"])
+    never = Mitigations(reference_schedule=ReferenceReset(every=BASE.steps + 1, alpha=1.0))
+    assert torch.equal(_train(tiny_world, BASE, never, ref_policy=ref), _train(tiny_world, BASE))
+    assert all(torch.equal(a, b) for a, b in zip(ref.parameters(), tiny_world["policy"].parameters()))
+
+
+def test_hard_reference_reset_copies_the_policy(tiny_world):
+    ref = copy.deepcopy(tiny_world["policy"])
+    policy = copy.deepcopy(tiny_world["policy"])
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(1.0)
+    reset = ReferenceReset(every=2, alpha=1.0)
+    assert reset(1, policy, ref)["ref_reset/count"] == 0
+    assert all(torch.equal(a, b) for a, b in zip(ref.parameters(), tiny_world["policy"].parameters()))
+    assert reset(2, policy, ref)["ref_reset/count"] == 1
+    assert all(torch.equal(a, b) for a, b in zip(ref.parameters(), policy.parameters()))
+    half = copy.deepcopy(tiny_world["policy"])
+    ReferenceReset(every=1, alpha=0.5)(1, policy, half)
+    expected = [0.5 * a + 0.5 * b for a, b in zip(policy.parameters(), tiny_world["policy"].parameters())]
+    assert all(torch.allclose(a, b) for a, b in zip(half.parameters(), expected))
+
+
+def test_zero_strength_reward_and_loss_terms_are_off(tiny_world):
+    plain = _train(tiny_world, BASE)
+    assert torch.equal(_train(tiny_world, BASE, Mitigations(reward_transforms=[LengthPenalty(0.0)])), plain)
+    assert torch.equal(_train(tiny_world, BASE, Mitigations(reward_transforms=[RewardClip(-1e9, 1e9, False)])), plain)
+    assert torch.equal(_train(tiny_world, BASE, Mitigations(loss_terms=[ZeroChi2()])), plain)
+    assert not torch.equal(_train(tiny_world, BASE, Mitigations(loss_terms=[Chi2Penalty(10.0, 10.0)])), plain)
+
+
+class ZeroChi2(Chi2Penalty):
+    def __init__(self):
+        super().__init__(coef=0.0, clamp=10.0)
+
+
+def test_uniform_ocrm_weights_are_plain_bradley_terry(tiny_world, tmp_path):
+    """β_w = 0 gives weight 1 for every pair: the refit RM equals the plain BT refit in every mode."""
+    from datasets import Dataset
+
+    from overopt.models.reward import reward_model_from_backbone
+    from overopt.stages.rm import train_reward_model
+
+    testbed = tiny_world["testbed"]
+    prompts = testbed.prompts("train", 24, 0)
+    gen = torch.Generator().manual_seed(0)
+    rows = {"prompt_ids": prompts, "gold_chosen": [1.0] * 24, "gold_rejected": [0.0] * 24,
+            "chosen_ids": [torch.randint(5, 20, (3,), generator=gen).tolist() + [2] for _ in prompts],
+            "rejected_ids": [torch.randint(5, 20, (4,), generator=gen).tolist() + [2] for _ in prompts]}  # fmt: skip
+    pairs = Dataset.from_dict(rows)
+
+    def fit(**weighting):
+        rm = reward_model_from_backbone(tiny_world["path"], seed=3)
+        with StageProgress("rm") as progress:
+            train_reward_model(rm, pairs, pairs, epochs=2, batch_size=8, lr=1e-2, pad_id=0, seed=1, progress=progress,
+                               **weighting)  # fmt: skip
+        return torch.cat([p.detach().flatten() for p in rm.parameters()])
+
+    plain = fit()
+    for mode in ("none", "batch", "dataset"):
+        assert torch.allclose(fit(log_weights=torch.zeros(24, dtype=torch.float64), normalization=mode), plain,
+                              atol=1e-6, rtol=0), mode  # fmt: skip
+    skewed = torch.linspace(-3, 3, 24, dtype=torch.float64)
+    assert not torch.allclose(fit(log_weights=skewed, normalization="none"), plain, atol=1e-4)
+
+
+# -- every method on the smoke preset -----------------------------------------------------------
+METHOD_FIGURES = {
+    "ref_reset": "ref_reset/count",
+    "gr": "gr/grad_norm_ratio",
+    "signcert": "signcert/frac_downweighted",
+    "ocrm+kl": "ocrm/ess",
+    "ensemble_uwo": "ensemble/std",
+    "par": "par/reward",
+    "chi2": "chi2/estimate",
+    "length_penalty": "length_penalty/mean",
+    "reward_clip": "reward_clip/frac",
+    "gr+kl": "gr/grad_norm_ratio",
+}
+
+
+def test_every_method_runs_on_the_smoke_preset(tmp_path):
+    names = ["none", "kl", *METHOD_FIGURES, "ensemble_mean", "ensemble_wco", "ocrm", "signcert+kl"]
+    assert {p for n in names for p in n.split("+")} == set(PARTS), "a method part is not exercised"
+    out = tmp_path / "all"
+    main(["run", "--preset", "smoke", "--out", str(out), "--methods", ",".join(names),
+          "--ensemble.k", "2", "--ocrm.rounds", "1"])  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["methods"]) == names
+    for name in names:
+        rows = [json.loads(line) for line in (out / "runs" / name / "seed0" / "metrics.jsonl").open()]
+        assert [r["step"] for r in rows] == [0, 3, 6], name
+        assert all(torch.isfinite(torch.tensor(r["gold_reward"])) for r in rows)
+        if name in METHOD_FIGURES:
+            assert METHOD_FIGURES[name] in rows[-1], (name, sorted(rows[-1]))
+    ocrm_rows = [json.loads(line) for line in (out / "runs" / "ocrm" / "seed0" / "metrics.jsonl").open()]
+    assert ocrm_rows[-1]["ocrm/round"] == 1 and 0 < ocrm_rows[-1]["ocrm/ess_frac"] <= 1
+    assert (out / "artifacts" / "rm_1" / "stage.json").exists()  # the second ensemble member
