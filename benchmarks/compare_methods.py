@@ -40,7 +40,8 @@ class Args:
 
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
-    return f"{os.cpu_count()} CPU cores ({cpu}), {platform.system()}, Python {platform.python_version()}, torch {torch.__version__}"
+    versions = f"Python {platform.python_version()}, torch {torch.__version__}"
+    return f"{os.cpu_count()} CPU cores ({cpu}), {platform.system()}, {versions}"
 
 
 def fmt(stat: dict, digits: int = 3) -> str:
@@ -58,7 +59,8 @@ def table(summary: dict) -> str:
         n = m["gold_final"]["n"]
         rows.append(
             f"| `{name}` | {fmt(m['gold_final'])} | {fmt(m['gold_peak'])} (@{m['gold_peak_step']['mean']:.0f}) "
-            f"| {fmt(m['proxy_final'])} | {fmt(m['kl_final'], 2)} | {m['hacked_seeds']}/{n} | {m['wall_s']['mean']:.0f} |"
+            f"| {fmt(m['proxy_final'])} | {fmt(m['kl_final'], 2)} | {m['hacked_seeds']}/{n} "
+            f"| {m['wall_s']['mean']:.0f} |"
         )
     return "\n".join(rows)
 
