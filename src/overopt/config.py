@@ -206,7 +206,9 @@ class RewardClipConfig(_Frozen):
     """Reward clipping: r ← clip(r, low, high), with optional batch whitening first."""
 
     low: float = Field(-1e9, description="Lower clip bound.")
-    high: float = Field(2.0, description="Upper clip bound (default: a little above the SFT policy's proxy).")
+    high: float = Field(
+        2.0, description="Upper clip bound (summarize default: about where the proxy stops tracking gold)."
+    )
     whiten: bool = Field(False, description="Whiten rewards over the batch before clipping.")
 
 
@@ -217,7 +219,11 @@ class ExperimentConfig(_Frozen):
     config: Path | None = Field(None, description="YAML file applied on top of the preset.")
     out: Path = Field(Path("runs/default"), description="Output directory (finished stages and runs are reused).")
     testbed: Literal["summarize"] = Field("summarize", description="Task with a known gold reward.")
-    methods: str = Field("none,kl", description="Comma-separated methods to run (none, kl).")
+    methods: str = Field("none,kl", description="Comma-separated methods; parts combine with '+' (see README).")
+    sweep: str = Field(
+        "",
+        description="Sweep one field for every method, e.g. 'gr.gamma=0.001,0.01,0.1' (runs 'gr@gr.gamma=0.01', ...).",
+    )
     seeds: int = Field(3, gt=0, description="RL seeds per method (0..seeds-1).")
     seed: int = Field(0, ge=0, description="Seed of the shared stages (testbed data, SFT, pairs, RM).")
     threads: int = Field(0, ge=0, description="torch CPU threads (0 = all cores).")
@@ -241,6 +247,36 @@ class ExperimentConfig(_Frozen):
     @property
     def method_list(self) -> list[str]:
         return [m.strip() for m in self.methods.split(",") if m.strip()]
+
+    def method_variants(self) -> list[tuple[str, str, ExperimentConfig]]:
+        """(run name, method, config) for every method, once per `sweep` value (a sweep never touches the
+        shared stages: only `rl.*` and the methods' own sections may be swept)."""
+        if not self.sweep:
+            return [(m, m, self) for m in self.method_list]
+        field, sep, values = self.sweep.partition("=")
+        field = field.strip()
+        if not sep or not values.strip():
+            raise ValueError(f"sweep {self.sweep!r}: expected 'field=value1,value2,...'")
+        if field.split(".")[0] not in SWEEPABLE:
+            raise ValueError(f"sweep field {field!r}: only rl.* and method sections ({', '.join(SWEEPABLE[1:])}) sweep")
+        variants = []
+        for value in (v.strip() for v in values.split(",") if v.strip()):
+            data = self.model_dump()
+            node = data
+            *parents, leaf = field.split(".")
+            for key in parents:
+                if not isinstance(node.get(key), dict):
+                    raise ValueError(f"sweep field {field!r}: unknown section {key!r}")
+                node = node[key]
+            if leaf not in node:
+                raise ValueError(f"sweep field {field!r}: unknown field {leaf!r}")
+            node[leaf] = value
+            variant = ExperimentConfig.model_validate({**data, "sweep": ""})
+            variants += [(f"{m}@{field}={value}", m, variant) for m in self.method_list]
+        return variants
+
+
+SWEEPABLE = ("rl", "ref_reset", "gr", "signcert", "ocrm", "ensemble", "par", "chi2", "length_penalty", "reward_clip")
 
 
 PRESET_DIR = Path(__file__).parent / "presets"

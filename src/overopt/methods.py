@@ -98,7 +98,7 @@ def _reward_clip(ctx: MethodContext, m: Mitigations) -> None:
 
 
 def _ensemble_figures(ctx: MethodContext, m: Mitigations) -> None:
-    m.reward_transforms.insert(0, EnsembleFigures())
+    m.reward_transforms.insert(0, EnsembleFigures(ctx.cfg.ensemble.ddof))
 
 
 PARTS: dict[str, Part] = {

@@ -98,7 +98,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     testbed = make_testbed(cfg)
     tok = testbed.tokenizer
     fps = _stage_fingerprints(cfg)
-    plans = {name: resolve_method(name, cfg.rl) for name in cfg.method_list}  # fail fast on bad names
+    # Fail fast on bad method names and sweeps, before any training.
+    plans = {name: (resolve_method(method, variant.rl), variant) for name, method, variant in cfg.method_variants()}
 
     # 1. SFT policy.
     def build_sft(tmp: Path, progress: StageProgress) -> dict:
@@ -199,19 +200,19 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
         train_prompts=testbed.prompts("train", max(4 * cfg.rl.prompts_per_step, cfg.pairs.n_prompts), cfg.seed + 2),
         eval_ids=eval_ids, eval_mask=eval_mask,
     )  # fmt: skip
-    for name, plan in plans.items():
-        sections = {part: getattr(cfg, part).model_dump() for part in plan.parts if hasattr(cfg, part)}
+    for name, (plan, variant) in plans.items():
+        sections = {part: getattr(variant, part).model_dump() for part in plan.parts if hasattr(variant, part)}
         if plan.ensemble:
-            sections["ensemble"] = cfg.ensemble.model_dump()
+            sections["ensemble"] = variant.ensemble.model_dump()
         for seed in range(cfg.seeds):
             run_dir = out / "runs" / name / f"seed{seed}"
-            run_fp = fingerprint(fps["rm"], name, plan.rl.model_dump(), cfg.eval.model_dump(), sections, seed)
+            run_fp = fingerprint(fps["rm"], plan.name, plan.rl.model_dump(), cfg.eval.model_dump(), sections, seed)
             if _finished(run_dir, run_fp):
                 console.print(f"[dim]reusing {run_dir}[/dim]")
                 continue
             shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run restarts from scratch
             run_dir.mkdir(parents=True)
-            run_method(lab, plan, seed, run_dir)
+            run_method(lab, plan, variant, seed, run_dir, name)
             write_json(run_dir / "stage.json", {"stage": "rl", "method": name, "seed": seed, "fingerprint": run_fp})
 
     return build_report(out, console=console)

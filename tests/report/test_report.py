@@ -147,7 +147,7 @@ def test_build_report_end_to_end(tmp_path):
     assert summary["methods"]["none"]["hacked_seeds"] == 2  # returned dict matches
 
     # Plots: every png exists and is a real PNG.
-    for name in ("rewards_vs_step.png", "gold_vs_kl.png", "metrics_grid.png"):
+    for name in ("rewards_vs_step.png", "gold_vs_kl.png", "metrics_grid.png", "frontier.png"):
         p = out / "plots" / name
         assert p.is_file()
         assert p.read_bytes()[:8] == PNG_MAGIC
@@ -155,7 +155,7 @@ def test_build_report_end_to_end(tmp_path):
     html = (out / "report.html").read_text()
     assert html.startswith("<!DOCTYPE html>")
     assert "none" in html and "kl" in html
-    assert html.count('src="data:image/png;base64,') == 3
+    assert html.count('src="data:image/png;base64,') == 4
     assert "&lt;b&gt;bold&lt;/b&gt; &amp; co" in html
     assert "sft answer none &lt;b&gt;x&lt;/b&gt;" in html
     assert "<b>bold</b>" not in html and "<b>x</b>" not in html
@@ -272,3 +272,13 @@ def test_grid_keys_and_single_seed_plots(tmp_path):
     paths = plot_all(out, single)
     assert [p.name for p in paths] == ["rewards_vs_step.png", "gold_vs_kl.png", "metrics_grid.png"]
     assert plot_all(out, {}) == []
+
+
+def test_sweep_variants_follow_their_method_in_sweep_order():
+    from overopt.report.summary import order_methods
+
+    config = {"methods": "none,kl", "sweep": "rl.kl.coef=0.5,0.05"}
+    names = ["kl@rl.kl.coef=0.05", "none@rl.kl.coef=0.5", "kl@rl.kl.coef=0.5", "none@rl.kl.coef=0.05", "extra"]
+    assert order_methods(names, config) == [
+        "none@rl.kl.coef=0.5", "none@rl.kl.coef=0.05", "kl@rl.kl.coef=0.5", "kl@rl.kl.coef=0.05", "extra",
+    ]

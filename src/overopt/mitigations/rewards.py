@@ -76,12 +76,15 @@ class EnsembleRewardModel:
 
 
 class EnsembleFigures:
-    """Logs the members' disagreement (reward unchanged)."""
+    """Logs the members' disagreement (reward unchanged), with the ensemble's variance ddof."""
+
+    def __init__(self, ddof: int = 0):
+        self.ddof = ddof
 
     def __call__(self, rewards: torch.Tensor, rollout: Rollout, scores: RewardScores):
         if scores.members is None:
             return rewards, {}
-        return rewards, {"ensemble/std": ensemble_std(scores.members).mean().item()}
+        return rewards, {"ensemble/std": ensemble_std(scores.members, ddof=self.ddof).mean().item()}
 
 
 class PreferenceAsReward:

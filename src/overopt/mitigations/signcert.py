@@ -28,6 +28,8 @@ class SignCertWeights:
         weights = certified_weights(radii, tau, self.weighting).flatten()
         finite = radii[torch.isfinite(radii)]
         return weights.float(), {
+            # With an ensemble, the radii use member 0's hidden state and head (METHODS.md §3 fallback).
+            "signcert/head_from_member0": float(scores.members is not None),
             "signcert/frac_downweighted": (weights < 1).double().mean().item(),
             "signcert/mean_weight": weights.mean().item(),
             "signcert/radius_median": finite.median().item() if finite.numel() else float("nan"),

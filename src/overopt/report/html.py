@@ -166,9 +166,7 @@ def _methods_section(summary: dict) -> str:
         "<details><summary>Per-seed results</summary><table>"
         "<tr><th class='l'>method</th><th>seed</th><th>gold final</th><th>gold peak</th><th>peak step</th>"
         "<th>proxy final</th><th>KL final</th><th>wall s</th><th>gold drop fraction</th>"
-        "<th>proxy rose after peak</th><th>hacked</th></tr>"
-        + "".join(details)
-        + "</table></details>"
+        "<th>proxy rose after peak</th><th>hacked</th></tr>" + "".join(details) + "</table></details>"
     )
     return (
         "<h2>Methods</h2>"
@@ -209,6 +207,9 @@ _PLOT_CAPTIONS = {
     "gold_vs_kl": "Reward vs √KL between the policy and the SFT policy (mean over seeds per evaluation). "
     "Gold reward as a function of this distance is the overoptimization curve of Gao et al. (2022).",
     "metrics_grid": "Other policy metrics vs step (mean over seeds).",
+    "frontier": "Where each method ends: final gold reward against final KL to the SFT policy (mean ± std over "
+    "seeds). A sweep (`--sweep field=v1,v2,...`) joins a method's variants into its frontier, labelled by value; "
+    "up and to the left is better.",
 }
 
 
@@ -221,7 +222,7 @@ def _plots_section(plot_paths: list[Path]) -> str:
         data = base64.b64encode(p.read_bytes()).decode("ascii")
         caption = _PLOT_CAPTIONS.get(p.stem, p.stem)
         figs.append(
-            f"<figure><img src=\"data:image/png;base64,{data}\" alt=\"{escape(p.stem)}\">"
+            f'<figure><img src="data:image/png;base64,{data}" alt="{escape(p.stem)}">'
             f"<figcaption>{escape(caption)}</figcaption></figure>"
         )
     if not figs:
@@ -254,17 +255,22 @@ def _samples_section(out_dir: Path, summary: dict) -> str:
         last = entries[-1]
         cols = [first] if last is first else [first, last]
         width = max(len(c["samples"]) for c in cols)
-        header = "".join(f"<th class='l'>step {_fmt(c.get('step'))}"
-                         f"{' (SFT)' if c is first and c.get('step') == 0 else ''}"
-                         f"{' (final)' if c is last and c is not first else ''}</th>" for c in cols)
+        header = "".join(
+            f"<th class='l'>step {_fmt(c.get('step'))}"
+            f"{' (SFT)' if c is first and c.get('step') == 0 else ''}"
+            f"{' (final)' if c is last and c is not first else ''}</th>"
+            for c in cols
+        )
         rows = []
         for i in range(min(width, MAX_SAMPLES)):
             items = [c["samples"][i] if i < len(c["samples"]) else None for c in cols]
             prompts = {str(s.get("prompt")) for s in items if isinstance(s, dict)}
             shared = len(prompts) == 1 and len(cols) > 1
             if shared:
-                rows.append(f"<tr><td colspan='{len(cols)}' class='prompt'><strong>prompt:</strong> "
-                            f"{escape(_clip(prompts.pop()))}</td></tr>")
+                rows.append(
+                    f"<tr><td colspan='{len(cols)}' class='prompt'><strong>prompt:</strong> "
+                    f"{escape(_clip(prompts.pop()))}</td></tr>"
+                )
             rows.append("<tr>" + "".join(_sample_cell(s, not shared) for s in items) + "</tr>")
         blocks.append(
             f"<h3>{escape(name)} <span class='sub'>(seed {seed})</span></h3>"
@@ -272,8 +278,10 @@ def _samples_section(out_dir: Path, summary: dict) -> str:
         )
     if not blocks:
         return ""
-    return ("<h2>Example completions</h2><p class='sub'>First seed of each method: the SFT policy's samples "
-            "next to the final policy's, with gold and proxy rewards per sample.</p>" + "".join(blocks))
+    return (
+        "<h2>Example completions</h2><p class='sub'>First seed of each method: the SFT policy's samples "
+        "next to the final policy's, with gold and proxy rewards per sample.</p>" + "".join(blocks)
+    )
 
 
 def _config_section(out_dir: Path, summary: dict) -> str:
@@ -298,17 +306,19 @@ def write_report(out_dir: str | Path, summary: dict, plot_paths: list[Path]) -> 
     out_dir = Path(out_dir)
     testbed, preset = summary.get("testbed", "?"), summary.get("preset", "?")
     title = f"overopt report · {testbed} · {preset}"
-    body = "".join([
-        f"<h1>Reward hacking lab: {escape(str(testbed))}</h1>",
-        f"<p class='sub'>testbed <strong>{escape(str(testbed))}</strong> · preset "
-        f"<strong>{escape(str(preset))}</strong> · output <code>{escape(str(out_dir))}</code></p>",
-        f"<p class='lead'>{_INTRO}</p>",
-        _methods_section(summary),
-        _stages_section(summary),
-        _plots_section(plot_paths),
-        _samples_section(out_dir, summary),
-        _config_section(out_dir, summary),
-    ])
+    body = "".join(
+        [
+            f"<h1>Reward hacking lab: {escape(str(testbed))}</h1>",
+            f"<p class='sub'>testbed <strong>{escape(str(testbed))}</strong> · preset "
+            f"<strong>{escape(str(preset))}</strong> · output <code>{escape(str(out_dir))}</code></p>",
+            f"<p class='lead'>{_INTRO}</p>",
+            _methods_section(summary),
+            _stages_section(summary),
+            _plots_section(plot_paths),
+            _samples_section(out_dir, summary),
+            _config_section(out_dir, summary),
+        ]
+    )
     page = (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"

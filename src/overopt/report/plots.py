@@ -128,14 +128,14 @@ def _gold_vs_kl(runs, methods, colors, path: Path) -> Path:
             ym, ys, yn = y["mean"][iy], y["std"][iy], y["n"][iy]
             ax.plot(x, ym, color=colors[m], marker="o", markersize=3.5, linewidth=1.6, label=m)
             if np.any(yn > 1):
-                ax.errorbar(x, ym, yerr=np.where(yn > 1, ys, 0.0), fmt="none",
-                            ecolor=colors[m], alpha=0.35, linewidth=1)
+                ax.errorbar(
+                    x, ym, yerr=np.where(yn > 1, ys, 0.0), fmt="none", ecolor=colors[m], alpha=0.35, linewidth=1
+                )
         level = _sft_level(runs, key)
         if level is not None:
             ax.axhline(level, color="0.35", linestyle="--", linewidth=1.1, label="SFT policy")
         ax.set_xlim(left=0)
-        _style(ax, title, r"$\sqrt{\mathrm{KL}(\pi \,\|\, \pi_{\mathrm{SFT}})}$  (nats$^{1/2}$)",
-               key.replace("_", " "))
+        _style(ax, title, r"$\sqrt{\mathrm{KL}(\pi \,\|\, \pi_{\mathrm{SFT}})}$  (nats$^{1/2}$)", key.replace("_", " "))
         ax.legend(fontsize=8, frameon=False)
     fig.suptitle("Overoptimization: reward vs √KL to the SFT policy (cf. Gao et al. 2022)", fontsize=12)
     return _save(fig, path)
@@ -174,11 +174,18 @@ def _metrics_grid(runs, methods, colors, path: Path) -> Path | None:
         for m in methods:
             agg = aggregate(runs[m], key)
             if len(agg["step"]):
-                ax.plot(agg["step"], agg["mean"], color=colors[m], linewidth=1.6, label=m,
-                        marker="o" if len(agg["step"]) == 1 else None, markersize=4)
+                ax.plot(
+                    agg["step"],
+                    agg["mean"],
+                    color=colors[m],
+                    linewidth=1.6,
+                    label=m,
+                    marker="o" if len(agg["step"]) == 1 else None,
+                    markersize=4,
+                )
         _style(ax, key, "step" if i >= len(keys) - ncols else "", "")
         ax.tick_params(labelsize=8)
-    for ax in axes[len(keys):]:
+    for ax in axes[len(keys) :]:
         ax.set_visible(False)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.suptitle("Policy metrics vs step (mean over seeds)", fontsize=12)
@@ -188,8 +195,44 @@ def _metrics_grid(runs, methods, colors, path: Path) -> Path | None:
     return path
 
 
+def _final(seeds: dict[int, list[dict]], key: str) -> tuple[float, float]:
+    values = [rows[-1][key] for rows in seeds.values() if rows and key in rows[-1]]
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def _frontier(runs, methods, path: Path) -> Path | None:
+    """Final gold reward vs final KL to SFT, one point per method; a sweep's variants
+    (`method@field=value`) are joined into that method's frontier and labelled with their value."""
+    if len(methods) < 2:
+        return None
+    families: dict[str, list[tuple[str, str]]] = {}
+    for m in methods:
+        base, _, value = m.partition("@")
+        families.setdefault(base, []).append((m, value.partition("=")[2]))
+    colors = method_colors(list(families))
+    fig = _new_figure(7.5, 5.0)
+    ax = fig.add_subplot(1, 1, 1)
+    for base, members in families.items():
+        points = sorted((_final(runs[m], "kl_sft") + _final(runs[m], "gold_reward") + (label,))
+                        for m, label in members)  # fmt: skip
+        kl, kl_sd, gold, gold_sd, labels = (list(col) for col in zip(*points, strict=True))
+        ax.errorbar(kl, gold, xerr=kl_sd, yerr=gold_sd, color=colors[base], marker="o", capsize=2,
+                    linestyle="-" if len(points) > 1 else "none", label=base)  # fmt: skip
+        for x, y, label in zip(kl, gold, labels, strict=True):
+            if label:
+                ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=colors[base])
+    sft = _sft_level(runs, "gold_reward")
+    if sft is not None:
+        ax.axhline(sft, color="0.3", linestyle="--", linewidth=1, label="SFT policy")
+    _style(ax, "Final gold reward vs final KL (mean ± std over seeds)", "KL(π ‖ π_SFT) at the end (nats)",
+           "gold reward at the end")  # fmt: skip
+    ax.legend(fontsize=8, frameon=False, loc="best")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_all(out_dir: str | Path, runs: dict[str, dict[int, list[dict]]]) -> list[Path]:
-    """Write ``OUT/plots/{rewards_vs_step,gold_vs_kl,metrics_grid}.png``.
+    """Write ``OUT/plots/{rewards_vs_step,gold_vs_kl,metrics_grid,frontier}.png``.
 
     ``runs`` is the output of :func:`overopt.report.summary.load_runs`.  Methods
     get a fixed tab10 colour in config order (then alphabetical).  Returns the
@@ -208,5 +251,6 @@ def plot_all(out_dir: str | Path, runs: dict[str, dict[int, list[dict]]]) -> lis
         _rewards_vs_step(runs, methods, colors, plot_dir / "rewards_vs_step.png"),
         _gold_vs_kl(runs, methods, colors, plot_dir / "gold_vs_kl.png"),
         _metrics_grid(runs, methods, colors, plot_dir / "metrics_grid.png"),
+        _frontier(runs, methods, plot_dir / "frontier.png"),
     ]
     return [p for p in paths if p is not None]

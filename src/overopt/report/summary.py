@@ -190,13 +190,21 @@ def _config_methods(config: dict) -> list[str]:
 
 def order_methods(names: Iterable[str], config: dict | None = None) -> list[str]:
     """Order method names as listed in ``config["methods"]`` (comma-separated
-    string or list), then any remaining names alphabetically.  Only names in
-    ``names`` are returned."""
+    string or list), then any remaining names alphabetically.  Sweep variants
+    (``method@field=value``) follow their method's place, in sweep order.
+    Only names in ``names`` are returned."""
     names = list(dict.fromkeys(names))
-    present = set(names)
-    ordered = [m for m in dict.fromkeys(_config_methods(config or {})) if m in present]
-    ordered += sorted(present - set(ordered))
-    return ordered
+    rank = {m: i for i, m in enumerate(dict.fromkeys(_config_methods(config or {})))}
+    sweep = (config or {}).get("sweep") or ""
+    values = [v.strip() for v in sweep.partition("=")[2].split(",")]
+
+    def key(name: str) -> tuple:
+        base, _, variant = name.partition("@")
+        value = variant.partition("=")[2]
+        return (rank.get(base, len(rank)), base if base not in rank else "",
+                values.index(value) if value in values else len(values), name)  # fmt: skip
+
+    return sorted(names, key=key)
 
 
 # --------------------------------------------------------------------------- #

@@ -56,8 +56,8 @@ def phase_steps(total: int, phases: int) -> list[int]:
     return [total // phases + (1 if i < total % phases else 0) for i in range(phases)]
 
 
-def run_method(lab: Lab, plan: MethodPlan, seed: int, run_dir: Path) -> None:
-    cfg = lab.cfg
+def run_method(lab: Lab, plan: MethodPlan, cfg: ExperimentConfig, seed: int, run_dir: Path, name: str) -> None:
+    """Train and evaluate `plan` (configured by `cfg`, which may be a sweep variant of lab.cfg) as run `name`."""
     rl = plan.rl
     # 1. Policy and reference.
     policy = copy.deepcopy(lab.sft_policy).train()
@@ -89,7 +89,7 @@ def run_method(lab: Lab, plan: MethodPlan, seed: int, run_dir: Path) -> None:
         if phase > 0:
             # 3a. OCRM: re-weight the same pairs under π_k, refit the RM from scratch, move the anchor.
             with StageProgress(f"ocrm round {phase} rm") as progress:
-                rm, figures = _ocrm_refit(lab, policy, seed, phase, progress)
+                rm, figures = _ocrm_refit(lab, cfg, policy, seed, phase, progress)
             source = ProxyRewardModel(rm)
             extra = {**figures, "ocrm/round": phase}
             if plan.uses_kl:
@@ -97,7 +97,7 @@ def run_method(lab: Lab, plan: MethodPlan, seed: int, run_dir: Path) -> None:
             if value_model is not None:
                 value_model = _value_model_from(rm)
         ctx = MethodContext(cfg, policy, value_model, lab.sft_policy, source, lab.testbed, seed)
-        with StageProgress(f"rl {plan.name} seed{seed}" + (f" phase {phase}" if len(shares) > 1 else "")) as progress:
+        with StageProgress(f"rl {name} seed{seed}" + (f" phase {phase}" if len(shares) > 1 else "")) as progress:
             train_policy(
                 rl, policy=policy, ref_policy=ref_policy, reward_source=source, value_model=value_model,
                 testbed=lab.testbed, train_prompts=lab.train_prompts, seed=seed, eval_every=cfg.eval.every,
@@ -115,9 +115,9 @@ def _value_model_from(reward_model: PreTrainedModel) -> PreTrainedModel:
 
 
 def _ocrm_refit(
-    lab: Lab, policy: PreTrainedModel, seed: int, phase: int, progress: StageProgress
+    lab: Lab, cfg: ExperimentConfig, policy: PreTrainedModel, seed: int, phase: int, progress: StageProgress
 ) -> tuple[PreTrainedModel, Figures]:
-    o, r = lab.cfg.ocrm, lab.cfg.rm
+    o, r = cfg.ocrm, cfg.rm
     pad = lab.testbed.tokenizer.pad_token_id
     log_w, figures = ocrm_pair_log_weights(
         policy, lab.sft_policy, lab.pairs["train"], alpha=o.alpha, beta_w=o.beta_w, pad_id=pad,
