@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from overopt.config import ExperimentConfig, load_config
 from overopt.errors import StaleArtifactError
+from overopt.progress import console
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +56,7 @@ def report(argv: list[str]) -> dict:
     from overopt.report import build_report
 
     args = tyro.cli(_ReportArgs, args=argv, prog="overopt report")
-    return build_report(args.directory)
+    return build_report(args.directory, console=console)
 
 
 COMMANDS = {"run": run, "report": report}

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console(stderr=True)
+# Logs and CI are not terminals: give tables room instead of rich's 80-column fallback.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 class StageProgress:
