@@ -15,7 +15,13 @@ from overopt.mitigations.gr import GradientRegularization
 from overopt.mitigations.protocols import Mitigations
 from overopt.mitigations.reference import ReferenceReset
 from overopt.mitigations.regularizers import Chi2Penalty
-from overopt.mitigations.rewards import EnsembleRewardModel, LengthPenalty, ProxyRewardModel, RewardClip
+from overopt.mitigations.rewards import (
+    ConstrainedReward,
+    EnsembleRewardModel,
+    LengthPenalty,
+    ProxyRewardModel,
+    RewardClip,
+)
 from overopt.mitigations.signcert import SignCertWeights
 from overopt.progress import StageProgress
 from overopt.stages.rl import train_policy
@@ -149,6 +155,26 @@ def test_zero_strength_reward_and_loss_terms_are_off(tiny_world):
     assert not torch.equal(_train(tiny_world, BASE, Mitigations(loss_terms=[Chi2Penalty(10.0, 10.0)])), plain)
 
 
+def test_constrained_with_a_frozen_unit_multiplier_and_zero_threshold_is_plain_kl(tiny_world):
+    frozen = Mitigations(
+        reward_transforms=[ConstrainedReward(threshold=0.0, multiplier_lr=0.0, initial=1.0, maximum=1.0)]
+    )
+    assert torch.equal(_train(tiny_world, BASE, frozen), _train(tiny_world, BASE))
+
+
+def test_constrained_multiplier_follows_dual_ascent():
+    """λ ← clip(λ + η(θ − mean r), 0, λ_max); the reward is λ·(r − θ) with the λ before the update."""
+    c = ConstrainedReward(threshold=1.0, multiplier_lr=0.5, initial=2.0, maximum=3.0)
+    r = torch.tensor([0.0, 1.0, 2.0, 5.0], dtype=torch.float64)  # mean 2: constraint met by 1
+    shaped, figures = c(r, None, None)
+    assert torch.equal(shaped, 2.0 * (r - 1.0)) and figures["constrained/violation"] == -1.0
+    assert c.multiplier == 1.5
+    c(torch.full((4,), -9.0, dtype=torch.float64), None, None)  # violated by 10: λ would be 6.5, clipped to 3
+    assert c.multiplier == 3.0
+    c(torch.full((4,), 100.0, dtype=torch.float64), None, None)
+    assert c.multiplier == 0.0
+
+
 class ZeroChi2(Chi2Penalty):
     def __init__(self):
         super().__init__(coef=0.0, clamp=10.0)
@@ -196,6 +222,7 @@ METHOD_FIGURES = {
     "length_penalty": "length_penalty/mean",
     "reward_clip": "reward_clip/frac",
     "gr+kl": "gr/grad_norm_ratio",
+    "constrained": "constrained/multiplier",
 }
 
 

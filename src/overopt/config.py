@@ -212,6 +212,15 @@ class RewardClipConfig(_Frozen):
     whiten: bool = Field(False, description="Whiten rewards over the batch before clipping.")
 
 
+class ConstrainedConfig(_Frozen):
+    """Constrained RLHF at a proxy point (after Moskovitz et al., arXiv 2310.04373): min KL s.t. E[r] ≥ θ."""
+
+    threshold: float = Field(1.5, description="θ: the proxy point (summarize default: the proxy where gold peaks).")
+    multiplier_lr: float = Field(0.5, gt=0, description="η of the dual ascent on the Lagrange multiplier.")
+    initial_multiplier: float = Field(1.0, ge=0, description="λ at the start.")
+    max_multiplier: float = Field(10.0, gt=0, description="Upper bound on λ.")
+
+
 class ExperimentConfig(_Frozen):
     """One `overopt run`: the whole lab pipeline for every method × seed."""
 
@@ -243,6 +252,7 @@ class ExperimentConfig(_Frozen):
     chi2: Chi2Config = Chi2Config()
     length_penalty: LengthPenaltyConfig = LengthPenaltyConfig()
     reward_clip: RewardClipConfig = RewardClipConfig()
+    constrained: ConstrainedConfig = ConstrainedConfig()
 
     @property
     def method_list(self) -> list[str]:
@@ -276,7 +286,19 @@ class ExperimentConfig(_Frozen):
         return variants
 
 
-SWEEPABLE = ("rl", "ref_reset", "gr", "signcert", "ocrm", "ensemble", "par", "chi2", "length_penalty", "reward_clip")
+SWEEPABLE = (
+    "rl",
+    "ref_reset",
+    "gr",
+    "signcert",
+    "ocrm",
+    "ensemble",
+    "par",
+    "chi2",
+    "length_penalty",
+    "reward_clip",
+    "constrained",
+)
 
 
 PRESET_DIR = Path(__file__).parent / "presets"

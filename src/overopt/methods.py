@@ -18,7 +18,13 @@ from overopt.mitigations.gr import GradientRegularization
 from overopt.mitigations.protocols import Mitigations, RewardSource
 from overopt.mitigations.reference import ReferenceReset
 from overopt.mitigations.regularizers import Chi2Penalty
-from overopt.mitigations.rewards import EnsembleFigures, LengthPenalty, PreferenceAsReward, RewardClip
+from overopt.mitigations.rewards import (
+    ConstrainedReward,
+    EnsembleFigures,
+    LengthPenalty,
+    PreferenceAsReward,
+    RewardClip,
+)
 from overopt.mitigations.signcert import SignCertWeights
 from overopt.testbeds.base import Testbed
 
@@ -97,6 +103,11 @@ def _reward_clip(ctx: MethodContext, m: Mitigations) -> None:
     m.reward_transforms.append(RewardClip(c.low, c.high, c.whiten))
 
 
+def _constrained(ctx: MethodContext, m: Mitigations) -> None:
+    c = ctx.cfg.constrained
+    m.reward_transforms.append(ConstrainedReward(c.threshold, c.multiplier_lr, c.initial_multiplier, c.max_multiplier))
+
+
 def _ensemble_figures(ctx: MethodContext, m: Mitigations) -> None:
     m.reward_transforms.insert(0, EnsembleFigures(ctx.cfg.ensemble.ddof))
 
@@ -124,6 +135,9 @@ PARTS: dict[str, Part] = {
     "chi2": Part("χ² occupancy regularisation (chi2.*)", build=_chi2),
     "length_penalty": Part("reward minus a per-token length cost (length_penalty.*)", build=_length_penalty),
     "reward_clip": Part("clipped (optionally whitened) reward (reward_clip.*)", build=_reward_clip),
+    "constrained": Part(
+        "min KL s.t. E[proxy] ≥ proxy point, Lagrange multiplier (constrained.*)", kl=True, build=_constrained
+    ),
 }
 
 

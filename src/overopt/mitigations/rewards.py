@@ -128,3 +128,27 @@ class PreferenceAsReward:
         reference = torch.stack([self._cache[p] for p in prompts]).to(rewards.dtype)  # (B, M)
         shaped = par_reward(rewards, reference, self.k)
         return shaped, {"par/reward": shaped.mean().item(), "par/reference_reward": reference.mean().item()}
+
+
+class ConstrainedReward:
+    """Constrained RLHF at a proxy point (after Moskovitz et al., arXiv 2310.04373), one component.
+
+    Instead of maximising the proxy r, stay close to the reference (the KL penalty of the objective)
+    subject to E[r] ≥ θ, where θ is the proxy point: the proxy value beyond which the proxy stops
+    tracking the gold reward. Lagrangian reward λ·(r − θ), with dual ascent on the multiplier
+    λ ← clip(λ + η·(θ − mean r), 0, λ_max) after every batch: once the constraint holds, λ shrinks and
+    the KL term stops the policy from pushing the proxy further.
+    """
+
+    def __init__(self, threshold: float, multiplier_lr: float, initial: float, maximum: float):
+        if not 0 <= initial <= maximum:
+            raise ValueError("constrained: need 0 <= initial_multiplier <= max_multiplier")
+        self.threshold, self.lr, self.maximum = threshold, multiplier_lr, maximum
+        self.multiplier = initial
+
+    def __call__(self, rewards: torch.Tensor, rollout: Rollout, scores: RewardScores):
+        shaped = self.multiplier * (rewards - self.threshold)
+        violation = self.threshold - rewards.mean().item()
+        figures = {"constrained/multiplier": self.multiplier, "constrained/violation": violation}
+        self.multiplier = min(max(self.multiplier + self.lr * violation, 0.0), self.maximum)
+        return shaped, figures
