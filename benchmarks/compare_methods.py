@@ -18,8 +18,10 @@ from pathlib import Path
 
 import torch
 import tyro
+import yaml
 
 from overopt.cli import main as overopt_main
+from overopt.config import ExperimentConfig
 from overopt.io import read_json
 
 HERE = Path(__file__).parent
@@ -35,7 +37,9 @@ class Args:
     seeds: int = 3
     """Seeds per method."""
     extra: tuple[str, ...] = ()
-    """Extra `overopt run` overrides, e.g. --extra --ocrm.rounds 3."""
+    """Extra `overopt run` overrides, e.g. --extra --sweep gr.gamma=0.01,0.1 (quote the list)."""
+    tag: str = ""
+    """Name of this table in RESULTS.md (several tables per preset, e.g. one per sweep)."""
 
 
 def machine() -> str:
@@ -48,13 +52,14 @@ def fmt(stat: dict, digits: int = 3) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
-def table(summary: dict) -> str:
+def table(summary: dict, names: list[str]) -> str:
     rows = [
         "| method | gold final | gold peak (step) | proxy final | KL final | hacked seeds | wall s / run |",
         "|---|---|---|---|---|---|---|",
         f"| SFT policy | {summary['sft']['gold_reward']:.3f} | | {summary['sft']['proxy_reward']:.3f} | 0 | | |",
     ]
-    ranked = sorted(summary["methods"].items(), key=lambda kv: -kv[1]["gold_final"]["mean"])
+    ours = {name: m for name, m in summary["methods"].items() if name in names}
+    ranked = sorted(ours.items(), key=lambda kv: -kv[1]["gold_final"]["mean"])
     for name, m in ranked:
         n = m["gold_final"]["n"]
         rows.append(
@@ -88,6 +93,9 @@ def run(args: Args) -> None:
             *args.extra]  # fmt: skip
     overopt_main(argv)
     summary = read_json(out / "summary.json")
+    # OUT may hold earlier runs too: tabulate the runs of this invocation only.
+    cfg = ExperimentConfig.model_validate(yaml.safe_load((out / "config.yaml").read_text()))
+    names = [name for name, _, _ in cfg.method_variants()]
     rm = summary["stages"]["rm"]["metrics"]
     command = (
         f"python benchmarks/compare_methods.py --preset {args.preset} --seeds {args.seeds} --methods {args.methods}"
@@ -95,7 +103,8 @@ def run(args: Args) -> None:
     if args.extra:
         command += " --extra " + " ".join(args.extra)
     body = "\n".join([
-        f"## Mitigation comparison: `{args.preset}` preset, testbed `{summary['testbed']}`",
+        f"## Mitigation comparison: `{args.preset}` preset, testbed `{summary['testbed']}`"
+        + (f" — {args.tag}" if args.tag else ""),
         "",
         f"Command: `{command}`  ",
         f"Date: {datetime.date.today().isoformat()}  ",
@@ -105,9 +114,9 @@ def run(args: Args) -> None:
         f"{args.seeds} seeds, sorted by final gold reward. *Hacked*: gold rose above SFT, then lost ≥ 30 % of the gain "
         "while the proxy kept rising.",
         "",
-        table(summary),
+        table(summary, names),
     ])  # fmt: skip
-    write_section(f"compare_methods:{args.preset}", body)
+    write_section(f"compare_methods:{args.preset}" + (f":{args.tag}" if args.tag else ""), body)
     print(body)
 
 

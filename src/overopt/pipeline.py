@@ -153,44 +153,30 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     pairs_dir = _run_stage(out, "pairs", fps["pairs"], build_pairs)
     pairs = load_from_disk(str(pairs_dir / "data"))
 
-    # 4. Proxy reward model (SFT backbone, fresh head).
-    def build_rm(tmp: Path, progress: StageProgress) -> dict:
-        rm = reward_model_from_backbone(sft_dir, seed=cfg.seed)
-        metrics = train_reward_model(
-            rm,
-            pairs["train"],
-            pairs["test"],
-            epochs=cfg.rm.epochs,
-            batch_size=cfg.rm.batch_size,
-            lr=cfg.rm.lr,
-            pad_id=tok.pad_token_id,
-            seed=cfg.seed,
-            progress=progress,
-        )
-        rm.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        return metrics
-
-    rm_dir = _run_stage(out, "rm", fps["rm"], build_rm)
-    reward_models = [AutoModelForSequenceClassification.from_pretrained(rm_dir).eval()]
+    # 4. Proxy reward model (SFT backbone, fresh head); more members, differing only in seed (head init
+    #    and data order), are trained on demand for RM ensembles.
+    reward_models: list = []
 
     def first_reward_models(k: int) -> list:
-        """The proxy RM and k − 1 more that differ only in seed (head init, data order): RM ensembles."""
         for member in range(len(reward_models), k):
             seed = cfg.seed + member
 
-            def build_member(tmp: Path, progress: StageProgress, seed: int = seed) -> dict:
+            def build_rm(tmp: Path, progress: StageProgress, seed: int = seed) -> dict:
                 rm = reward_model_from_backbone(sft_dir, seed=seed)
                 metrics = train_reward_model(
                     rm, pairs["train"], pairs["test"], epochs=cfg.rm.epochs, batch_size=cfg.rm.batch_size,
                     lr=cfg.rm.lr, pad_id=tok.pad_token_id, seed=seed, progress=progress,
                 )  # fmt: skip
                 rm.save_pretrained(tmp)
+                tok.save_pretrained(tmp)
                 return metrics
 
-            member_dir = _run_stage(out, f"rm_{member}", fingerprint(fps["rm"], member), build_member)
+            name, fp = ("rm", fps["rm"]) if member == 0 else (f"rm_{member}", fingerprint(fps["rm"], member))
+            member_dir = _run_stage(out, name, fp, build_rm)
             reward_models.append(AutoModelForSequenceClassification.from_pretrained(member_dir).eval())
         return reward_models[:k]
+
+    first_reward_models(1)
 
     # 5. Policy optimisation for every method × seed, evaluated on held-out prompts.
     eval_ids, eval_mask = pad_left(testbed.prompts("eval", cfg.eval.n_prompts, cfg.seed), tok.pad_token_id)
