@@ -36,8 +36,10 @@ class Args:
     """Comma-separated methods."""
     seeds: int = 3
     """Seeds per method."""
+    sweep: str = ""
+    """Sweep one field for every method, e.g. gr.gamma=0.01,0.1 (see `overopt run --help`)."""
     extra: tuple[str, ...] = ()
-    """Extra `overopt run` overrides, e.g. --extra --sweep gr.gamma=0.01,0.1 (quote the list)."""
+    """Extra `overopt run` overrides as NAME=VALUE, e.g. ocrm.rounds=3."""
     tag: str = ""
     """Name of this table in RESULTS.md (several tables per preset, e.g. one per sweep)."""
 
@@ -90,7 +92,7 @@ def write_section(name: str, body: str) -> None:
 def run(args: Args) -> None:
     out = HERE / "out" / args.preset
     argv = ["run", "--preset", args.preset, "--out", str(out), "--methods", args.methods, "--seeds", str(args.seeds),
-            *args.extra]  # fmt: skip
+            "--sweep", args.sweep, *(f"--{item}" for item in args.extra)]  # fmt: skip
     overopt_main(argv)
     summary = read_json(out / "summary.json")
     # OUT may hold earlier runs too: tabulate the runs of this invocation only.
@@ -100,6 +102,8 @@ def run(args: Args) -> None:
     command = (
         f"python benchmarks/compare_methods.py --preset {args.preset} --seeds {args.seeds} --methods {args.methods}"
     )
+    if args.sweep:
+        command += f" --sweep {args.sweep}"
     if args.extra:
         command += " --extra " + " ".join(args.extra)
     body = "\n".join([
