@@ -8,7 +8,10 @@ config field as an override on top of that preset (so `--help` shows the preset'
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -32,9 +35,9 @@ def run(argv: list[str]) -> dict:
     """Run the lab experiment: `overopt run [--preset NAME | --config FILE.yaml] [--field value ...]`."""
     from overopt.pipeline import run_experiment
 
-    selector, rest = tyro.cli(_RunSelector, args=argv, add_help=False, return_unknown_args=True)
+    selector, rest = _parse(_RunSelector, args=argv, add_help=False, return_unknown_args=True)
     base = load_config(selector.preset, selector.config)
-    cfg = tyro.cli(
+    cfg = _parse(
         ExperimentConfig,
         default=base,
         args=rest,
@@ -43,6 +46,44 @@ def run(argv: list[str]) -> dict:
         config=(tyro.conf.FlagConversionOff,),
     )
     return run_experiment(cfg)
+
+
+def _parse(cls, **kwargs):
+    """tyro.cli, with its boxed error report turned into a ValueError with one line (help still prints)."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
+            return tyro.cli(cls, **kwargs)
+    except SystemExit as exit_:
+        if exit_.code in (0, None):  # --help
+            sys.stdout.write(captured.getvalue())
+            raise
+        raise ValueError(_tyro_error_line(captured.getvalue(), exit_.__context__)) from None
+
+
+def _tyro_error_line(report: str, cause: BaseException | None) -> str:
+    """The gist of tyro's error report: 'field: problem' for validation errors, else its first lines."""
+    if isinstance(cause, ValidationError):  # a top-level field
+        return _one_line(cause)
+    message = getattr(cause, "message", None)
+    if isinstance(message, str) and "validation error" in message:
+        # pydantic: "1 validation error for X" / "<field>" (absent for model-level checks) / "  <problem> [type=...]"
+        body = message.splitlines()[1:]
+        field = body[0].strip() if body and not body[0].startswith(" ") else ""
+        problem = next((line.strip() for line in body if line.startswith("  ")), message)
+        problem = re.sub(r" \[type=.*$", "", problem).removeprefix("Value error, ")
+        section = getattr(cause, "arg", "")
+        location = ".".join(p for p in (section if isinstance(section, str) else "", field) if p)
+        return f"{location}: {problem}" if location else problem
+    lines = [re.sub(r"^[│╭╰\s]+|[│╮╯\s]+$", "", line) for line in report.splitlines()]
+    lines = [line for line in lines if line.strip("─- ") and not line.startswith("For full helptext")]
+    lines = lines[1:] if len(lines) > 1 else lines  # the first line is the box's title
+    kept = []
+    for line in lines[:2]:
+        if line.startswith("Argument helptext"):
+            break
+        kept.append(line)
+    return " ".join(kept) or "invalid command line"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +96,7 @@ def report(argv: list[str]) -> dict:
     """Rebuild summary.json, plots and report.html from a run directory."""
     from overopt.report import build_report
 
-    args = tyro.cli(_ReportArgs, args=argv, prog="overopt report")
+    args = _parse(_ReportArgs, args=argv, prog="overopt report")
     return build_report(args.directory, console=console)
 
 

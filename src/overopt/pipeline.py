@@ -85,6 +85,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     """Run (or resume) every stage and every method × seed, then build the report."""
     from overopt.report import build_report  # the report reads outputs only; imported at the end
 
+    # Bad method names and sweeps fail here, before anything is written.
+    plans = {name: (resolve_method(method, variant.rl), variant) for name, method, variant in cfg.method_variants()}
     _quiet_libraries()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -98,8 +100,6 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     testbed = make_testbed(cfg)
     tok = testbed.tokenizer
     fps = _stage_fingerprints(cfg)
-    # Fail fast on bad method names and sweeps, before any training.
-    plans = {name: (resolve_method(method, variant.rl), variant) for name, method, variant in cfg.method_variants()}
 
     # 1. SFT policy.
     def build_sft(tmp: Path, progress: StageProgress) -> dict:

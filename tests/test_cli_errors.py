@@ -1,0 +1,76 @@
+"""Bad command lines end with one line on stderr and exit status 2, never a traceback (property-based)."""
+
+from __future__ import annotations
+
+import typing
+
+import annotated_types
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel
+
+from overopt.cli import main
+from overopt.config import ExperimentConfig
+
+
+def _leaf_fields(model: type[BaseModel] = ExperimentConfig, prefix: str = ""):
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield from _leaf_fields(field.annotation, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", field
+
+
+def _bad_values(field) -> list[str]:
+    """Values that must be refused for this field: wrong type, out of range, not a choice."""
+    ann = field.annotation
+    bad: list[str] = []
+    if ann in (int, float):
+        bad += ["abc", "1.5.2", ""]
+        for rule in field.metadata:
+            if isinstance(rule, annotated_types.Gt):
+                bad.append(str(rule.gt - 1))
+            if isinstance(rule, annotated_types.Ge):
+                bad.append(str(rule.ge - 1))
+            if isinstance(rule, annotated_types.Lt):
+                bad.append(str(rule.lt + 1))
+            if isinstance(rule, annotated_types.Le):
+                bad.append(str(rule.le + 1))
+        if ann is int:
+            bad.append("2.5")
+    if typing.get_origin(ann) is typing.Literal:
+        bad += ["not-a-choice", "RLOO ", "0"]
+    return bad
+
+
+BAD_METHODS = ["bogus", "kl+bogus", "none+kl", "kl+kl", "ocrm+ensemble_wco"]
+BAD_SWEEPS = ["x", "gr.gamma", "model.hidden_size=8", "gr.nope=1", "gr.gamma=-1"]
+BAD_OVERRIDES = [(name, value) for name, field in _leaf_fields() for value in _bad_values(field)]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    case=st.one_of(
+        st.sampled_from(BAD_OVERRIDES).map(lambda nv: [f"--{nv[0]}", nv[1]]),
+        st.from_regex(r"[a-z][a-z_]{2,12}(\.[a-z_]{2,8})?", fullmatch=True).map(lambda n: [f"--{n}zz", "1"]),
+        st.sampled_from(BAD_METHODS).map(lambda m: ["--methods", m]),
+        st.sampled_from(BAD_SWEEPS).map(lambda s: ["--sweep", s]),
+    ),
+    preset=st.sampled_from([["--preset", "smoke"], []]),
+)
+def test_bad_command_lines_fail_in_one_line(case, preset, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", *preset, "--out", str(tmp_path / "never"), *case])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, (case, err)
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("overopt: error: "), (case, err)
+    assert not (tmp_path / "never").exists()  # nothing was written
+
+
+def test_the_bad_value_table_covers_every_constrained_field():
+    constrained = {name for name, field in _leaf_fields() if field.metadata or typing.get_origin(field.annotation)}
+    covered = {name for name, _ in BAD_OVERRIDES}
+    assert constrained - covered <= {"config", "gr.exclude", "rl.no_eos_penalty", "ocrm.truncate_tokens"}
