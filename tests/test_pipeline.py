@@ -91,3 +91,21 @@ def test_readme_config_table_is_current():
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     assert markdown_table() in readme, "regenerate the README table with overopt.config.markdown_table()"
+
+
+def test_a_pickle_planted_where_weights_are_expected_is_refused(smoke_out, tmp_path, capsys):
+    """Weights load only from safetensors: a pickle in place of the SFT weights is never unpickled."""
+    import shutil
+
+    import torch
+
+    out = tmp_path / "planted"
+    shutil.copytree(smoke_out, out)
+    (out / "artifacts" / "sft" / "model.safetensors").unlink()
+    torch.save({"not": "weights"}, out / "artifacts" / "sft" / "pytorch_model.bin")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--preset", "smoke", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("overopt: error:")]
+    assert len(errors) == 1 and "safetensors" in errors[0] and err.strip().endswith(errors[0]), err

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(0 if argv[:1] in (["-h"], ["--help"]) else 2)
     try:
         COMMANDS[argv[0]](argv[1:])
-    except (ValueError, FileNotFoundError, StaleArtifactError, ValidationError, yaml.YAMLError) as err:
+    except (ValueError, OSError, StaleArtifactError, ValidationError, yaml.YAMLError) as err:
         if debug:
             raise
         _fail(" ".join(str(err).split()) if not isinstance(err, ValidationError) else _one_line(err))

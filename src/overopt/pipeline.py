@@ -19,7 +19,7 @@ from overopt.config import ExperimentConfig, to_yaml
 from overopt.errors import StaleArtifactError
 from overopt.io import atomic_write_text, fingerprint, read_json, replace_dir, write_json
 from overopt.methods import resolve_method
-from overopt.models.policy import tiny_llama
+from overopt.models.policy import SAFE_LOADING, tiny_llama
 from overopt.models.reward import reward_model_from_backbone
 from overopt.progress import StageProgress, console
 from overopt.sampling import pad_left
@@ -129,7 +129,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
         return metrics
 
     sft_dir = _run_stage(out, "sft", fps["sft"], build_sft)
-    sft_policy = AutoModelForCausalLM.from_pretrained(sft_dir).eval()
+    sft_policy = AutoModelForCausalLM.from_pretrained(sft_dir, **SAFE_LOADING).eval()
 
     # 2-3. Gold-labelled pairs sampled from the SFT policy.
     def build_pairs(tmp: Path, progress: StageProgress) -> dict:
@@ -173,7 +173,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
 
             name, fp = ("rm", fps["rm"]) if member == 0 else (f"rm_{member}", fingerprint(fps["rm"], member))
             member_dir = _run_stage(out, name, fp, build_rm)
-            reward_models.append(AutoModelForSequenceClassification.from_pretrained(member_dir).eval())
+            reward_models.append(AutoModelForSequenceClassification.from_pretrained(member_dir, **SAFE_LOADING).eval())
         return reward_models[:k]
 
     first_reward_models(1)

@@ -7,6 +7,9 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrai
 
 from overopt.ops import entropy_from_logits, selective_log_softmax
 
+# Weights load only from safetensors (never a pickle), and no code from a model repository runs.
+SAFE_LOADING = {"use_safetensors": True, "trust_remote_code": False}
+
 
 def tiny_llama(
     tokenizer: PreTrainedTokenizerBase,

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
-from overopt.models.policy import position_ids_from_mask
+from overopt.models.policy import SAFE_LOADING, position_ids_from_mask
 
 
 class RewardOutput(NamedTuple):
@@ -29,7 +29,7 @@ def reward_model_from_backbone(path: str | Path, seed: int) -> PreTrainedModel:
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **SAFE_LOADING)
     return model
 
 
