@@ -243,3 +243,12 @@ def test_every_method_runs_on_the_smoke_preset(tmp_path):
     ocrm_rows = [json.loads(line) for line in (out / "runs" / "ocrm" / "seed0" / "metrics.jsonl").open()]
     assert ocrm_rows[-1]["ocrm/round"] == 1 and 0 < ocrm_rows[-1]["ocrm/ess_frac"] <= 1
     assert (out / "artifacts" / "rm_1" / "stage.json").exists()  # the second ensemble member
+
+
+def test_ppo_value_model_is_rebuilt_from_each_ocrm_reward_model(tmp_path):
+    out = tmp_path / "ppo"
+    main(["run", "--preset", "smoke", "--out", str(out), "--methods", "ocrm+kl", "--rl.algo", "ppo",
+          "--ocrm.rounds", "1"])  # fmt: skip
+    rows = [json.loads(line) for line in (out / "runs" / "ocrm+kl" / "seed0" / "metrics.jsonl").open()]
+    assert [r["step"] for r in rows] == [0, 3, 6]
+    assert rows[-1]["ocrm/round"] == 1 and "train/vf_loss" in rows[-1] and "train/vf_loss" in rows[1]
