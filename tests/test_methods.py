@@ -252,3 +252,37 @@ def test_ppo_value_model_is_rebuilt_from_each_ocrm_reward_model(tmp_path):
     rows = [json.loads(line) for line in (out / "runs" / "ocrm+kl" / "seed0" / "metrics.jsonl").open()]
     assert [r["step"] for r in rows] == [0, 3, 6]
     assert rows[-1]["ocrm/round"] == 1 and "train/vf_loss" in rows[-1] and "train/vf_loss" in rows[1]
+
+
+# -- numerical faults ----------------------------------------------------------------------------
+class NaNLoss:
+    def __call__(self, logprobs, ref_logprobs, mask):
+        return logprobs.sum() * float("nan"), {}
+
+
+class NaNRewards:
+    def __init__(self, source):
+        self.source = source
+
+    def __call__(self, rollout):
+        scored = self.source(rollout)
+        return scored._replace(rewards=torch.full_like(scored.rewards, float("nan")))
+
+    def models(self):
+        return self.source.models()
+
+
+def test_a_nan_loss_stops_before_the_optimiser_applies_it(tiny_world):
+    from overopt.errors import NumericalFault
+
+    before = torch.cat([p.detach().flatten() for p in tiny_world["policy"].parameters()])
+    with pytest.raises(NumericalFault, match="rl step 1: non-finite loss"):
+        _train(tiny_world, BASE, Mitigations(loss_terms=[NaNLoss()]))
+    with pytest.raises(NumericalFault, match="rl step 1: non-finite rewards"):
+        _train(tiny_world, BASE, reward_source=NaNRewards(ProxyRewardModel(tiny_world["reward_model"])))
+    # Skipping: every update has a NaN loss, so none is applied and the policy is unchanged.
+    skip = BASE.model_copy(update={"on_nonfinite": "skip"})
+    assert torch.equal(_train(tiny_world, skip, Mitigations(loss_terms=[NaNLoss()])), before)
+    assert torch.equal(
+        _train(tiny_world, skip, reward_source=NaNRewards(ProxyRewardModel(tiny_world["reward_model"]))), before
+    )

@@ -21,7 +21,7 @@ import yaml
 from pydantic import ValidationError
 
 from overopt.config import ExperimentConfig, load_config
-from overopt.errors import StaleArtifactError
+from overopt.errors import NumericalFault, StaleArtifactError
 from overopt.progress import console
 
 
@@ -118,6 +118,11 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(0 if argv[:1] in (["-h"], ["--help"]) else 2)
     try:
         COMMANDS[argv[0]](argv[1:])
+    except NumericalFault as err:
+        if debug:
+            raise
+        print(f"overopt: numerical fault: {err}", file=sys.stderr)
+        raise SystemExit(3) from None
     except (ValueError, OSError, StaleArtifactError, ValidationError, yaml.YAMLError) as err:
         if debug:
             raise

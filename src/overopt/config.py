@@ -94,6 +94,9 @@ class RLConfig(_Frozen):
     no_eos_penalty: float | None = Field(
         None, description="Replace the score of completions without EOS by this value (OCRM scripts: -1)."
     )
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="A NaN/Inf reward or gradient: stop the run, or skip that update and count it."
+    )
     kl: KLConfig = KLConfig()
     gamma: float = Field(1.0, ge=0, le=1, description="PPO: discount.")
     lam: float = Field(0.95, ge=0, le=1, description="PPO: GAE λ.")

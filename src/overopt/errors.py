@@ -3,3 +3,7 @@
 
 class StaleArtifactError(RuntimeError):
     """An artifact in OUT was built from a different configuration."""
+
+
+class NumericalFault(RuntimeError):
+    """A NaN or Inf reached the rewards, the loss or the gradients; the update was not applied."""

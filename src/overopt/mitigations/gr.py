@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from overopt.mitigations.protocols import Figures, plain_step
+from overopt.mitigations.protocols import Figures, apply_gradients, plain_step
 from overopt.ops import clip_by_global_norm, combine_gr_gradients, is_gr_excluded
 
 
@@ -66,10 +66,8 @@ class GradientRegularization:
                     p.grad = combine_gr_gradients(a, b, self.gamma, self.eps)
                 else:
                     p.grad = a
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm).item()
-        optimizer.step()
         return {
-            "train/grad_norm": grad_norm,
+            **apply_gradients(params, optimizer, max_grad_norm),
             "gr/grad_norm": g1_norm,
             "gr/grad_norm_ratio": g2_norm / max(g1_norm, 1e-12),
         }

@@ -18,6 +18,7 @@ checks a method's name.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
@@ -96,9 +97,20 @@ def plain_step(
     """The ordinary step: backward, clip the global gradient norm, optimiser step."""
     optimizer.zero_grad(set_to_none=True)
     loss_fn().backward()
+    return apply_gradients(params, optimizer, max_grad_norm)
+
+
+def apply_gradients(
+    params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, max_grad_norm: float
+) -> Figures:
+    """Clip the global gradient norm and step, unless a gradient is NaN/Inf: then the update is not
+    applied (`train/skipped_nonfinite` = 1) and the caller decides whether to stop or go on."""
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm).item()
+    if not math.isfinite(grad_norm):
+        optimizer.zero_grad(set_to_none=True)
+        return {"train/grad_norm": grad_norm, "train/skipped_nonfinite": 1.0}
     optimizer.step()
-    return {"train/grad_norm": grad_norm}
+    return {"train/grad_norm": grad_norm, "train/skipped_nonfinite": 0.0}
 
 
 @dataclass

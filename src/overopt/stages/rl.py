@@ -14,6 +14,7 @@ One readable loop. Each update:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import torch
 from transformers import PreTrainedModel
 
 from overopt.config import RLConfig
+from overopt.errors import NumericalFault
 from overopt.mitigations.protocols import Figures, Mitigations, RewardSource
 from overopt.models.policy import completion_logits, completion_logprobs
 from overopt.ops import (
@@ -135,6 +137,10 @@ def train_policy(
     log = FigureLog()
     start_time = time.perf_counter()
 
+    def maybe_evaluate(step: int) -> None:
+        if (step - step_offset) % eval_every == 0 or step == step_offset + steps:
+            on_eval(step, {**log.flush(), "train/wall_s": time.perf_counter() - start_time})
+
     if evaluate_first:
         on_eval(step_offset, {})
     progress.start(steps)
@@ -163,6 +169,12 @@ def train_policy(
             for transform in mitigations.reward_transforms:
                 scores, figures = transform(scores, rollout, scored)
                 log.add(figures)
+            if not torch.isfinite(scores).all():
+                _nonfinite(cfg, step, "rewards")
+                log.add({"train/skipped_nonfinite": 1.0})
+                progress.advance()
+                maybe_evaluate(step)
+                continue
             weights = None
             if mitigations.completion_weights is not None:
                 weights, figures = mitigations.completion_weights(scored, cfg.group_size)
@@ -201,7 +213,10 @@ def train_policy(
                     figures.update(first if not figures else {})  # figures of θ, not of a perturbed θ
                     return loss
 
-                log.add(mitigations.gradient_step(loss_fn, params, optimizer, step, cfg.max_grad_norm))
+                step_figures = mitigations.gradient_step(loss_fn, params, optimizer, step, cfg.max_grad_norm)
+                if step_figures.get("train/skipped_nonfinite"):
+                    _nonfinite(cfg, step, "gradients" if math.isfinite(figures.get("train/loss", 0.0)) else "loss")
+                log.add(step_figures)
                 log.add(figures)
 
         # 6. Adaptive KL coefficient (Ziegler et al., arXiv 1909.08593); reference schedule.
@@ -212,8 +227,16 @@ def train_policy(
 
         progress.advance(proxy=scored.rewards.mean().item(), kl=seq_kl.mean().item())
         # 7. Held-out evaluation.
-        if (step - step_offset) % eval_every == 0 or step == step_offset + steps:
-            on_eval(step, {**log.flush(), "train/wall_s": time.perf_counter() - start_time})
+        maybe_evaluate(step)
+
+
+def _nonfinite(cfg: RLConfig, step: int, source: str) -> None:
+    """NaN/Inf in `source` at `step`: the update was not applied; stop the run unless told to skip."""
+    if cfg.on_nonfinite == "stop":
+        raise NumericalFault(
+            f"rl step {step}: non-finite {source}; the update was not applied "
+            "(rl.on_nonfinite=skip skips such updates and counts them in train/skipped_nonfinite)"
+        )
 
 
 def _minibatch_loss(
