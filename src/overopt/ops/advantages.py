@@ -6,17 +6,13 @@ from typing import NamedTuple
 
 import torch
 
-from overopt.ops.masked import _check_ndim, _check_same_shape
+from overopt.ops.masked import _check_groups, _check_ndim, _check_same_shape
 
 __all__ = ["rloo_advantages", "grpo_advantages", "GAE", "gae"]
 
 
 def _check_group_rewards(rewards: torch.Tensor) -> None:
-    _check_ndim("rewards", rewards, 2, "(P, K) = (prompts, completions per prompt)")
-    if rewards.shape[1] < 2:
-        raise ValueError(
-            f"group-relative advantages need K >= 2 completions per prompt, got rewards of shape {tuple(rewards.shape)}"
-        )
+    _check_groups("rewards", rewards, 2, "(P, K) = (prompts, completions per prompt)")
 
 
 def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:

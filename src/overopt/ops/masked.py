@@ -29,6 +29,15 @@ def _check_ndim(name: str, x: torch.Tensor, ndim: int, layout: str) -> None:
         raise ValueError(f"{name} must have shape {layout}, got {tuple(x.shape)}")
 
 
+def _check_groups(name: str, x: torch.Tensor, ndim: int, layout: str) -> None:
+    """Raise ValueError unless ``x`` is laid out as groups (dim 1) of K >= 2 completions per prompt."""
+    _check_ndim(name, x, ndim, layout)
+    if x.shape[1] < 2:
+        raise ValueError(
+            f"group-relative advantages need K >= 2 completions per prompt, got {name} of shape {tuple(x.shape)}"
+        )
+
+
 def _zero_padding(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``values`` with every position where ``mask`` is 0 replaced by exactly 0."""
     return torch.where(mask.bool(), values, torch.zeros((), dtype=values.dtype, device=values.device))

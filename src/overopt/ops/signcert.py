@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import torch
 
-from overopt.ops.masked import _check_ndim
+from overopt.ops.masked import _check_groups, _check_ndim
 
 __all__ = [
     "THRESHOLD_SCOPES",
@@ -48,11 +48,7 @@ CERTIFIED_WEIGHT_MODES: tuple[str, ...] = ("drop", "linear")
 
 
 def _check_hidden(hidden: torch.Tensor) -> None:
-    _check_ndim("hidden", hidden, 3, "(P, K, H) = (prompts, completions per prompt, hidden size)")
-    if hidden.shape[1] < 2:
-        raise ValueError(
-            f"group-relative advantages need K >= 2 completions per prompt, got hidden of shape {tuple(hidden.shape)}"
-        )
+    _check_groups("hidden", hidden, 3, "(P, K, H) = (prompts, completions per prompt, hidden size)")
 
 
 def group_centered_features(hidden: torch.Tensor) -> torch.Tensor:
