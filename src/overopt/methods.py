@@ -46,7 +46,6 @@ class MethodContext:
 class Part:
     """What one method part changes. Parts of a method may not both set the same slot."""
 
-    summary: str
     kl: bool = False
     ensemble: str | None = None  # aggregation of k reward models
     ocrm: bool = False
@@ -113,31 +112,38 @@ def _ensemble_figures(ctx: MethodContext, m: Mitigations) -> None:
 
 
 PARTS: dict[str, Part] = {
-    "none": Part("plain optimisation of the proxy reward, no regularisation"),
-    "kl": Part("KL penalty to the reference policy (rl.kl.*)", kl=True),
-    "ref_reset": Part(
-        "KL penalty whose reference is reset to the policy (ref_reset.*)", kl=True, slot="reference", build=_ref_reset
-    ),
-    "gr": Part("gradient regularization, finite differences (gr.*)", slot="gradient", build=_gr),
-    "signcert": Part("SignCert-PO on Dr.GRPO (signcert.*)", algo="dr_grpo", slot="weights", build=_signcert),
-    "ocrm": Part("off-policy corrected reward modeling (ocrm.*)", ocrm=True, slot="reward_model"),
-    "ensemble_mean": Part("mean of k RMs (ensemble.*)", ensemble="mean", slot="reward_model", build=_ensemble_figures),
-    "ensemble_wco": Part(
-        "worst case of k RMs (ensemble.*)", ensemble="wco", slot="reward_model", build=_ensemble_figures
-    ),
+    # plain optimisation of the proxy reward, no regularisation
+    "none": Part(),
+    # KL penalty to the reference policy (rl.kl.*)
+    "kl": Part(kl=True),
+    # KL penalty whose reference is reset to the policy (ref_reset.*)
+    "ref_reset": Part(kl=True, slot="reference", build=_ref_reset),
+    # gradient regularization, finite differences (gr.*)
+    "gr": Part(slot="gradient", build=_gr),
+    # SignCert-PO on Dr.GRPO (signcert.*)
+    "signcert": Part(algo="dr_grpo", slot="weights", build=_signcert),
+    # off-policy corrected reward modeling (ocrm.*)
+    "ocrm": Part(ocrm=True, slot="reward_model"),
+    # mean of k RMs (ensemble.*)
+    "ensemble_mean": Part(ensemble="mean", slot="reward_model", build=_ensemble_figures),
+    # worst case of k RMs (ensemble.*)
+    "ensemble_wco": Part(ensemble="wco", slot="reward_model", build=_ensemble_figures),
+    # uncertainty-weighted k RMs, mean − λ·Var (ensemble.*)
     "ensemble_uwo": Part(
-        "uncertainty-weighted k RMs, mean − λ·Var (ensemble.*)",
         ensemble="uwo",
         slot="reward_model",
         build=_ensemble_figures,
     ),
-    "par": Part("preference-as-reward shaping against SFT references (par.*)", build=_par),
-    "chi2": Part("χ² occupancy regularisation (chi2.*)", build=_chi2),
-    "length_penalty": Part("reward minus a per-token length cost (length_penalty.*)", build=_length_penalty),
-    "reward_clip": Part("clipped (optionally whitened) reward (reward_clip.*)", build=_reward_clip),
-    "constrained": Part(
-        "min KL s.t. E[proxy] ≥ proxy point, Lagrange multiplier (constrained.*)", kl=True, build=_constrained
-    ),
+    # preference-as-reward shaping against SFT references (par.*)
+    "par": Part(build=_par),
+    # χ² occupancy regularisation (chi2.*)
+    "chi2": Part(build=_chi2),
+    # reward minus a per-token length cost (length_penalty.*)
+    "length_penalty": Part(build=_length_penalty),
+    # clipped (optionally whitened) reward (reward_clip.*)
+    "reward_clip": Part(build=_reward_clip),
+    # min KL s.t. E[proxy] ≥ proxy point, Lagrange multiplier (constrained.*)
+    "constrained": Part(kl=True, build=_constrained),
 }
 
 

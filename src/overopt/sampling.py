@@ -66,6 +66,11 @@ def pad_right(sequences: list[list[int]], pad_id: int, width: int | None = None)
     return ids, mask
 
 
+def rollout_from_tokens(prompts: list[list[int]], completions: list[list[int]], pad_id: int) -> Rollout:
+    """Stored token lists as a Rollout: prompts left-padded, completions right-padded."""
+    return Rollout(*pad_left(prompts, pad_id), *pad_right(completions, pad_id))
+
+
 def mask_after_eos(completion_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
     """(B, T) -> (B, T) mask of tokens up to and including the first EOS (all tokens if none)."""
     is_eos = completion_ids == eos_id

@@ -19,7 +19,7 @@ from transformers import PreTrainedModel
 
 from overopt.models.policy import completion_logprobs
 from overopt.ops import ess_from_log_weights, ocrm_log_weights, sequence_logprobs
-from overopt.stages.rm import encode_sequences
+from overopt.sampling import rollout_from_tokens
 
 
 @torch.no_grad()
@@ -34,11 +34,9 @@ def completion_loglik(
     """log π(y|x) at temperature 1 for stored pairs: (N,) float64."""
     out = []
     for start in range(0, len(prompts), batch_size):
-        batch_prompts = prompts[start : start + batch_size]
-        ids, mask = encode_sequences(batch_prompts, completions[start : start + batch_size], pad_id)
-        prompt_len = max(len(p) for p in batch_prompts)
-        logprobs, _ = completion_logprobs(policy, ids, mask, prompt_len)
-        cmask = mask[:, prompt_len:]
+        r = rollout_from_tokens(prompts[start : start + batch_size], completions[start : start + batch_size], pad_id)
+        logprobs, _ = completion_logprobs(policy, r.input_ids, r.attention_mask, r.prompt_len)
+        cmask = r.completion_mask
         if truncate_tokens is not None:
             cmask = cmask * (torch.arange(cmask.shape[1]) < truncate_tokens)
         out.append(sequence_logprobs(logprobs.double(), cmask))

@@ -9,24 +9,15 @@ from transformers import PreTrainedModel
 from overopt.models.reward import reward_forward
 from overopt.ops import bradley_terry_loss, normalize_weights, pairwise_accuracy
 from overopt.progress import StageProgress
-from overopt.sampling import pad_left, pad_right
+from overopt.sampling import rollout_from_tokens
 from overopt.stages.supervised import fit_minibatches
-
-
-def encode_sequences(
-    prompts: list[list[int]], completions: list[list[int]], pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompt (left-padded) + completion (right-padded) -> input_ids, attention_mask (B, P + T)."""
-    prompt_ids, prompt_mask = pad_left(prompts, pad_id)
-    completion_ids, completion_mask = pad_right(completions, pad_id)
-    return torch.cat([prompt_ids, completion_ids], 1), torch.cat([prompt_mask, completion_mask], 1)
 
 
 def pair_rewards(model: PreTrainedModel, batch: dict, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Rewards of the chosen and rejected completions of a batch of pairs, one forward pass."""
     n = len(batch["prompt_ids"])
-    ids, mask = encode_sequences(batch["prompt_ids"] * 2, batch["chosen_ids"] + batch["rejected_ids"], pad_id)
-    rewards = reward_forward(model, ids, mask).rewards
+    r = rollout_from_tokens(batch["prompt_ids"] * 2, batch["chosen_ids"] + batch["rejected_ids"], pad_id)
+    rewards = reward_forward(model, r.input_ids, r.attention_mask).rewards
     return rewards[:n], rewards[n:]
 
 

@@ -7,23 +7,17 @@ from transformers import PreTrainedModel
 
 from overopt.models.policy import completion_logits
 from overopt.progress import StageProgress
-from overopt.sampling import pad_left, pad_right
+from overopt.sampling import rollout_from_tokens
 from overopt.stages.supervised import fit_minibatches
 from overopt.testbeds.base import SFTExample
 
 
 def _batch_nll(model: PreTrainedModel, batch: list[SFTExample], pad_id: int) -> torch.Tensor:
     """Mean next-token NLL over completion tokens only (the prompt is conditioning, not target)."""
-    prompt_ids, prompt_mask = pad_left([ex.prompt_ids for ex in batch], pad_id)
-    completion_ids, completion_mask = pad_right([ex.completion_ids for ex in batch], pad_id)
-    logits = completion_logits(
-        model,
-        torch.cat([prompt_ids, completion_ids], 1),
-        torch.cat([prompt_mask, completion_mask], 1),
-        prompt_ids.shape[1],
-    )
-    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), completion_ids, reduction="none")
-    return (nll * completion_mask).sum() / completion_mask.sum()
+    r = rollout_from_tokens([ex.prompt_ids for ex in batch], [ex.completion_ids for ex in batch], pad_id)
+    logits = completion_logits(model, r.input_ids, r.attention_mask, r.prompt_len)
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), r.completion_ids, reduction="none")
+    return (nll * r.completion_mask).sum() / r.completion_mask.sum()
 
 
 def train_sft(
