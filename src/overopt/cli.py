@@ -63,18 +63,11 @@ def _parse(cls, **kwargs):
 
 def _tyro_error_line(report: str, cause: BaseException | None) -> str:
     """The gist of tyro's error report: 'field: problem' for validation errors, else its first lines."""
-    if isinstance(cause, ValidationError):  # a top-level field
-        return _one_line(cause)
-    message = getattr(cause, "message", None)
-    if isinstance(message, str) and "validation error" in message:
-        # pydantic: "1 validation error for X" / "<field>" (absent for model-level checks) / "  <problem> [type=...]"
-        body = message.splitlines()[1:]
-        field = body[0].strip() if body and not body[0].startswith(" ") else ""
-        problem = next((line.strip() for line in body if line.startswith("  ")), message)
-        problem = re.sub(r" \[type=.*$", "", problem).removeprefix("Value error, ")
-        section = getattr(cause, "arg", "")
-        location = ".".join(p for p in (section if isinstance(section, str) else "", field) if p)
-        return f"{location}: {problem}" if location else problem
+    # tyro wraps a nested section's pydantic error (its __context__) and names the section in `arg`.
+    validation = cause if isinstance(cause, ValidationError) else getattr(cause, "__context__", None)
+    if isinstance(validation, ValidationError):
+        section = getattr(cause, "arg", "") if cause is not validation else ""
+        return _one_line(validation, section if isinstance(section, str) else "")
     lines = [re.sub(r"^[│╭╰\s]+|[│╮╯\s]+$", "", line) for line in report.splitlines()]
     lines = [line for line in lines if line.strip("─- ") and not line.startswith("For full helptext")]
     lines = lines[1:] if len(lines) > 1 else lines  # the first line is the box's title
@@ -129,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
         _fail(" ".join(str(err).split()) if not isinstance(err, ValidationError) else _one_line(err))
 
 
-def _one_line(err: ValidationError) -> str:
+def _one_line(err: ValidationError, section: str = "") -> str:
+    """'section.field: problem' for the first error (the section alone for a model-level check)."""
     first = err.errors()[0]
-    field = ".".join(str(part) for part in first["loc"]) or "config"
-    return f"{field}: {first['msg']}"
+    field = ".".join(str(part) for part in (section, *first["loc"]) if part) or "config"
+    return f"{field}: {first['msg'].removeprefix('Value error, ')}"
