@@ -167,6 +167,21 @@ class MethodPlan:
         """True when π_ref must be a copy of π_SFT that the method may change (resets, OCRM anchors)."""
         return "ref_reset" in self.parts or (self.ocrm and self.uses_kl)
 
+    def check_proxy(self, proxy: str, testbed: str) -> None:
+        """Refuse parts that need what the testbed's proxy lacks (see Testbed.proxy)."""
+        if proxy == "rule":
+            needs_rm = [p for p in self.parts if PARTS[p].ensemble or PARTS[p].ocrm or p == "signcert"]
+            if needs_rm:
+                raise ValueError(
+                    f"method {self.name!r}: {needs_rm[0]!r} needs a learned reward model, and testbed "
+                    f"{testbed!r} rewards by rule (try the judge or summarize testbeds)"
+                )
+        if proxy == "judge" and self.ocrm:
+            raise ValueError(
+                f"method {self.name!r}: ocrm re-fits a Bradley-Terry RM on preference pairs; testbed {testbed!r} "
+                "learns a judge of single answers"
+            )
+
     def mitigations(self, ctx: MethodContext) -> Mitigations:
         m = Mitigations()
         for build in self.builders:

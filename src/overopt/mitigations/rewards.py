@@ -9,6 +9,7 @@ from overopt.mitigations.protocols import RewardScores
 from overopt.models.reward import reward_forward, score_head
 from overopt.ops import aggregate_ensemble, ensemble_std, par_reward
 from overopt.sampling import Rollout, pad_left, sample_completions
+from overopt.testbeds.base import RuleRewardTestbed
 
 
 class ProxyRewardModel:
@@ -24,6 +25,20 @@ class ProxyRewardModel:
 
     def models(self) -> list[PreTrainedModel]:
         return [self.model]
+
+
+class RuleReward:
+    """The testbed's rule reward (RLVR: format and correctness checks); no model behind it."""
+
+    def __init__(self, testbed: RuleRewardTestbed):
+        self.testbed = testbed
+
+    @torch.no_grad()
+    def __call__(self, rollout: Rollout) -> RewardScores:
+        return RewardScores(self.testbed.rule_reward(rollout.prompt_ids, rollout.completion_ids, rollout.completion_mask))
+
+    def models(self) -> list[PreTrainedModel]:
+        return []
 
 
 class LengthPenalty:

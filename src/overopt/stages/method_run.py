@@ -25,7 +25,8 @@ from overopt.io import append_jsonl
 from overopt.methods import MethodContext, MethodPlan
 from overopt.mitigations.ocrm import ocrm_pair_log_weights
 from overopt.mitigations.protocols import Figures, RewardSource
-from overopt.mitigations.rewards import EnsembleRewardModel, ProxyRewardModel
+from overopt.mitigations.rewards import EnsembleRewardModel, ProxyRewardModel, RuleReward
+from overopt.models.policy import merged_copy, with_lora
 from overopt.models.reward import reward_model_from_backbone
 from overopt.progress import StageProgress
 from overopt.stages.evaluate import evaluate_policy
@@ -42,9 +43,9 @@ class Lab:
 
     cfg: ExperimentConfig
     testbed: Testbed
-    sft_dir: Path
+    sft_dir: Path | str  # the hf testbed: the given policy's Hub id or directory
     sft_policy: PreTrainedModel
-    pairs: DatasetDict
+    pairs: DatasetDict | None  # the proxy's labelled data: preference pairs, judged answers, or None (rule)
     reward_models: Callable[[int], list[PreTrainedModel]]  # k -> the first k proxy RMs (trained on demand)
     train_prompts: list[list[int]]
     eval_ids: torch.Tensor
@@ -61,14 +62,21 @@ def run_method(lab: Lab, plan: MethodPlan, cfg: ExperimentConfig, seed: int, run
     rl = plan.rl
     # 1. Policy and reference.
     policy = copy.deepcopy(lab.sft_policy).train()
+    if cfg.testbed == "hf" and cfg.hf.lora_r:  # LoRA: only adapters train; the reference stays the SFT model
+        h = cfg.hf
+        policy = with_lora(policy, h.lora_r, h.lora_alpha, h.lora_dropout, h.lora_target_modules, seed).train()
     ref_policy = copy.deepcopy(lab.sft_policy) if plan.moves_reference else lab.sft_policy
     # 2. Reward source.
-    if plan.ensemble is not None:
+    if lab.testbed.proxy == "rule":
+        source: RewardSource = RuleReward(lab.testbed)
+    elif plan.ensemble is not None:
         e = cfg.ensemble
-        source: RewardSource = EnsembleRewardModel(lab.reward_models(e.k), plan.ensemble, e.uwo_lambda, e.ddof)
+        source = EnsembleRewardModel(lab.reward_models(e.k), plan.ensemble, e.uwo_lambda, e.ddof)
     else:
         source = ProxyRewardModel(lab.reward_models(1)[0])
-    value_model = _value_model_from(source.models()[0]) if rl.algo == "ppo" else None
+    value_model = None
+    if rl.algo == "ppo":  # the value model starts from the RM, or from the SFT backbone under a rule reward
+        value_model = _value_model_from(source.models()[0] if source.models() else lab.sft_policy)
     start = time.perf_counter()
     extra: Figures = {}
 
@@ -93,7 +101,7 @@ def run_method(lab: Lab, plan: MethodPlan, cfg: ExperimentConfig, seed: int, run
             source = ProxyRewardModel(rm)
             extra = {**figures, "ocrm/round": phase}
             if plan.uses_kl:
-                ref_policy = copy.deepcopy(policy).eval()
+                ref_policy = merged_copy(policy).eval()  # LoRA: a plain model, like the SFT anchor
             if value_model is not None:
                 value_model = _value_model_from(rm)
         ctx = MethodContext(cfg, policy, value_model, lab.sft_policy, source, lab.testbed, seed)
@@ -111,6 +119,7 @@ def _value_model_from(reward_model: PreTrainedModel) -> PreTrainedModel:
     """A per-token value model whose backbone and head start from the RM (as in TRL's PPO and OCRM)."""
     value = AutoModelForTokenClassification.from_config(reward_model.config)
     value.load_state_dict(reward_model.state_dict(), strict=False)  # the token head adds a bias
+    value = value.to(device=reward_model.device, dtype=reward_model.dtype)
     return value
 
 
@@ -123,7 +132,9 @@ def _ocrm_refit(
         policy, lab.sft_policy, lab.pairs["train"], alpha=o.alpha, beta_w=o.beta_w, pad_id=pad,
         truncate_tokens=o.truncate_tokens,
     )  # fmt: skip
-    rm = reward_model_from_backbone(lab.sft_dir, seed=lab.cfg.seed + 1000 * phase + seed)
+    load = getattr(lab.testbed, "load_kwargs", {})  # hf: float32 weights, hf.trust_remote_code
+    rm = reward_model_from_backbone(lab.sft_dir, seed=lab.cfg.seed + 1000 * phase + seed, **load)
+    rm = rm.to(lab.sft_policy.device)
     metrics = train_reward_model(
         rm, lab.pairs["train"], lab.pairs["test"], epochs=r.epochs, batch_size=r.batch_size, lr=r.lr, pad_id=pad,
         seed=lab.cfg.seed + phase, progress=progress, log_weights=log_w, normalization=o.normalization,

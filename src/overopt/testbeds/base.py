@@ -24,6 +24,9 @@ class Testbed(Protocol):
     """The interface the lab pipeline needs from a task with a known gold reward."""
 
     name: str
+    proxy: str
+    """What the policy is optimised against: "preference" (a Bradley-Terry RM learned from gold-labelled
+    pairs), "judge" (a classifier learned from gold-labelled answers) or "rule" (`rule_reward`)."""
     tokenizer: PreTrainedTokenizerFast
     max_completion_tokens: int
     """Generation budget for completions: also the Dr.GRPO length normaliser."""
@@ -46,4 +49,14 @@ class Testbed(Protocol):
         self, prompt_ids: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """The named terms of r* (each (B,)), logged so a person can see *how* a policy hacks."""
+        ...
+
+
+class RuleRewardTestbed(Testbed, Protocol):
+    """A testbed whose proxy is a rule (RLVR): nothing is learned, the policy sees `rule_reward`."""
+
+    def rule_reward(
+        self, prompt_ids: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The proxy reward of a batch, (B,) float32 on the completions' device."""
         ...

@@ -64,6 +64,7 @@ class SummarizeTestbed:
     """The default lab testbed. See the module docstring for the gold reward and the hack."""
 
     name = "summarize"
+    proxy = "preference"
 
     def __init__(self, spec: SummarizeSpec | None = None):
         self.spec = spec or SummarizeSpec()

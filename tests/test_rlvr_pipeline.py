@@ -1,0 +1,82 @@
+"""End to end on the RLVR testbeds: `overopt run --testbed math_format|judge --preset smoke`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from datasets import load_from_disk
+from transformers import AutoModelForSequenceClassification
+
+from overopt.cli import main
+from overopt.config import load_config
+
+SMOKE = ["--preset", "smoke", "--rl.steps", "4", "--eval.every", "2"]
+
+
+@pytest.fixture(scope="module", params=["math_format", "judge"])
+def smoke_out(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp(request.param) / "out"
+    main(["run", "--testbed", request.param, *SMOKE, "--methods", "none,kl,gr", "--out", str(out)])
+    return request.param, out
+
+
+def test_smoke_run_writes_the_output_contract(smoke_out):
+    testbed, out = smoke_out
+    assert yaml.safe_load((out / "config.yaml").read_text())["testbed"] == testbed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["testbed"] == testbed and list(summary["methods"]) == ["none", "kl", "gr"]
+    rows = [json.loads(line) for line in (out / "runs" / "none" / "seed0" / "metrics.jsonl").open()]
+    assert [r["step"] for r in rows] == [0, 2, 4]
+    for row in rows:
+        assert 0.0 <= row["gold_reward"] <= 1.0  # gold = the answer is right
+        assert {"gold/correct", "gold/strict_format", "gold/xmlcount", "gold/verified"} <= row.keys()
+    assert (out / "report.html").exists()
+
+
+def test_only_the_judge_testbed_learns_a_proxy(smoke_out):
+    testbed, out = smoke_out
+    stages = sorted(p.name for p in (out / "artifacts").iterdir() if not p.name.startswith("."))
+    if testbed == "math_format":
+        assert stages == ["sft"]  # the proxy is a rule: nothing to learn
+        return
+    assert stages == ["judge_data", "rm", "sft"]
+    answers = load_from_disk(str(out / "artifacts" / "judge_data" / "data"))
+    labels = set(answers["train"]["label"])
+    assert labels == {0.0, 1.0}
+    judge = AutoModelForSequenceClassification.from_pretrained(out / "artifacts" / "rm")
+    assert judge.config.num_labels == 1
+    metrics = json.loads((out / "artifacts" / "rm" / "stage.json").read_text())["metrics"]
+    assert 0.0 <= metrics["heldout_accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("testbed", "method", "message"),
+    [
+        ("math_format", "signcert", "needs a learned reward model"),
+        ("math_format", "ensemble_mean", "needs a learned reward model"),
+        ("math_format", "ocrm+kl", "needs a learned reward model"),
+        ("judge", "ocrm", "preference pairs"),
+    ],
+)
+def test_methods_that_need_what_the_proxy_lacks_are_refused(tmp_path, testbed, method, message):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "overopt", "run", "--testbed", testbed, "--preset", "smoke", "--methods", method,
+         "--out", str(out)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr
+    assert not out.exists()  # refused before anything was written
+
+
+def test_testbed_presets_exist_and_select_their_testbed():
+    for testbed in ("summarize", "math_format", "judge"):
+        for preset in ("smoke", "default"):
+            assert load_config(preset, testbed=testbed).testbed == testbed
+    with pytest.raises(ValueError, match="unknown testbed"):
+        load_config("smoke", testbed="chess")
