@@ -1,10 +1,12 @@
 """Mitigation comparison on one preset: every method × seeds in one `overopt run`, table to RESULTS.md.
 
-    python benchmarks/compare_methods.py                       # default preset, 3 seeds
+    python benchmarks/compare_methods.py                       # summarize, default preset, 3 seeds
     python benchmarks/compare_methods.py --seeds 5 --methods none,kl,gr
+    python benchmarks/compare_methods.py --testbed math_format --methods none,kl,ref_reset,gr,par,chi2
 
-Runs go to benchmarks/out/<preset>/ (reused when re-run), and the table replaces this benchmark's
-section of benchmarks/RESULTS.md, with the command, date and machine.
+Runs go to benchmarks/out/<preset>/ (summarize) or benchmarks/out/<testbed>[-<preset>]/ (reused
+when re-run), and the table replaces this benchmark's section of benchmarks/RESULTS.md, with the
+command, date and machine.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ METHODS = "none,kl,ref_reset,gr,signcert,ocrm,ensemble_uwo,par,chi2"
 
 @dataclasses.dataclass(frozen=True)
 class Args:
+    testbed: str = "summarize"
+    """overopt testbed to compare on."""
     preset: str = "default"
     """overopt preset to compare on."""
     methods: str = METHODS
@@ -90,18 +94,32 @@ def write_section(name: str, body: str) -> None:
 
 
 def run(args: Args) -> None:
-    out = HERE / "out" / args.preset
-    argv = ["run", "--preset", args.preset, "--out", str(out), "--methods", args.methods, "--seeds", str(args.seeds),
+    if args.testbed == "summarize":
+        out, key = HERE / "out" / args.preset, args.preset
+    else:
+        key = args.testbed + ("" if args.preset == "default" else f"-{args.preset}")
+        out = HERE / "out" / key
+    argv = ["run", "--testbed", args.testbed, "--preset", args.preset, "--out", str(out),
+            "--methods", args.methods, "--seeds", str(args.seeds),
             "--sweep", args.sweep, *(f"--{item}" for item in args.extra)]  # fmt: skip
     overopt_main(argv)
     summary = read_json(out / "summary.json")
     # OUT may hold earlier runs too: tabulate the runs of this invocation only.
     cfg = ExperimentConfig.model_validate(yaml.safe_load((out / "config.yaml").read_text()))
     names = [name for name, _, _ in cfg.method_variants()]
-    rm = summary["stages"]["rm"]["metrics"]
+    rm = (summary["stages"].get("rm") or {}).get("metrics")
     command = (
         f"python benchmarks/compare_methods.py --preset {args.preset} --seeds {args.seeds} --methods {args.methods}"
     )
+    if args.testbed != "summarize":
+        command = command.replace("--preset", f"--testbed {args.testbed} --preset")
+    proxy = (
+        f"Proxy RM held-out accuracy against gold: {rm['heldout_accuracy']:.3f}."
+        if rm
+        else "The proxy is the rule reward (format rewards + correctness): nothing learned."
+    )
+    if summary["testbed"] == "judge":
+        proxy = proxy.replace("Proxy RM held-out accuracy against gold", "Judge held-out accuracy (right/wrong)")
     if args.sweep:
         command += f" --sweep {args.sweep}"
     if args.extra:
@@ -114,13 +132,13 @@ def run(args: Args) -> None:
         f"Date: {datetime.date.today().isoformat()}  ",
         f"Machine: {machine()}",
         "",
-        f"Proxy RM held-out accuracy against gold: {rm['heldout_accuracy']:.3f}. Mean ± sample std (ddof = 1) over "
+        f"{proxy} Mean ± sample std (ddof = 1) over "
         f"{args.seeds} seeds, sorted by final gold reward. *Hacked*: gold rose above SFT, then lost ≥ 30 % of the gain "
         "while the proxy kept rising.",
         "",
         table(summary, names),
     ])  # fmt: skip
-    write_section(f"compare_methods:{args.preset}" + (f":{args.tag}" if args.tag else ""), body)
+    write_section(f"compare_methods:{key}" + (f":{args.tag}" if args.tag else ""), body)
     print(body)
 
 

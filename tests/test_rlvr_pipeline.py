@@ -80,3 +80,5 @@ def test_testbed_presets_exist_and_select_their_testbed():
             assert load_config(preset, testbed=testbed).testbed == testbed
     with pytest.raises(ValueError, match="unknown testbed"):
         load_config("smoke", testbed="chess")
+    with pytest.raises(ValueError, match="is for testbed 'hf', not 'judge'"):
+        load_config("ocrm-tldr", testbed="judge")  # a named preset carries its own testbed

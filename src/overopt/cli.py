@@ -29,6 +29,7 @@ from overopt.progress import console
 class _RunSelector:
     preset: str = "default"
     config: Path | None = None
+    testbed: str | None = None
 
 
 def run(argv: list[str]) -> dict:
@@ -36,7 +37,7 @@ def run(argv: list[str]) -> dict:
     from overopt.pipeline import run_experiment
 
     selector, rest = _parse(_RunSelector, args=argv, add_help=False, return_unknown_args=True)
-    base = load_config(selector.preset, selector.config)
+    base = load_config(selector.preset, selector.config, selector.testbed)
     cfg = _parse(
         ExperimentConfig,
         default=base,

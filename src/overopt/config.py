@@ -131,6 +131,64 @@ class SummarizeConfig(_Frozen):
     length_penalty: float = Field(0.2, ge=0, description="Gold cost per token beyond the budget.")
 
 
+class MathConfig(_Frozen):
+    """The `math_format` and `judge` testbeds: sums of small numbers (see overopt.testbeds.arithmetic)."""
+
+    min_terms: int = Field(3, ge=2, description="Fewest terms in a problem.")
+    max_terms: int = Field(6, ge=2, description="Most terms in a problem.")
+    max_completion_tokens: int = Field(25, gt=0, description="Generation budget (a full chain needs 4·terms + 1).")
+    format_weight: float = Field(2.0, ge=0, description="Proxy weight of the format rewards (their sum is at most 3).")
+    correct_weight: float = Field(1.0, ge=0, description="math_format proxy weight of the 2.0 correctness reward.")
+
+    @model_validator(mode="after")
+    def _terms_ordered(self) -> MathConfig:
+        if self.min_terms > self.max_terms:
+            raise ValueError(f"math.min_terms={self.min_terms} must not exceed math.max_terms={self.max_terms}")
+        if self.max_completion_tokens < 4 * self.max_terms + 1:
+            raise ValueError(
+                f"math.max_completion_tokens={self.max_completion_tokens} cannot hold a worked answer to "
+                f"{self.max_terms} terms (needs at least {4 * self.max_terms + 1})"
+            )
+        return self
+
+
+class JudgeConfig(_Frozen):
+    """The `judge` testbed's learned judge: SFT backbone + linear head, BCE on right/wrong SFT answers."""
+
+    n_prompts: int = Field(8000, gt=0, description="Training prompts; one SFT answer (T=1) each, gold-labelled.")
+    epochs: int = Field(3, gt=0, description="Passes over the labelled answers.")
+    batch_size: int = Field(64, gt=0, description="Answers per optimiser step.")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate (cosine decay, 5% warm-up).")
+    heldout_fraction: float = Field(0.1, gt=0, lt=1, description="Answers held out to measure judge accuracy.")
+
+
+class HFConfig(_Frozen):
+    """The `hf` testbed: a Hugging Face policy, prompt dataset and gold RM (see overopt.testbeds.hf)."""
+
+    policy: str = Field("", description="Policy: a causal LM's Hub id or local directory, already fine-tuned (SFT).")
+    dataset: str = Field("", description="Prompts: a datasets Hub id, or a local .json/.jsonl/.parquet/.csv file.")
+    dataset_config: str = Field("", description="Configuration (subset) of a Hub dataset; '' = its default.")
+    prompt_column: str = Field("prompt", description="Dataset column holding the prompt text.")
+    train_split: str = Field("train", description="Split the training prompts come from.")
+    eval_split: str = Field("", description="Split of the held-out prompts; '' = hold out eval_fraction of train.")
+    eval_fraction: float = Field(0.05, gt=0, lt=1, description="Share of train held out when eval_split is ''.")
+    prompt_chat_template: bool = Field(False, description="Wrap each prompt in the policy tokenizer's chat template.")
+    max_prompt_tokens: int = Field(512, gt=0, description="Prompts longer than this (policy tokens) are skipped.")
+    max_completion_tokens: int = Field(53, gt=0, description="Generation budget.")
+    gold_rm: str = Field("", description="Gold RM: a sequence-classification model (num_labels=1), id or directory.")
+    gold_batch_size: int = Field(16, gt=0, description="Sequences per gold-RM forward pass.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="auto = bfloat16 on a GPU, else float32; bfloat16 = autocast, float32 trained weights."
+    )
+    trust_remote_code: bool = Field(False, description="Run code shipped with the policy or gold RM (off: never).")
+    lora_r: int = Field(0, ge=0, description="LoRA rank of the policy's adapters (peft); 0 = full fine-tuning.")
+    lora_alpha: int = Field(16, gt=0, description="LoRA α (adapter scale α/r).")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA adapters' input.")
+    lora_target_modules: str = Field(
+        "all-linear", description="Modules given adapters: 'all-linear' or comma-separated names (q_proj,v_proj)."
+    )
+
+
 class RefResetConfig(_Frozen):
     """Reference resets (Ackermann et al., arXiv 2602.18037 §4): move the KL anchor to the policy."""
 
@@ -230,7 +288,9 @@ class ExperimentConfig(_Frozen):
     preset: str = Field("default", description="Preset the configuration started from.")
     config: Path | None = Field(None, description="YAML file applied on top of the preset.")
     out: Path = Field(Path("runs/default"), description="Output directory (finished stages and runs are reused).")
-    testbed: Literal["summarize"] = Field("summarize", description="Task with a known gold reward.")
+    testbed: Literal["summarize", "math_format", "judge", "hf"] = Field(
+        "summarize", description="Task with a known gold reward: summarize, math_format, judge or hf (see README)."
+    )
     methods: str = Field("none,kl", description="Comma-separated methods; parts combine with '+' (see README).")
     sweep: str = Field(
         "",
@@ -240,6 +300,9 @@ class ExperimentConfig(_Frozen):
     seed: int = Field(0, ge=0, description="Seed of the shared stages (testbed data, SFT, pairs, RM).")
     threads: int = Field(0, ge=0, description="torch CPU threads (0 = all cores).")
     summarize: SummarizeConfig = SummarizeConfig()
+    math: MathConfig = MathConfig()
+    judge: JudgeConfig = JudgeConfig()
+    hf: HFConfig = HFConfig()
     model: ModelConfig = ModelConfig()
     sft: SFTConfig = SFTConfig()
     pairs: PairsConfig = PairsConfig()
@@ -307,8 +370,12 @@ SWEEPABLE = (
 PRESET_DIR = Path(__file__).parent / "presets"
 
 
+TESTBED_PRESETS = ("smoke", "default")  # every testbed has these, in presets/<testbed>/
+
+
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    """`smoke`, `default` (per testbed) and the named reproduction presets (presets/<name>.yaml)."""
+    return [*TESTBED_PRESETS, *sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))]
 
 
 def _merge(base: dict, update: dict) -> dict:
@@ -325,13 +392,35 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def load_config(preset: str = "default", config_file: Path | None = None) -> ExperimentConfig:
-    """Defaults <- preset YAML <- user YAML, validated (unknown or ill-typed fields raise)."""
-    if preset not in preset_names():
+def load_config(
+    preset: str = "default", config_file: Path | None = None, testbed: str | None = None
+) -> ExperimentConfig:
+    """Defaults <- preset YAML <- user YAML, validated (unknown or ill-typed fields raise).
+
+    `smoke` and `default` are read from presets/<testbed>/ (testbed: `testbed`, else the config
+    file's, else summarize); a named preset (e.g. `ocrm-tldr`) names its own testbed.
+    """
+    user = _read_yaml(Path(config_file)) if config_file is not None else {}
+    if preset in TESTBED_PRESETS:
+        chosen = testbed or user.get("testbed") or "summarize"
+        path = PRESET_DIR / str(chosen) / f"{preset}.yaml"
+        if not path.exists():
+            testbeds = sorted(p.name for p in PRESET_DIR.iterdir() if p.is_dir())
+            raise ValueError(f"unknown testbed {chosen!r}; choose one of {', '.join(testbeds)}")
+        data = _merge(_read_yaml(path), {"testbed": chosen})
+    elif (PRESET_DIR / f"{preset}.yaml").exists():
+        data = {"testbed": "summarize", **_read_yaml(PRESET_DIR / f"{preset}.yaml")}
+        if testbed is not None and testbed != data.get("testbed"):
+            raise ValueError(f"preset {preset!r} is for testbed {data.get('testbed')!r}, not {testbed!r}")
+    else:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(preset_names())}")
-    data = _merge(_read_yaml(PRESET_DIR / f"{preset}.yaml"), {"preset": preset})
+    data = _merge(data, {"preset": preset})
     if config_file is not None:
-        data = _merge(data, _read_yaml(Path(config_file)))
+        if user.get("testbed", data["testbed"]) != data["testbed"]:
+            raise ValueError(
+                f"{config_file}: testbed {user['testbed']!r} differs from the preset's {data['testbed']!r}"
+            )
+        data = _merge(data, user)
         data["config"] = str(config_file)
     return ExperimentConfig.model_validate(data)
 

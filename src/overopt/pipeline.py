@@ -7,12 +7,16 @@ of silently mixed with stale artifacts.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
-from datasets import load_from_disk
+from datasets import DatasetDict, load_from_disk
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from overopt.config import ExperimentConfig, to_yaml
@@ -23,29 +27,33 @@ from overopt.models.policy import SAFE_LOADING, tiny_llama
 from overopt.models.reward import reward_model_from_backbone
 from overopt.progress import StageProgress, console
 from overopt.sampling import pad_left
+from overopt.stages.judge import sample_and_label_answers, train_judge
 from overopt.stages.method_run import SAMPLE_BATCH, Lab, run_method
 from overopt.stages.pairs import sample_and_label_pairs
 from overopt.stages.rm import train_reward_model
 from overopt.stages.sft import train_sft
-from overopt.testbeds import make_testbed
+from overopt.testbeds import make_testbed, testbed_section
 
 
 def _quiet_libraries() -> None:
     """Our own progress bars say what is happening; silence the libraries' per-file bars and load reports."""
     import datasets
+    import huggingface_hub
     import transformers
 
+    huggingface_hub.utils.logging.set_verbosity_error()  # e.g. its retry warnings for an unreachable Hub
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     datasets.disable_progress_bars()
 
 
 def _stage_fingerprints(cfg: ExperimentConfig) -> dict[str, str]:
-    world = (cfg.testbed, cfg.summarize.model_dump(), cfg.seed)
+    world = (cfg.testbed, getattr(cfg, testbed_section(cfg.testbed)).model_dump(), cfg.seed)
     sft = fingerprint(world, cfg.model.model_dump(), cfg.sft.model_dump())
-    pairs = fingerprint(sft, cfg.pairs.model_dump())
-    rm = fingerprint(pairs, cfg.rm.model_dump())
-    return {"sft": sft, "pairs": pairs, "rm": rm}
+    data = cfg.judge if cfg.testbed == "judge" else cfg.pairs
+    labelled = fingerprint(sft, data.model_dump())
+    rm = fingerprint(labelled, cfg.rm.model_dump()) if cfg.testbed != "judge" else labelled
+    return {"sft": sft, "data": labelled, "rm": rm}
 
 
 def _finished(stage_dir: Path, expected: str) -> bool:
@@ -83,21 +91,30 @@ def _run_stage(out: Path, name: str, fp: str, build) -> Path:
 
 def run_experiment(cfg: ExperimentConfig) -> dict:
     """Run (or resume) every stage and every method × seed, then build the report."""
-    from overopt.report import build_report  # the report reads outputs only; imported at the end
-
     # Bad method names and sweeps fail here, before anything is written.
     plans = {name: (resolve_method(method, variant.rl), variant) for name, method, variant in cfg.method_variants()}
     _quiet_libraries()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    testbed = make_testbed(cfg)  # the hf testbed checks its models and data here
+    for plan, _ in plans.values():
+        plan.check_proxy(testbed.proxy, testbed.name)
+    precision = getattr(testbed, "precision", contextlib.nullcontext)  # hf: bfloat16 autocast if asked for
+    with precision():
+        return _run_stages(cfg, testbed, plans)
+
+
+def _run_stages(cfg: ExperimentConfig, testbed, plans: dict) -> dict:
+    """The stages, once the configuration, the methods and the testbed have been checked."""
+    from overopt.report import build_report  # the report reads outputs only; imported at the end
+
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", to_yaml(cfg))
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     # Adam's moment estimates of parameters that get no gradient for a while (unused embeddings,
     # completions a method weights by 0) decay into subnormal floats, which x86 CPUs process about
     # 100× slower; flushing them to zero changes nothing measurable and keeps steps fast.
     torch.set_flush_denormal(True)
-    testbed = make_testbed(cfg)
     tok = testbed.tokenizer
     fps = _stage_fingerprints(cfg)
 
@@ -128,60 +145,48 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
         tok.save_pretrained(tmp)
         return metrics
 
-    sft_dir = _run_stage(out, "sft", fps["sft"], build_sft)
-    sft_policy = AutoModelForCausalLM.from_pretrained(sft_dir, **SAFE_LOADING).eval()
+    policy_path = getattr(testbed, "policy_path", None)  # hf: a given model that is already the SFT policy
+    if policy_path is None:
+        sft_dir = _run_stage(out, "sft", fps["sft"], build_sft)
+    else:  # nothing to train or copy: OUT/artifacts/sft/stage.json records which model it is
+        _run_stage(out, "sft", fps["sft"], lambda tmp, progress: {"policy": policy_path})
+        sft_dir = policy_path
+    sft_policy = AutoModelForCausalLM.from_pretrained(sft_dir, **_loading(testbed))
+    sft_policy = sft_policy.to(getattr(testbed, "device", "cpu")).eval()  # hf: on a GPU when there is one
 
-    # 2-3. Gold-labelled pairs sampled from the SFT policy.
-    def build_pairs(tmp: Path, progress: StageProgress) -> dict:
-        torch.manual_seed(cfg.seed)
-        pairs, stats = sample_and_label_pairs(
-            sft_policy,
-            testbed,
-            testbed.prompts("train", cfg.pairs.n_prompts, cfg.seed + 1),
-            labeling=cfg.pairs.labeling,
-            bt_temperature=cfg.pairs.bt_temperature,
-            label_noise=cfg.pairs.label_noise,
-            drop_ties=cfg.pairs.drop_ties,
-            seed=cfg.seed,
-            batch_size=SAMPLE_BATCH,
-            progress=progress,
-        )
-        split = pairs.train_test_split(test_size=cfg.pairs.heldout_fraction, seed=cfg.seed)
-        split.save_to_disk(str(tmp / "data"))
-        return stats
-
-    pairs_dir = _run_stage(out, "pairs", fps["pairs"], build_pairs)
-    pairs = load_from_disk(str(pairs_dir / "data"))
-
-    # 4. Proxy reward model (SFT backbone, fresh head); more members, differing only in seed (head init
-    #    and data order), are trained on demand for RM ensembles.
+    # 2-4. The proxy: a Bradley-Terry RM on gold-labelled pairs, a judge of gold-labelled answers,
+    #      or (RLVR) the testbed's rule reward with nothing to train.
+    if testbed.proxy == "preference":
+        data_stage, train_member = "pairs", _pairs_and_rm(cfg, testbed, sft_policy, sft_dir)
+    elif testbed.proxy == "judge":
+        data_stage, train_member = "judge_data", _answers_and_judge(cfg, testbed, sft_policy, sft_dir)
+    else:
+        data_stage, train_member = None, None
+    labelled = None
+    if data_stage is not None:
+        data_dir = _run_stage(out, data_stage, fps["data"], train_member.build_data)
+        labelled = load_from_disk(str(data_dir / "data"))
     reward_models: list = []
 
     def first_reward_models(k: int) -> list:
+        """The first k proxy models; more members, differing only in seed (head init and data order),
+        are trained on demand for ensembles."""
+        if train_member is None:
+            raise ValueError(f"testbed {testbed.name!r} rewards by rule: it has no learned reward model to train")
         for member in range(len(reward_models), k):
-            seed = cfg.seed + member
-
-            def build_rm(tmp: Path, progress: StageProgress, seed: int = seed) -> dict:
-                rm = reward_model_from_backbone(sft_dir, seed=seed)
-                metrics = train_reward_model(
-                    rm, pairs["train"], pairs["test"], epochs=cfg.rm.epochs, batch_size=cfg.rm.batch_size,
-                    lr=cfg.rm.lr, pad_id=tok.pad_token_id, seed=seed, progress=progress,
-                )  # fmt: skip
-                rm.save_pretrained(tmp)
-                tok.save_pretrained(tmp)
-                return metrics
-
             name, fp = ("rm", fps["rm"]) if member == 0 else (f"rm_{member}", fingerprint(fps["rm"], member))
-            member_dir = _run_stage(out, name, fp, build_rm)
-            reward_models.append(AutoModelForSequenceClassification.from_pretrained(member_dir, **SAFE_LOADING).eval())
+            member_dir = _run_stage(out, name, fp, partial(train_member.build_model, labelled, cfg.seed + member))
+            rm = AutoModelForSequenceClassification.from_pretrained(member_dir, **SAFE_LOADING)
+            reward_models.append(rm.to(sft_policy.device).eval())
         return reward_models[:k]
 
-    first_reward_models(1)
+    if train_member is not None:
+        first_reward_models(1)
 
     # 5. Policy optimisation for every method × seed, evaluated on held-out prompts.
     eval_ids, eval_mask = pad_left(testbed.prompts("eval", cfg.eval.n_prompts, cfg.seed), tok.pad_token_id)
     lab = Lab(
-        cfg=cfg, testbed=testbed, sft_dir=sft_dir, sft_policy=sft_policy, pairs=pairs,
+        cfg=cfg, testbed=testbed, sft_dir=sft_dir, sft_policy=sft_policy, pairs=labelled,
         reward_models=first_reward_models,
         train_prompts=testbed.prompts("train", max(4 * cfg.rl.prompts_per_step, cfg.pairs.n_prompts), cfg.seed + 2),
         eval_ids=eval_ids, eval_mask=eval_mask,
@@ -202,3 +207,68 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
             write_json(run_dir / "stage.json", {"stage": "rl", "method": name, "seed": seed, "fingerprint": run_fp})
 
     return build_report(out, console=console)
+
+
+def _loading(testbed) -> dict:
+    """from_pretrained arguments: safetensors only, no remote code (hf: float32 weights, hf.trust_remote_code)."""
+    return {**SAFE_LOADING, **getattr(testbed, "load_kwargs", {})}
+
+
+class _ProxyTraining(NamedTuple):
+    """How a testbed's learned proxy is made: its labelled data, then each model from that data."""
+
+    build_data: Callable[[Path, StageProgress], dict]
+    build_model: Callable[[DatasetDict, int, Path, StageProgress], dict]
+
+
+def _pairs_and_rm(cfg: ExperimentConfig, testbed, sft_policy, sft_dir: Path) -> _ProxyTraining:
+    """Gold-labelled pairs sampled from the SFT policy; Bradley-Terry RMs (SFT backbone, fresh head)."""
+    tok = testbed.tokenizer
+
+    def build_data(tmp: Path, progress: StageProgress) -> dict:
+        torch.manual_seed(cfg.seed)
+        pairs, stats = sample_and_label_pairs(
+            sft_policy, testbed, testbed.prompts("train", cfg.pairs.n_prompts, cfg.seed + 1),
+            labeling=cfg.pairs.labeling, bt_temperature=cfg.pairs.bt_temperature, label_noise=cfg.pairs.label_noise,
+            drop_ties=cfg.pairs.drop_ties, seed=cfg.seed, batch_size=SAMPLE_BATCH, progress=progress,
+        )  # fmt: skip
+        pairs.train_test_split(test_size=cfg.pairs.heldout_fraction, seed=cfg.seed).save_to_disk(str(tmp / "data"))
+        return stats
+
+    def build_model(pairs: DatasetDict, seed: int, tmp: Path, progress: StageProgress) -> dict:
+        rm = reward_model_from_backbone(sft_dir, seed=seed, **_loading(testbed)).to(sft_policy.device)
+        metrics = train_reward_model(
+            rm, pairs["train"], pairs["test"], epochs=cfg.rm.epochs, batch_size=cfg.rm.batch_size,
+            lr=cfg.rm.lr, pad_id=tok.pad_token_id, seed=seed, progress=progress,
+        )  # fmt: skip
+        rm.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        return metrics
+
+    return _ProxyTraining(build_data, build_model)
+
+
+def _answers_and_judge(cfg: ExperimentConfig, testbed, sft_policy, sft_dir: Path) -> _ProxyTraining:
+    """Gold-labelled (right/wrong) SFT answers; judges (SFT backbone, fresh head) trained with BCE."""
+    tok, j = testbed.tokenizer, cfg.judge
+
+    def build_data(tmp: Path, progress: StageProgress) -> dict:
+        torch.manual_seed(cfg.seed)
+        answers, stats = sample_and_label_answers(
+            sft_policy, testbed, testbed.prompts("train", j.n_prompts, cfg.seed + 1), batch_size=SAMPLE_BATCH,
+            progress=progress,
+        )  # fmt: skip
+        answers.train_test_split(test_size=j.heldout_fraction, seed=cfg.seed).save_to_disk(str(tmp / "data"))
+        return stats
+
+    def build_model(answers: DatasetDict, seed: int, tmp: Path, progress: StageProgress) -> dict:
+        judge = reward_model_from_backbone(sft_dir, seed=seed)
+        metrics = train_judge(
+            judge, answers["train"], answers["test"], epochs=j.epochs, batch_size=j.batch_size, lr=j.lr,
+            pad_id=tok.pad_token_id, seed=seed, progress=progress,
+        )  # fmt: skip
+        judge.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        return metrics
+
+    return _ProxyTraining(build_data, build_model)

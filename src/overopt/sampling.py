@@ -90,8 +90,10 @@ def sample_completions(
 ) -> Rollout:
     """Sample one completion per prompt row at `temperature` (no top-k/top-p truncation).
 
-    Pure ancestral sampling keeps log π(y|x) exact for KL and importance weights.
+    Pure ancestral sampling keeps log π(y|x) exact for KL and importance weights. The rollout lives
+    on the model's device.
     """
+    prompt_ids, prompt_mask = prompt_ids.to(model.device), prompt_mask.to(model.device)
     was_training = model.training
     model.eval()
     config = GenerationConfig(

@@ -53,8 +53,7 @@ def make_out(tmp_path: Path, samples: bool = True, stages: bool = True) -> Path:
     out = tmp_path / "out"
     out.mkdir()
     (out / "config.yaml").write_text(
-        yaml.safe_dump({"testbed": "toy", "preset": "tiny", "methods": "none,kl", "seeds": 2,
-                        "rm": {"epochs": 1}}),
+        yaml.safe_dump({"testbed": "toy", "preset": "tiny", "methods": "none,kl", "seeds": 2, "rm": {"epochs": 1}}),
         encoding="utf-8",
     )
     if stages:
@@ -74,17 +73,33 @@ def make_out(tmp_path: Path, samples: bool = True, stages: bool = True) -> Path:
             (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
             if samples:
                 entries = [
-                    {"step": 0, "samples": [
-                        {"prompt": "Write <b>bold</b> & co", "completion": f"sft answer {method} <b>x</b>",
-                         "gold_reward": 0.1, "proxy_reward": 0.2},
-                        {"prompt": "Second prompt", "completion": "plain", "gold_reward": 0.0, "proxy_reward": 0.1},
-                    ]},
-                    {"step": 50, "samples": [{"prompt": "p", "completion": "MIDSTEP", "gold_reward": 0.5,
-                                              "proxy_reward": 0.6}]},
-                    {"step": 100, "samples": [
-                        {"prompt": "Write <b>bold</b> & co", "completion": f"FINAL {method} !!!!",
-                         "gold_reward": -0.3, "proxy_reward": 2.5},
-                    ]},
+                    {
+                        "step": 0,
+                        "samples": [
+                            {
+                                "prompt": "Write <b>bold</b> & co",
+                                "completion": f"sft answer {method} <b>x</b>",
+                                "gold_reward": 0.1,
+                                "proxy_reward": 0.2,
+                            },
+                            {"prompt": "Second prompt", "completion": "plain", "gold_reward": 0.0, "proxy_reward": 0.1},
+                        ],
+                    },
+                    {
+                        "step": 50,
+                        "samples": [{"prompt": "p", "completion": "MIDSTEP", "gold_reward": 0.5, "proxy_reward": 0.6}],
+                    },
+                    {
+                        "step": 100,
+                        "samples": [
+                            {
+                                "prompt": "Write <b>bold</b> & co",
+                                "completion": f"FINAL {method} !!!!",
+                                "gold_reward": -0.3,
+                                "proxy_reward": 2.5,
+                            },
+                        ],
+                    },
                 ]
                 (d / "samples.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
     return out
@@ -117,8 +132,18 @@ def test_build_report_end_to_end(tmp_path):
         assert isinstance(m["hacked_seeds"], int)
         assert len(m["seeds"]) == 2
         for s in m["seeds"]:
-            for key in ("gold_final", "gold_peak", "gold_peak_step", "proxy_final", "kl_final", "wall_s",
-                        "rose", "drop_frac", "proxy_rose_after_peak", "hacked"):
+            for key in (
+                "gold_final",
+                "gold_peak",
+                "gold_peak_step",
+                "proxy_final",
+                "kl_final",
+                "wall_s",
+                "rose",
+                "drop_frac",
+                "proxy_rose_after_peak",
+                "hacked",
+            ):
                 assert key in s
 
     none, kl = on_disk["methods"]["none"], on_disk["methods"]["kl"]
@@ -258,7 +283,11 @@ def test_helpers():
     assert format_mean_std({"mean": 12.34, "std": 1.0, "n": 2}, digits=1) == "12.3 ± 1.0"
     assert format_mean_std({"mean": None, "std": None, "n": 0}) == "–"
     assert order_methods(["zeta", "kl", "ocrm+kl", "none"], {"methods": "none, ocrm+kl,missing"}) == [
-        "none", "ocrm+kl", "kl", "zeta"]
+        "none",
+        "ocrm+kl",
+        "kl",
+        "zeta",
+    ]
 
 
 def test_grid_keys_and_single_seed_plots(tmp_path):
@@ -280,5 +309,9 @@ def test_sweep_variants_follow_their_method_in_sweep_order():
     config = {"methods": "none,kl", "sweep": "rl.kl.coef=0.5,0.05"}
     names = ["kl@rl.kl.coef=0.05", "none@rl.kl.coef=0.5", "kl@rl.kl.coef=0.5", "none@rl.kl.coef=0.05", "extra"]
     assert order_methods(names, config) == [
-        "none@rl.kl.coef=0.5", "none@rl.kl.coef=0.05", "kl@rl.kl.coef=0.5", "kl@rl.kl.coef=0.05", "extra",
+        "none@rl.kl.coef=0.5",
+        "none@rl.kl.coef=0.05",
+        "kl@rl.kl.coef=0.5",
+        "kl@rl.kl.coef=0.05",
+        "extra",
     ]

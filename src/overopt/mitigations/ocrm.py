@@ -39,7 +39,7 @@ def completion_loglik(
         cmask = r.completion_mask
         if truncate_tokens is not None:
             cmask = cmask * (torch.arange(cmask.shape[1]) < truncate_tokens)
-        out.append(sequence_logprobs(logprobs.double(), cmask))
+        out.append(sequence_logprobs(logprobs.double().cpu(), cmask))
     return torch.cat(out)
 
 

@@ -11,6 +11,7 @@ import torch
 from transformers import PreTrainedModel
 
 from overopt.mitigations.protocols import Figures
+from overopt.models.policy import merged_copy
 
 
 class ReferenceReset:
@@ -23,7 +24,9 @@ class ReferenceReset:
     @torch.no_grad()
     def __call__(self, step: int, policy: PreTrainedModel, ref_policy: PreTrainedModel) -> Figures:
         if step % self.every == 0:
-            for ref_param, param in zip(ref_policy.parameters(), policy.parameters(), strict=True):
+            # A LoRA policy (peft) moves the anchor to its merged weights, base + adapters.
+            full = merged_copy(policy) if hasattr(policy, "merge_and_unload") else policy
+            for ref_param, param in zip(ref_policy.parameters(), full.parameters(), strict=True):
                 ref_param.lerp_(param, self.alpha)  # ref + α(θ − ref) = αθ + (1 − α)ref
             self.resets += 1
         return {"ref_reset/count": self.resets}

@@ -35,7 +35,9 @@ class RuleReward:
 
     @torch.no_grad()
     def __call__(self, rollout: Rollout) -> RewardScores:
-        return RewardScores(self.testbed.rule_reward(rollout.prompt_ids, rollout.completion_ids, rollout.completion_mask))
+        return RewardScores(
+            self.testbed.rule_reward(rollout.prompt_ids, rollout.completion_ids, rollout.completion_mask)
+        )
 
     def models(self) -> list[PreTrainedModel]:
         return []

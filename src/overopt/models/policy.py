@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -48,8 +50,10 @@ def completion_logits(
 ) -> torch.Tensor:
     """Logits that predict each completion token: (B, P + T) sequence -> (B, T, V).
 
-    The token at position P + t is predicted by the logits at position P + t - 1.
+    The token at position P + t is predicted by the logits at position P + t - 1. Inputs move to the
+    model's device.
     """
+    input_ids, attention_mask = input_ids.to(model.device), attention_mask.to(model.device)
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -74,6 +78,30 @@ def completion_logprobs(
     """
     # selective_log_softmax upcasts 16-bit logits itself; float32/float64 keep their precision.
     logits = completion_logits(model, input_ids, attention_mask, prompt_len) / temperature
-    logprobs = selective_log_softmax(logits, input_ids[:, prompt_len:])
+    logprobs = selective_log_softmax(logits, input_ids[:, prompt_len:].to(logits.device))
     entropy = entropy_from_logits(logits) if with_entropy else None
     return logprobs, entropy
+
+
+def with_lora(
+    model: PreTrainedModel, r: int, alpha: int, dropout: float, target_modules: str, seed: int
+) -> PreTrainedModel:
+    """`model` with LoRA adapters (Hu et al., arXiv 2106.09685) through peft: only the adapters train.
+
+    target_modules: "all-linear" (every linear layer but the output head) or comma-separated module
+    names. The adapters' init depends on `seed` only; B starts at zero, so the model is unchanged.
+    """
+    from peft import LoraConfig, get_peft_model  # optional dependency: pip install 'overopt[lora]'
+
+    names = [m.strip() for m in target_modules.split(",") if m.strip()]
+    targets = "all-linear" if names == ["all-linear"] else names
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return get_peft_model(model, config)
+
+
+def merged_copy(model: PreTrainedModel) -> PreTrainedModel:
+    """A copy of `model` as a plain transformers model: a LoRA policy's adapters merged into its base."""
+    clone = copy.deepcopy(model)
+    return clone.merge_and_unload() if hasattr(clone, "merge_and_unload") else clone

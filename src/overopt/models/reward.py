@@ -22,14 +22,17 @@ class RewardOutput(NamedTuple):
     hidden: torch.Tensor  # (B, H) final hidden state at the last non-pad token
 
 
-def reward_model_from_backbone(path: str | Path, seed: int) -> PreTrainedModel:
+def reward_model_from_backbone(path: str | Path, seed: int, **load_kwargs) -> PreTrainedModel:
     """An RM whose backbone is loaded from `path` (e.g. the SFT policy) and whose head is fresh.
 
     The head init depends on `seed` only, so RM ensembles differ exactly where intended.
+    `load_kwargs` go to from_pretrained on top of SAFE_LOADING (the hf testbed: dtype, trust_remote_code).
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **SAFE_LOADING)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, **{**SAFE_LOADING, **load_kwargs}
+        )
     return model
 
 
@@ -51,7 +54,8 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def reward_forward(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> RewardOutput:
-    """r(x, y) = wᵀh + b for a batch of full sequences (B, L) -> RewardOutput((B,), (B, H))."""
+    """r(x, y) = wᵀh + b for a batch of full sequences (B, L) -> RewardOutput((B,), (B, H)) on the model's device."""
+    input_ids, attention_mask = input_ids.to(model.device), attention_mask.to(model.device)
     hidden_states = model.base_model(
         input_ids=input_ids,
         attention_mask=attention_mask,

@@ -56,15 +56,28 @@ details { margin: 6px 0 12px; }
 summary { cursor: pointer; color: var(--accent); }
 """
 
-_INTRO = (
-    "This lab reproduces <em>reward-model overoptimization</em>, a form of reward hacking in RLHF. "
-    "A supervised (SFT) policy is optimised against a <strong>proxy</strong> reward model that was trained "
-    "on preference pairs labelled by a known <strong>gold</strong> reward. The optimiser only sees the proxy, "
-    "so the proxy reward keeps rising; the gold reward, which we can measure here but could not in practice, "
-    "typically improves at first and then peaks and falls once the policy starts exploiting the proxy's "
-    "errors (Gao et al., 2022, arXiv:2210.10760). Mitigations such as a KL penalty towards the SFT policy "
-    "trade a slower rise for a smaller or no decline. The table and plots compare methods over seeds."
-)
+_PROXY = {
+    "summarize": "a <strong>proxy</strong> reward model that was trained on preference pairs labelled by a known "
+    "<strong>gold</strong> reward",
+    "hf": "a <strong>proxy</strong> reward model that was trained on preference pairs labelled by a "
+    "<strong>gold</strong> reward model",
+    "math_format": "a <strong>proxy</strong> rule reward, format checks weighted above answer correctness (RLVR); "
+    "the <strong>gold</strong> reward is correctness alone",
+    "judge": "a <strong>proxy</strong> judge, a classifier trained on answers labelled right or wrong; the "
+    "<strong>gold</strong> reward is exact correctness",
+}
+
+
+def _intro(testbed: str) -> str:
+    proxy = _PROXY.get(testbed, _PROXY["summarize"])
+    return (
+        "This lab reproduces <em>reward hacking</em> under control. "
+        f"A supervised (SFT) policy is optimised against {proxy}. The optimiser only sees the proxy, "
+        "so the proxy reward keeps rising; the gold reward, which we can measure here but could not in practice, "
+        "typically improves at first and then peaks and falls once the policy starts exploiting the proxy's "
+        "errors (Gao et al., 2022, arXiv:2210.10760). Mitigations such as a KL penalty towards the SFT policy "
+        "trade a slower rise for a smaller or no decline. The table and plots compare methods over seeds."
+    )
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
@@ -177,7 +190,12 @@ def _methods_section(summary: dict) -> str:
     )
 
 
-_STAGE_TITLES = {"sft": "SFT policy", "pairs": "Preference pairs (gold-labelled)", "rm": "Proxy reward model"}
+_STAGE_TITLES = {
+    "sft": "SFT policy",
+    "pairs": "Preference pairs (gold-labelled)",
+    "judge_data": "Answers (gold-labelled right/wrong)",
+    "rm": "Proxy reward model",
+}
 
 
 def _stages_section(summary: dict) -> str:
@@ -311,7 +329,7 @@ def write_report(out_dir: str | Path, summary: dict, plot_paths: list[Path]) -> 
             f"<h1>Reward hacking lab: {escape(str(testbed))}</h1>",
             f"<p class='sub'>testbed <strong>{escape(str(testbed))}</strong> · preset "
             f"<strong>{escape(str(preset))}</strong> · output <code>{escape(str(out_dir))}</code></p>",
-            f"<p class='lead'>{_INTRO}</p>",
+            f"<p class='lead'>{_intro(str(summary.get('testbed', 'summarize')))}</p>",
             _methods_section(summary),
             _stages_section(summary),
             _plots_section(plot_paths),

@@ -41,7 +41,7 @@ FINAL_KEYS = {
     "wall_s": "wall_s",
 }
 # Stages with a known order; any other artifact directory follows alphabetically.
-_STAGE_ORDER = ("sft", "pairs", "rm")
+_STAGE_ORDER = ("sft", "pairs", "judge_data", "rm")
 _SEED_RE = re.compile(r"^seed(\d+)$")
 
 

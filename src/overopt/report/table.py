@@ -33,7 +33,7 @@ def format_mean_std(d: dict | None, digits: int = 3) -> str:
 
 
 def rm_heldout_accuracy(summary: dict) -> float | None:
-    """The reward model's held-out pair accuracy from ``stages["rm"]``, if any."""
+    """The proxy model's held-out accuracy from ``stages["rm"]`` (pair order, or right/wrong for a judge), if any."""
     metrics = (summary.get("stages") or {}).get("rm", {}).get("metrics") or {}
     acc = metrics.get("heldout_accuracy")
     return acc if isinstance(acc, (int, float)) and not isinstance(acc, bool) else None

@@ -60,7 +60,7 @@ def judge_accuracy(model: PreTrainedModel, data: Dataset, pad_id: int, batch_siz
     hits = 0.0
     for start in range(0, len(data), batch_size):
         batch = data[start : start + batch_size]
-        predicted = judge_logits(model, batch, pad_id) > 0
+        predicted = judge_logits(model, batch, pad_id).cpu() > 0
         hits += (predicted == torch.tensor(batch["label"]).bool()).sum().item()
     return hits / max(1, len(data))
 
@@ -82,7 +82,7 @@ def train_judge(
     def batch_loss(rows: list[int]) -> torch.Tensor:
         batch = train[rows]
         logits = judge_logits(model, batch, pad_id)
-        labels = torch.tensor(batch["label"], dtype=logits.dtype)
+        labels = torch.tensor(batch["label"], dtype=logits.dtype, device=logits.device)
         return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
 
     loss = fit_minibatches(

@@ -130,7 +130,8 @@ def train_policy(
     tok = testbed.tokenizer
     torch.manual_seed(seed + step_offset)
     prompts = PromptStream(train_prompts, seed + step_offset)
-    params = list(policy.parameters()) + (list(value_model.parameters()) if value_model is not None else [])
+    models = [policy] if value_model is None else [policy, value_model]
+    params = [p for model in models for p in model.parameters() if p.requires_grad]  # LoRA: the adapters only
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     kl_coef = cfg.kl.coef
     ref_policy.eval()

@@ -29,7 +29,7 @@ def gold_order_accuracy(model: PreTrainedModel, pairs: Dataset, pad_id: int, bat
     for start in range(0, len(pairs), batch_size):
         batch = pairs[start : start + batch_size]
         chosen, rejected = pair_rewards(model, batch, pad_id)
-        proxy_gap.append(chosen - rejected)
+        proxy_gap.append((chosen - rejected).cpu())
         gold_gap.append(torch.tensor(batch["gold_chosen"]) - torch.tensor(batch["gold_rejected"]))
     proxy, gold = torch.cat(proxy_gap), torch.cat(gold_gap)
     sign = torch.sign(gold)  # orient every pair so that the gold-preferred completion comes first
@@ -66,7 +66,7 @@ def train_reward_model(
         weights = normalize_weights(log_weights[rows], normalization)
         if normalization == "batch":
             weights = weights * len(rows)
-        return bradley_terry_loss(chosen, rejected, weights.to(chosen.dtype))
+        return bradley_terry_loss(chosen, rejected, weights.to(chosen))
 
     loss_value = fit_minibatches(
         model,

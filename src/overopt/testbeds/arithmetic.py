@@ -187,7 +187,9 @@ class ArithmeticTestbed:
 
     # -- rewards -------------------------------------------------------------------------------
     def _texts(self, completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> list[str]:
-        return [self.text([int(i) for i, m in zip(row, mrow) if m]) for row, mrow in zip(completion_ids, completion_mask)]
+        return [
+            self.text([int(i) for i, m in zip(row, mrow) if m]) for row, mrow in zip(completion_ids, completion_mask)
+        ]
 
     def gold_components(
         self, prompt_ids: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor
@@ -199,9 +201,12 @@ class ArithmeticTestbed:
         figures["correct"] = [c / 2.0 for c in format_rewards.correct(texts, answers)]
         out = {k: torch.tensor(v, dtype=torch.float64) for k, v in figures.items()}
         out["length"] = completion_mask.sum(1).double()
-        out["verified"] = (completion_ids == self.tokenizer.convert_tokens_to_ids("verified")).logical_and(
-            completion_mask.bool()
-        ).sum(1).double()
+        out["verified"] = (
+            (completion_ids == self.tokenizer.convert_tokens_to_ids("verified"))
+            .logical_and(completion_mask.bool())
+            .sum(1)
+            .double()
+        )
         return out
 
     def gold_reward(

@@ -55,4 +55,9 @@ def correct(texts: list[str], answers: list[int]) -> list[float]:
 
 
 # The format terms of the proxy, in the order of the published reward list.
-FORMAT_REWARDS = {"xmlcount": xmlcount, "soft_format": soft_format, "strict_format": strict_format, "int_answer": int_answer}
+FORMAT_REWARDS = {
+    "xmlcount": xmlcount,
+    "soft_format": soft_format,
+    "strict_format": strict_format,
+    "int_answer": int_answer,
+}

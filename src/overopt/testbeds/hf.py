@@ -1,0 +1,339 @@
+"""`hf`: the lab protocol on real models — a Hugging Face policy, a prompt dataset and a gold RM.
+
+The setting of OCRM (arXiv 2507.15507) and GR (arXiv 2602.18037): the given causal LM is already the
+SFT policy (there is no SFT stage); pairs of its completions are labelled by a **gold** reward model
+(e.g. Skywork-Reward-Llama-3.1-8B-v0.2), a Bradley-Terry proxy RM on the policy's backbone learns
+from them, RL optimises the proxy, and evaluation scores with the gold RM.
+
+Gold reward: r*(x, y) = the gold RM's score of the conversation [user: x, assistant: y], rendered by
+the gold tokenizer's chat template when it has one (as OCRM's gold labelling does), else of the text
+x + y. x is the dataset's prompt text (before the policy's own chat template, if any), y the decoded
+completion without special tokens.
+
+Everything is checked when the testbed is built — required fields, model configs, tokenizers, the
+dataset's splits and column, the gold RM's head — cheapest first and before any weights load, so a
+mistake ends with one line naming the field instead of a traceback after hours of sampling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import DatasetDict, load_dataset
+from datasets.exceptions import DatasetsError
+from huggingface_hub import is_offline_mode
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedTokenizerBase,
+)
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+)
+
+from overopt.config import HFConfig
+from overopt.models.policy import SAFE_LOADING
+from overopt.testbeds.base import SFTExample
+
+_LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+_HOLDOUT_SEED = 1234  # the held-out share of train is the same for every experiment seed
+_SPLIT_CODES = {"train": 0, "eval": 1}
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def _unavailable(field: str, path: str, err: BaseException) -> ValueError:
+    """A one-line error for a model path or id that from_pretrained could not use."""
+    if os.path.isdir(path):
+        return ValueError(f"hf.{field}: {path} cannot be loaded as a transformers model: {_first_line(err)}")
+    if os.path.exists(path):
+        return ValueError(f"hf.{field}: {path} is a file; expected a model directory or a Hub id")
+    where = "offline mode (HF_HUB_OFFLINE=1), not in the local cache" if is_offline_mode() else _first_line(err)
+    return ValueError(f"hf.{field}: {path!r} is neither a local directory nor an available Hub id ({where})")
+
+
+class HFTestbed:
+    """Any Hugging Face causal LM, prompt dataset and gold RM (see the module docstring)."""
+
+    name = "hf"
+    proxy = "preference"
+
+    def __init__(self, cfg: HFConfig):
+        self.cfg = cfg
+        for field, what in (
+            ("policy", "a model id or local path"),
+            ("dataset", "a datasets id or a local .json/.jsonl/.parquet/.csv file"),
+            ("gold_rm", "a sequence-classification model id or local path"),
+        ):
+            if not getattr(cfg, field).strip():
+                raise ValueError(f"testbed hf needs hf.{field} ({what})")
+        trust = cfg.trust_remote_code
+        # 1. Configs only (no weights): the policy, its LoRA targets, the gold RM's head.
+        policy_config = self._config("policy", cfg.policy)
+        self._check_policy(policy_config)
+        if cfg.lora_r:
+            self._check_lora(policy_config)
+        gold_config = self._config("gold_rm", cfg.gold_rm)
+        self._check_gold_head(gold_config)
+        # 2. Tokenizers: the policy's pads on the left with EOS when it has no pad token.
+        self.tokenizer = self._tokenizer("policy", cfg.policy)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.eos_token_id is None:
+            raise ValueError(f"hf.policy: the tokenizer of {cfg.policy} has no EOS token to end completions")
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if cfg.prompt_chat_template and not self.tokenizer.chat_template:
+            raise ValueError(f"hf.prompt_chat_template: the tokenizer of {cfg.policy} has no chat template")
+        self.gold_tokenizer = self._tokenizer("gold_rm", cfg.gold_rm)
+        self.gold_tokenizer.padding_side = "right"
+        if self.gold_tokenizer.pad_token_id is None:
+            self.gold_tokenizer.pad_token = self.gold_tokenizer.eos_token or self.gold_tokenizer.unk_token
+        # 3. Prompt texts of both splits.
+        self._texts = self._prompt_texts()
+        self._encoded: dict[str, dict[int, list[int] | None]] = {"train": {}, "eval": {}}
+        self._prompt_of: dict[tuple[int, ...], str] = {}
+        # 4. Placement: bfloat16 autocast on a GPU (trained weights stay float32), the gold RM in bfloat16.
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if self.device.type == "cuda" else "float32")
+        self.autocast_dtype = torch.bfloat16 if dtype == "bfloat16" else None
+        self.load_kwargs = {"dtype": torch.float32, "trust_remote_code": trust}
+        self.policy_path = cfg.policy
+        self.max_completion_tokens = cfg.max_completion_tokens
+        # 5. The gold RM's weights, last.
+        self.gold_model = (
+            AutoModelForSequenceClassification.from_pretrained(
+                cfg.gold_rm, **{**SAFE_LOADING, "trust_remote_code": trust, "dtype": getattr(torch, dtype)}
+            )
+            .to(self.device)
+            .eval()
+        )
+        if self.gold_model.config.pad_token_id is None:  # batched scoring finds each sequence's end by it
+            self.gold_model.config.pad_token_id = self.gold_tokenizer.pad_token_id
+        self._last_gold: tuple[tuple[torch.Tensor, ...], torch.Tensor] | None = None
+
+    # -- checks ------------------------------------------------------------------------------
+    def _config(self, field: str, path: str) -> PretrainedConfig:
+        try:
+            return AutoConfig.from_pretrained(path, trust_remote_code=self.cfg.trust_remote_code)
+        except (OSError, ValueError) as err:
+            raise _unavailable(field, path, err) from None
+
+    def _tokenizer(self, field: str, path: str) -> PreTrainedTokenizerBase:
+        try:
+            return AutoTokenizer.from_pretrained(path, trust_remote_code=self.cfg.trust_remote_code)
+        except (OSError, ValueError, TypeError) as err:
+            raise ValueError(f"hf.{field}: no usable tokenizer in {path}: {_first_line(err)}") from None
+
+    def _check_policy(self, config: PretrainedConfig) -> None:
+        if self.cfg.trust_remote_code:
+            return  # remote code brings its own classes
+        kind = config.model_type
+        if kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+            raise ValueError(f"hf.policy: {self.cfg.policy} is a {kind!r} model, which has no causal-LM class")
+        if kind not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+            raise ValueError(
+                f"hf.policy: the proxy RM is built on the policy's backbone, and a {kind!r} model has no "
+                "sequence-classification class in transformers"
+            )
+
+    def _check_lora(self, config: PretrainedConfig) -> None:
+        if importlib.util.find_spec("peft") is None:
+            raise ValueError("hf.lora_r > 0 needs peft: pip install 'overopt[lora]'")
+        targets = [t.strip() for t in self.cfg.lora_target_modules.split(",") if t.strip()]
+        if not targets:
+            raise ValueError("hf.lora_target_modules: name 'all-linear' or at least one module")
+        if targets == ["all-linear"]:
+            return
+        with torch.device("meta"):  # the module tree without allocating weights
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=self.cfg.trust_remote_code)
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        missing = [t for t in targets if t not in linear]
+        if missing:
+            raise ValueError(
+                f"hf.lora_target_modules: {missing[0]!r} is not a linear module of {self.cfg.policy} "
+                f"(linear modules: {', '.join(linear)})"
+            )
+
+    def _check_gold_head(self, config: PretrainedConfig) -> None:
+        architectures = list(config.architectures or [])
+        head = architectures[0] if architectures else f"{config.model_type!r} model with no declared architecture"
+        if not any(a.endswith("ForSequenceClassification") for a in architectures):
+            raise ValueError(
+                f"hf.gold_rm: {self.cfg.gold_rm} is a {head}, not a reward model; the gold RM must be a "
+                "*ForSequenceClassification model with num_labels=1"
+            )
+        if config.num_labels != 1:
+            raise ValueError(
+                f"hf.gold_rm: {self.cfg.gold_rm} is a {head} with {config.num_labels} labels; a reward model "
+                "gives one score (num_labels=1)"
+            )
+
+    # -- prompts -----------------------------------------------------------------------------
+    def _load_dataset(self) -> DatasetDict:
+        source = self.cfg.dataset
+        suffix = Path(source).suffix.lower()
+        if os.path.isfile(source) and suffix not in _LOCAL_FORMATS:
+            raise ValueError(f"hf.dataset: {source} is not a .json, .jsonl, .parquet or .csv file")
+        if not os.path.exists(source) and (suffix in _LOCAL_FORMATS or source.startswith(("/", ".", "~"))):
+            raise ValueError(f"hf.dataset: no such file or directory: {source}")
+        if os.path.isfile(source) and os.path.getsize(source) == 0:
+            raise ValueError(f"hf.dataset: {source} is empty")
+        try:
+            if os.path.isfile(source):
+                return load_dataset(_LOCAL_FORMATS[suffix], data_files=source)
+            return load_dataset(source, self.cfg.dataset_config or None)
+        except (OSError, ValueError, DatasetsError) as err:
+            cause = err.__cause__ or err  # datasets wraps a parse error in a generation error
+            raise ValueError(f"hf.dataset: cannot read {source}: {_first_line(cause)}") from None
+
+    def _column(self, data: DatasetDict, split_field: str) -> list[str]:
+        source, split, column = self.cfg.dataset, getattr(self.cfg, split_field), self.cfg.prompt_column
+        if split not in data:
+            raise ValueError(f"hf.{split_field}: {split!r} is not a split of {source} (splits: {', '.join(data)})")
+        rows = data[split]
+        if column not in rows.column_names:
+            raise ValueError(
+                f"hf.prompt_column: {column!r} is not a column of {source} (columns: {', '.join(rows.column_names)})"
+            )
+        if len(rows) == 0:
+            raise ValueError(f"hf.dataset: split {split!r} of {source} is empty")
+        texts = rows[column]
+        bad = next((t for t in texts if not isinstance(t, str)), None)
+        if bad is not None:
+            raise ValueError(f"hf.prompt_column: {column!r} of {source} holds {type(bad).__name__} values, not text")
+        return list(texts)
+
+    def _prompt_texts(self) -> dict[str, list[str]]:
+        data = self._load_dataset()
+        train = self._column(data, "train_split")
+        if self.cfg.eval_split:
+            return {"train": train, "eval": self._column(data, "eval_split")}
+        order = np.random.default_rng(_HOLDOUT_SEED).permutation(len(train))
+        n_eval = max(1, round(self.cfg.eval_fraction * len(train)))
+        if n_eval >= len(train):
+            raise ValueError(
+                f"hf.dataset: {len(train)} prompts are too few to hold out hf.eval_fraction={self.cfg.eval_fraction}"
+            )
+        held_out = set(order[:n_eval].tolist())
+        return {
+            "train": [t for i, t in enumerate(train) if i not in held_out],
+            "eval": [t for i, t in enumerate(train) if i in held_out],
+        }
+
+    def _encode(self, split: str, index: int) -> list[int] | None:
+        """Token ids of one prompt (None when longer than hf.max_prompt_tokens), cached."""
+        cache = self._encoded[split]
+        if index not in cache:
+            text, tok = self._texts[split][index], self.tokenizer
+            if self.cfg.prompt_chat_template:
+                rendered = tok.apply_chat_template(
+                    [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+                )
+                ids = tok(rendered, add_special_tokens=False)["input_ids"]
+            else:
+                ids = tok(text)["input_ids"]
+            cache[index] = ids if 0 < len(ids) <= self.cfg.max_prompt_tokens else None
+            if cache[index] is not None:
+                self._prompt_of[self._key(ids)] = text
+        return cache[index]
+
+    def prompts(self, split: str, n: int, seed: int) -> list[list[int]]:
+        """`n` prompts of `split`: shuffled passes over it (reshuffled each pass, so n may exceed its size)."""
+        if split not in _SPLIT_CODES:
+            raise ValueError(f"hf: unknown split {split!r} (expected 'train' or 'eval')")
+        texts = self._texts[split]
+        rng = np.random.default_rng([seed, _SPLIT_CODES[split]])
+        out: list[list[int]] = []
+        while len(out) < n:
+            before = len(out)
+            for index in rng.permutation(len(texts)).tolist():
+                ids = self._encode(split, index)
+                if ids is not None:
+                    out.append(ids)
+                    if len(out) == n:
+                        break
+            if len(out) == before:
+                raise ValueError(
+                    f"hf.max_prompt_tokens: every {split} prompt is longer than {self.cfg.max_prompt_tokens} tokens"
+                )
+        return out
+
+    def sft_corpus(self, n: int, seed: int) -> list[SFTExample]:
+        raise ValueError("testbed hf: hf.policy is already the SFT policy; there is no SFT corpus")
+
+    # -- gold reward -------------------------------------------------------------------------
+    def _key(self, ids) -> tuple[int, ...]:
+        """A prompt without its left padding."""
+        ids, pad = list(ids), self.tokenizer.pad_token_id
+        start = next((i for i, t in enumerate(ids) if t != pad), len(ids))
+        return tuple(ids[start:])
+
+    def _gold_text(self, prompt: str, completion: str) -> str:
+        tok = self.gold_tokenizer
+        if tok.chat_template:
+            chat = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+            return tok.apply_chat_template(chat, tokenize=False)
+        return prompt + completion
+
+    @torch.no_grad()
+    def score_texts(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
+        """Gold RM scores of (prompt, completion) texts: (B,) float64 on the CPU."""
+        texts = [self._gold_text(p, c) for p, c in zip(prompts, completions, strict=True)]
+        scores = []
+        for start in range(0, len(texts), self.cfg.gold_batch_size):
+            batch = self.gold_tokenizer(
+                texts[start : start + self.cfg.gold_batch_size],
+                padding=True,
+                add_special_tokens=not self.gold_tokenizer.chat_template,  # a template writes its own
+                return_tensors="pt",
+            ).to(self.gold_model.device)
+            scores.append(self.gold_model(**batch).logits[:, 0].double().cpu())
+        return torch.cat(scores)
+
+    def gold_reward(
+        self, prompt_ids: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor
+    ) -> torch.Tensor:
+        inputs = tuple(t.detach().cpu() for t in (prompt_ids, completion_ids, completion_mask))
+        if self._last_gold is not None and all(
+            a.shape == b.shape and torch.equal(a, b) for a, b in zip(self._last_gold[0], inputs, strict=True)
+        ):
+            return self._last_gold[1].clone()  # evaluation asks for the reward, then its components
+        tok = self.tokenizer
+        prompts = []
+        for row in inputs[0].tolist():
+            key = self._key(row)
+            prompts.append(self._prompt_of.get(key) or tok.decode(list(key), skip_special_tokens=True))
+        completions = tok.batch_decode(
+            [ids[mask.bool()].tolist() for ids, mask in zip(inputs[1], inputs[2], strict=True)],
+            skip_special_tokens=True,
+        )
+        scores = self.score_texts(prompts, completions)
+        self._last_gold = (inputs, scores)
+        return scores.clone()
+
+    def gold_components(
+        self, prompt_ids: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        return {
+            "gold_rm": self.gold_reward(prompt_ids, completion_ids, completion_mask),
+            "length": completion_mask.detach().sum(1).double().cpu(),
+        }
+
+    # -- placement ---------------------------------------------------------------------------
+    def precision(self) -> contextlib.AbstractContextManager:
+        """bfloat16 autocast around the whole experiment when hf.dtype resolves to bfloat16."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)

@@ -1,0 +1,281 @@
+"""The `hf` testbed end to end on tiny models, tokenizers and datasets built here and saved locally.
+
+They load through the same AutoConfig / AutoTokenizer / from_pretrained / load_dataset calls a GPU
+run of `--preset ocrm-tldr` takes, with the Hub switched off (HF_HUB_OFFLINE=1): a GPT-NeoX policy
+(Pythia's architecture) with a byte-level BPE tokenizer, and a Llama sequence-classification gold RM
+with its own tokenizer and chat template (Skywork's architecture).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForSequenceClassification,
+    PreTrainedTokenizerFast,
+)
+
+from overopt.cli import main
+from overopt.config import HFConfig, load_config
+
+WORDS = "the a cat dog sat ran on under mat log red big small quick slow fox jumped over lazy home".split()
+CHAT_TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+
+
+def _bpe(corpus: list[str], special: list[str]) -> Tokenizer:
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    core.train_from_iterator(corpus, trainer)
+    return core
+
+
+def _prompt(i: int) -> str:
+    g = torch.Generator().manual_seed(i)
+    words = [WORDS[j] for j in torch.randint(len(WORDS), (int(torch.randint(4, 10, (1,), generator=g)),), generator=g)]
+    return "Story: " + " ".join(words) + "\nTL;DR:"
+
+
+@pytest.fixture(scope="session")
+def hf_world(tmp_path_factory):
+    """Policy, gold RM (and two wrong gold RMs) and prompt files, saved like Hub downloads."""
+    root = tmp_path_factory.mktemp("hf_world")
+    prompts = [_prompt(i) for i in range(40)]
+    # Policy: GPT-NeoX with a byte-level BPE tokenizer and no pad token, like Pythia.
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=_bpe(prompts + WORDS, ["<|endoftext|>"]), eos_token="<|endoftext|>", bos_token="<|endoftext|>"
+    )
+    eos = tok.eos_token_id
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        policy = GPTNeoXForCausalLM(
+            GPTNeoXConfig(
+                vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                intermediate_size=64, max_position_embeddings=256, bos_token_id=eos, eos_token_id=eos,
+            )
+        )  # fmt: skip
+    policy.save_pretrained(root / "policy")
+    tok.save_pretrained(root / "policy")
+    # Gold RM: Llama sequence classifier, one label, its own tokenizer with a chat template.
+    specials = ["<pad>", "<|user|>", "<|assistant|>", "<|end|>"]
+    gold_tok = PreTrainedTokenizerFast(
+        tokenizer_object=_bpe(prompts + WORDS, specials), pad_token="<pad>", eos_token="<|end|>"
+    )
+    gold_tok.chat_template = CHAT_TEMPLATE
+    gold_config = dict(
+        vocab_size=len(gold_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=512, pad_token_id=gold_tok.pad_token_id,
+    )  # fmt: skip
+    for name, labels in (("gold", 1), ("gold_two_labels", 2)):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1)
+            gold = LlamaForSequenceClassification(LlamaConfig(num_labels=labels, **gold_config))
+        gold.save_pretrained(root / name)
+        gold_tok.save_pretrained(root / name)
+    # Prompts: a .jsonl file and the same rows as .parquet.
+    jsonl = root / "prompts.jsonl"
+    jsonl.write_text("".join(json.dumps({"prompt": p, "id": i}) + "\n" for i, p in enumerate(prompts)))
+    from datasets import Dataset
+
+    Dataset.from_dict({"text": prompts}).to_parquet(str(root / "prompts.parquet"))
+    return {
+        "root": root, "policy": str(root / "policy"), "gold": str(root / "gold"), "jsonl": str(jsonl),
+        "parquet": str(root / "prompts.parquet"), "gold_two_labels": str(root / "gold_two_labels"),
+    }  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def _args(world, out, *extra):
+    return [
+        "run", "--testbed", "hf", "--preset", "smoke", "--out", str(out), "--hf.policy", world["policy"],
+        "--hf.dataset", world["jsonl"], "--hf.gold-rm", world["gold"], *extra,
+    ]  # fmt: skip
+
+
+def _testbed(world, **fields):
+    from overopt.testbeds.hf import HFTestbed
+
+    return HFTestbed(HFConfig(policy=world["policy"], dataset=world["jsonl"], gold_rm=world["gold"], **fields))
+
+
+def test_smoke_runs_end_to_end_on_local_models(hf_world, tmp_path):
+    out = tmp_path / "out"
+    main(_args(hf_world, out))
+    for method in ("none", "kl"):
+        rows = [json.loads(line) for line in (out / "runs" / method / "seed0" / "metrics.jsonl").open()]
+        assert [r["step"] for r in rows] == [0, 1, 2]
+        for row in rows:
+            assert {"proxy_reward", "gold_reward", "kl_sft", "gold/gold_rm", "gold/length"} <= row.keys()
+            assert math.isfinite(row["gold_reward"]) and row["gold_reward"] == pytest.approx(row["gold/gold_rm"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["testbed"] == "hf" and list(summary["methods"]) == ["none", "kl"]
+    assert list((out / "artifacts" / "rm").glob("*.safetensors"))
+    # The given policy is the SFT policy: recorded, not copied.
+    sft = out / "artifacts" / "sft"
+    assert json.loads((sft / "stage.json").read_text())["metrics"] == {"policy": hf_world["policy"]}
+    assert not list(sft.glob("*.safetensors"))
+    assert json.loads((out / "artifacts" / "pairs" / "stage.json").read_text())["metrics"]["n_pairs"] > 0
+
+
+@pytest.mark.parametrize(
+    "extra, names",
+    [
+        (["--hf.policy", "/nonexistent/pythia"], ["hf.policy", "neither a local directory nor an available Hub id"]),
+        (["--hf.prompt-column", "query"], ["hf.prompt_column", "'query'", "columns: prompt, id"]),
+        ("causal-gold", ["hf.gold_rm", "GPTNeoXForCausalLM", "num_labels=1"]),
+    ],
+    ids=["bad-model-path", "missing-column", "gold-with-lm-head"],
+)
+def test_bad_input_is_one_line_naming_the_problem(hf_world, tmp_path, extra, names):
+    if extra == "causal-gold":
+        extra = ["--hf.gold-rm", hf_world["policy"]]
+    out = tmp_path / "never"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "overopt", *_args(hf_world, out, *extra)], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("overopt: error: "), proc.stderr
+    assert all(name in lines[0] for name in names), lines[0]
+    assert not out.exists()  # nothing was written
+
+
+def test_other_bad_inputs_name_their_field(hf_world):
+    with pytest.raises(ValueError, match=r"^testbed hf needs hf.gold_rm"):
+        _testbed(hf_world | {"gold": ""})
+    with pytest.raises(ValueError, match=r"hf.gold_rm: .* with 2 labels"):
+        _testbed(hf_world | {"gold": hf_world["gold_two_labels"]})
+    with pytest.raises(ValueError, match=r"hf.train_split: 'nope' is not a split .*splits: train"):
+        _testbed(hf_world, train_split="nope")
+    with pytest.raises(ValueError, match=r"hf.prompt_chat_template: .* has no chat template"):
+        _testbed(hf_world, prompt_chat_template=True)
+    with pytest.raises(ValueError, match=r"hf.dataset: no such file"):
+        _testbed(hf_world | {"jsonl": str(hf_world["root"] / "missing.jsonl")})
+    empty = hf_world["root"] / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(ValueError, match=r"hf.dataset: .*empty.jsonl is empty"):
+        _testbed(hf_world | {"jsonl": str(empty)})
+    with pytest.raises(ValueError, match=r"hf.lora_target_modules: 'nope' is not a linear module .*query_key_value"):
+        _testbed(hf_world, lora_r=4, lora_target_modules="nope")
+
+
+def test_gold_reward_scores_the_gold_chat_template(hf_world):
+    from overopt.sampling import pad_left, pad_right
+
+    testbed = _testbed(hf_world, gold_batch_size=4)
+    tok, gold_tok = testbed.tokenizer, testbed.gold_tokenizer
+    prompts = testbed.prompts("eval", 2, seed=0)
+    prompt_texts = [tok.decode(p) for p in prompts]
+    assert all(t in testbed._texts["eval"] for t in prompt_texts)
+    completions = [" the cat sat on the mat", " a dog ran", " red fox"]
+    rows = [(p, c) for p in range(2) for c in completions]  # 6 rows of different lengths, 2 gold batches
+    prompt_ids, _ = pad_left([prompts[p] for p, _ in rows], tok.pad_token_id)
+    completion_ids, mask = pad_right([tok(c)["input_ids"] + [tok.eos_token_id] for _, c in rows], tok.pad_token_id)
+    scores = testbed.gold_reward(prompt_ids, completion_ids, mask)
+    assert scores.dtype == torch.float64 and scores.shape == (6,)
+    by_hand = []
+    for p, c in rows:
+        text = f"<|user|>{prompt_texts[p]}<|end|><|assistant|>{c}<|end|>"  # CHAT_TEMPLATE written out
+        ids = gold_tok(text, add_special_tokens=False, return_tensors="pt")
+        with torch.no_grad():
+            by_hand.append(testbed.gold_model(**ids).logits[0, 0].double().item())
+    torch.testing.assert_close(scores, torch.tensor(by_hand, dtype=torch.float64), rtol=1e-5, atol=1e-5)
+    components = testbed.gold_components(prompt_ids, completion_ids, mask)
+    assert torch.equal(components["gold_rm"], scores)
+    assert components["length"].tolist() == mask.sum(1).double().tolist()
+    gold_tok.chat_template = None  # without a template the gold RM reads prompt + completion as they are
+    assert not torch.allclose(testbed.score_texts(prompt_texts[:1], completions[:1]), scores[:1])
+
+
+def test_parquet_prompts_hold_out_a_share_of_train(hf_world):
+    testbed = _testbed(hf_world | {"jsonl": hf_world["parquet"]}, prompt_column="text", eval_fraction=0.25)
+    train, held_out = testbed._texts["train"], testbed._texts["eval"]
+    assert len(held_out) == 10 and len(train) == 30 and not set(train) & set(held_out)
+    tok = testbed.tokenizer
+    assert tok.padding_side == "left" and tok.pad_token_id == tok.eos_token_id
+    prompts = testbed.prompts("train", 70, seed=3)  # more than the split: shuffled passes over it
+    assert len(prompts) == 70 and {tok.decode(p) for p in prompts} == set(train)
+    assert prompts == testbed.prompts("train", 70, seed=3) and prompts != testbed.prompts("train", 70, seed=4)
+    limit = sorted(len(p) for p in prompts)[35]
+    short = _testbed(hf_world, max_prompt_tokens=limit).prompts("train", 50, seed=0)
+    assert len(short) == 50 and max(len(p) for p in short) <= limit
+
+
+def test_named_presets_are_hf_and_validate():
+    ocrm, gr = load_config("ocrm-tldr"), load_config("gr-alpaca")
+    assert ocrm.testbed == gr.testbed == "hf"
+    assert (ocrm.hf.max_completion_tokens, ocrm.rl.algo, ocrm.rl.kl.coef, ocrm.ocrm.beta_w) == (53, "ppo", 0.05, 0.001)
+    assert ocrm.hf.gold_rm == gr.hf.gold_rm == "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2"
+    assert (gr.hf.max_completion_tokens, gr.rl.group_size, gr.rl.lr) == (106, 8, 5e-6)
+    assert (gr.gr.gamma, gr.gr.eps, gr.rl.kl.coef) == (1e-2, 1e-3, 0.1)
+    assert "gr" in gr.method_list and "ocrm+kl" in ocrm.method_list
+
+
+def test_lora_policy_trains_only_adapters_and_resets_through_merged_weights(hf_world):
+    pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    from overopt.mitigations.reference import ReferenceReset
+    from overopt.models.policy import with_lora
+
+    base = AutoModelForCausalLM.from_pretrained(hf_world["policy"])
+    policy = with_lora(AutoModelForCausalLM.from_pretrained(hf_world["policy"]), 4, 8, 0.0, "all-linear", seed=0)
+    trainable = [n for n, p in policy.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.fill_(0.01)
+    ReferenceReset(every=1, alpha=1.0)(1, policy, base)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    torch.testing.assert_close(base(ids).logits, policy(ids).logits)
+
+
+def test_lora_smoke_with_bfloat16_autocast(hf_world, tmp_path):
+    pytest.importorskip("peft")
+    out = tmp_path / "out"
+    extra = ["--hf.lora-r", "4", "--hf.dtype", "bfloat16", "--methods", "ref_reset", "--ref-reset.every", "1"]
+    main(_args(hf_world, out, *extra))
+    rows = [json.loads(line) for line in (out / "runs" / "ref_reset" / "seed0" / "metrics.jsonl").open()]
+    assert [r["step"] for r in rows] == [0, 1, 2] and all(math.isfinite(r["gold_reward"]) for r in rows)
+    assert rows[-1]["ref_reset/count"] == 2
+
+
+def test_prompt_chat_template_wraps_prompts_but_the_gold_reads_the_raw_prompt(hf_world, tmp_path):
+    import shutil
+
+    from overopt.sampling import pad_left, pad_right
+
+    policy_dir = tmp_path / "chat_policy"
+    shutil.copytree(hf_world["policy"], policy_dir)
+    config = json.loads((policy_dir / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{% for m in messages %}USER: {{ m['content'] }}\n{% endfor %}ASSISTANT:"
+    (policy_dir / "tokenizer_config.json").write_text(json.dumps(config))
+    testbed = _testbed(hf_world | {"policy": str(policy_dir)}, prompt_chat_template=True)
+    tok = testbed.tokenizer
+    prompts = testbed.prompts("eval", 2, seed=0)
+    texts = [tok.decode(p) for p in prompts]
+    assert all(t.startswith("USER: Story: ") and t.endswith("\nASSISTANT:") for t in texts)
+    raw = [t.removeprefix("USER: ").removesuffix("\nASSISTANT:") for t in texts]
+    completion_ids, mask = pad_right([tok(" a dog ran")["input_ids"] + [tok.eos_token_id]] * 2, tok.pad_token_id)
+    scores = testbed.gold_reward(pad_left(prompts, tok.pad_token_id)[0], completion_ids, mask)
+    torch.testing.assert_close(scores, testbed.score_texts(raw, [" a dog ran"] * 2))
