@@ -1,6 +1,10 @@
 """The lab protocol end to end (Gao et al., arXiv 2210.10760): SFT -> pairs -> proxy RM -> RL × methods × seeds.
 
-Shared stages (SFT, pairs, RM) are computed once per OUT and reused; each stage records the
+The proxy depends on the testbed (Testbed.proxy): a Bradley-Terry RM on gold-labelled pairs
+(summarize, hf), a judge trained on gold-labelled answers (judge), or a rule with nothing to train
+(math_format). The hf testbed's policy is already fine-tuned: its SFT stage only records the model.
+
+Shared stages (SFT, labelled data, proxy models) are computed once per OUT and reused; each stage records the
 fingerprint of the configuration it was built from, so a changed configuration is refused instead
 of silently mixed with stale artifacts.
 """

@@ -44,7 +44,10 @@ def sample_and_label_answers(
     data = Dataset.from_dict(rows)
     positive = sum(rows["label"]) / max(1, len(data))
     if positive in (0.0, 1.0):
-        raise ValueError(f"every sampled answer was {'right' if positive else 'wrong'}: a judge needs both kinds")
+        raise ValueError(
+            f"every sampled answer was {'right' if positive else 'wrong'}: a judge needs both kinds "
+            "(more judge.n_prompts, or a better-trained SFT policy: sft.epochs)"
+        )
     return data, {"n_answers": len(data), "right_fraction": positive}
 
 

@@ -30,11 +30,10 @@ from functools import cached_property
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from overopt.testbeds import format_rewards
-from overopt.testbeds.base import SFTExample
+from overopt.testbeds.base import SFTExample, word_level_tokenizer
 
 PAD, BOS, EOS, UNK, NL = "<pad>", "<bos>", "<eos>", "<unk>", "<nl>"
 TAGS = ("<reasoning>", "</reasoning>", "<answer>", "</answer>")
@@ -80,11 +79,7 @@ class ArithmeticTestbed:
     @cached_property
     def tokenizer(self) -> PreTrainedTokenizerFast:
         words = [PAD, BOS, EOS, UNK, NL, *TAGS, *WORDS, *(str(i) for i in range(self.max_number + 1))]
-        core = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token=UNK))
-        core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-        return PreTrainedTokenizerFast(
-            tokenizer_object=core, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK, padding_side="left"
-        )
+        return word_level_tokenizer(words, PAD, BOS, EOS, UNK)
 
     @cached_property
     def _words(self) -> list[str]:

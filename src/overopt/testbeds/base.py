@@ -10,7 +10,18 @@ from __future__ import annotations
 from typing import NamedTuple, Protocol
 
 import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
+
+
+def word_level_tokenizer(words: list[str], pad: str, bos: str, eos: str, unk: str) -> PreTrainedTokenizerFast:
+    """A whitespace word-level tokenizer over `words` (ids in order), as a transformers tokenizer that
+    pads on the left (prompts are left-padded for generation)."""
+    core = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token=unk))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token=pad, bos_token=bos, eos_token=eos, unk_token=unk, padding_side="left"
+    )
 
 
 class SFTExample(NamedTuple):

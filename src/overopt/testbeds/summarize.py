@@ -28,10 +28,9 @@ from functools import cached_property
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from overopt.testbeds.base import SFTExample
+from overopt.testbeds.base import SFTExample, word_level_tokenizer
 
 PAD, BOS, EOS, SEP, UNK = "<pad>", "<bos>", "<eos>", "<tldr>", "<unk>"
 FILLER_WORDS = ("the", "and", "also", "then", "so", "very", "really", "indeed")
@@ -82,12 +81,7 @@ class SummarizeTestbed:
     # -- vocabulary --------------------------------------------------------------------------
     @cached_property
     def tokenizer(self) -> PreTrainedTokenizerFast:
-        vocab = {tok: i for i, tok in enumerate([PAD, BOS, EOS, SEP, UNK, *self.fact_tokens, *FILLER_WORDS])}
-        core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-        core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-        return PreTrainedTokenizerFast(
-            tokenizer_object=core, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK, padding_side="left"
-        )
+        return word_level_tokenizer([PAD, BOS, EOS, SEP, UNK, *self.fact_tokens, *FILLER_WORDS], PAD, BOS, EOS, UNK)
 
     @cached_property
     def _fact_id_offset(self) -> int:
