@@ -9,18 +9,20 @@ chain `a1 + a2 = s2 + a3 = s3 …` and puts the result in the published tag form
 The gold reward is what the task is for: the answer is right (1) or not (0).
 
 `math_format`, the proxy is a rule reward, the weighted sum of the format rewards and correctness
-with the format over-weighted as in practice (the GR paper's RLVR setting, arXiv 2602.18037):
-    r = w_f·(xmlcount + soft + strict + int) + w_c·correct,   max format 3.0 vs correct 2.0.
+with the format over-weighted (the GR paper's RLVR setting, arXiv 2602.18037):
+    r = w_f·(xmlcount + soft + strict + int) + w_c·2·correct,   format at most 3·w_f (w_f = 2 by default).
 Completions share a token budget. The full strict layout costs 7 tokens more than answer tags alone,
-so for the longest problems a complete chain and the full layout do not both fit: RL first fixes the
-arithmetic slips of the SFT writers (gold rises), then buys format with reasoning — it truncates the
-chain and guesses (gold falls, proxy keeps rising). Format over substance under a length limit is
-what RLVR with max_completion_length does.
+so for long problems a complete chain and the full layout do not both fit. The SFT writers who show
+their work tag it loosely; those who cut it short and guess sometimes use the strict layout. RL first
+makes the policy show its work more often (gold rises), then buys format with substance: the strict
+layout with a truncated chain and a guess (gold falls, proxy keeps rising). Format over substance
+under a length limit is what RLVR with a max_completion_length does.
 
 `judge`, the proxy is a small learned judge (`stages/judge.py`): a sequence classifier trained on SFT
-answers labelled right/wrong, whose log-odds of "right" is the reward. Skilled writers (who slip less)
-tend to close their working with "verified"; a judge that cannot redo every sum learns that cue as a
-shortcut, and RL finds it.
+answers labelled right/wrong, whose log-odds of "right" is the reward. It judges how complete and
+tidy the work looks more than whether each sum is right (skilled writers, who slip less, also mark
+checked steps "verified"); RL first improves accuracy, then finds complete-looking chains with wrong
+sums that the judge scores ever higher.
 """
 
 from __future__ import annotations
