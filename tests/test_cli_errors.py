@@ -1,4 +1,5 @@
-"""Bad command lines end with one line on stderr and exit status 2, never a traceback (property-based)."""
+"""Bad command lines and config files end with one line on stderr and exit status 2, never a traceback
+(property-based: 300 command lines + 250 YAML files)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import typing
 
 import annotated_types
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
@@ -74,3 +76,52 @@ def test_the_bad_value_table_covers_every_constrained_field():
     constrained = {name for name, field in _leaf_fields() if field.metadata or typing.get_origin(field.annotation)}
     covered = {name for name, _ in BAD_OVERRIDES}
     assert constrained - covered <= {"config", "gr.exclude", "rl.no_eos_penalty", "ocrm.truncate_tokens"}
+
+
+def _nested(name: str, value) -> dict:
+    """'rl.kl.coef', 3 -> {'rl': {'kl': {'coef': 3}}}"""
+    for key in reversed(name.split(".")):
+        value = {key: value}
+    return value
+
+
+def _typed(value: str):
+    """A command-line value as YAML would type it ('2.5' -> 2.5, '' -> None)."""
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+
+
+def _not_a_valid_config(text: str) -> bool:
+    """Keep generated YAML text that is malformed, or a document that is not a non-empty mapping."""
+    try:
+        return yaml.safe_load(text) not in (None, {})
+    except yaml.YAMLError:
+        return True
+
+
+BAD_YAML_FILES = st.one_of(
+    st.sampled_from(BAD_OVERRIDES).map(lambda nv: yaml.safe_dump(_nested(nv[0], _typed(nv[1])))),
+    st.from_regex(r"[a-z][a-z_]{2,12}(\.[a-z_]{2,8})?", fullmatch=True).map(lambda n: f"{n}zz: 1\n"),
+    st.text(alphabet="{}[]:,'\"-#&*!|>% \n\tab1", min_size=1, max_size=40).filter(_not_a_valid_config),
+    st.lists(st.integers(), min_size=1, max_size=3).map(yaml.safe_dump),  # a list, not a mapping
+    st.sampled_from(["rl: 5\n", "methods: [kl]\n", "seeds: -1\n", "!!python/object/apply:os.system [id]\n"]),
+    st.binary(min_size=1, max_size=8).map(lambda b: b"\xff" + b),  # not UTF-8 text
+)
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(content=BAD_YAML_FILES)
+def test_bad_config_files_fail_in_one_line_naming_the_file(content, capsys, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--preset", "smoke", "--config", str(path), "--out", str(tmp_path / "never")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, (content, err)
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"overopt: error: {path}: "), (content, err)
+    assert not (tmp_path / "never").exists()
+    assert path.read_bytes() == (content if isinstance(content, bytes) else content.encode())  # never rewritten

@@ -21,7 +21,7 @@ import yaml
 from pydantic import ValidationError
 
 from overopt.config import ExperimentConfig, load_config
-from overopt.errors import NumericalFault, StaleArtifactError
+from overopt.errors import NumericalFault, StaleArtifactError, validation_line
 from overopt.progress import console
 
 
@@ -68,7 +68,7 @@ def _tyro_error_line(report: str, cause: BaseException | None) -> str:
     validation = cause if isinstance(cause, ValidationError) else getattr(cause, "__context__", None)
     if isinstance(validation, ValidationError):
         section = getattr(cause, "arg", "") if cause is not validation else ""
-        return _one_line(validation, section if isinstance(section, str) else "")
+        return validation_line(validation, section if isinstance(section, str) else "")
     lines = [re.sub(r"^[│╭╰\s]+|[│╮╯\s]+$", "", line) for line in report.splitlines()]
     lines = [line for line in lines if line.strip("─- ") and not line.startswith("For full helptext")]
     lines = lines[1:] if len(lines) > 1 else lines  # the first line is the box's title
@@ -120,11 +120,4 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, OSError, StaleArtifactError, ValidationError, yaml.YAMLError) as err:
         if debug:
             raise
-        _fail(" ".join(str(err).split()) if not isinstance(err, ValidationError) else _one_line(err))
-
-
-def _one_line(err: ValidationError, section: str = "") -> str:
-    """'section.field: problem' for the first error (the section alone for a model-level check)."""
-    first = err.errors()[0]
-    field = ".".join(str(part) for part in (section, *first["loc"]) if part) or "config"
-    return f"{field}: {first['msg'].removeprefix('Value error, ')}"
+        _fail(" ".join(str(err).split()) if not isinstance(err, ValidationError) else validation_line(err))

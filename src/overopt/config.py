@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from overopt.errors import validation_line
 
 
 class _Frozen(BaseModel):
@@ -386,7 +388,22 @@ def _merge(base: dict, update: dict) -> dict:
 
 
 def _read_yaml(path: Path) -> dict:
-    data = yaml.safe_load(path.read_text()) or {}
+    """A config file as a mapping. Files are data: `yaml.safe_load` builds no Python objects."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a UTF-8 text file (byte {err.start}); a config file is YAML text") from None
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read the config file ({err.strerror or err})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or " ".join(str(err).split())
+        raise ValueError(f"{path}: invalid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a YAML mapping of config fields, got {type(data).__name__}")
     return data
@@ -402,12 +419,12 @@ def load_config(
     """
     user = _read_yaml(Path(config_file)) if config_file is not None else {}
     if preset in TESTBED_PRESETS:
-        chosen = testbed or user.get("testbed") or "summarize"
-        path = PRESET_DIR / str(chosen) / f"{preset}.yaml"
-        if not path.exists():
-            testbeds = sorted(p.name for p in PRESET_DIR.iterdir() if p.is_dir())
-            raise ValueError(f"unknown testbed {chosen!r}; choose one of {', '.join(testbeds)}")
-        data = _merge(_read_yaml(path), {"testbed": chosen})
+        testbeds = sorted(p.name for p in PRESET_DIR.iterdir() if p.is_dir())
+        chosen = testbed if testbed is not None else user.get("testbed", "summarize")
+        if chosen not in testbeds:
+            where = "" if testbed is not None else f"{config_file}: testbed: "
+            raise ValueError(f"{where}unknown testbed {chosen!r}; choose one of {', '.join(testbeds)}")
+        data = _merge(_read_yaml(PRESET_DIR / chosen / f"{preset}.yaml"), {"testbed": chosen})
     elif (PRESET_DIR / f"{preset}.yaml").exists():
         data = {"testbed": "summarize", **_read_yaml(PRESET_DIR / f"{preset}.yaml")}
         if testbed is not None and testbed != data.get("testbed"):
@@ -422,7 +439,12 @@ def load_config(
             )
         data = _merge(data, user)
         data["config"] = str(config_file)
-    return ExperimentConfig.model_validate(data)
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        if config_file is None:
+            raise
+        raise ValueError(f"{config_file}: {validation_line(err)}") from None
 
 
 def to_yaml(cfg: ExperimentConfig) -> str:

@@ -1,5 +1,9 @@
 """Errors that mean "bad input": the CLI turns them into one line and exit status 2."""
 
+from __future__ import annotations
+
+from pydantic import ValidationError
+
 
 class StaleArtifactError(RuntimeError):
     """An artifact in OUT was built from a different configuration."""
@@ -7,3 +11,10 @@ class StaleArtifactError(RuntimeError):
 
 class NumericalFault(RuntimeError):
     """A NaN or Inf reached the rewards, the loss or the gradients; the update was not applied."""
+
+
+def validation_line(err: ValidationError, section: str = "") -> str:
+    """'section.field: problem' for the first error (the section alone for a model-level check)."""
+    first = err.errors()[0]
+    field = ".".join(str(part) for part in (section, *first["loc"]) if part) or "config"
+    return f"{field}: {first['msg'].removeprefix('Value error, ')}"
