@@ -109,3 +109,30 @@ def test_a_pickle_planted_where_weights_are_expected_is_refused(smoke_out, tmp_p
     assert exit_info.value.code == 2 and "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("overopt: error:")]
     assert len(errors) == 1 and "safetensors" in errors[0] and err.strip().endswith(errors[0]), err
+
+
+@pytest.mark.parametrize("damage", ["truncated_weights", "missing_pairs_file"])
+def test_a_damaged_finished_stage_is_named_in_one_line(smoke_out, tmp_path, damage):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(smoke_out, out)
+    if damage == "truncated_weights":
+        target = out / "artifacts" / "sft" / "model.safetensors"
+        target.write_bytes(target.read_bytes()[:100])
+        broken = out / "artifacts" / "sft"
+    else:
+        for arrow in (out / "artifacts" / "pairs" / "data").glob("*/*.arrow"):
+            arrow.unlink()
+        broken = out / "artifacts" / "pairs"
+    before = {p: p.read_bytes() for p in out.glob("**/*") if p.is_file() and p.name != "config.yaml"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "overopt", "run", "--preset", "smoke", "--out", str(out)], capture_output=True, text=True
+    )
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("overopt: error:")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(errors) == 1 and errors[0].startswith(f"overopt: error: {broken}: cannot load it")
+    assert errors[0] == proc.stderr.strip().splitlines()[-1]  # progress lines ("reusing ...") come first
+    assert "delete the directory to rebuild it" in errors[0]
+    # Nothing already written was touched (config.yaml records the latest command: its `out` moved here).
+    assert {p: p.read_bytes() for p in out.glob("**/*") if p.is_file() and p.name != "config.yaml"} == before

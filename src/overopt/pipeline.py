@@ -21,6 +21,8 @@ from typing import NamedTuple
 
 import torch
 from datasets import DatasetDict, load_from_disk
+from pyarrow import ArrowException
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from overopt.config import ExperimentConfig, to_yaml
@@ -155,7 +157,7 @@ def _run_stages(cfg: ExperimentConfig, testbed, plans: dict) -> dict:
     else:  # nothing to train or copy: OUT/artifacts/sft/stage.json records which model it is
         _run_stage(out, "sft", fps["sft"], lambda tmp, progress: {"policy": policy_path})
         sft_dir = policy_path
-    sft_policy = AutoModelForCausalLM.from_pretrained(sft_dir, **_loading(testbed))
+    sft_policy = _load_artifact(sft_dir, AutoModelForCausalLM.from_pretrained, **_loading(testbed))
     sft_policy = sft_policy.to(getattr(testbed, "device", "cpu")).eval()  # hf: on a GPU when there is one
 
     # 2-4. The proxy: a Bradley-Terry RM on gold-labelled pairs, a judge of gold-labelled answers,
@@ -169,7 +171,7 @@ def _run_stages(cfg: ExperimentConfig, testbed, plans: dict) -> dict:
     labelled = None
     if data_stage is not None:
         data_dir = _run_stage(out, data_stage, fps["data"], train_member.build_data)
-        labelled = load_from_disk(str(data_dir / "data"))
+        labelled = _load_artifact(data_dir, lambda path: load_from_disk(str(path / "data")))
     reward_models: list = []
 
     def first_reward_models(k: int) -> list:
@@ -180,7 +182,7 @@ def _run_stages(cfg: ExperimentConfig, testbed, plans: dict) -> dict:
         for member in range(len(reward_models), k):
             name, fp = ("rm", fps["rm"]) if member == 0 else (f"rm_{member}", fingerprint(fps["rm"], member))
             member_dir = _run_stage(out, name, fp, partial(train_member.build_model, labelled, cfg.seed + member))
-            rm = AutoModelForSequenceClassification.from_pretrained(member_dir, **SAFE_LOADING)
+            rm = _load_artifact(member_dir, AutoModelForSequenceClassification.from_pretrained, **SAFE_LOADING)
             reward_models.append(rm.to(sft_policy.device).eval())
         return reward_models[:k]
 
@@ -211,6 +213,16 @@ def _run_stages(cfg: ExperimentConfig, testbed, plans: dict) -> dict:
             write_json(run_dir / "stage.json", {"stage": "rl", "method": name, "seed": seed, "fingerprint": run_fp})
 
     return build_report(out, console=console)
+
+
+def _load_artifact(path, load: Callable, **kwargs):
+    """`load(path, **kwargs)` for a stage's output; a damaged or missing file ends in one line naming it."""
+    try:
+        return load(path, **kwargs)
+    except (OSError, ValueError, SafetensorError, ArrowException) as err:
+        detail = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        fix = "; delete the directory to rebuild it" if Path(path).is_dir() else ""  # else an hf Hub id
+        raise ValueError(f"{path}: cannot load it ({detail}){fix}") from None
 
 
 def _loading(testbed) -> dict:
