@@ -16,6 +16,8 @@ from overopt.models.reward import last_token_index, reward_forward, reward_model
 from overopt.sampling import pad_left, pad_right
 from overopt.testbeds.summarize import SummarizeTestbed
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
+
 # completion_logprobs casts the logits to float32 (`.float()`), so even a float64 model only gives
 # float32-accurate log-probs: |log p| <~ 10 here and float32 has ~6e-8 relative precision.
 LOGPROB_ATOL = 1e-5
@@ -25,16 +27,6 @@ REWARD_ATOL = 1e-10
 # context-free hidden states, which would hide a wrong prefix; scaling the embeddings up makes
 # different contexts give clearly different outputs (checked by the non-vacuity asserts).
 EMBED_SCALE = 10.0
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core box the thread pool
-    makes each small matmul orders of magnitude slower; run single-threaded, then restore."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -134,17 +134,8 @@ class _NoProgress:
         self.done += n
 
 
-@pytest.fixture(scope="module")
-def _one_thread():
-    """A tiny model gains nothing from intra-op threads (slow on a busy 2-core box); restore after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("drop_ties", [True, False])
-def test_sample_and_label_pairs_argmax_keeps_gold_order(_one_thread, drop_ties):
+def test_sample_and_label_pairs_argmax_keeps_gold_order(one_thread, drop_ties):
     from overopt.models.policy import tiny_llama
     from overopt.sampling import pad_left, pad_right
     from overopt.testbeds.summarize import SummarizeTestbed

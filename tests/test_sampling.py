@@ -12,6 +12,8 @@ from overopt.models.policy import tiny_llama
 from overopt.sampling import mask_after_eos, pad_left, pad_right, sample_completions
 from overopt.testbeds.summarize import SummarizeTestbed
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
+
 EOS = 2  # any id works for mask_after_eos; 2 is the summarize testbed's EOS
 
 
@@ -104,14 +106,6 @@ def test_pad_right_truncates_to_a_shorter_width():
 
 
 # -- sample_completions on a tiny random policy --------------------------------------------------
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core box the thread pool
-    makes each 16x16 matmul ~1000x slower; run this module single-threaded, then restore."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
