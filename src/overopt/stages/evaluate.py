@@ -52,15 +52,16 @@ def evaluate_policy(
             logprobs, entropy = completion_logprobs(policy, ids, mask, plen, temperature, with_entropy=True)
             sft_logprobs, _ = completion_logprobs(sft_policy, ids, mask, plen, temperature)
             cmask = rollout.completion_mask
+            gold_terms = testbed.gold_components(rollout.prompt_ids, rollout.completion_ids, cmask)
             values = {
                 "proxy_reward": reward_source(rollout).rewards,
-                "gold_reward": testbed.gold_reward(rollout.prompt_ids, rollout.completion_ids, cmask),
+                "gold_reward": testbed.gold_from_components(gold_terms),
                 "kl_sft": masked_sum(logprobs - sft_logprobs, cmask, dim=1),
                 "entropy": masked_mean(entropy, cmask, dim=1),
                 "mean_length": cmask.sum(1).double(),
                 "eos_rate": (rollout.completion_ids == tok.eos_token_id).any(1).double(),
             }
-            for name, term in testbed.gold_components(rollout.prompt_ids, rollout.completion_ids, cmask).items():
+            for name, term in gold_terms.items():
                 values[f"gold/{name}"] = term
             for name, value in values.items():
                 parts.setdefault(name, []).append(value.double().cpu())

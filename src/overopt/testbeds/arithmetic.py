@@ -209,7 +209,10 @@ class ArithmeticTestbed:
     def gold_reward(
         self, prompt_ids: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor
     ) -> torch.Tensor:
-        return self.gold_components(prompt_ids, completion_ids, completion_mask)["correct"]
+        return self.gold_from_components(self.gold_components(prompt_ids, completion_ids, completion_mask))
+
+    def gold_from_components(self, components: dict[str, torch.Tensor]) -> torch.Tensor:
+        return components["correct"]
 
     def rule_reward(
         self, prompt_ids: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor

@@ -62,6 +62,10 @@ class Testbed(Protocol):
         """The named terms of r* (each (B,)), logged so a person can see *how* a policy hacks."""
         ...
 
+    def gold_from_components(self, components: dict[str, torch.Tensor]) -> torch.Tensor:
+        """r* from its terms, so an evaluation that logs both computes them once (gold_reward = this ∘ terms)."""
+        ...
+
 
 class RuleRewardTestbed(Testbed, Protocol):
     """A testbed whose proxy is a rule (RLVR): nothing is learned, the policy sees `rule_reward`."""

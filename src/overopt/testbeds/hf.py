@@ -121,7 +121,6 @@ class HFTestbed:
         )
         if self.gold_model.config.pad_token_id is None:  # batched scoring finds each sequence's end by it
             self.gold_model.config.pad_token_id = self.gold_tokenizer.pad_token_id
-        self._last_gold: tuple[tuple[torch.Tensor, ...], torch.Tensor] | None = None
 
     # -- checks ------------------------------------------------------------------------------
     def _config(self, field: str, path: str) -> PretrainedConfig:
@@ -305,31 +304,24 @@ class HFTestbed:
     def gold_reward(
         self, prompt_ids: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor
     ) -> torch.Tensor:
-        inputs = tuple(t.detach().cpu() for t in (prompt_ids, completion_ids, completion_mask))
-        if self._last_gold is not None and all(
-            a.shape == b.shape and torch.equal(a, b) for a, b in zip(self._last_gold[0], inputs, strict=True)
-        ):
-            return self._last_gold[1].clone()  # evaluation asks for the reward, then its components
-        tok = self.tokenizer
-        prompts = []
-        for row in inputs[0].tolist():
-            key = self._key(row)
-            prompts.append(self._prompt_of.get(key) or tok.decode(list(key), skip_special_tokens=True))
-        completions = tok.batch_decode(
-            [ids[mask.bool()].tolist() for ids, mask in zip(inputs[1], inputs[2], strict=True)],
-            skip_special_tokens=True,
-        )
-        scores = self.score_texts(prompts, completions)
-        self._last_gold = (inputs, scores)
-        return scores.clone()
+        return self.gold_from_components(self.gold_components(prompt_ids, completion_ids, completion_mask))
 
     def gold_components(
         self, prompt_ids: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        return {
-            "gold_rm": self.gold_reward(prompt_ids, completion_ids, completion_mask),
-            "length": completion_mask.detach().sum(1).double().cpu(),
-        }
+        tok = self.tokenizer
+        prompts = []
+        for row in prompt_ids.detach().cpu().tolist():
+            key = self._key(row)
+            prompts.append(self._prompt_of.get(key) or tok.decode(list(key), skip_special_tokens=True))
+        ids, mask = completion_ids.detach().cpu(), completion_mask.detach().cpu()
+        completions = tok.batch_decode(
+            [row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True)], skip_special_tokens=True
+        )
+        return {"gold_rm": self.score_texts(prompts, completions), "length": mask.sum(1).double()}
+
+    def gold_from_components(self, components: dict[str, torch.Tensor]) -> torch.Tensor:
+        return components["gold_rm"]
 
     # -- placement ---------------------------------------------------------------------------
     def precision(self) -> contextlib.AbstractContextManager:

@@ -174,7 +174,9 @@ class SummarizeTestbed:
     def gold_reward(
         self, prompt_ids: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor
     ) -> torch.Tensor:
-        c = self.gold_components(prompt_ids, completion_ids, completion_mask)
+        return self.gold_from_components(self.gold_components(prompt_ids, completion_ids, completion_mask))
+
+    def gold_from_components(self, c: dict[str, torch.Tensor]) -> torch.Tensor:
         s = self.spec
         return (
             c["coverage"]
