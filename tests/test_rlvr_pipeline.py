@@ -82,3 +82,14 @@ def test_testbed_presets_exist_and_select_their_testbed():
         load_config("smoke", testbed="chess")
     with pytest.raises(ValueError, match="is for testbed 'hf', not 'judge'"):
         load_config("ocrm-tldr", testbed="judge")  # a named preset carries its own testbed
+
+
+def test_a_rule_reward_run_does_not_depend_on_unused_sections(smoke_out):
+    """math_format trains no RM: changing pairs.* or rm.* must neither rebuild nor refuse its runs."""
+    testbed, out = smoke_out
+    if testbed != "math_format":
+        pytest.skip("the judge and preference testbeds do read their data and model sections")
+    metrics = (out / "runs" / "none" / "seed0" / "metrics.jsonl").read_text()
+    main(["run", "--testbed", testbed, *SMOKE, "--methods", "none", "--out", str(out),
+          "--pairs.n-prompts", "17", "--rm.epochs", "9"])  # fmt: skip
+    assert (out / "runs" / "none" / "seed0" / "metrics.jsonl").read_text() == metrics

@@ -53,12 +53,15 @@ def _quiet_libraries() -> None:
     datasets.disable_progress_bars()
 
 
-def _stage_fingerprints(cfg: ExperimentConfig) -> dict[str, str]:
+def _stage_fingerprints(cfg: ExperimentConfig, proxy: str) -> dict[str, str]:
+    """Each stage's fingerprint covers the sections it is built from; "rm" is what the RL runs start from
+    (the proxy model, or the SFT policy under a rule reward, which reads no pairs, judge or RM section)."""
     world = (cfg.testbed, getattr(cfg, testbed_section(cfg.testbed)).model_dump(), cfg.seed)
     sft = fingerprint(world, cfg.model.model_dump(), cfg.sft.model_dump())
-    data = cfg.judge if cfg.testbed == "judge" else cfg.pairs
-    labelled = fingerprint(sft, data.model_dump())
-    rm = fingerprint(labelled, cfg.rm.model_dump()) if cfg.testbed != "judge" else labelled
+    if proxy == "rule":
+        return {"sft": sft, "data": sft, "rm": sft}
+    labelled = fingerprint(sft, (cfg.judge if proxy == "judge" else cfg.pairs).model_dump())
+    rm = labelled if proxy == "judge" else fingerprint(labelled, cfg.rm.model_dump())
     return {"sft": sft, "data": labelled, "rm": rm}
 
 
@@ -122,7 +125,7 @@ def _run_stages(cfg: ExperimentConfig, testbed, plans: dict) -> dict:
     # 100× slower; flushing them to zero changes nothing measurable and keeps steps fast.
     torch.set_flush_denormal(True)
     tok = testbed.tokenizer
-    fps = _stage_fingerprints(cfg)
+    fps = _stage_fingerprints(cfg, testbed.proxy)
 
     # 1. SFT policy.
     def build_sft(tmp: Path, progress: StageProgress) -> dict:
