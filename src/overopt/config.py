@@ -301,6 +301,9 @@ class ExperimentConfig(_Frozen):
     seeds: int = Field(3, gt=0, description="RL seeds per method (0..seeds-1).")
     seed: int = Field(0, ge=0, description="Seed of the shared stages (testbed data, SFT, pairs, RM).")
     threads: int = Field(0, ge=0, description="torch CPU threads (0 = all cores).")
+    checkpoint_every_s: float = Field(
+        120.0, ge=0, description="Seconds between checkpoints of a running stage (0 = after every step)."
+    )
     summarize: SummarizeConfig = SummarizeConfig()
     math: MathConfig = MathConfig()
     judge: JudgeConfig = JudgeConfig()

@@ -9,6 +9,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors.torch import save_file
+
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write then rename, so a reader never sees a half-written file."""
@@ -17,6 +20,24 @@ def atomic_write_text(path: Path, text: str) -> None:
     with open(tmp, "w") as f:
         f.write(text)
         f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def fsync_size(path: Path) -> int:
+    """Flush `path` to disk and return its size in bytes (0 if it does not exist yet)."""
+    if not path.exists():
+        return 0
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+        return os.fstat(f.fileno()).st_size
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    """The trained parameters of `model` (under LoRA: the adapters) as safetensors, written atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}, tmp)
+    with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
 

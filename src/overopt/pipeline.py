@@ -25,6 +25,8 @@ from pyarrow import ArrowException
 from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+from overopt import faults
+from overopt.checkpoint import Checkpointer
 from overopt.config import ExperimentConfig, to_yaml
 from overopt.errors import StaleArtifactError
 from overopt.io import atomic_write_text, fingerprint, read_json, replace_dir, write_json
@@ -78,10 +80,13 @@ def _finished(stage_dir: Path, expected: str) -> bool:
     return True
 
 
-def _run_stage(out: Path, name: str, fp: str, build) -> Path:
-    """Run `build(tmp_dir) -> metrics` unless finished; the result appears atomically at OUT/artifacts/name."""
+def _run_stage(out: Path, name: str, fp: str, build, every_s: float) -> Path:
+    """Run `build(tmp_dir, progress, checkpoints) -> metrics` unless finished; the result appears atomically
+    at OUT/artifacts/name. An interrupted build resumes from its checkpoints in OUT/checkpoints/name."""
     final = out / "artifacts" / name
+    checkpoints = Checkpointer(out / "checkpoints" / name, fp, every_s)
     if _finished(final, fp):
+        checkpoints.clear()  # left behind if the run stopped right after the stage was published
         console.print(f"[dim]reusing {final}[/dim]")
         return final
     tmp = out / "artifacts" / f".{name}.tmp"
@@ -89,12 +94,14 @@ def _run_stage(out: Path, name: str, fp: str, build) -> Path:
     tmp.mkdir(parents=True)
     start = time.perf_counter()
     with StageProgress(name) as progress:
-        metrics = build(tmp, progress)
+        metrics = build(tmp, progress, checkpoints)
     write_json(
         tmp / "stage.json",
         {"stage": name, "fingerprint": fp, "wall_s": time.perf_counter() - start, "metrics": metrics},
     )
+    faults.point("stage.publish")
     replace_dir(tmp, final)
+    checkpoints.clear()
     return final
 
 
@@ -128,7 +135,10 @@ def _run_stages(cfg: ExperimentConfig, testbed, plans: dict) -> dict:
     fps = _stage_fingerprints(cfg, testbed.proxy)
 
     # 1. SFT policy.
-    def build_sft(tmp: Path, progress: StageProgress) -> dict:
+    every_s = cfg.checkpoint_every_s
+    stage = partial(_run_stage, out, every_s=every_s)
+
+    def build_sft(tmp: Path, progress: StageProgress, checkpoints: Checkpointer) -> dict:
         max_len = max(len(p) for p in testbed.prompts("eval", 1, cfg.seed)) + testbed.max_completion_tokens
         policy = tiny_llama(
             tok,
@@ -149,6 +159,7 @@ def _run_stages(cfg: ExperimentConfig, testbed, plans: dict) -> dict:
             pad_id=tok.pad_token_id,
             seed=cfg.seed,
             progress=progress,
+            checkpoints=checkpoints,
         )
         policy.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -156,9 +167,9 @@ def _run_stages(cfg: ExperimentConfig, testbed, plans: dict) -> dict:
 
     policy_path = getattr(testbed, "policy_path", None)  # hf: a given model that is already the SFT policy
     if policy_path is None:
-        sft_dir = _run_stage(out, "sft", fps["sft"], build_sft)
+        sft_dir = stage("sft", fps["sft"], build_sft)
     else:  # nothing to train or copy: OUT/artifacts/sft/stage.json records which model it is
-        _run_stage(out, "sft", fps["sft"], lambda tmp, progress: {"policy": policy_path})
+        stage("sft", fps["sft"], lambda tmp, progress, checkpoints: {"policy": policy_path})
         sft_dir = policy_path
     sft_policy = _load_artifact(sft_dir, AutoModelForCausalLM.from_pretrained, **_loading(testbed))
     sft_policy = sft_policy.to(getattr(testbed, "device", "cpu")).eval()  # hf: on a GPU when there is one
@@ -173,7 +184,7 @@ def _run_stages(cfg: ExperimentConfig, testbed, plans: dict) -> dict:
         data_stage, train_member = None, None
     labelled = None
     if data_stage is not None:
-        data_dir = _run_stage(out, data_stage, fps["data"], train_member.build_data)
+        data_dir = stage(data_stage, fps["data"], train_member.build_data)
         labelled = _load_artifact(data_dir, lambda path: load_from_disk(str(path / "data")))
     reward_models: list = []
 
@@ -184,7 +195,7 @@ def _run_stages(cfg: ExperimentConfig, testbed, plans: dict) -> dict:
             raise ValueError(f"testbed {testbed.name!r} rewards by rule: it has no learned reward model to train")
         for member in range(len(reward_models), k):
             name, fp = ("rm", fps["rm"]) if member == 0 else (f"rm_{member}", fingerprint(fps["rm"], member))
-            member_dir = _run_stage(out, name, fp, partial(train_member.build_model, labelled, cfg.seed + member))
+            member_dir = stage(name, fp, partial(train_member.build_model, labelled, cfg.seed + member))
             rm = _load_artifact(member_dir, AutoModelForSequenceClassification.from_pretrained, **SAFE_LOADING)
             reward_models.append(rm.to(sft_policy.device).eval())
         return reward_models[:k]
@@ -207,14 +218,19 @@ def _run_stages(cfg: ExperimentConfig, testbed, plans: dict) -> dict:
         for seed in range(cfg.seeds):
             run_dir = out / "runs" / name / f"seed{seed}"
             run_fp = fingerprint(fps["rm"], plan.name, plan.rl.model_dump(), cfg.eval.model_dump(), sections, seed)
+            checkpoints = Checkpointer(out / "checkpoints" / "runs" / name / f"seed{seed}", run_fp, every_s)
             if _finished(run_dir, run_fp):
+                checkpoints.clear()
                 console.print(f"[dim]reusing {run_dir}[/dim]")
                 continue
-            shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run restarts from scratch
-            run_dir.mkdir(parents=True)
-            run_method(lab, plan, variant, seed, run_dir, name)
+            if checkpoints.load() is None:  # nothing to resume: the run starts from scratch
+                shutil.rmtree(run_dir, ignore_errors=True)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            run_method(lab, plan, variant, seed, run_dir, name, checkpoints)
             write_json(run_dir / "stage.json", {"stage": "rl", "method": name, "seed": seed, "fingerprint": run_fp})
+            checkpoints.clear()
 
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # every stage and run is finished
     return build_report(out, console=console)
 
 
@@ -236,15 +252,15 @@ def _loading(testbed) -> dict:
 class _ProxyTraining(NamedTuple):
     """How a testbed's learned proxy is made: its labelled data, then each model from that data."""
 
-    build_data: Callable[[Path, StageProgress], dict]
-    build_model: Callable[[DatasetDict, int, Path, StageProgress], dict]
+    build_data: Callable[[Path, StageProgress, Checkpointer], dict]
+    build_model: Callable[[DatasetDict, int, Path, StageProgress, Checkpointer], dict]
 
 
 def _pairs_and_rm(cfg: ExperimentConfig, testbed, sft_policy, sft_dir: Path) -> _ProxyTraining:
     """Gold-labelled pairs sampled from the SFT policy; Bradley-Terry RMs (SFT backbone, fresh head)."""
     tok = testbed.tokenizer
 
-    def build_data(tmp: Path, progress: StageProgress) -> dict:
+    def build_data(tmp: Path, progress: StageProgress, checkpoints: Checkpointer) -> dict:
         torch.manual_seed(cfg.seed)
         pairs, stats = sample_and_label_pairs(
             sft_policy, testbed, testbed.prompts("train", cfg.pairs.n_prompts, cfg.seed + 1),
@@ -254,11 +270,13 @@ def _pairs_and_rm(cfg: ExperimentConfig, testbed, sft_policy, sft_dir: Path) -> 
         pairs.train_test_split(test_size=cfg.pairs.heldout_fraction, seed=cfg.seed).save_to_disk(str(tmp / "data"))
         return stats
 
-    def build_model(pairs: DatasetDict, seed: int, tmp: Path, progress: StageProgress) -> dict:
+    def build_model(
+        pairs: DatasetDict, seed: int, tmp: Path, progress: StageProgress, checkpoints: Checkpointer
+    ) -> dict:
         rm = reward_model_from_backbone(sft_dir, seed=seed, **_loading(testbed)).to(sft_policy.device)
         metrics = train_reward_model(
             rm, pairs["train"], pairs["test"], epochs=cfg.rm.epochs, batch_size=cfg.rm.batch_size,
-            lr=cfg.rm.lr, pad_id=tok.pad_token_id, seed=seed, progress=progress,
+            lr=cfg.rm.lr, pad_id=tok.pad_token_id, seed=seed, progress=progress, checkpoints=checkpoints,
         )  # fmt: skip
         rm.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -271,7 +289,7 @@ def _answers_and_judge(cfg: ExperimentConfig, testbed, sft_policy, sft_dir: Path
     """Gold-labelled (right/wrong) SFT answers; judges (SFT backbone, fresh head) trained with BCE."""
     tok, j = testbed.tokenizer, cfg.judge
 
-    def build_data(tmp: Path, progress: StageProgress) -> dict:
+    def build_data(tmp: Path, progress: StageProgress, checkpoints: Checkpointer) -> dict:
         torch.manual_seed(cfg.seed)
         answers, stats = sample_and_label_answers(
             sft_policy, testbed, testbed.prompts("train", j.n_prompts, cfg.seed + 1), batch_size=SAMPLE_BATCH,
@@ -280,11 +298,13 @@ def _answers_and_judge(cfg: ExperimentConfig, testbed, sft_policy, sft_dir: Path
         answers.train_test_split(test_size=j.heldout_fraction, seed=cfg.seed).save_to_disk(str(tmp / "data"))
         return stats
 
-    def build_model(answers: DatasetDict, seed: int, tmp: Path, progress: StageProgress) -> dict:
+    def build_model(
+        answers: DatasetDict, seed: int, tmp: Path, progress: StageProgress, checkpoints: Checkpointer
+    ) -> dict:
         judge = reward_model_from_backbone(sft_dir, seed=seed)
         metrics = train_judge(
             judge, answers["train"], answers["test"], epochs=j.epochs, batch_size=j.batch_size, lr=j.lr,
-            pad_id=tok.pad_token_id, seed=seed, progress=progress,
+            pad_id=tok.pad_token_id, seed=seed, progress=progress, checkpoints=checkpoints,
         )  # fmt: skip
         judge.save_pretrained(tmp)
         tok.save_pretrained(tmp)

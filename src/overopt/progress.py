@@ -7,6 +7,8 @@ import sys
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from overopt import faults
+
 # Logs and CI are not terminals: give tables room instead of rich's 80-column fallback.
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
@@ -38,6 +40,7 @@ class StageProgress:
         self._task = self._progress.add_task(self.description, total=total, figures="")
 
     def advance(self, n: int = 1, **figures: float) -> None:
+        faults.point(self.description)  # a unit of the stage's work is done: a moment the crash tests kill at
         if self._progress is None or self._task is None:
             return
         text = "  ".join(f"{k}={v:.3g}" for k, v in figures.items())

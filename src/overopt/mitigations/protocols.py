@@ -122,3 +122,20 @@ class Mitigations:
     loss_terms: list[LossTerm] = field(default_factory=list)
     gradient_step: GradientStep = plain_step
     reference_schedule: ReferenceSchedule | None = None
+
+    def _parts(self) -> dict[str, object]:
+        parts = {f"reward_transforms/{i}": t for i, t in enumerate(self.reward_transforms)}
+        parts.update({f"loss_terms/{i}": t for i, t in enumerate(self.loss_terms)})
+        parts.update(completion_weights=self.completion_weights, gradient_step=self.gradient_step)
+        parts.update(reference_schedule=self.reference_schedule)
+        return parts
+
+    def state_dict(self) -> dict:
+        """The state that stateful parts carry from step to step (PAR's references, a Lagrange
+        multiplier, a reset counter), for checkpoints; parts without `state_dict` have none."""
+        return {name: part.state_dict() for name, part in self._parts().items() if hasattr(part, "state_dict")}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, part in self._parts().items():
+            if hasattr(part, "load_state_dict"):
+                part.load_state_dict(state[name])

@@ -30,3 +30,9 @@ class ReferenceReset:
                 ref_param.lerp_(param, self.alpha)  # ref + α(θ − ref) = αθ + (1 − α)ref
             self.resets += 1
         return {"ref_reset/count": self.resets}
+
+    def state_dict(self) -> dict:
+        return {"resets": self.resets}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.resets = state["resets"]

@@ -142,9 +142,18 @@ class PreferenceAsReward:
     def __call__(self, rewards: torch.Tensor, rollout: Rollout, scores: RewardScores):
         prompts = [tuple(row[mask.bool()].tolist()) for row, mask in zip(rollout.prompt_ids, rollout.prompt_mask)]
         self._reference_rewards(prompts)
-        reference = torch.stack([self._cache[p] for p in prompts]).to(rewards.dtype)  # (B, M)
+        reference = torch.stack([self._cache[p] for p in prompts]).to(rewards)  # (B, M)
         shaped = par_reward(rewards, reference, self.k)
         return shaped, {"par/reward": shaped.mean().item(), "par/reference_reward": reference.mean().item()}
+
+    def state_dict(self) -> dict:
+        """The cached reference rewards, in insertion order (the next prompts' sampling seed counts them)."""
+        if not self._cache:
+            return {"prompts": [], "rewards": torch.zeros(0, self.references)}
+        return {"prompts": [list(p) for p in self._cache], "rewards": torch.stack(list(self._cache.values()))}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._cache = {tuple(p): r for p, r in zip(state["prompts"], state["rewards"], strict=True)}
 
 
 class ConstrainedReward:
@@ -169,3 +178,9 @@ class ConstrainedReward:
         figures = {"constrained/multiplier": self.multiplier, "constrained/violation": violation}
         self.multiplier = min(max(self.multiplier + self.lr * violation, 0.0), self.maximum)
         return shaped, figures
+
+    def state_dict(self) -> dict:
+        return {"multiplier": self.multiplier}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.multiplier = state["multiplier"]

@@ -15,6 +15,7 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedModel
 
+from overopt.checkpoint import Checkpointer
 from overopt.models.reward import reward_forward
 from overopt.progress import StageProgress
 from overopt.sampling import pad_left, rollout_from_tokens, sample_completions
@@ -79,6 +80,7 @@ def train_judge(
     pad_id: int,
     seed: int,
     progress: StageProgress,
+    checkpoints: Checkpointer | None = None,
 ) -> dict[str, float]:
     """Binary cross-entropy on (answer, right/wrong); returns the loss and train/held-out accuracy."""
 
@@ -89,8 +91,9 @@ def train_judge(
         return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
 
     loss = fit_minibatches(
-        model, len(train), batch_loss, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress
-    )
+        model, len(train), batch_loss, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress,
+        checkpoints=checkpoints,
+    )  # fmt: skip
     return {
         "train_loss": loss,
         "train_accuracy": judge_accuracy(model, train, pad_id, 4 * batch_size),

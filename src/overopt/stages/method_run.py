@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,8 +21,10 @@ import torch
 from datasets import DatasetDict
 from transformers import AutoModelForTokenClassification, PreTrainedModel
 
+from overopt import faults
+from overopt.checkpoint import Checkpoint, Checkpointer, CheckpointError
 from overopt.config import ExperimentConfig
-from overopt.io import append_jsonl
+from overopt.io import append_jsonl, fsync_size, save_weights
 from overopt.methods import MethodContext, MethodPlan
 from overopt.mitigations.ocrm import ocrm_pair_log_weights
 from overopt.mitigations.protocols import Figures, RewardSource
@@ -57,28 +60,47 @@ def phase_steps(total: int, phases: int) -> list[int]:
     return [total // phases + (1 if i < total % phases else 0) for i in range(phases)]
 
 
-def run_method(lab: Lab, plan: MethodPlan, cfg: ExperimentConfig, seed: int, run_dir: Path, name: str) -> None:
-    """Train and evaluate `plan` (configured by `cfg`, which may be a sweep variant of lab.cfg) as run `name`."""
+def run_method(
+    lab: Lab, plan: MethodPlan, cfg: ExperimentConfig, seed: int, run_dir: Path, name: str, checkpoints: Checkpointer
+) -> None:
+    """Train and evaluate `plan` (configured by `cfg`, which may be a sweep variant of lab.cfg) as run `name`.
+
+    Resumes from the newest checkpoint in `checkpoints` (metrics written after it are dropped, so the
+    resumed run writes exactly the lines the uninterrupted run would) and writes one whenever it is due.
+    """
     rl = plan.rl
+    resume = checkpoints.load()
+    run_state = resume.state["run"] if resume is not None else {"phase": 0, "extra": {}, "elapsed_s": 0.0}
+    if resume is not None:
+        _truncate_logs(run_dir, run_state["logs"], resume.directory)
     # 1. Policy and reference.
     policy = copy.deepcopy(lab.sft_policy).train()
     if cfg.testbed == "hf" and cfg.hf.lora_r:  # LoRA: only adapters train; the reference stays the SFT model
         h = cfg.hf
         policy = with_lora(policy, h.lora_r, h.lora_alpha, h.lora_dropout, h.lora_target_modules, seed).train()
     ref_policy = copy.deepcopy(lab.sft_policy) if plan.moves_reference else lab.sft_policy
-    # 2. Reward source.
+    # 2. Reward source (a resumed OCRM round: its refitted RM).
     if lab.testbed.proxy == "rule":
         source: RewardSource = RuleReward(lab.testbed)
     elif plan.ensemble is not None:
         e = cfg.ensemble
         source = EnsembleRewardModel(lab.reward_models(e.k), plan.ensemble, e.uwo_lambda, e.ddof)
+    elif run_state["phase"] > 0:
+        source = ProxyRewardModel(_restored_ocrm_rm(lab, resume))
     else:
         source = ProxyRewardModel(lab.reward_models(1)[0])
     value_model = None
     if rl.algo == "ppo":  # the value model starts from the RM, or from the SFT backbone under a rule reward
         value_model = _value_model_from(source.models()[0] if source.models() else lab.sft_policy)
-    start = time.perf_counter()
-    extra: Figures = {}
+    if resume is not None:
+        resume.load_model("policy", policy)
+        if plan.moves_reference:
+            resume.load_model("ref_policy", ref_policy)
+        if value_model is not None:
+            resume.load_model("value", value_model)
+    start = time.perf_counter() - run_state["elapsed_s"]
+    extra: Figures = run_state["extra"]
+    phase = run_state["phase"]
 
     def on_eval(step: int, train_figures: Figures) -> None:
         metrics, samples = evaluate_policy(
@@ -88,16 +110,40 @@ def run_method(lab: Lab, plan: MethodPlan, cfg: ExperimentConfig, seed: int, run
         )  # fmt: skip
         row = {"step": step, **metrics, "wall_s": time.perf_counter() - start, **train_figures, **extra}
         append_jsonl(run_dir / "metrics.jsonl", row)
+        faults.point("eval.logged")
         append_jsonl(run_dir / "samples.jsonl", {"step": step, "samples": samples})
+
+    def on_step_end(step: int, loop_state: Callable[[], dict]) -> None:
+        if not checkpoints.due():
+            return
+        models = {"policy": policy}
+        if plan.moves_reference:
+            models["ref_policy"] = ref_policy
+        if value_model is not None:
+            models["value"] = value_model
+        if phase > 0:
+            models["ocrm_rm"] = source.models()[0]
+        logs = {log: fsync_size(run_dir / log) for log in LOGS}
+        run = {"phase": phase, "extra": extra, "elapsed_s": time.perf_counter() - start, "logs": logs}
+        checkpoints.save(step, {"run": run, "loop": loop_state()}, models)
 
     # 3. Phases (OCRM: rounds + 1 of them).
     shares = phase_steps(rl.steps, cfg.ocrm.rounds + 1 if plan.ocrm else 1)
-    offset = 0
-    for phase, steps in enumerate(shares):
-        if phase > 0:
+    loop = resume.state["loop"] if resume is not None else None
+    for phase_k, steps in enumerate(shares):
+        offset = sum(shares[:phase_k])
+        if phase_k < phase:
+            continue  # finished before the checkpoint
+        if loop is not None and loop["step"] == offset + steps:
+            loop = None  # the checkpoint is this phase's last step
+            continue
+        if phase_k > phase:
+            phase = phase_k
             # 3a. OCRM: re-weight the same pairs under π_k, refit the RM from scratch, move the anchor.
+            refit = checkpoints.child(f"ocrm_round{phase}")
             with StageProgress(f"ocrm round {phase} rm") as progress:
-                rm, figures = _ocrm_refit(lab, cfg, policy, seed, phase, progress)
+                rm, figures = _ocrm_refit(lab, cfg, policy, seed, phase, progress, refit)
+            refit.clear()
             source = ProxyRewardModel(rm)
             extra = {**figures, "ocrm/round": phase}
             if plan.uses_kl:
@@ -110,9 +156,32 @@ def run_method(lab: Lab, plan: MethodPlan, cfg: ExperimentConfig, seed: int, run
                 rl, policy=policy, ref_policy=ref_policy, reward_source=source, value_model=value_model,
                 testbed=lab.testbed, train_prompts=lab.train_prompts, seed=seed, eval_every=cfg.eval.every,
                 on_eval=on_eval, progress=progress, mitigations=plan.mitigations(ctx), steps=steps,
-                step_offset=offset, evaluate_first=phase == 0,
+                step_offset=offset, evaluate_first=phase == 0, resume=loop, on_step_end=on_step_end,
             )  # fmt: skip
-        offset += steps
+        loop = None
+    save_weights(policy, run_dir / "policy.safetensors")
+
+
+LOGS = ("metrics.jsonl", "samples.jsonl")
+
+
+def _truncate_logs(run_dir: Path, sizes: dict[str, int], checkpoint: Path) -> None:
+    """Drop what the run logged after its checkpoint (it is logged again, identically, on the way)."""
+    for log, size in sizes.items():
+        path = run_dir / log
+        if not path.exists() or path.stat().st_size < size:
+            raise CheckpointError(
+                f"{path}: shorter than checkpoint {checkpoint} recorded; "
+                f"delete {checkpoint.parent} to rerun from scratch"
+            )
+        os.truncate(path, size)
+
+
+def _restored_ocrm_rm(lab: Lab, resume: Checkpoint) -> PreTrainedModel:
+    """The RM refitted in the OCRM round being resumed: the SFT backbone with the checkpoint's weights."""
+    rm = reward_model_from_backbone(lab.sft_dir, seed=0, **getattr(lab.testbed, "load_kwargs", {}))
+    resume.load_model("ocrm_rm", rm)
+    return rm.to(lab.sft_policy.device).eval()
 
 
 def _value_model_from(reward_model: PreTrainedModel) -> PreTrainedModel:
@@ -124,7 +193,13 @@ def _value_model_from(reward_model: PreTrainedModel) -> PreTrainedModel:
 
 
 def _ocrm_refit(
-    lab: Lab, cfg: ExperimentConfig, policy: PreTrainedModel, seed: int, phase: int, progress: StageProgress
+    lab: Lab,
+    cfg: ExperimentConfig,
+    policy: PreTrainedModel,
+    seed: int,
+    phase: int,
+    progress: StageProgress,
+    checkpoints: Checkpointer,
 ) -> tuple[PreTrainedModel, Figures]:
     o, r = cfg.ocrm, cfg.rm
     pad = lab.testbed.tokenizer.pad_token_id
@@ -138,6 +213,7 @@ def _ocrm_refit(
     metrics = train_reward_model(
         rm, lab.pairs["train"], lab.pairs["test"], epochs=r.epochs, batch_size=r.batch_size, lr=r.lr, pad_id=pad,
         seed=lab.cfg.seed + phase, progress=progress, log_weights=log_w, normalization=o.normalization,
+        checkpoints=checkpoints,
     )  # fmt: skip
     figures["ocrm/rm_heldout_accuracy"] = metrics["heldout_accuracy"]
     return rm.eval(), figures

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
+from overopt.checkpoint import load_optimizer_state, optimizer_state, rng_state, set_rng_state
 from overopt.config import RLConfig
 from overopt.errors import NumericalFault
 from overopt.mitigations.protocols import Figures, Mitigations, RewardSource
@@ -84,6 +85,14 @@ class PromptStream:
             self._pos += 1
         return out
 
+    def state_dict(self) -> dict:
+        return {"order": torch.tensor(self._order, dtype=torch.long), "pos": self._pos,
+                "generator": self._generator.get_state()}  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        self._order, self._pos = state["order"].tolist(), state["pos"]
+        self._generator.set_state(state["generator"])
+
 
 class FigureLog:
     """Running means of training figures between two evaluations."""
@@ -99,6 +108,12 @@ class FigureLog:
         out = {k: sum(v) / len(v) for k, v in self._values.items()}
         self._values.clear()
         return out
+
+    def state_dict(self) -> dict:
+        return {k: list(v) for k, v in self._values.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._values = {k: list(v) for k, v in state.items()}
 
 
 def train_policy(
@@ -118,12 +133,16 @@ def train_policy(
     steps: int | None = None,
     step_offset: int = 0,
     evaluate_first: bool = True,
+    resume: dict | None = None,
+    on_step_end: Callable[[int, Callable[[], dict]], None] | None = None,
 ) -> None:
     """Optimise `policy` in place for `steps` (default cfg.steps) updates.
 
     `on_eval(step, train_figures)` is called at step_offset (before any update, if `evaluate_first`), every
     `eval_every` updates and after the last one; steps are numbered from `step_offset` so that
     consecutive calls (OCRM rounds) continue one curve.
+    `on_step_end(step, loop_state)` is called after every update; `loop_state()` is everything this loop
+    needs, besides the models, to continue from that step when passed back as `resume`.
     """
     mitigations = mitigations or Mitigations()
     steps = cfg.steps if steps is None else steps
@@ -137,15 +156,32 @@ def train_policy(
     ref_policy.eval()
     log = FigureLog()
     start_time = time.perf_counter()
+    progress.start(steps)
+    done = step_offset
+    if resume is not None:
+        done, kl_coef = resume["step"], resume["kl_coef"]
+        load_optimizer_state(optimizer, resume["optimizer"])
+        prompts.load_state_dict(resume["prompts"])
+        log.load_state_dict(resume["log"])
+        mitigations.load_state_dict(resume["mitigations"])
+        set_rng_state(resume["rng"])
+        start_time -= resume["elapsed_s"]
+        progress.advance(done - step_offset)
 
     def maybe_evaluate(step: int) -> None:
         if (step - step_offset) % eval_every == 0 or step == step_offset + steps:
             on_eval(step, {**log.flush(), "train/wall_s": time.perf_counter() - start_time})
 
-    if evaluate_first:
+    def loop_state() -> dict:
+        return {
+            "step": step, "kl_coef": kl_coef, "optimizer": optimizer_state(optimizer), "prompts": prompts.state_dict(),
+            "log": log.state_dict(), "mitigations": mitigations.state_dict(), "rng": rng_state(),
+            "elapsed_s": time.perf_counter() - start_time,
+        }  # fmt: skip
+
+    if evaluate_first and resume is None:
         on_eval(step_offset, {})
-    progress.start(steps)
-    for step in range(step_offset + 1, step_offset + steps + 1):
+    for step in range(done + 1, step_offset + steps + 1):
         # 1. Rollouts: K completions for each of the step's prompts.
         batch_prompts = [p for p in prompts.take(cfg.prompts_per_step) for _ in range(cfg.group_size)]
         prompt_ids, prompt_mask = pad_left(batch_prompts, tok.pad_token_id)
@@ -175,6 +211,8 @@ def train_policy(
                 log.add({"train/skipped_nonfinite": 1.0})
                 progress.advance()
                 maybe_evaluate(step)
+                if on_step_end is not None:
+                    on_step_end(step, loop_state)
                 continue
             weights = None
             if mitigations.completion_weights is not None:
@@ -229,6 +267,8 @@ def train_policy(
         progress.advance(proxy=scored.rewards.mean().item(), kl=seq_kl.mean().item())
         # 7. Held-out evaluation.
         maybe_evaluate(step)
+        if on_step_end is not None:
+            on_step_end(step, loop_state)
 
 
 def _nonfinite(cfg: RLConfig, step: int, source: str) -> None:

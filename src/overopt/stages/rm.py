@@ -6,6 +6,7 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedModel
 
+from overopt.checkpoint import Checkpointer
 from overopt.models.reward import reward_forward
 from overopt.ops import bradley_terry_loss, normalize_weights, pairwise_accuracy
 from overopt.progress import StageProgress
@@ -49,6 +50,7 @@ def train_reward_model(
     progress: StageProgress,
     log_weights: torch.Tensor | None = None,
     normalization: str = "none",
+    checkpoints: Checkpointer | None = None,
 ) -> dict[str, float]:
     """Bradley-Terry training, (1/B) Σ w_i·(−log σ(r(x, y_c) − r(x, y_r))); returns loss and gold-order accuracies.
 
@@ -77,6 +79,7 @@ def train_reward_model(
         lr=lr,
         seed=seed,
         progress=progress,
+        checkpoints=checkpoints,
     )
     return {
         "train_loss": loss_value,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
+from overopt.checkpoint import Checkpointer
 from overopt.models.policy import completion_logits
 from overopt.progress import StageProgress
 from overopt.sampling import rollout_from_tokens
@@ -31,6 +32,7 @@ def train_sft(
     pad_id: int,
     seed: int,
     progress: StageProgress,
+    checkpoints: Checkpointer | None = None,
 ) -> dict[str, float]:
     """Train `model` in place; returns train/eval NLL per completion token."""
     # 1. Split off held-out demonstrations.
@@ -46,6 +48,7 @@ def train_sft(
         lr=lr,
         seed=seed,
         progress=progress,
+        checkpoints=checkpoints,
     )
     # 3. Held-out NLL.
     with torch.no_grad():

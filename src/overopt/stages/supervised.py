@@ -8,6 +8,8 @@ from collections.abc import Callable
 import torch
 from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
 
+from overopt.checkpoint import Checkpointer, load_optimizer_state, optimizer_state, rng_state, set_rng_state
+from overopt.errors import NumericalFault
 from overopt.progress import StageProgress
 
 
@@ -22,28 +24,62 @@ def fit_minibatches(
     seed: int,
     progress: StageProgress,
     max_grad_norm: float = 1.0,
+    checkpoints: Checkpointer | None = None,
 ) -> float:
     """AdamW (cosine decay, 5% warm-up) over `epochs` shuffled passes of `n_items` items.
 
     `batch_loss(indices)` returns the scalar loss of the items at `indices`. Returns the last loss.
+    With `checkpoints`, the loop resumes from the newest checkpoint and writes one when it is due.
+    A non-finite loss or gradient stops the loop before the optimiser applies it (NumericalFault).
     """
-    total = epochs * math.ceil(n_items / batch_size)
+    batches_per_epoch = math.ceil(n_items / batch_size)
+    total = epochs * batches_per_epoch
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, total // 20), total)
     generator = torch.Generator().manual_seed(seed)
     model.train()
     progress.start(total)
-    loss_value = float("nan")
-    for _ in range(epochs):
-        order = torch.randperm(n_items, generator=generator).tolist()
-        for start in range(0, n_items, batch_size):
-            loss = batch_loss(order[start : start + batch_size])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            loss_value = loss.item()
-            progress.advance(loss=loss_value)
+    done, loss_value, order = 0, float("nan"), None
+    resume = checkpoints.load() if checkpoints is not None else None
+    if resume is not None:
+        state = resume.state
+        resume.load_model("model", model)
+        load_optimizer_state(optimizer, state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        set_rng_state(state["rng"])
+        done, loss_value, order = resume.step, state["loss"], state["order"].tolist()
+        progress.advance(done)
+    while done < total:
+        if done % batches_per_epoch == 0:  # a new epoch: a new shuffle
+            order = torch.randperm(n_items, generator=generator).tolist()
+        start = (done % batches_per_epoch) * batch_size
+        loss = batch_loss(order[start : start + batch_size])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+            source = "loss" if not torch.isfinite(loss) else f"gradients ({_first_nonfinite_grad(model)})"
+            raise NumericalFault(
+                f"{progress.description} step {done + 1}: non-finite {source}; the update was not applied"
+            )
+        optimizer.step()
+        scheduler.step()
+        done += 1
+        loss_value = loss.item()
+        progress.advance(loss=loss_value)
+        if checkpoints is not None and checkpoints.due() and done < total:
+            checkpoints.save(done, {
+                "optimizer": optimizer_state(optimizer), "scheduler": scheduler.state_dict(),
+                "generator": generator.get_state(), "rng": rng_state(), "loss": loss_value,
+                "order": torch.tensor(order),
+            }, {"model": model})  # fmt: skip
     model.eval()
     return loss_value
+
+
+def _first_nonfinite_grad(model: torch.nn.Module) -> str:
+    return next(
+        (name for name, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()),
+        "none found",
+    )
