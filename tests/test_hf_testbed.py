@@ -159,6 +159,58 @@ def test_bad_input_is_one_line_naming_the_problem(hf_world, tmp_path, extra, nam
     assert not out.exists()  # nothing was written
 
 
+def _jsonl(*rows) -> str:
+    return "".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows)
+
+
+def _header_only_csv(path):
+    path.write_text("prompt,id\n")
+
+
+def _zero_row_parquet(path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"prompt": pa.array([], pa.string())}), str(path))
+
+
+GOOD = [{"prompt": f"Story: the cat sat {i}\nTL;DR:"} for i in range(3)]
+
+
+@pytest.mark.parametrize(
+    "name, content, names",
+    [
+        ("p.jsonl", _jsonl(*GOOD, {"id": 7}, *GOOD), ["row 3 ", "split 'train'", "no 'prompt' value (null)"]),
+        ("p.jsonl", _jsonl(*GOOD, *GOOD, {"prompt": None}), ["row 6 ", "no 'prompt' value (null)", "drop the row"]),
+        ("p.jsonl", _jsonl(*GOOD, {"prompt": 42}), ["row 3 ", "holds int in 'prompt', not text"]),
+        ("p.jsonl", _jsonl(GOOD[0], {"prompt": " \n "}, *GOOD), ["row 1 ", "empty 'prompt' (only whitespace)"]),
+        ("p.jsonl", _jsonl(GOOD[0], {"prompt": ""}), ["row 1 ", "empty 'prompt'"]),
+        ("p.jsonl", _jsonl(*GOOD[:2], '{"prompt": "cut off', *GOOD), ["not valid JSON at line 3"]),
+        ("p.jsonl", _jsonl({"prompt": 1}, {"prompt": 2}), ["hf.prompt_column", "holds int values, not text"]),
+        ("p.jsonl", "", ["empty file", "no rows"]),
+        ("p.jsonl", "\n  \n\n", ["has no rows"]),
+        ("p.csv", _header_only_csv, ["has no rows"]),
+        ("p.parquet", _zero_row_parquet, ["has no rows"]),
+    ],
+    ids=[
+        "missing-key", "null", "int", "whitespace", "empty-string", "broken-line", "int-column", "empty-file",
+        "blank-lines", "header-only-csv", "zero-row-parquet",
+    ],
+)  # fmt: skip
+def test_malformed_dataset_is_one_line_naming_file_and_row(hf_world, tmp_path, capsys, name, content, names):
+    path = tmp_path / name
+    content(path) if callable(content) else path.write_text(content)
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit) as exit_:
+        main(_args(hf_world, out, "--hf.dataset", str(path)))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("overopt: error: hf.") and str(path) in lines[0], err
+    assert all(n in lines[0] for n in names), lines[0]
+    assert not out.exists()
+
+
 def test_other_bad_inputs_name_their_field(hf_world):
     with pytest.raises(ValueError, match=r"^testbed hf needs hf.gold_rm"):
         _testbed(hf_world | {"gold": ""})
@@ -170,10 +222,6 @@ def test_other_bad_inputs_name_their_field(hf_world):
         _testbed(hf_world, prompt_chat_template=True)
     with pytest.raises(ValueError, match=r"hf.dataset: no such file"):
         _testbed(hf_world | {"jsonl": str(hf_world["root"] / "missing.jsonl")})
-    empty = hf_world["root"] / "empty.jsonl"
-    empty.write_text("")
-    with pytest.raises(ValueError, match=r"hf.dataset: .*empty.jsonl is empty"):
-        _testbed(hf_world | {"jsonl": str(empty)})
     with pytest.raises(ValueError, match=r"hf.lora_target_modules: 'nope' is not a linear module .*query_key_value"):
         _testbed(hf_world, lora_r=4, lora_target_modules="nope")
 
@@ -258,6 +306,18 @@ def test_lora_smoke_with_bfloat16_autocast(hf_world, tmp_path):
     rows = [json.loads(line) for line in (out / "runs" / "ref_reset" / "seed0" / "metrics.jsonl").open()]
     assert [r["step"] for r in rows] == [0, 1, 2] and all(math.isfinite(r["gold_reward"]) for r in rows)
     assert rows[-1]["ref_reset/count"] == 2
+    assert rows[1]["kl_sft"] > 0  # the forward passes see the adapters' updates (no stale autocast weight cache)
+
+
+def test_bfloat16_precision_sees_in_place_weight_updates(hf_world):
+    testbed = _testbed(hf_world, dtype="bfloat16")
+    layer, x = torch.nn.Linear(4, 4), torch.randn(2, 4)
+    with testbed.precision():
+        before = layer(x)
+        assert before.dtype == torch.bfloat16
+        with torch.no_grad():
+            layer.weight.add_(1.0)  # an optimizer step, a reference reset, a checkpoint load
+        assert not torch.equal(layer(x), before)
 
 
 def test_prompt_chat_template_wraps_prompts_but_the_gold_reads_the_raw_prompt(hf_world, tmp_path):
@@ -279,3 +339,63 @@ def test_prompt_chat_template_wraps_prompts_but_the_gold_reads_the_raw_prompt(hf
     completion_ids, mask = pad_right([tok(" a dog ran")["input_ids"] + [tok.eos_token_id]] * 2, tok.pad_token_id)
     scores = testbed.gold_reward(pad_left(prompts, tok.pad_token_id)[0], completion_ids, mask)
     torch.testing.assert_close(scores, testbed.score_texts(raw, [" a dog ran"] * 2))
+
+
+def test_lora_run_killed_mid_rl_resumes_bit_for_bit(hf_world, tmp_path):
+    """A SIGKILL inside an RL run under LoRA and bfloat16 autocast (after step 1's checkpoint, in step 2)
+    resumes into the same OUT and reproduces the uninterrupted run: metrics, samples and the final
+    adapters, bit for bit. ref_reset moves the reference to the merged weights every step."""
+    pytest.importorskip("peft")
+    from safetensors.torch import load_file
+
+    lora = ["--hf.lora-r", "4", "--hf.dtype", "bfloat16", "--methods", "ref_reset+kl", "--ref-reset.every", "1"]
+
+    started = []
+
+    def overopt(out, kill_at=None):
+        env = {k: v for k, v in os.environ.items() if k != "OVEROPT_KILL_AT"} | {"HF_HUB_OFFLINE": "1"}
+        if kill_at:
+            env["OVEROPT_KILL_AT"] = kill_at
+        argv = _args(hf_world, out, *lora, "--threads", "1", "--checkpoint_every_s", "0")
+        log = open(tmp_path / f"stderr{len(started)}.txt", "w+")  # a file: a full pipe would block the run
+        started.append(
+            (subprocess.Popen([sys.executable, "-m", "overopt", *argv], env=env, stderr=log, stdout=log), log)
+        )
+        return started[-1]
+
+    def finish(run):
+        proc, log = run
+        code = proc.wait(timeout=300)
+        log.seek(0)
+        return code, log.read()[-2000:]
+
+    expected, got = tmp_path / "uninterrupted", tmp_path / "resumed"
+    try:
+        reference = overopt(expected)  # alongside the killed run: each takes one thread
+        code, err = finish(overopt(got, kill_at="rl ref_reset+kl seed0:2"))
+        assert code == -9, err
+        assert [p.name for p in got.glob("checkpoints/runs/ref_reset+kl/seed0/step-*")] == ["step-000000001"]
+        resumed = overopt(got)
+        for run in (reference, resumed):
+            code, err = finish(run)
+            assert code == 0, err
+    finally:
+        for proc, log in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.close()
+
+    def metrics(out, run):
+        return [{k: v for k, v in json.loads(line).items() if "wall" not in k} for line in (out / run).open()]
+
+    runs = sorted(p.relative_to(expected) for p in expected.glob("runs/*/seed*"))
+    assert [str(r) for r in runs] == ["runs/ref_reset+kl/seed0"]
+    for run in runs:
+        assert metrics(expected, run / "metrics.jsonl") == metrics(got, run / "metrics.jsonl"), run
+        assert (expected / run / "samples.jsonl").read_text() == (got / run / "samples.jsonl").read_text(), run
+        a, b = load_file(expected / run / "policy.safetensors"), load_file(got / run / "policy.safetensors")
+        assert a and a.keys() == b.keys() and all("lora_" in k for k in a), run
+        assert any(a[k].any() for k in a if "lora_B" in k)  # the adapters trained (B starts at zero)
+        assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+    assert not (got / "checkpoints").exists()

@@ -12,6 +12,7 @@ RNG states as torch.save pickles, which is why it is not used here.)
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -27,6 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from overopt import faults
+from overopt.errors import disk_full
 
 STATE_JSON, STATE_TENSORS = "state.json", "state.safetensors"
 _TENSOR = "__tensor__"  # JSON placeholder {"__tensor__": key} for a tensor kept in state.safetensors
@@ -135,8 +137,26 @@ class Checkpointer:
         return time.monotonic() - self._last_save >= self.every_s
 
     def save(self, step: int, state: dict, models: dict[str, torch.nn.Module]) -> None:
-        """Write the checkpoint of `step` atomically, then delete the older ones."""
+        """Write the checkpoint of `step` atomically, then delete the older ones. If writing fails (a
+        full disk), the partial files are removed and the previous checkpoint stays the newest."""
         partial = self.root / ".partial"
+        try:
+            self._write(partial, step, state, models)
+        except BaseException as err:
+            shutil.rmtree(partial, ignore_errors=True)
+            if disk_full(err):  # name the checkpoint (safetensors' error names no file)
+                raise OSError(errno.ENOSPC, "No space left on device", str(self.root)) from None
+            raise
+        final = self.root / f"step-{step:09d}"
+        shutil.rmtree(final, ignore_errors=True)  # the same step again (after a resume): replace it
+        os.rename(partial, final)
+        _fsync(self.root)
+        for older in self._complete():
+            if older != final:
+                shutil.rmtree(older)
+        self._last_save = time.monotonic()
+
+    def _write(self, partial: Path, step: int, state: dict, models: dict[str, torch.nn.Module]) -> None:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         tensors: dict[str, torch.Tensor] = {}
@@ -152,14 +172,6 @@ class Checkpointer:
         for name in [*files, STATE_JSON]:
             _fsync(partial / name)
         _fsync(partial)
-        final = self.root / f"step-{step:09d}"
-        shutil.rmtree(final, ignore_errors=True)  # the same step again (after a resume): replace it
-        os.rename(partial, final)
-        _fsync(self.root)
-        for older in self._complete():
-            if older != final:
-                shutil.rmtree(older)
-        self._last_save = time.monotonic()
 
     def clear(self) -> None:
         """The stage is finished: its checkpoints are no longer needed."""

@@ -19,9 +19,10 @@ from typing import Annotated, NoReturn
 import tyro
 import yaml
 from pydantic import ValidationError
+from safetensors import SafetensorError
 
 from overopt.config import ExperimentConfig, load_config
-from overopt.errors import NumericalFault, StaleArtifactError, validation_line
+from overopt.errors import NumericalFault, StaleArtifactError, disk_full, validation_line
 from overopt.progress import console
 
 
@@ -117,7 +118,14 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"overopt: numerical fault: {err}", file=sys.stderr)
         raise SystemExit(3) from None
-    except (ValueError, OSError, StaleArtifactError, ValidationError, yaml.YAMLError) as err:
+    except (OSError, SafetensorError) as err:
+        if debug:
+            raise
+        if disk_full(err):
+            where = f" writing {err.filename}" if getattr(err, "filename", None) else ""
+            _fail(f"no space left on the device{where}: free some space and rerun the same command to resume")
+        _fail(" ".join(str(err).split()))
+    except (ValueError, StaleArtifactError, ValidationError, yaml.YAMLError) as err:
         if debug:
             raise
         _fail(" ".join(str(err).split()) if not isinstance(err, ValidationError) else validation_line(err))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 from pydantic import ValidationError
 
 
@@ -18,3 +20,8 @@ def validation_line(err: ValidationError, section: str = "") -> str:
     first = err.errors()[0]
     field = ".".join(str(part) for part in (section, *first["loc"]) if part) or "config"
     return f"{field}: {first['msg'].removeprefix('Value error, ')}"
+
+
+def disk_full(err: BaseException) -> bool:
+    """True for a write that failed for lack of space (safetensors reports it as 'os error 28' text)."""
+    return getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(err)

@@ -1,23 +1,40 @@
-"""Fault injection for the crash tests: make a run die with SIGKILL at an exact moment.
+"""Fault injection for the crash tests: make a run die at an exact moment.
 
-OVEROPT_KILL_AT=<point>:<n> kills the process the n-th time it reaches `faults.point("<point>")`, e.g.
-`rl.step:4` or `checkpoint.write:2` (after the files of a checkpoint are written, before the rename
-that publishes it). Unset, a point costs one comparison.
+OVEROPT_KILL_AT=<point>:<n> kills the process with SIGKILL the n-th time it reaches
+`faults.point("<point>")`. Points are the stages' progress-bar names, reached once per unit of work
+(`sft`, `pairs`, `rm`, `rl none seed0`, `ocrm round 1 rm`, ...), plus `checkpoint.write` (a
+checkpoint's files are written, not yet published by its rename), `stage.publish` (a finished
+stage's directory is about to be renamed into place) and `eval.logged` (between the metrics and the
+samples lines of an evaluation). Unarmed, a point costs one comparison.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 
-_target = os.environ.get("OVEROPT_KILL_AT", "")
-_name, _, _count = _target.partition(":")
-_remaining = int(_count or 1) if _target else 0
+
+def _sigkill() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+_point, _remaining, _crash = "", 0, _sigkill
+
+
+def arm(spec: str, crash: Callable[[], None] = _sigkill) -> None:
+    """Crash at the n-th arrival at a point ('<point>:<n>', n = 1 if omitted); '' disarms."""
+    global _point, _remaining, _crash
+    name, _, count = spec.rpartition(":") if spec.rpartition(":")[2].isdigit() else (spec, "", "1")
+    _point, _remaining, _crash = name, int(count) if spec else 0, crash
 
 
 def point(name: str) -> None:
     global _remaining
-    if _remaining and name == _name:
+    if _remaining and name == _point:
         _remaining -= 1
         if _remaining == 0:
-            os.kill(os.getpid(), signal.SIGKILL)
+            _crash()
+
+
+arm(os.environ.get("OVEROPT_KILL_AT", ""))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from datasets import DatasetDict, load_dataset
 from datasets.exceptions import DatasetsError
+from datasets.utils import logging as datasets_logging
 from huggingface_hub import is_offline_mode
 from transformers import (
     AutoConfig,
@@ -47,11 +49,56 @@ from overopt.testbeds.base import SFTExample
 _LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 _HOLDOUT_SEED = 1234  # the held-out share of train is the same for every experiment seed
 _SPLIT_CODES = {"train": 0, "eval": 1}
+_ADD_ROWS = "add prompts, one per row"
 
 
 def _first_line(err: BaseException) -> str:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return lines[0] if lines else type(err).__name__
+
+
+def _json_error(path: str) -> str | None:
+    """Where a JSON Lines file (or one JSON document) stops parsing: 'line N (...)', or None if it parses."""
+    first = None
+    with open(path, encoding="utf-8", errors="replace") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                json.loads(line.rstrip("\r\n"))
+            except json.JSONDecodeError as err:
+                if first is not None:  # earlier lines parsed on their own: JSON Lines with one broken line
+                    return f"line {number} ({err.msg}, column {err.colno})"
+                break
+            first = first or number
+        else:
+            return None
+    try:  # the first line is no JSON value on its own: one document over several lines, or a broken line 1
+        with open(path, encoding="utf-8", errors="replace") as document:
+            json.load(document)
+    except json.JSONDecodeError as err:
+        return f"line {err.lineno} ({err.msg}, column {err.colno})"
+    return None
+
+
+def _parquet_rows(path: str) -> int | None:
+    """The row count in a parquet file's footer (None when it is unreadable: load_dataset then says why)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (OSError, ValueError):  # pyarrow's errors derive from these
+        return None
+
+
+@contextlib.contextmanager
+def _datasets_logging_silenced():
+    verbosity = datasets_logging.get_verbosity()
+    datasets_logging.set_verbosity(datasets_logging.CRITICAL)
+    try:
+        yield
+    finally:
+        datasets_logging.set_verbosity(verbosity)
 
 
 def _unavailable(field: str, path: str, err: BaseException) -> ValueError:
@@ -188,13 +235,21 @@ class HFTestbed:
         if not os.path.exists(source) and (suffix in _LOCAL_FORMATS or source.startswith(("/", ".", "~"))):
             raise ValueError(f"hf.dataset: no such file or directory: {source}")
         if os.path.isfile(source) and os.path.getsize(source) == 0:
-            raise ValueError(f"hf.dataset: {source} is empty")
+            raise ValueError(f"hf.dataset: {source} is an empty file, so it has no rows; {_ADD_ROWS}")
+        if os.path.isfile(source) and suffix == ".parquet" and _parquet_rows(source) == 0:
+            raise ValueError(f"hf.dataset: {source} has no rows; {_ADD_ROWS}")  # datasets fails on it obscurely
         try:
-            if os.path.isfile(source):
-                return load_dataset(_LOCAL_FORMATS[suffix], data_files=source)
-            return load_dataset(source, self.cfg.dataset_config or None)
+            with _datasets_logging_silenced():  # its readers log a parse error before raising it; we report it
+                if os.path.isfile(source):
+                    return load_dataset(_LOCAL_FORMATS[suffix], data_files=source)
+                return load_dataset(source, self.cfg.dataset_config or None)
         except (OSError, ValueError, DatasetsError) as err:
             cause = err.__cause__ or err  # datasets wraps a parse error in a generation error
+            if "corresponds to no data" in str(cause):  # datasets' words for a split of 0 rows
+                raise ValueError(f"hf.dataset: {source} has no rows; {_ADD_ROWS}") from None
+            where = _json_error(source) if os.path.isfile(source) and _LOCAL_FORMATS[suffix] == "json" else None
+            if where:
+                raise ValueError(f"hf.dataset: {source} is not valid JSON at {where}; fix or drop that line") from None
             raise ValueError(f"hf.dataset: cannot read {source}: {_first_line(cause)}") from None
 
     def _column(self, data: DatasetDict, split_field: str) -> list[str]:
@@ -207,12 +262,29 @@ class HFTestbed:
                 f"hf.prompt_column: {column!r} is not a column of {source} (columns: {', '.join(rows.column_names)})"
             )
         if len(rows) == 0:
-            raise ValueError(f"hf.dataset: split {split!r} of {source} is empty")
-        texts = rows[column]
-        bad = next((t for t in texts if not isinstance(t, str)), None)
-        if bad is not None:
-            raise ValueError(f"hf.prompt_column: {column!r} of {source} holds {type(bad).__name__} values, not text")
-        return list(texts)
+            raise ValueError(f"hf.dataset: split {split!r} of {source} has no rows; {_ADD_ROWS}")
+        texts = list(rows[column])
+        if not any(isinstance(t, str) for t in texts) and any(t is not None for t in texts):
+            kind = type(next(t for t in texts if t is not None)).__name__
+            raise ValueError(
+                f"hf.prompt_column: {column!r} of {source} holds {kind} values, not text; name the column that "
+                f"holds the prompts (columns: {', '.join(rows.column_names)})"
+            )
+        for index, text in enumerate(texts):
+            if isinstance(text, str) and text.strip():
+                continue
+            if text is None:
+                problem, fix = f"has no {column!r} value (null)", "fill it or drop the row"
+            elif not isinstance(text, str):
+                problem = f"holds {type(text).__name__} in {column!r}, not text"
+                fix = "make it a string or drop the row"
+            else:
+                problem = f"has an empty {column!r}" + (" (only whitespace)" if text else "")
+                fix = "write the prompt or drop the row"
+            raise ValueError(
+                f"hf.dataset: row {index} (counting from 0) of split {split!r} of {source} {problem}; {fix}"
+            )
+        return texts
 
     def _prompt_texts(self) -> dict[str, list[str]]:
         data = self._load_dataset()
@@ -325,7 +397,12 @@ class HFTestbed:
 
     # -- placement ---------------------------------------------------------------------------
     def precision(self) -> contextlib.AbstractContextManager:
-        """bfloat16 autocast around the whole experiment when hf.dtype resolves to bfloat16."""
+        """bfloat16 autocast around the whole experiment when hf.dtype resolves to bfloat16.
+
+        Without autocast's weight cache: it keeps the bfloat16 copy of every trainable weight from its first
+        use until the outermost autocast region ends, which here is the end of the experiment, so forward
+        passes would never see an optimizer step or a reference reset (and a resumed run, starting a new
+        region, would see them: not the same run)."""
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype, cache_enabled=False)
