@@ -63,11 +63,15 @@ def test_report_command_rebuilds_from_outputs(smoke_out):
     assert (smoke_out / "report.html").exists()
 
 
-def test_changed_shared_stage_config_is_refused_in_the_same_out(smoke_out, capsys):
+@pytest.mark.parametrize("change", [["--rm.lr", "0.5"], ["--rl.lr", "0.5"]], ids=["shared-stage", "run"])
+def test_changed_config_is_refused_in_the_same_out_before_anything_is_written(smoke_out, capsys, change):
+    before = {p: p.read_bytes() for p in smoke_out.glob("**/*") if p.is_file()}
     with pytest.raises(SystemExit) as exit_info:
-        main(["run", "--preset", "smoke", "--out", str(smoke_out), "--rm.lr", "0.5"])
+        main(["run", "--preset", "smoke", "--out", str(smoke_out), *change])
     assert exit_info.value.code == 2
     assert "different configuration" in capsys.readouterr().err
+    # config.yaml still describes what OUT holds.
+    assert {p: p.read_bytes() for p in smoke_out.glob("**/*") if p.is_file()} == before
 
 
 def test_bad_input_is_one_line_exit_2(tmp_path):
@@ -111,27 +115,44 @@ def test_a_pickle_planted_where_weights_are_expected_is_refused(smoke_out, tmp_p
     assert len(errors) == 1 and "safetensors" in errors[0] and err.strip().endswith(errors[0]), err
 
 
-@pytest.mark.parametrize("damage", ["truncated_weights", "missing_pairs_file"])
-def test_a_damaged_finished_stage_is_named_in_one_line(smoke_out, tmp_path, damage):
+@pytest.mark.parametrize(
+    ("damage", "detail"),
+    [
+        ("truncated_weights", ""),
+        ("missing_pairs_file", ""),
+        ("pairs_missing_a_column", "its 'train' split has no 'gold_chosen' column"),
+        ("pairs_without_rows", ""),
+    ],
+)
+def test_a_damaged_finished_stage_is_named_in_one_line(smoke_out, tmp_path, damage, detail):
     import shutil
+
+    from datasets import load_from_disk
 
     out = tmp_path / "out"
     shutil.copytree(smoke_out, out)
+    broken = out / "artifacts" / ("sft" if damage == "truncated_weights" else "pairs")
     if damage == "truncated_weights":
-        target = out / "artifacts" / "sft" / "model.safetensors"
+        target = broken / "model.safetensors"
         target.write_bytes(target.read_bytes()[:100])
-        broken = out / "artifacts" / "sft"
-    else:
-        for arrow in (out / "artifacts" / "pairs" / "data").glob("*/*.arrow"):
+    elif damage == "missing_pairs_file":
+        for arrow in (broken / "data").glob("*/*.arrow"):
             arrow.unlink()
-        broken = out / "artifacts" / "pairs"
+    else:
+        pairs = load_from_disk(str(broken / "data"), keep_in_memory=True)
+        if damage == "pairs_missing_a_column":
+            pairs["train"] = pairs["train"].remove_columns("gold_chosen")
+        else:
+            pairs["test"] = pairs["test"].select([])
+        shutil.rmtree(broken / "data")
+        pairs.save_to_disk(str(broken / "data"))
     before = {p: p.read_bytes() for p in out.glob("**/*") if p.is_file() and p.name != "config.yaml"}
     proc = subprocess.run(
         [sys.executable, "-m", "overopt", "run", "--preset", "smoke", "--out", str(out)], capture_output=True, text=True
     )
     errors = [line for line in proc.stderr.splitlines() if line.startswith("overopt: error:")]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert len(errors) == 1 and errors[0].startswith(f"overopt: error: {broken}: cannot load it")
+    assert len(errors) == 1 and errors[0].startswith(f"overopt: error: {broken}: cannot load it ({detail}")
     assert errors[0] == proc.stderr.strip().splitlines()[-1]  # progress lines ("reusing ...") come first
     assert "delete the directory to rebuild it" in errors[0]
     # Nothing already written was touched (config.yaml records the latest command: its `out` moved here).

@@ -35,9 +35,9 @@ from overopt.models.policy import SAFE_LOADING, tiny_llama
 from overopt.models.reward import reward_model_from_backbone
 from overopt.progress import StageProgress, console
 from overopt.sampling import pad_left
-from overopt.stages.judge import sample_and_label_answers, train_judge
+from overopt.stages.judge import ANSWER_COLUMNS, sample_and_label_answers, train_judge
 from overopt.stages.method_run import SAMPLE_BATCH, Lab, run_method
-from overopt.stages.pairs import sample_and_label_pairs
+from overopt.stages.pairs import PAIR_COLUMNS, sample_and_label_pairs
 from overopt.stages.rm import train_reward_model
 from overopt.stages.sft import train_sft
 from overopt.testbeds import make_testbed, testbed_section
@@ -65,6 +65,25 @@ def _stage_fingerprints(cfg: ExperimentConfig, proxy: str) -> dict[str, str]:
     labelled = fingerprint(sft, (cfg.judge if proxy == "judge" else cfg.pairs).model_dump())
     rm = labelled if proxy == "judge" else fingerprint(labelled, cfg.rm.model_dump())
     return {"sft": sft, "data": labelled, "rm": rm}
+
+
+def _run_fingerprint(rm_fp: str, plan, variant: ExperimentConfig, seed: int) -> str:
+    """A run's fingerprint: the proxy it starts from, its RL and eval settings, its method's sections, its seed."""
+    sections = {part: getattr(variant, part).model_dump() for part in plan.parts if hasattr(variant, part)}
+    if plan.ensemble:
+        sections["ensemble"] = variant.ensemble.model_dump()
+    return fingerprint(rm_fp, plan.name, plan.rl.model_dump(), variant.eval.model_dump(), sections, seed)
+
+
+def _refuse_stale(out: Path, fps: dict[str, str], runs: dict[Path, str]) -> None:
+    """Raise StaleArtifactError if any finished stage or run in OUT was built from another configuration."""
+    stages = {out / "artifacts" / "sft": fps["sft"], out / "artifacts" / "rm": fps["rm"]}
+    stages.update({out / "artifacts" / data: fps["data"] for data in ("pairs", "judge_data")})
+    for member in out.glob("artifacts/rm_*"):  # ensemble members 1..k-1
+        if member.name[3:].isdigit():
+            stages[member] = fingerprint(fps["rm"], int(member.name[3:]))
+    for directory, fp in {**stages, **runs}.items():
+        _finished(directory, fp)
 
 
 def _finished(stage_dir: Path, expected: str) -> bool:
@@ -125,6 +144,13 @@ def _run_stages(cfg: ExperimentConfig, testbed, plans: dict) -> dict:
     from overopt.report import build_report  # the report reads outputs only; imported at the end
 
     out = Path(cfg.out)
+    fps = _stage_fingerprints(cfg, testbed.proxy)
+    runs = {
+        out / "runs" / name / f"seed{seed}": _run_fingerprint(fps["rm"], plan, variant, seed)
+        for name, (plan, variant) in plans.items()
+        for seed in range(cfg.seeds)
+    }
+    _refuse_stale(out, fps, runs)  # before config.yaml is replaced: it still describes what OUT holds
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", to_yaml(cfg))
     # Adam's moment estimates of parameters that get no gradient for a while (unused embeddings,
@@ -132,7 +158,6 @@ def _run_stages(cfg: ExperimentConfig, testbed, plans: dict) -> dict:
     # 100× slower; flushing them to zero changes nothing measurable and keeps steps fast.
     torch.set_flush_denormal(True)
     tok = testbed.tokenizer
-    fps = _stage_fingerprints(cfg, testbed.proxy)
 
     # 1. SFT policy.
     every_s = cfg.checkpoint_every_s
@@ -185,7 +210,8 @@ def _run_stages(cfg: ExperimentConfig, testbed, plans: dict) -> dict:
     labelled = None
     if data_stage is not None:
         data_dir = stage(data_stage, fps["data"], train_member.build_data)
-        labelled = _load_artifact(data_dir, lambda path: load_from_disk(str(path / "data")))
+        columns = ANSWER_COLUMNS if testbed.proxy == "judge" else PAIR_COLUMNS
+        labelled = _load_artifact(data_dir, _load_labelled, columns=columns)
     reward_models: list = []
 
     def first_reward_models(k: int) -> list:
@@ -212,12 +238,9 @@ def _run_stages(cfg: ExperimentConfig, testbed, plans: dict) -> dict:
         eval_ids=eval_ids, eval_mask=eval_mask,
     )  # fmt: skip
     for name, (plan, variant) in plans.items():
-        sections = {part: getattr(variant, part).model_dump() for part in plan.parts if hasattr(variant, part)}
-        if plan.ensemble:
-            sections["ensemble"] = variant.ensemble.model_dump()
         for seed in range(cfg.seeds):
             run_dir = out / "runs" / name / f"seed{seed}"
-            run_fp = fingerprint(fps["rm"], plan.name, plan.rl.model_dump(), cfg.eval.model_dump(), sections, seed)
+            run_fp = runs[run_dir]
             checkpoints = Checkpointer(out / "checkpoints" / "runs" / name / f"seed{seed}", run_fp, every_s)
             if _finished(run_dir, run_fp):
                 checkpoints.clear()
@@ -238,10 +261,22 @@ def _load_artifact(path, load: Callable, **kwargs):
     """`load(path, **kwargs)` for a stage's output; a damaged or missing file ends in one line naming it."""
     try:
         return load(path, **kwargs)
-    except (OSError, ValueError, SafetensorError, ArrowException) as err:
+    except (OSError, ValueError, IndexError, SafetensorError, ArrowException) as err:  # datasets: IndexError for 0 rows
         detail = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
         fix = "; delete the directory to rebuild it" if Path(path).is_dir() else ""  # else an hf Hub id
         raise ValueError(f"{path}: cannot load it ({detail}){fix}") from None
+
+
+def _load_labelled(path: Path, columns: tuple[str, ...]) -> DatasetDict:
+    """A labelled-data stage's train/test splits, checked for the columns the proxy trains on."""
+    data = load_from_disk(str(path / "data"))
+    for split in ("train", "test"):
+        if split not in data:
+            raise ValueError(f"it has no {split!r} split")
+        missing = [c for c in columns if c not in data[split].column_names]
+        if missing:
+            raise ValueError(f"its {split!r} split has no {missing[0]!r} column")
+    return data
 
 
 def _loading(testbed) -> dict:

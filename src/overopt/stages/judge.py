@@ -22,13 +22,15 @@ from overopt.sampling import pad_left, rollout_from_tokens, sample_completions
 from overopt.stages.supervised import fit_minibatches
 from overopt.testbeds.base import Testbed
 
+ANSWER_COLUMNS = ("prompt_ids", "completion_ids", "label")
+
 
 def sample_and_label_answers(
     policy: PreTrainedModel, testbed: Testbed, prompts: list[list[int]], *, batch_size: int, progress: StageProgress
 ) -> tuple[Dataset, dict[str, float]]:
     """One T=1 sample per prompt with its gold label (1 = right)."""
     tok = testbed.tokenizer
-    rows: dict[str, list] = {"prompt_ids": [], "completion_ids": [], "label": []}
+    rows: dict[str, list] = {k: [] for k in ANSWER_COLUMNS}
     progress.start(len(prompts))
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]

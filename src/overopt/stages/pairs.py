@@ -10,6 +10,8 @@ from overopt.progress import StageProgress
 from overopt.sampling import pad_left, sample_completions
 from overopt.testbeds.base import Testbed
 
+PAIR_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids", "gold_chosen", "gold_rejected")
+
 
 def label_pairs(
     gold_a: torch.Tensor,
@@ -53,9 +55,7 @@ def sample_and_label_pairs(
     """Two T=1 samples per prompt, gold-labelled. Returns the pairs and a few statistics."""
     tok = testbed.tokenizer
     generator = torch.Generator().manual_seed(seed)
-    rows: dict[str, list] = {
-        k: [] for k in ("prompt_ids", "chosen_ids", "rejected_ids", "gold_chosen", "gold_rejected")
-    }
+    rows: dict[str, list] = {k: [] for k in PAIR_COLUMNS}
     n_ties = 0
     progress.start(len(prompts))
     for start in range(0, len(prompts), batch_size):
