@@ -6,6 +6,8 @@
      a. (OCRM, phase k ≥ 1) importance weights of the stored pairs under π_k vs π_SFT, RM_k
         retrained from scratch on the SAME pairs, KL anchor reset to π_k, PPO value model from RM_k;
      b. train_policy for the phase's share of rl.steps, evaluated on held-out prompts.
+Checkpoints (overopt.checkpoint) carry the models, the loop's state and the phase, so that a run
+killed at any moment resumes into the same metrics and weights.
 """
 
 from __future__ import annotations
