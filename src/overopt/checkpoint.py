@@ -29,6 +29,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from overopt import faults
 from overopt.errors import disk_full
+from overopt.io import fsync
 
 STATE_JSON, STATE_TENSORS = "state.json", "state.safetensors"
 _TENSOR = "__tensor__"  # JSON placeholder {"__tensor__": key} for a tensor kept in state.safetensors
@@ -36,14 +37,6 @@ _TENSOR = "__tensor__"  # JSON placeholder {"__tensor__": key} for a tensor kept
 
 class CheckpointError(ValueError):
     """A checkpoint exists but cannot be read (bad input: the CLI reports it in one line)."""
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _split(tree: Any, tensors: dict[str, torch.Tensor], path: str = "") -> Any:
@@ -150,7 +143,7 @@ class Checkpointer:
         final = self.root / f"step-{step:09d}"
         shutil.rmtree(final, ignore_errors=True)  # the same step again (after a resume): replace it
         os.rename(partial, final)
-        _fsync(self.root)
+        fsync(self.root)
         for older in self._complete():
             if older != final:
                 shutil.rmtree(older)
@@ -170,8 +163,8 @@ class Checkpointer:
         meta = {"fingerprint": self.fingerprint, "step": step, "files": files, "state": tree}
         (partial / STATE_JSON).write_text(json.dumps(meta))
         for name in [*files, STATE_JSON]:
-            _fsync(partial / name)
-        _fsync(partial)
+            fsync(partial / name)
+        fsync(partial)
 
     def clear(self) -> None:
         """The stage is finished: its checkpoints are no longer needed."""

@@ -25,7 +25,9 @@ _point, _remaining, _crash = "", 0, _sigkill
 def arm(spec: str, crash: Callable[[], None] = _sigkill) -> None:
     """Crash at the n-th arrival at a point ('<point>:<n>', n = 1 if omitted); '' disarms."""
     global _point, _remaining, _crash
-    name, _, count = spec.rpartition(":") if spec.rpartition(":")[2].isdigit() else (spec, "", "1")
+    name, sep, count = spec.rpartition(":")
+    if not (sep and count.isdigit()):
+        name, count = spec, "1"
     _point, _remaining, _crash = name, int(count) if spec else 0, crash
 
 

@@ -24,21 +24,28 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def fsync(path: Path) -> None:
+    """Flush a file, or a directory's entries (after a rename into it), to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_size(path: Path) -> int:
     """Flush `path` to disk and return its size in bytes (0 if it does not exist yet)."""
     if not path.exists():
         return 0
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-        return os.fstat(f.fileno()).st_size
+    fsync(path)
+    return path.stat().st_size
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
     """The trained parameters of `model` (under LoRA: the adapters) as safetensors, written atomically."""
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
+    fsync(tmp)
     os.replace(tmp, path)
 
 

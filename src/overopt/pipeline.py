@@ -246,9 +246,6 @@ def _run_stages(cfg: ExperimentConfig, testbed, plans: dict) -> dict:
                 checkpoints.clear()
                 console.print(f"[dim]reusing {run_dir}[/dim]")
                 continue
-            if checkpoints.load() is None:  # nothing to resume: the run starts from scratch
-                shutil.rmtree(run_dir, ignore_errors=True)
-            run_dir.mkdir(parents=True, exist_ok=True)
             run_method(lab, plan, variant, seed, run_dir, name, checkpoints)
             write_json(run_dir / "stage.json", {"stage": "rl", "method": name, "seed": seed, "fingerprint": run_fp})
             checkpoints.clear()

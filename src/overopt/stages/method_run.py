@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from overopt.stages.rm import train_reward_model
 from overopt.testbeds.base import Testbed
 
 SAMPLE_BATCH = 256
+LOGS = ("metrics.jsonl", "samples.jsonl")  # a run's logs, cut back to a checkpoint's lengths on resume
 
 
 @dataclass
@@ -75,6 +77,9 @@ def run_method(
     run_state = resume.state["run"] if resume is not None else {"phase": 0, "extra": {}, "elapsed_s": 0.0}
     if resume is not None:
         _truncate_logs(run_dir, run_state["logs"], resume.directory)
+    else:  # nothing to resume: whatever an earlier attempt left is dropped
+        shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     # 1. Policy and reference.
     policy = copy.deepcopy(lab.sft_policy).train()
     if cfg.testbed == "hf" and cfg.hf.lora_r:  # LoRA: only adapters train; the reference stays the SFT model
@@ -162,9 +167,6 @@ def run_method(
             )  # fmt: skip
         loop = None
     save_weights(policy, run_dir / "policy.safetensors")
-
-
-LOGS = ("metrics.jsonl", "samples.jsonl")
 
 
 def _truncate_logs(run_dir: Path, sizes: dict[str, int], checkpoint: Path) -> None:

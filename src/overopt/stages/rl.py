@@ -172,6 +172,12 @@ def train_policy(
         if (step - step_offset) % eval_every == 0 or step == step_offset + steps:
             on_eval(step, {**log.flush(), "train/wall_s": time.perf_counter() - start_time})
 
+    def end_step(step: int, **figures: float) -> None:
+        progress.advance(**figures)
+        maybe_evaluate(step)
+        if on_step_end is not None:
+            on_step_end(step, loop_state)
+
     def loop_state() -> dict:
         return {
             "step": step, "kl_coef": kl_coef, "optimizer": optimizer_state(optimizer), "prompts": prompts.state_dict(),
@@ -209,10 +215,7 @@ def train_policy(
             if not torch.isfinite(scores).all():
                 _nonfinite(cfg, step, "rewards")
                 log.add({"train/skipped_nonfinite": 1.0})
-                progress.advance()
-                maybe_evaluate(step)
-                if on_step_end is not None:
-                    on_step_end(step, loop_state)
+                end_step(step)
                 continue
             weights = None
             if mitigations.completion_weights is not None:
@@ -264,11 +267,8 @@ def train_policy(
         if mitigations.reference_schedule is not None:
             log.add(mitigations.reference_schedule(step, policy, ref_policy))
 
-        progress.advance(proxy=scored.rewards.mean().item(), kl=seq_kl.mean().item())
-        # 7. Held-out evaluation.
-        maybe_evaluate(step)
-        if on_step_end is not None:
-            on_step_end(step, loop_state)
+        # 7. Held-out evaluation (when due), then the checkpoint hook.
+        end_step(step, proxy=scored.rewards.mean().item(), kl=seq_kl.mean().item())
 
 
 def _nonfinite(cfg: RLConfig, step: int, source: str) -> None:
