@@ -132,30 +132,34 @@ class Meter:
         self._starts: dict[int, float] = {}
         self._fwd_end = self._last_grad = self._opt_start = None
 
-    def policy(self, model: torch.nn.Module) -> None:
-        original = model.generate
+    def generate(self, ids: torch.Tensor, mask: torch.Tensor | None, call):
+        """Run `call()`, a generation for the prompts (ids, mask) that returns the (B, P + T) sequences
+        (transformers) or a Rollout (overopt); time it and count its completions and tokens."""
+        t0 = time.perf_counter()
+        self._in_generate = True
+        try:
+            out = call()
+        finally:
+            self._in_generate = False
+        self.times["generate"] += time.perf_counter() - t0
+        completion = out.completion_ids if hasattr(out, "completion_ids") else out[:, ids.shape[1] :]
+        is_eos = completion == self.eos_id
+        kept = ~((is_eos.long().cumsum(1) - is_eos.long()) > 0)  # up to and including the first EOS
+        self.counts["completions"] += completion.shape[0]
+        self.counts["tokens"] += int(kept.sum())
+        self.counts["eos"] += int(is_eos.any(1).sum())
+        self.counts["generate_calls"] += 1
+        self.prompts.append((ids.cpu().clone(), None if mask is None else mask.cpu().clone()))
+        return out
 
-        def generate(*a, **kw):
-            ids, mask = kw.get("input_ids", a[0] if a else None), kw.get("attention_mask")
-            t0 = time.perf_counter()
-            self._in_generate = True
-            try:
-                out = original(*a, **kw)
-            finally:
-                self._in_generate = False
-            self.times["generate"] += time.perf_counter() - t0
-            completion = out[:, ids.shape[1] :]
-            is_eos = completion == self.eos_id
-            kept = ~((is_eos.long().cumsum(1) - is_eos.long()) > 0)  # up to and including the first EOS
-            self.counts["completions"] += completion.shape[0]
-            self.counts["tokens"] += int(kept.sum())
-            self.counts["eos"] += int(is_eos.any(1).sum())
-            self.counts["generate_calls"] += 1
-            self.prompts.append((ids.cpu().clone(), None if mask is None else mask.cpu().clone()))
-            return out
-
-        model.generate = generate
-        self._patched.append(model)
+    def policy(self, model: torch.nn.Module, hf_generate: bool = True) -> None:
+        """Meter the policy's forwards and gradients, and its `generate` (TRL) unless `hf_generate` is off."""
+        if hf_generate:
+            original = model.generate
+            model.generate = lambda *a, **kw: self.generate(
+                kw.get("input_ids", a[0] if a else None), kw.get("attention_mask"), lambda: original(*a, **kw)
+            )
+            self._patched.append(model)
         self._forward_hooks(model, "policy")
         for p in model.parameters():
             if p.requires_grad:
@@ -176,8 +180,7 @@ class Meter:
             key = name if name != "policy" else ("policy_grad" if torch.is_grad_enabled() else "policy_nograd")
             self.times[key] += now - self._starts.pop(id(module))
             self.counts[f"fwd_{key}"] += 1
-            if key == "policy_grad":
-                self._fwd_end = now
+            self._fwd_end = now  # "loss + backward" runs from the last forward to the last gradient
 
         self._handles += [model.register_forward_pre_hook(pre), model.register_forward_hook(post)]
 
@@ -279,8 +282,14 @@ def run_overopt(s: Setup, algo: str, seed: int, meter: Meter) -> float:
         update={"algo": algo, "steps": s.updates, "prompts_per_step": s.prompts_per_step, "group_size": s.group_size,
                 "epochs": 1, "minibatches": 1, "temperature": 1.0, "loss_aggregation": "auto", "kl": kl}
     )  # fmt: skip
+    import overopt.stages.rl as rl_stage
+
     policy = copy.deepcopy(s.sft).train()
-    meter.policy(policy)
+    meter.policy(policy, hf_generate=False)  # overopt samples with its own loop: meter that instead
+    sample = rl_stage.sample_completions
+    rl_stage.sample_completions = lambda model, ids, mask, *a, **kw: meter.generate(
+        ids, mask, lambda: sample(model, ids, mask, *a, **kw)
+    )
     meter.model(s.sft, "ref")  # as in method_run: the SFT model is the reference
     meter.model(s.rm.base_model, "rm")  # reward_forward runs the backbone, then the head
     start = time.perf_counter()
@@ -290,6 +299,7 @@ def run_overopt(s: Setup, algo: str, seed: int, meter: Meter) -> float:
         on_eval=lambda step, figures: None, progress=NullProgress(), steps=s.updates, evaluate_first=False,
         on_step_end=lambda step, loop_state: meter.step_end(),
     )  # fmt: skip
+    rl_stage.sample_completions = sample
     return time.perf_counter() - start
 
 

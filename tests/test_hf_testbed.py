@@ -306,7 +306,9 @@ def test_lora_smoke_with_bfloat16_autocast(hf_world, tmp_path):
     rows = [json.loads(line) for line in (out / "runs" / "ref_reset" / "seed0" / "metrics.jsonl").open()]
     assert [r["step"] for r in rows] == [0, 1, 2] and all(math.isfinite(r["gold_reward"]) for r in rows)
     assert rows[-1]["ref_reset/count"] == 2
-    assert rows[1]["kl_sft"] > 0  # the forward passes see the adapters' updates (no stale autocast weight cache)
+    # kl_sft is a sampled k1 estimate, of either sign; it is exactly 0 when the forward passes miss the
+    # adapters' updates (a stale autocast weight cache).
+    assert rows[1]["kl_sft"] != 0
 
 
 def test_bfloat16_precision_sees_in_place_weight_updates(hf_world):

@@ -64,6 +64,41 @@ def test_every_algorithm_learns_with_finite_figures(tiny_world, algo, placement)
     assert not torch.equal(_params(policy), _params(tiny_world["policy"])), "the policy did not change"
 
 
+def test_one_update_equals_the_step_written_out(tiny_world):
+    """One GRPO update with the KL in the loss, rebuilt from the ops: sample with the loop's seed, score,
+    group advantages, old log-probs = the detached grad pass, reference pass, clipped surrogate + β·k3,
+    clip, AdamW. Checks the loop's wiring, including the reuse of its one forward at θ as old log-probs."""
+    from overopt.models.policy import completion_logprobs
+    from overopt.ops import clipped_surrogate, grpo_advantages, kl_estimate, masked_mean
+    from overopt.sampling import pad_left, sample_completions
+    from overopt.stages.rl import PromptStream
+
+    cfg = BASE.model_copy(update={"algo": "grpo", "steps": 1, "kl": KLConfig(coef=0.1, placement="loss", estimator="k3")})
+    trained, _ = _train(tiny_world, cfg, seed=5)
+
+    testbed, tok = tiny_world["testbed"], tiny_world["testbed"].tokenizer
+    policy = copy.deepcopy(tiny_world["policy"]).train()
+    torch.manual_seed(5)
+    prompts = PromptStream(testbed.prompts("train", 16, 0), 5).take(cfg.prompts_per_step)
+    ids, mask = pad_left([p for p in prompts for _ in range(cfg.group_size)], tok.pad_token_id)
+    roll = sample_completions(policy, ids, mask, testbed.max_completion_tokens, 1.0, tok.eos_token_id, tok.pad_token_id)
+    with torch.no_grad():
+        rewards = ProxyRewardModel(tiny_world["reward_model"])(roll).rewards
+        ref, _ = completion_logprobs(tiny_world["policy"], roll.input_ids, roll.attention_mask, roll.prompt_len)
+    advantages = grpo_advantages(rewards.view(-1, cfg.group_size)).flatten()
+    logprobs, _ = completion_logprobs(policy, roll.input_ids, roll.attention_mask, roll.prompt_len)
+    cmask = roll.completion_mask
+    pg = clipped_surrogate(logprobs, logprobs.detach(), advantages, cmask, clip_eps=cfg.clip_eps,
+                           aggregation=cfg.aggregation, norm_const=float(testbed.max_completion_tokens))  # fmt: skip
+    loss = pg.loss + 0.1 * masked_mean(kl_estimate(logprobs, ref, "k3"), cmask)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(list(policy.parameters()), cfg.max_grad_norm)
+    optimizer.step()
+    assert not torch.equal(_params(policy), _params(tiny_world["policy"]))
+    torch.testing.assert_close(_params(trained), _params(policy), rtol=0, atol=1e-7)
+
+
 def test_same_seed_same_run_and_other_seed_differs(tiny_world):
     a, logged_a = _train(tiny_world, BASE, seed=3)
     b, logged_b = _train(tiny_world, BASE, seed=3)

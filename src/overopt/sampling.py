@@ -1,11 +1,13 @@
-"""Batched sampling of completions with the KV cache (transformers `generate`)."""
+"""Batched sampling of completions with a KV cache: a shared prefill per distinct prompt, rows leaving at EOS."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-from transformers import GenerationConfig, PreTrainedModel
+from transformers import PreTrainedModel
+
+from overopt.models.policy import position_ids_from_mask
 
 
 @dataclass(frozen=True)
@@ -87,27 +89,73 @@ def sample_completions(
     temperature: float,
     eos_id: int,
     pad_id: int,
+    *,
+    row_offset: int = 0,
+    total_rows: int | None = None,
 ) -> Rollout:
-    """Sample one completion per prompt row at `temperature` (no top-k/top-p truncation).
+    """Sample one completion per prompt row at `temperature` (no top-k/top-p truncation; 0 = greedy).
 
-    Pure ancestral sampling keeps log π(y|x) exact for KL and importance weights. The rollout lives
-    on the model's device.
+    Pure ancestral sampling keeps log π(y|x) exact for KL and importance weights. Each token is drawn
+    with the Gumbel-max trick, argmax(logits/T + G), from noise G drawn for every row of the global
+    batch (`total_rows`, this batch being rows `row_offset`...) by a generator seeded from the global
+    torch RNG: a row's completion depends on its prompt, the model and the seed only, not on which
+    rows share its batch or its process, so N processes sample what one process samples.
+
+    The KV cache is filled once per distinct prompt and shared by its copies (a group of K), and rows
+    leave the batch at their EOS, so the cost follows the tokens generated rather than B × the longest
+    completion. The rollout lives on the model's device.
     """
-    prompt_ids, prompt_mask = prompt_ids.to(model.device), prompt_mask.to(model.device)
+    device = model.device
+    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+    rows = prompt_ids.shape[0]
+    total_rows = rows if total_rows is None else total_rows
+    noise = torch.Generator(device=device).manual_seed(int(torch.randint(2**62, ()).item()))
     was_training = model.training
     model.eval()
-    config = GenerationConfig(
-        do_sample=temperature > 0,
-        temperature=temperature if temperature > 0 else None,
-        top_k=0,
-        top_p=1.0,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=eos_id,
-        pad_token_id=pad_id,
+    # Prefill each distinct (prompt, mask) once, then copy its cache and last logits to its rows.
+    distinct, copies = torch.unique(torch.cat([prompt_ids, prompt_mask], 1), dim=0, return_inverse=True)
+    distinct_mask = distinct[:, prompt_ids.shape[1] :]
+    out = model(
+        input_ids=distinct[:, : prompt_ids.shape[1]],
+        attention_mask=distinct_mask,
+        position_ids=position_ids_from_mask(distinct_mask),
+        use_cache=True,
+        logits_to_keep=1,
     )
-    out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
+    cache, logits = out.past_key_values, out.logits[copies, -1]
+    cache.reorder_cache(copies)
+    completion = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    active = torch.arange(rows, device=device)  # rows still generating
+    attention_mask, positions = prompt_mask, prompt_mask.sum(1, keepdim=True)
+    steps = 0
+    for t in range(max_new_tokens):
+        if temperature > 0:
+            # -log E with E ~ Exp(1) is Gumbel(0, 1) noise; drawn for all rows so that row r's stays r's.
+            gumbel = -torch.empty((total_rows, logits.shape[-1]), device=device).exponential_(generator=noise).log()
+            token = (logits.float() / temperature + gumbel[row_offset + active]).argmax(-1)
+        else:
+            token = logits.argmax(-1)
+        completion[active, t] = token
+        steps = t + 1
+        going = token != eos_id
+        if t + 1 == max_new_tokens or not going.any():
+            break
+        if not going.all():
+            keep = going.nonzero().squeeze(1)
+            active, token = active[keep], token[keep]
+            cache.reorder_cache(keep)  # index_select of every layer's keys and values
+            attention_mask, positions = attention_mask[keep], positions[keep]
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(active), 1)], 1)
+        out = model(
+            input_ids=token[:, None],
+            attention_mask=attention_mask,
+            position_ids=positions + t,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache, logits = out.past_key_values, out.logits[:, -1]
     model.train(was_training)
-    completion = out[:, prompt_ids.shape[1] :]
+    completion = completion[:, :steps]
     mask = mask_after_eos(completion, eos_id)
-    completion = completion.masked_fill(mask == 0, pad_id)
-    return Rollout(prompt_ids, prompt_mask, completion, mask)
+    return Rollout(prompt_ids, prompt_mask, completion.masked_fill(mask == 0, pad_id), mask)

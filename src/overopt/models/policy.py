@@ -50,17 +50,20 @@ def completion_logits(
 ) -> torch.Tensor:
     """Logits that predict each completion token: (B, P + T) sequence -> (B, T, V).
 
-    The token at position P + t is predicted by the logits at position P + t - 1. Inputs move to the
-    model's device.
+    The token at position P + t is predicted by the logits at position P + t - 1. Only those T + 1
+    positions go through the output head (`logits_to_keep`): the prompt's logits are never computed,
+    which matters with large vocabularies. Inputs move to the model's device.
     """
     input_ids, attention_mask = input_ids.to(model.device), attention_mask.to(model.device)
+    keep = input_ids.shape[1] - prompt_len + 1
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids_from_mask(attention_mask),
         use_cache=False,
+        logits_to_keep=keep,
     )
-    return out.logits[:, prompt_len - 1 : -1]
+    return out.logits[:, -keep:-1]  # heads without `logits_to_keep` (a value model's) return every position
 
 
 def completion_logprobs(

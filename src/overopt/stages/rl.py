@@ -49,7 +49,7 @@ class Batch:
 
     rollout: Rollout
     old_logprobs: torch.Tensor  # (B, T)
-    ref_logprobs: torch.Tensor  # (B, T)
+    ref_logprobs: torch.Tensor | None  # (B, T); None when nothing reads the reference
     advantages: torch.Tensor  # (B,) sequence-level, or (B, T) for PPO
     weights: torch.Tensor | None = None  # (B,) per-completion loss weights (SignCert-PO)
     old_values: torch.Tensor | None = None  # (B, T), PPO only
@@ -201,6 +201,7 @@ def train_policy(
             tok.pad_token_id,
         )
         ids, mask, plen, cmask = rollout.input_ids, rollout.attention_mask, rollout.prompt_len, rollout.completion_mask
+        grad_logprobs = None
         with torch.no_grad():
             # 2. Scores from the reward source, then the method's reward transforms.
             scored = reward_source(rollout)
@@ -221,17 +222,28 @@ def train_policy(
             if mitigations.completion_weights is not None:
                 weights, figures = mitigations.completion_weights(scored, cfg.group_size)
                 log.add(figures)
-            # 3. Old and reference log-probs; KL to the reference (the estimator that is optimised).
-            old_logprobs, _ = completion_logprobs(policy, ids, mask, plen, cfg.temperature)
-            ref_logprobs, _ = completion_logprobs(ref_policy, ids, mask, plen, cfg.temperature)
-            token_kl = kl_estimate(old_logprobs, ref_logprobs, cfg.kl.estimator) * cmask
-            seq_kl = token_kl.sum(1)
+            # 3. Old and reference log-probs; KL to the reference (the estimator that is optimised). With
+            # one epoch of one minibatch, the update's own forward at θ gives the old log-probs: it runs
+            # here, with grad, and step 5 reuses it. The reference pass runs only when something reads
+            # it: a KL penalty or a loss term.
+            if cfg.epochs == 1 and cfg.minibatches == 1:
+                with torch.enable_grad():
+                    grad_logprobs, _ = completion_logprobs(policy, ids, mask, plen, cfg.temperature)
+                old_logprobs = grad_logprobs.detach()
+            else:
+                old_logprobs, _ = completion_logprobs(policy, ids, mask, plen, cfg.temperature)
+            ref_logprobs, seq_kl = None, None
+            if kl_coef > 0 or mitigations.loss_terms:
+                ref_logprobs, _ = completion_logprobs(ref_policy, ids, mask, plen, cfg.temperature)
+                token_kl = kl_estimate(old_logprobs, ref_logprobs, cfg.kl.estimator) * cmask
+                seq_kl = token_kl.sum(1)
+                log.add({"train/kl_ref": seq_kl.mean()})
             in_reward = cfg.kl.placement == "reward" and kl_coef > 0
             # 4. Advantages.
             if cfg.algo == "ppo":
                 assert value_model is not None, "PPO needs a value model"
                 old_values = _values(value_model, rollout) * cmask
-                token_rewards = -kl_coef * token_kl if in_reward else torch.zeros_like(token_kl)
+                token_rewards = -kl_coef * token_kl if in_reward else torch.zeros_like(old_logprobs)
                 last = cmask.sum(1) - 1
                 token_rewards[torch.arange(len(last)), last] += scores
                 est = gae(token_rewards, old_values, cmask, cfg.gamma, cfg.lam)
@@ -240,18 +252,23 @@ def train_policy(
             else:
                 rewards = scores - kl_coef * seq_kl if in_reward else scores
                 batch = Batch(rollout, old_logprobs, ref_logprobs, _sequence_advantages(cfg, rewards), weights)
-        log.add({"train/kl_ref": seq_kl.mean(), "kl/coef": kl_coef, "train/mean_length": cmask.sum(1).double().mean()})
+        log.add({"kl/coef": kl_coef, "train/mean_length": cmask.sum(1).double().mean()})
 
         # 5. Clipped-surrogate updates over minibatches, each through the method's gradient step.
         n_rows = ids.shape[0]
         for _ in range(cfg.epochs):
-            for rows in torch.randperm(n_rows).chunk(cfg.minibatches):
+            # One minibatch is the whole batch in order (step 3a's log-probs are in rollout order).
+            chunks = [slice(None)] if cfg.minibatches == 1 else torch.randperm(n_rows).chunk(cfg.minibatches)
+            for rows in chunks:
                 figures: Figures = {}
 
                 def loss_fn(rows=rows, figures=figures, batch=batch, kl_coef=kl_coef) -> torch.Tensor:
+                    nonlocal grad_logprobs  # step 3a's forward serves the first evaluation, at θ
+                    logprobs, grad_logprobs = grad_logprobs, None
                     loss, first = _minibatch_loss(
-                        cfg, policy, value_model, batch, rows, kl_coef, mitigations, testbed.max_completion_tokens
-                    )
+                        cfg, policy, value_model, batch, rows, kl_coef, mitigations, testbed.max_completion_tokens,
+                        logprobs,
+                    )  # fmt: skip
                     figures.update(first if not figures else {})  # figures of θ, not of a perturbed θ
                     return loss
 
@@ -262,13 +279,14 @@ def train_policy(
                 log.add(figures)
 
         # 6. Adaptive KL coefficient (Ziegler et al., arXiv 1909.08593); reference schedule.
-        if cfg.kl.adaptive and kl_coef > 0:
+        if cfg.kl.adaptive and seq_kl is not None:
             kl_coef = adaptive_kl_coef(kl_coef, seq_kl.mean().item(), cfg.kl.target, cfg.kl.horizon, n_rows)
         if mitigations.reference_schedule is not None:
             log.add(mitigations.reference_schedule(step, policy, ref_policy))
 
         # 7. Held-out evaluation (when due), then the checkpoint hook.
-        end_step(step, proxy=scored.rewards.mean().item(), kl=seq_kl.mean().item())
+        kl_figure = {} if seq_kl is None else {"kl": seq_kl.mean().item()}
+        end_step(step, proxy=scored.rewards.mean().item(), **kl_figure)
 
 
 def _nonfinite(cfg: RLConfig, step: int, source: str) -> None:
@@ -285,15 +303,18 @@ def _minibatch_loss(
     policy: PreTrainedModel,
     value_model: PreTrainedModel | None,
     batch: Batch,
-    rows: torch.Tensor,
+    rows: torch.Tensor | slice,
     kl_coef: float,
     mitigations: Mitigations,
     max_completion_tokens: int,
+    logprobs: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Figures]:
-    """The loss of the minibatch `rows` at the current parameters, and its figures."""
+    """The loss of the minibatch `rows` at the current parameters, and its figures. `logprobs`: the
+    minibatch's log-probs at the current parameters with grad, if already computed."""
     rollout = batch.rollout.index(rows)
     ids, mask, plen, cmask = rollout.input_ids, rollout.attention_mask, rollout.prompt_len, rollout.completion_mask
-    logprobs, _ = completion_logprobs(policy, ids, mask, plen, cfg.temperature)
+    if logprobs is None:
+        logprobs, _ = completion_logprobs(policy, ids, mask, plen, cfg.temperature)
     pg = clipped_surrogate(
         logprobs,
         batch.old_logprobs[rows],
