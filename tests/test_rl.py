@@ -73,7 +73,8 @@ def test_one_update_equals_the_step_written_out(tiny_world):
     from overopt.sampling import pad_left, sample_completions
     from overopt.stages.rl import PromptStream
 
-    cfg = BASE.model_copy(update={"algo": "grpo", "steps": 1, "kl": KLConfig(coef=0.1, placement="loss", estimator="k3")})
+    kl = KLConfig(coef=0.1, placement="loss", estimator="k3")
+    cfg = BASE.model_copy(update={"algo": "grpo", "steps": 1, "kl": kl})
     trained, _ = _train(tiny_world, cfg, seed=5)
 
     testbed, tok = tiny_world["testbed"], tiny_world["testbed"].tokenizer
