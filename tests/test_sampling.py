@@ -192,3 +192,53 @@ def test_left_padded_batch_matches_each_prompt_alone_greedy(testbed, policy):
         got = batch.completion_ids[row][batch.completion_mask[row].bool()].tolist()
         assert got == alone.completion_ids[0, :n_alone].tolist(), (row, prompt)
         assert got[-1] == tok.eos_token_id or len(got) == 10
+
+
+def test_greedy_equals_transformers_generate(testbed, policy):
+    """The decode loop (shared prefill, rows leaving at EOS) against transformers' generate, greedy."""
+    from transformers import GenerationConfig
+
+    tok = testbed.tokenizer
+    prompts = [p for p in _prompts(testbed, 9, seed=4) for _ in range(3)]  # groups of 3 copies
+    ids, mask = pad_left(prompts, tok.pad_token_id)
+    ours = _rollout(testbed, policy, prompts, seed=0, temperature=0.0, max_new_tokens=10)
+    config = GenerationConfig(do_sample=False, max_new_tokens=10, eos_token_id=tok.eos_token_id,
+                              pad_token_id=tok.pad_token_id)  # fmt: skip
+    theirs = policy.generate(input_ids=ids, attention_mask=mask, generation_config=config)[:, ids.shape[1] :]
+    theirs_mask = mask_after_eos(theirs, tok.eos_token_id)
+    assert torch.equal(ours.completion_mask, theirs_mask)
+    assert torch.equal(ours.completion_ids, theirs.masked_fill(theirs_mask == 0, tok.pad_token_id))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_first_token_frequencies_follow_the_softmax(testbed, policy, temperature):
+    """Gumbel-max sampling draws from softmax(logits / T): frequencies of 8000 first tokens of one
+    prompt against the model's probabilities, each within 5 binomial standard deviations."""
+    tok = testbed.tokenizer
+    prompt = _prompts(testbed, 1, seed=5)[0]
+    n = 8000
+    roll = _rollout(testbed, policy, [prompt] * n, seed=1, temperature=temperature, max_new_tokens=1)
+    counts = torch.bincount(roll.completion_ids[:, 0], minlength=len(tok)).double()
+    with torch.no_grad():
+        logits = policy(input_ids=torch.tensor([prompt])).logits[0, -1].double()
+    probs = torch.softmax(logits / temperature, -1)[: len(tok)]
+    sd = (n * probs * (1 - probs)).sqrt()
+    assert ((counts - n * probs).abs() <= 5 * sd + 1e-9).all()
+    assert (probs > 0.02).sum() >= 5  # a spread distribution, so the check has teeth
+
+
+def test_a_rows_sample_does_not_depend_on_its_batch(testbed, policy):
+    """Rows [a, b) sampled alone (row_offset=a of total_rows) equal those rows of the whole batch: the
+    property that lets N processes sample what one process samples."""
+    tok = testbed.tokenizer
+    prompts = [p for p in _prompts(testbed, 12, seed=6) for _ in range(2)]
+    whole = _rollout(testbed, policy, prompts, seed=7)
+    for a, b in [(0, 8), (8, 24), (5, 6)]:
+        ids, mask = pad_left(prompts, tok.pad_token_id)
+        torch.manual_seed(7)
+        part = sample_completions(policy, ids[a:b], mask[a:b], 12, 1.0, tok.eos_token_id, tok.pad_token_id,
+                                  row_offset=a, total_rows=len(prompts))  # fmt: skip
+        width = part.completion_ids.shape[1]
+        assert torch.equal(part.completion_ids, whole.completion_ids[a:b, :width])
+        assert not whole.completion_mask[a:b, width:].any()
+    assert len({tuple(r) for r in whole.completion_ids.tolist()}) > len(prompts) // 2  # really sampled
