@@ -214,7 +214,12 @@ def test_greedy_equals_transformers_generate(testbed, policy):
 def test_first_token_frequencies_follow_the_softmax(testbed, policy, temperature):
     """Gumbel-max sampling draws from softmax(logits / T): frequencies of 8000 first tokens of one
     prompt against the model's probabilities, each within 5 binomial standard deviations."""
+    import copy
+
     tok = testbed.tokenizer
+    policy = copy.deepcopy(policy)
+    with torch.no_grad():
+        policy.model.norm.weight.mul_(12.0)  # the untrained policy is near uniform: sharpen its logits
     prompt = _prompts(testbed, 1, seed=5)[0]
     n = 8000
     roll = _rollout(testbed, policy, [prompt] * n, seed=1, temperature=temperature, max_new_tokens=1)
@@ -224,7 +229,7 @@ def test_first_token_frequencies_follow_the_softmax(testbed, policy, temperature
     probs = torch.softmax(logits / temperature, -1)[: len(tok)]
     sd = (n * probs * (1 - probs)).sqrt()
     assert ((counts - n * probs).abs() <= 5 * sd + 1e-9).all()
-    assert (probs > 0.02).sum() >= 5  # a spread distribution, so the check has teeth
+    assert (probs > 0.02).sum() >= 3 and probs.max() > 0.2  # peaked, not one token: the check has teeth
 
 
 def test_a_rows_sample_does_not_depend_on_its_batch(testbed, policy):
