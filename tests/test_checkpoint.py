@@ -144,10 +144,10 @@ def test_a_pickle_in_place_of_checkpoint_weights_is_never_unpickled(tmp_path):
 def _fit(model, losses_seen: list, checkpoints=None, nan_at: int | None = None) -> float:
     data = torch.randn(40, 4, generator=torch.Generator().manual_seed(0))
 
-    def batch_loss(rows):
+    def batch_loss(module, rows):
         losses_seen.append(rows)
-        loss = (model(data[rows]) - data[rows].sum(1, keepdim=True)).pow(2).mean()
-        return loss * float("nan") if len(losses_seen) == nan_at else loss
+        loss = (module(data[rows]) - data[rows].sum(1, keepdim=True)).pow(2).sum()
+        return loss * float("nan") if len(losses_seen) == nan_at else loss, torch.tensor(float(len(rows)))
 
     with StageProgress("fit") as progress:
         return fit_minibatches(

@@ -27,7 +27,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from overopt import faults
+from overopt import distributed, faults
 from overopt.errors import disk_full
 from overopt.io import fsync
 
@@ -131,7 +131,10 @@ class Checkpointer:
 
     def save(self, step: int, state: dict, models: dict[str, torch.nn.Module]) -> None:
         """Write the checkpoint of `step` atomically, then delete the older ones. If writing fails (a
-        full disk), the partial files are removed and the previous checkpoint stays the newest."""
+        full disk), the partial files are removed and the previous checkpoint stays the newest. With
+        several processes, the main one writes (their models and states are the same)."""
+        if not distributed.is_main():
+            return
         partial = self.root / ".partial"
         try:
             self._write(partial, step, state, models)
@@ -168,7 +171,8 @@ class Checkpointer:
 
     def clear(self) -> None:
         """The stage is finished: its checkpoints are no longer needed."""
-        shutil.rmtree(self.root, ignore_errors=True)
+        if distributed.is_main():
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 def rng_state() -> dict:

@@ -25,7 +25,7 @@ from pyarrow import ArrowException
 from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from overopt import faults
+from overopt import distributed, faults
 from overopt.checkpoint import Checkpointer
 from overopt.config import ExperimentConfig, to_yaml
 from overopt.errors import StaleArtifactError
@@ -108,19 +108,25 @@ def _run_stage(out: Path, name: str, fp: str, build, every_s: float) -> Path:
         checkpoints.clear()  # left behind if the run stopped right after the stage was published
         console.print(f"[dim]reusing {final}[/dim]")
         return final
-    tmp = out / "artifacts" / f".{name}.tmp"
+    # Several processes all build the stage; the main one publishes it, the others drop their copy.
+    main = distributed.is_main()
+    tmp = out / "artifacts" / (f".{name}.tmp" if main else f".{name}.tmp.rank{distributed.rank()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     start = time.perf_counter()
     with StageProgress(name) as progress:
         metrics = build(tmp, progress, checkpoints)
-    write_json(
-        tmp / "stage.json",
-        {"stage": name, "fingerprint": fp, "wall_s": time.perf_counter() - start, "metrics": metrics},
-    )
-    faults.point("stage.publish")
-    replace_dir(tmp, final)
-    checkpoints.clear()
+    if main:
+        write_json(
+            tmp / "stage.json",
+            {"stage": name, "fingerprint": fp, "wall_s": time.perf_counter() - start, "metrics": metrics},
+        )
+        faults.point("stage.publish")
+        replace_dir(tmp, final)
+        checkpoints.clear()
+    else:
+        shutil.rmtree(tmp)
+    distributed.barrier()  # the others read what the main process published
     return final
 
 
@@ -129,6 +135,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     # Bad method names and sweeps fail here, before anything is written.
     plans = {name: (resolve_method(method, variant.rl), variant) for name, method, variant in cfg.method_variants()}
     _quiet_libraries()
+    if not distributed.is_main():
+        console.quiet = True  # under accelerate launch, the main process reports for all
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     testbed = make_testbed(cfg)  # the hf testbed checks its models and data here
@@ -152,7 +160,8 @@ def _run_stages(cfg: ExperimentConfig, testbed, plans: dict) -> dict:
     }
     _refuse_stale(out, fps, runs)  # before config.yaml is replaced: it still describes what OUT holds
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", to_yaml(cfg))
+    if distributed.is_main():
+        atomic_write_text(out / "config.yaml", to_yaml(cfg))
     # Adam's moment estimates of parameters that get no gradient for a while (unused embeddings,
     # completions a method weights by 0) decay into subnormal floats, which x86 CPUs process about
     # 100× slower; flushing them to zero changes nothing measurable and keeps steps fast.
@@ -247,9 +256,13 @@ def _run_stages(cfg: ExperimentConfig, testbed, plans: dict) -> dict:
                 console.print(f"[dim]reusing {run_dir}[/dim]")
                 continue
             run_method(lab, plan, variant, seed, run_dir, name, checkpoints)
-            write_json(run_dir / "stage.json", {"stage": "rl", "method": name, "seed": seed, "fingerprint": run_fp})
-            checkpoints.clear()
+            if distributed.is_main():
+                write_json(run_dir / "stage.json", {"stage": "rl", "method": name, "seed": seed, "fingerprint": run_fp})
+                checkpoints.clear()
+            distributed.barrier()
 
+    if not distributed.is_main():
+        return {}
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # every stage and run is finished
     return build_report(out, console=console)
 

@@ -54,7 +54,8 @@ def completion_logits(
     positions go through the output head (`logits_to_keep`): the prompt's logits are never computed,
     which matters with large vocabularies. Inputs move to the model's device.
     """
-    input_ids, attention_mask = input_ids.to(model.device), attention_mask.to(model.device)
+    device = next(model.parameters()).device  # also for a DDP-wrapped model, which has no .device
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     keep = input_ids.shape[1] - prompt_len + 1
     out = model(
         input_ids=input_ids,

@@ -65,3 +65,15 @@ def reward_forward(model: PreTrainedModel, input_ids: torch.Tensor, attention_ma
     rows = torch.arange(input_ids.shape[0], device=input_ids.device)
     h = hidden_states[rows, last_token_index(attention_mask)]  # (B, H)
     return RewardOutput(score_head(model)(h).squeeze(-1), h)
+
+
+class RewardHead(torch.nn.Module):
+    """`reward_forward` as a module's forward: (B, L) ids and mask -> (B,) rewards. Training wraps this
+    (overopt.distributed.prepare) so that the processes' gradients are averaged through its forward."""
+
+    def __init__(self, model: PreTrainedModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return reward_forward(self.model, input_ids, attention_mask).rewards

@@ -16,7 +16,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel
 
 from overopt.checkpoint import Checkpointer
-from overopt.models.reward import reward_forward
+from overopt.models.reward import RewardHead, reward_forward
 from overopt.progress import StageProgress
 from overopt.sampling import pad_left, rollout_from_tokens, sample_completions
 from overopt.stages.supervised import fit_minibatches
@@ -86,15 +86,17 @@ def train_judge(
 ) -> dict[str, float]:
     """Binary cross-entropy on (answer, right/wrong); returns the loss and train/held-out accuracy."""
 
-    def batch_loss(rows: list[int]) -> torch.Tensor:
+    def batch_loss(head: torch.nn.Module, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         batch = train[rows]
-        logits = judge_logits(model, batch, pad_id)
+        r = rollout_from_tokens(batch["prompt_ids"], batch["completion_ids"], pad_id)
+        logits = head(r.input_ids, r.attention_mask)
         labels = torch.tensor(batch["label"], dtype=logits.dtype, device=logits.device)
-        return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
+        return bce, torch.tensor(float(len(rows)), device=logits.device)
 
     loss = fit_minibatches(
         model, len(train), batch_loss, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress,
-        checkpoints=checkpoints,
+        checkpoints=checkpoints, module=RewardHead(model),
     )  # fmt: skip
     return {
         "train_loss": loss,

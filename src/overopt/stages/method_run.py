@@ -24,7 +24,7 @@ import torch
 from datasets import DatasetDict
 from transformers import AutoModelForTokenClassification, PreTrainedModel
 
-from overopt import faults
+from overopt import distributed, faults
 from overopt.checkpoint import Checkpoint, Checkpointer, CheckpointError
 from overopt.config import ExperimentConfig
 from overopt.io import append_jsonl, fsync_size, save_weights
@@ -73,13 +73,15 @@ def run_method(
     resumed run writes exactly the lines the uninterrupted run would) and writes one whenever it is due.
     """
     rl = plan.rl
+    writes = distributed.is_main()  # several processes: the main one writes the run's files
     resume = checkpoints.load()
     run_state = resume.state["run"] if resume is not None else {"phase": 0, "extra": {}, "elapsed_s": 0.0}
-    if resume is not None:
+    if writes and resume is not None:
         _truncate_logs(run_dir, run_state["logs"], resume.directory)
-    else:  # nothing to resume: whatever an earlier attempt left is dropped
+    elif writes:  # nothing to resume: whatever an earlier attempt left is dropped
         shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if writes:
+        run_dir.mkdir(parents=True, exist_ok=True)
     # 1. Policy and reference.
     policy = copy.deepcopy(lab.sft_policy).train()
     if cfg.testbed == "hf" and cfg.hf.lora_r:  # LoRA: only adapters train; the reference stays the SFT model
@@ -116,12 +118,13 @@ def run_method(
             n_logged_samples=cfg.eval.n_logged_samples,
         )  # fmt: skip
         row = {"step": step, **metrics, "wall_s": time.perf_counter() - start, **train_figures, **extra}
-        append_jsonl(run_dir / "metrics.jsonl", row)
-        faults.point("eval.logged")
-        append_jsonl(run_dir / "samples.jsonl", {"step": step, "samples": samples})
+        if writes:
+            append_jsonl(run_dir / "metrics.jsonl", row)
+            faults.point("eval.logged")
+            append_jsonl(run_dir / "samples.jsonl", {"step": step, "samples": samples})
 
     def on_step_end(step: int, loop_state: Callable[[], dict]) -> None:
-        if not checkpoints.due():
+        if not (writes and checkpoints.due()):
             return
         models = {"policy": policy}
         if plan.moves_reference:
@@ -166,7 +169,8 @@ def run_method(
                 step_offset=offset, evaluate_first=phase == 0, resume=loop, on_step_end=on_step_end,
             )  # fmt: skip
         loop = None
-    save_weights(policy, run_dir / "policy.safetensors")
+    if writes:
+        save_weights(policy, run_dir / "policy.safetensors")
 
 
 def _truncate_logs(run_dir: Path, sizes: dict[str, int], checkpoint: Path) -> None:

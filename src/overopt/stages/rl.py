@@ -22,10 +22,11 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
+from overopt import distributed
 from overopt.checkpoint import load_optimizer_state, optimizer_state, rng_state, set_rng_state
 from overopt.config import RLConfig
 from overopt.errors import NumericalFault
-from overopt.mitigations.protocols import Figures, Mitigations, RewardSource
+from overopt.mitigations.protocols import Figures, Mitigations, RewardScores, RewardSource
 from overopt.models.policy import completion_logits, completion_logprobs
 from overopt.ops import (
     adaptive_kl_coef,
@@ -105,9 +106,13 @@ class FigureLog:
             self._values.setdefault(k, []).append(float(v))
 
     def flush(self) -> Figures:
-        out = {k: sum(v) / len(v) for k, v in self._values.items()}
+        """The means since the last flush; with several processes, also averaged over them (the figures
+        of the whole batch are the same everywhere; those of each share, like the loss, are averaged)."""
+        keys = sorted(self._values)
+        means = torch.tensor([sum(self._values[k]) / len(self._values[k]) for k in keys], dtype=torch.float64)
+        means = distributed.all_sum(means) / distributed.world()
         self._values.clear()
-        return out
+        return dict(zip(keys, means.tolist()))
 
     def state_dict(self) -> dict:
         return {k: list(v) for k, v in self._values.items()}
@@ -147,6 +152,8 @@ def train_policy(
     mitigations = mitigations or Mitigations()
     steps = cfg.steps if steps is None else steps
     tok = testbed.tokenizer
+    _check_processes(cfg)
+    trained = distributed.prepare(policy)  # the update's forward; sampling and scoring use `policy` itself
     torch.manual_seed(seed + step_offset)
     prompts = PromptStream(train_prompts, seed + step_offset)
     models = [policy] if value_model is None else [policy, value_model]
@@ -188,30 +195,29 @@ def train_policy(
     if evaluate_first and resume is None:
         on_eval(step_offset, {})
     for step in range(done + 1, step_offset + steps + 1):
-        # 1. Rollouts: K completions for each of the step's prompts.
+        # 1. Rollouts: K completions for each of the step's prompts. Several processes draw the same
+        # prompts and each samples its share, whole groups, with the noise of those rows (overopt.distributed).
         batch_prompts = [p for p in prompts.take(cfg.prompts_per_step) for _ in range(cfg.group_size)]
-        prompt_ids, prompt_mask = pad_left(batch_prompts, tok.pad_token_id)
+        mine = distributed.share(len(batch_prompts))
+        prompt_ids, prompt_mask = pad_left(batch_prompts[mine], tok.pad_token_id)
         rollout = sample_completions(
-            policy,
-            prompt_ids,
-            prompt_mask,
-            testbed.max_completion_tokens,
-            cfg.temperature,
-            tok.eos_token_id,
-            tok.pad_token_id,
-        )
+            policy, prompt_ids, prompt_mask, testbed.max_completion_tokens, cfg.temperature, tok.eos_token_id,
+            tok.pad_token_id, row_offset=mine.start, total_rows=len(batch_prompts),
+        )  # fmt: skip
         ids, mask, plen, cmask = rollout.input_ids, rollout.attention_mask, rollout.prompt_len, rollout.completion_mask
         grad_logprobs = None
         with torch.no_grad():
-            # 2. Scores from the reward source, then the method's reward transforms.
-            scored = reward_source(rollout)
+            # 2. Scores from the reward source, then the method's reward transforms. These, the completion
+            # weights and the advantages see the whole batch: with several processes, everyone's rows.
+            scored = _gather_scores(reward_source(rollout))
+            everyone = _gather_rollout(rollout, tok.pad_token_id)
             scores = scored.rewards
             if cfg.no_eos_penalty is not None:
-                has_eos = (rollout.completion_ids == tok.eos_token_id).any(1)
+                has_eos = (everyone.completion_ids == tok.eos_token_id).any(1)
                 scores = torch.where(has_eos, scores, torch.full_like(scores, cfg.no_eos_penalty))
             log.add({"train/proxy_reward": scores.mean()})
             for transform in mitigations.reward_transforms:
-                scores, figures = transform(scores, rollout, scored)
+                scores, figures = transform(scores, everyone, scored)
                 log.add(figures)
             if not torch.isfinite(scores).all():
                 _nonfinite(cfg, step, "rewards")
@@ -228,7 +234,7 @@ def train_policy(
             # it: a KL penalty or a loss term.
             if cfg.epochs == 1 and cfg.minibatches == 1:
                 with torch.enable_grad():
-                    grad_logprobs, _ = completion_logprobs(policy, ids, mask, plen, cfg.temperature)
+                    grad_logprobs, _ = completion_logprobs(trained, ids, mask, plen, cfg.temperature)
                 old_logprobs = grad_logprobs.detach()
             else:
                 old_logprobs, _ = completion_logprobs(policy, ids, mask, plen, cfg.temperature)
@@ -236,7 +242,7 @@ def train_policy(
             if kl_coef > 0 or mitigations.loss_terms:
                 ref_logprobs, _ = completion_logprobs(ref_policy, ids, mask, plen, cfg.temperature)
                 token_kl = kl_estimate(old_logprobs, ref_logprobs, cfg.kl.estimator) * cmask
-                seq_kl = token_kl.sum(1)
+                seq_kl = distributed.gather_rows(token_kl.sum(1))
                 log.add({"train/kl_ref": seq_kl.mean()})
             in_reward = cfg.kl.placement == "reward" and kl_coef > 0
             # 4. Advantages.
@@ -251,8 +257,11 @@ def train_policy(
                 batch = Batch(rollout, old_logprobs, ref_logprobs, advantages, weights, old_values, est.returns)
             else:
                 rewards = scores - kl_coef * seq_kl if in_reward else scores
-                batch = Batch(rollout, old_logprobs, ref_logprobs, _sequence_advantages(cfg, rewards), weights)
-        log.add({"kl/coef": kl_coef, "train/mean_length": cmask.sum(1).double().mean()})
+                advantages = _sequence_advantages(cfg, rewards)[mine]
+                weights = None if weights is None else weights[mine]
+                batch = Batch(rollout, old_logprobs, ref_logprobs, advantages, weights)
+        lengths = everyone.completion_mask.sum(1).double()
+        log.add({"kl/coef": kl_coef, "train/mean_length": lengths.mean()})
 
         # 5. Clipped-surrogate updates over minibatches, each through the method's gradient step.
         n_rows = ids.shape[0]
@@ -261,13 +270,14 @@ def train_policy(
             chunks = [slice(None)] if cfg.minibatches == 1 else torch.randperm(n_rows).chunk(cfg.minibatches)
             for rows in chunks:
                 figures: Figures = {}
+                share = _token_share(batch.rollout.completion_mask[rows])
 
-                def loss_fn(rows=rows, figures=figures, batch=batch, kl_coef=kl_coef) -> torch.Tensor:
-                    nonlocal grad_logprobs  # step 3a's forward serves the first evaluation, at θ
+                def loss_fn(rows=rows, figures=figures, batch=batch, kl_coef=kl_coef, share=share) -> torch.Tensor:
+                    nonlocal grad_logprobs  # step 3's forward serves the first evaluation, at θ
                     logprobs, grad_logprobs = grad_logprobs, None
                     loss, first = _minibatch_loss(
-                        cfg, policy, value_model, batch, rows, kl_coef, mitigations, testbed.max_completion_tokens,
-                        logprobs,
+                        cfg, trained, value_model, batch, rows, kl_coef, mitigations, testbed.max_completion_tokens,
+                        logprobs, share,
                     )  # fmt: skip
                     figures.update(first if not figures else {})  # figures of θ, not of a perturbed θ
                     return loss
@@ -289,6 +299,49 @@ def train_policy(
         end_step(step, proxy=scored.rewards.mean().item(), **kl_figure)
 
 
+def _check_processes(cfg: RLConfig) -> None:
+    """Several processes split each batch by whole prompts (groups stay on one process)."""
+    world = distributed.world()
+    if world > 1 and cfg.prompts_per_step % world:
+        raise ValueError(
+            f"rl.prompts_per_step={cfg.prompts_per_step} must be a multiple of the {world} processes, "
+            "which each take an equal share of the prompts and their groups"
+        )
+    if world > 1 and cfg.algo == "ppo":
+        raise ValueError("rl.algo=ppo runs in one process (its advantage whitening is per batch); launch 1 process")
+
+
+def _token_share(completion_mask: torch.Tensor) -> float:
+    """world × this process's completion tokens / all processes' (1 with one process). A token mean
+    over this process's share times it, averaged over the processes (as their gradients are), is the
+    token mean over the whole batch."""
+    if distributed.world() == 1:
+        return 1.0
+    mine = completion_mask.sum().double()
+    return float(distributed.world() * mine / distributed.all_sum(mine))
+
+
+def _gather_scores(scores: RewardScores) -> RewardScores:
+    """Every process's scores, in row order (one process: `scores` itself)."""
+    if distributed.world() == 1:
+        return scores
+    members = None if scores.members is None else distributed.gather_rows(scores.members.T).T
+    hidden = None if scores.hidden is None else distributed.gather_rows(scores.hidden)
+    return RewardScores(distributed.gather_rows(scores.rewards), hidden, scores.head_weight, members)
+
+
+def _gather_rollout(rollout: Rollout, pad_id: int) -> Rollout:
+    """Every process's rollouts, in row order, padded to common widths (one process: `rollout`)."""
+    if distributed.world() == 1:
+        return rollout
+    return Rollout(
+        distributed.gather_rows(rollout.prompt_ids, pad_id, left=True),
+        distributed.gather_rows(rollout.prompt_mask, 0, left=True),
+        distributed.gather_rows(rollout.completion_ids, pad_id),
+        distributed.gather_rows(rollout.completion_mask, 0),
+    )
+
+
 def _nonfinite(cfg: RLConfig, step: int, source: str) -> None:
     """NaN/Inf in `source` at `step`: the update was not applied; stop the run unless told to skip."""
     if cfg.on_nonfinite == "stop":
@@ -308,9 +361,11 @@ def _minibatch_loss(
     mitigations: Mitigations,
     max_completion_tokens: int,
     logprobs: torch.Tensor | None = None,
+    token_share: float = 1.0,
 ) -> tuple[torch.Tensor, Figures]:
     """The loss of the minibatch `rows` at the current parameters, and its figures. `logprobs`: the
-    minibatch's log-probs at the current parameters with grad, if already computed."""
+    minibatch's log-probs at the current parameters with grad, if already computed. `token_share`
+    rescales this process's token means into its part of the mean over every process's tokens."""
     rollout = batch.rollout.index(rows)
     ids, mask, plen, cmask = rollout.input_ids, rollout.attention_mask, rollout.prompt_len, rollout.completion_mask
     if logprobs is None:
@@ -325,11 +380,11 @@ def _minibatch_loss(
         norm_const=float(max_completion_tokens),
         weights=None if batch.weights is None else batch.weights[rows],
     )
-    loss = pg.loss
+    loss = pg.loss * (token_share if cfg.aggregation == "token_mean" else 1.0)
     figures = {"train/pg_loss": pg.loss.item(), "train/clip_frac": pg.clip_frac.item()}
     if cfg.kl.placement == "loss" and kl_coef > 0:
         kl_term = masked_mean(kl_estimate(logprobs, batch.ref_logprobs[rows], cfg.kl.estimator), cmask)
-        loss = loss + kl_coef * kl_term
+        loss = loss + kl_coef * kl_term * token_share
         figures["train/kl_loss"] = kl_term.item()
     for term in mitigations.loss_terms:
         extra, term_figures = term(logprobs, batch.ref_logprobs[rows], cmask)

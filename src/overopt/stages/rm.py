@@ -7,19 +7,18 @@ from datasets import Dataset
 from transformers import PreTrainedModel
 
 from overopt.checkpoint import Checkpointer
-from overopt.models.reward import reward_forward
+from overopt.models.reward import RewardHead
 from overopt.ops import bradley_terry_loss, normalize_weights, pairwise_accuracy
 from overopt.progress import StageProgress
 from overopt.sampling import rollout_from_tokens
 from overopt.stages.supervised import fit_minibatches
 
 
-def pair_rewards(model: PreTrainedModel, batch: dict, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rewards of the chosen and rejected completions of a batch of pairs, one forward pass."""
+def pair_rewards(head: torch.nn.Module, batch: dict, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards of the chosen and rejected completions of a batch of pairs, one forward pass of a RewardHead."""
     n = len(batch["prompt_ids"])
     r = rollout_from_tokens(batch["prompt_ids"] * 2, batch["chosen_ids"] + batch["rejected_ids"], pad_id)
-    rewards = reward_forward(model, r.input_ids, r.attention_mask).rewards
-    return rewards[:n], rewards[n:]
+    return head(r.input_ids, r.attention_mask).split([n, n])
 
 
 @torch.no_grad()
@@ -29,7 +28,7 @@ def gold_order_accuracy(model: PreTrainedModel, pairs: Dataset, pad_id: int, bat
     proxy_gap, gold_gap = [], []
     for start in range(0, len(pairs), batch_size):
         batch = pairs[start : start + batch_size]
-        chosen, rejected = pair_rewards(model, batch, pad_id)
+        chosen, rejected = pair_rewards(RewardHead(model), batch, pad_id)
         proxy_gap.append((chosen - rejected).cpu())
         gold_gap.append(torch.tensor(batch["gold_chosen"]) - torch.tensor(batch["gold_rejected"]))
     proxy, gold = torch.cat(proxy_gap), torch.cat(gold_gap)
@@ -61,14 +60,15 @@ def train_reward_model(
     if log_weights is not None and normalization == "dataset":
         log_weights, normalization = normalize_weights(log_weights, "dataset").log(), "none"
 
-    def batch_loss(rows: list[int]) -> torch.Tensor:
-        chosen, rejected = pair_rewards(model, train_pairs[rows], pad_id)
+    def batch_loss(head: torch.nn.Module, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        chosen, rejected = pair_rewards(head, train_pairs[rows], pad_id)
+        n = torch.tensor(float(len(rows)), device=chosen.device)
         if log_weights is None:
-            return bradley_terry_loss(chosen, rejected)
-        weights = normalize_weights(log_weights[rows], normalization)
-        if normalization == "batch":
-            weights = weights * len(rows)
-        return bradley_terry_loss(chosen, rejected, weights.to(chosen))
+            return bradley_terry_loss(chosen, rejected) * n, n
+        if normalization == "batch":  # Σ w ℓ / Σ w over the minibatch, its shares summed across processes
+            weights = (log_weights[rows] - log_weights.max()).exp().to(chosen)
+            return bradley_terry_loss(chosen, rejected, weights) * n, weights.sum()
+        return bradley_terry_loss(chosen, rejected, normalize_weights(log_weights[rows], normalization).to(chosen)) * n, n
 
     loss_value = fit_minibatches(
         model,
@@ -80,6 +80,7 @@ def train_reward_model(
         seed=seed,
         progress=progress,
         checkpoints=checkpoints,
+        module=RewardHead(model),
     )
     return {
         "train_loss": loss_value,

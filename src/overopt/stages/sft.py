@@ -13,12 +13,14 @@ from overopt.stages.supervised import fit_minibatches
 from overopt.testbeds.base import SFTExample
 
 
-def _batch_nll(model: PreTrainedModel, batch: list[SFTExample], pad_id: int) -> torch.Tensor:
-    """Mean next-token NLL over completion tokens only (the prompt is conditioning, not target)."""
+def _batch_nll(model: torch.nn.Module, batch: list[SFTExample], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token NLL summed over completion tokens only (the prompt is conditioning, not target), and
+    the number of those tokens."""
     r = rollout_from_tokens([ex.prompt_ids for ex in batch], [ex.completion_ids for ex in batch], pad_id)
     logits = completion_logits(model, r.input_ids, r.attention_mask, r.prompt_len)
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), r.completion_ids, reduction="none")
-    return (nll * r.completion_mask).sum() / r.completion_mask.sum()
+    mask = r.completion_mask.to(nll.device)
+    return (nll * mask).sum(), mask.sum()
 
 
 def train_sft(
@@ -42,7 +44,7 @@ def train_sft(
     train_loss = fit_minibatches(
         model,
         len(train_set),
-        lambda rows: _batch_nll(model, [train_set[i] for i in rows], pad_id),
+        lambda module, rows: _batch_nll(module, [train_set[i] for i in rows], pad_id),
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
@@ -50,13 +52,8 @@ def train_sft(
         progress=progress,
         checkpoints=checkpoints,
     )
-    # 3. Held-out NLL.
+    # 3. Held-out NLL per completion token.
     with torch.no_grad():
-        eval_loss = (
-            sum(
-                _batch_nll(model, eval_set[i : i + batch_size], pad_id).item() * len(eval_set[i : i + batch_size])
-                for i in range(0, n_eval, batch_size)
-            )
-            / n_eval
-        )
+        sums = [_batch_nll(model, eval_set[i : i + batch_size], pad_id) for i in range(0, n_eval, batch_size)]
+        eval_loss = (sum(total for total, _ in sums) / sum(count for _, count in sums)).item()
     return {"train_nll": train_loss, "eval_nll": eval_loss, "n_train": len(train_set), "n_eval": n_eval}

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
 
+from overopt import distributed
 from overopt.checkpoint import Checkpointer, load_optimizer_state, optimizer_state, rng_state, set_rng_state
 from overopt.errors import NumericalFault
 from overopt.progress import StageProgress
@@ -16,7 +17,7 @@ from overopt.progress import StageProgress
 def fit_minibatches(
     model: PreTrainedModel,
     n_items: int,
-    batch_loss: Callable[[list[int]], torch.Tensor],
+    batch_loss: Callable[[torch.nn.Module, list[int]], tuple[torch.Tensor, torch.Tensor]],
     *,
     epochs: int,
     batch_size: int,
@@ -25,10 +26,14 @@ def fit_minibatches(
     progress: StageProgress,
     max_grad_norm: float = 1.0,
     checkpoints: Checkpointer | None = None,
+    module: torch.nn.Module | None = None,
 ) -> float:
     """AdamW (cosine decay, 5% warm-up) over `epochs` shuffled passes of `n_items` items.
 
-    `batch_loss(indices)` returns the scalar loss of the items at `indices`. Returns the last loss.
+    `batch_loss(module, indices)` runs `module` (default `model`; e.g. a reward head around it) on the
+    items at `indices` and returns (summed loss, what it is a mean over: items, tokens or weights).
+    The minibatch loss is Σ summed loss / Σ count over the whole minibatch, which several processes
+    (overopt.distributed) split between them. Returns the last minibatch's loss.
     With `checkpoints`, the loop resumes from the newest checkpoint and writes one when it is due.
     A non-finite loss or gradient stops the loop before the optimiser applies it (NumericalFault).
     """
@@ -38,6 +43,7 @@ def fit_minibatches(
     scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, total // 20), total)
     generator = torch.Generator().manual_seed(seed)
     model.train()
+    trained = distributed.prepare(module if module is not None else model)
     progress.start(total)
     done, loss_value, order = 0, float("nan"), None
     resume = checkpoints.load() if checkpoints is not None else None
@@ -54,9 +60,16 @@ def fit_minibatches(
         if done % batches_per_epoch == 0:  # a new epoch: a new shuffle
             order = torch.randperm(n_items, generator=generator).tolist()
         start = (done % batches_per_epoch) * batch_size
-        loss = batch_loss(order[start : start + batch_size])
+        rows = order[start : start + batch_size]
+        mine = rows[distributed.share(len(rows))]
+        # A process with no share of a short last minibatch still runs a forward (of weight 0), as DDP needs.
+        loss_sum, count = batch_loss(trained, mine or rows[:1])
+        if not mine:
+            loss_sum, count = 0 * loss_sum, 0 * count
+        denominator = distributed.all_sum(count.detach())
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss_sum / denominator * distributed.world()).backward()  # the processes' gradients are averaged
+        loss = distributed.all_sum(loss_sum.detach()) / denominator
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
         if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
             source = "loss" if not torch.isfinite(loss) else f"gradients ({_first_nonfinite_grad(model)})"
