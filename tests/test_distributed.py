@@ -51,7 +51,8 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     main([*ARGS, "--out", str(one)])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate" / "ddp.yaml")]
+    config = REPO / "accelerate" / "ddp.yaml"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
     done = subprocess.run(
         [*launch, "--num_processes", "2", "-m", "overopt", *ARGS, "--out", str(two)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,

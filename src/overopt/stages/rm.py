@@ -68,7 +68,8 @@ def train_reward_model(
         if normalization == "batch":  # Σ w ℓ / Σ w over the minibatch, its shares summed across processes
             weights = (log_weights[rows] - log_weights.max()).exp().to(chosen)
             return bradley_terry_loss(chosen, rejected, weights) * n, weights.sum()
-        return bradley_terry_loss(chosen, rejected, normalize_weights(log_weights[rows], normalization).to(chosen)) * n, n
+        weights = normalize_weights(log_weights[rows], normalization).to(chosen)
+        return bradley_terry_loss(chosen, rejected, weights) * n, n
 
     loss_value = fit_minibatches(
         model,
