@@ -266,7 +266,7 @@ def train_policy(
         # 5. Clipped-surrogate updates over minibatches, each through the method's gradient step.
         n_rows = ids.shape[0]
         for _ in range(cfg.epochs):
-            # One minibatch is the whole batch in order (step 3a's log-probs are in rollout order).
+            # One minibatch is the whole batch in order (step 3's log-probs are in rollout order).
             chunks = [slice(None)] if cfg.minibatches == 1 else torch.randperm(n_rows).chunk(cfg.minibatches)
             for rows in chunks:
                 figures: Figures = {}
@@ -290,7 +290,7 @@ def train_policy(
 
         # 6. Adaptive KL coefficient (Ziegler et al., arXiv 1909.08593); reference schedule.
         if cfg.kl.adaptive and seq_kl is not None:
-            kl_coef = adaptive_kl_coef(kl_coef, seq_kl.mean().item(), cfg.kl.target, cfg.kl.horizon, n_rows)
+            kl_coef = adaptive_kl_coef(kl_coef, seq_kl.mean().item(), cfg.kl.target, cfg.kl.horizon, len(seq_kl))
         if mitigations.reference_schedule is not None:
             log.add(mitigations.reference_schedule(step, policy, ref_policy))
 
