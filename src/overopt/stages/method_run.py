@@ -76,11 +76,11 @@ def run_method(
     writes = distributed.is_main()  # several processes: the main one writes the run's files
     resume = checkpoints.load()
     run_state = resume.state["run"] if resume is not None else {"phase": 0, "extra": {}, "elapsed_s": 0.0}
-    if writes and resume is not None:
-        _truncate_logs(run_dir, run_state["logs"], resume.directory)
-    elif writes:  # nothing to resume: whatever an earlier attempt left is dropped
-        shutil.rmtree(run_dir, ignore_errors=True)
     if writes:
+        if resume is not None:
+            _truncate_logs(run_dir, run_state["logs"], resume.directory)
+        else:  # nothing to resume: whatever an earlier attempt left is dropped
+            shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir(parents=True, exist_ok=True)
     # 1. Policy and reference.
     policy = copy.deepcopy(lab.sft_policy).train()
