@@ -130,10 +130,8 @@ def sample_completions(
     steps = 0
     for t in range(max_new_tokens):
         if temperature > 0:
-            # -log(-log U), U ~ Uniform[0, 1), is Gumbel(0, 1) noise (float32 U caps it at ≈ 16.6, which only
-            # touches tokens of probability < 1e-7); drawn for all rows so that row r's noise stays r's.
-            uniform = torch.rand((total_rows, logits.shape[-1]), device=device, generator=noise)
-            gumbel = -(-uniform.log()).log()
+            # -log E with E ~ Exp(1) is Gumbel(0, 1) noise; drawn for all rows so that row r's stays r's.
+            gumbel = -torch.empty((total_rows, logits.shape[-1]), device=device).exponential_(generator=noise).log()
             token = (logits.float() / temperature + gumbel[row_offset + active]).argmax(-1)
         else:
             token = logits.argmax(-1)
