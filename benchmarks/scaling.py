@@ -84,16 +84,6 @@ class Args:
 # -- one configuration, in a fresh subprocess -----------------------------------------------------
 
 
-class NullProgress:
-    """train_policy's progress interface, silent."""
-
-    def start(self, total: int) -> None:
-        pass
-
-    def advance(self, n: int = 1, **figures: float) -> None:
-        pass
-
-
 @dataclasses.dataclass(frozen=True)
 class FixedLengthTestbed:
     """What train_policy reads of a testbed (`tokenizer.pad_token_id`, `tokenizer.eos_token_id`,
@@ -289,6 +279,7 @@ def measure(c: dict) -> dict:
     import warnings
 
     import torch
+    from rl_throughput import NullProgress  # train_policy's progress interface, silent
     from transformers.utils import logging as hf_logging
 
     import overopt.stages.rl as rl_stage
@@ -474,10 +465,6 @@ def matmul_peak(args: Args) -> tuple[float, str]:
     return best, f"{args.dtype} matmul {best_n}×{best_n}, best of 5, {args.threads} threads"
 
 
-def median(values) -> float:
-    return statistics.median(list(values))
-
-
 def summarise(r: dict, peak: float) -> dict:
     """Medians over the timed updates of one configuration."""
     ups = r["updates"]
@@ -487,19 +474,19 @@ def summarise(r: dict, peak: float) -> dict:
     rows = ups[0]["rows"]
     expected = rows * r["length"]
     return {
-        "step_ms": median(step) * 1e3,
+        "step_ms": statistics.median(step) * 1e3,
         "step_range_ms": (min(step) * 1e3, max(step) * 1e3),
-        "generation_ms": median(u["generation_s"] for u in ups) * 1e3,
-        "update_ms": median(update) * 1e3,
-        "other_ms": median(u["step_s"] - u["generation_s"] - u["update_s"] for u in ups) * 1e3,
+        "generation_ms": statistics.median(u["generation_s"] for u in ups) * 1e3,
+        "update_ms": statistics.median(update) * 1e3,
+        "other_ms": statistics.median(u["step_s"] - u["generation_s"] - u["update_s"] for u in ups) * 1e3,
         "rows": rows,
-        "completion_tokens": median(u["completion_tokens"] for u in ups),
+        "completion_tokens": statistics.median(u["completion_tokens"] for u in ups),
         # every completion ran to the budget in every timed update
         "at_budget": all(u["completion_tokens"] == expected and u["completion_width"] == r["length"] for u in ups),
-        "update_tokens": median(u["update_tokens"] for u in ups),
+        "update_tokens": statistics.median(u["update_tokens"] for u in ups),
         "gflop": flops / 1e9,
-        "gflops": flops / median(update) / 1e9,
-        "mfu": flops / median(update) / peak,
+        "gflops": flops / statistics.median(update) / 1e9,
+        "mfu": flops / statistics.median(update) / peak,
         "memory_mb": r["memory_bytes"] / 2**20,
     }
 

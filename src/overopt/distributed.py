@@ -101,8 +101,3 @@ def gather_rows(value: torch.Tensor, pad_value: float = 0, left: bool = False) -
 def prepare(model: torch.nn.Module) -> torch.nn.Module:
     """`model` wrapped for multi-process training (its forward and backward synchronise gradients)."""
     return accelerator().prepare_model(model) if world() > 1 else model
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain model inside a wrapper from `prepare` (itself when it is not wrapped)."""
-    return accelerator().unwrap_model(model) if world() > 1 else model
