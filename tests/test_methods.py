@@ -22,7 +22,7 @@ from overopt.mitigations.rewards import (
     ProxyRewardModel,
     RewardClip,
 )
-from overopt.mitigations.signcert import SignCertWeights
+from overopt.mitigations.signcert import SignCertAdvantages
 from overopt.progress import StageProgress
 from overopt.stages.rl import train_policy
 
@@ -111,10 +111,34 @@ def _train_with(world, make_step):
 
 def test_signcert_with_everything_certified_is_plain_dr_grpo(tiny_world):
     dr_grpo = BASE.model_copy(update={"algo": "dr_grpo"})
-    all_certified = Mitigations(completion_weights=SignCertWeights(quantile=0.0, scope="batch", weighting="drop"))
-    assert torch.equal(_train(tiny_world, dr_grpo, all_certified), _train(tiny_world, dr_grpo))
-    strict = Mitigations(completion_weights=SignCertWeights(quantile=0.9, scope="batch", weighting="drop"))
-    assert not torch.equal(_train(tiny_world, dr_grpo, strict), _train(tiny_world, dr_grpo))
+
+    def signcert(q, weighting):
+        return Mitigations(advantage_transform=SignCertAdvantages(q, "radius", "batch", weighting))
+
+    # q = 0: ε is the smallest radius, so every completion is certified and nothing is dropped.
+    plain = _train(tiny_world, dr_grpo)
+    assert torch.equal(_train(tiny_world, dr_grpo, signcert(0.0, "drop")), plain)
+    assert not torch.equal(_train(tiny_world, dr_grpo, signcert(0.9, "drop")), plain)
+    # The paper's worst-case advantages shift every advantage by ε‖d‖: a different update at any q.
+    assert not torch.equal(_train(tiny_world, dr_grpo, signcert(0.2, "shrink")), plain)
+
+
+def test_signcert_worst_case_advantages_in_the_loop(tiny_world):
+    """The transform sees the loop's Dr.GRPO advantages and returns sign(A)(|A| − ε‖d‖) (ops checks the maths)."""
+    seen = {}
+
+    class Spy(SignCertAdvantages):
+        def __call__(self, advantages, scores, group_size):
+            new, figures = super().__call__(advantages, scores, group_size)
+            seen.update(before=advantages, after=new, rewards=scores.rewards, figures=figures)
+            return new, figures
+
+    no_kl = BASE.model_copy(update={"algo": "dr_grpo", "kl": KLConfig(coef=0.0)})  # A = r − mean r exactly
+    _train(tiny_world, no_kl, Mitigations(advantage_transform=Spy(0.2, "radius", "batch", "shrink")))
+    grouped = seen["rewards"].view(-1, BASE.group_size)
+    assert torch.allclose(seen["before"], (grouped - grouped.mean(1, keepdim=True)).flatten())
+    assert (seen["after"].abs() <= seen["before"].abs() + 1e-6).logical_or(seen["after"] * seen["before"] <= 0).all()
+    assert seen["figures"]["signcert/adv_mass_removed"] > 0
 
 
 @pytest.mark.parametrize("mode", ["mean", "wco", "uwo"])
@@ -213,12 +237,12 @@ def test_uniform_ocrm_weights_are_plain_bradley_terry(tiny_world, tmp_path):
 # -- every method on the smoke preset -----------------------------------------------------------
 METHOD_FIGURES = {
     "ref_reset": "ref_reset/count",
-    "gr": "gr/grad_norm_ratio",
-    "signcert": "signcert/frac_downweighted",
-    "ocrm+kl": "ocrm/ess",
-    "ensemble_uwo": "ensemble/std",
-    "par": "par/reward",
-    "chi2": "chi2/estimate",
+    "gr": "gr/correction_ratio",
+    "signcert": "signcert/adv_mass_removed",
+    "ocrm+kl": "ocrm/refit_disagreement",
+    "ensemble_uwo": "ensemble/penalty_share",
+    "par": "par/saturation",
+    "chi2": "chi2/penalty_share",
     "length_penalty": "length_penalty/mean",
     "reward_clip": "reward_clip/frac",
     "gr+kl": "gr/grad_norm_ratio",
@@ -240,8 +264,18 @@ def test_every_method_runs_on_the_smoke_preset(tmp_path):
         assert all(torch.isfinite(torch.tensor(r["gold_reward"])) for r in rows)
         if name in METHOD_FIGURES:
             assert METHOD_FIGURES[name] in rows[-1], (name, sorted(rows[-1]))
+        # Every run measures the mechanisms against gold; the radius needs a linear RM head (all do here).
+        assert {"mech/proxy_accuracy"} <= set(rows[0]), name
+        assert {"mech/proxy_accuracy", "mech/sign_flip_rate", "mech/sign_flip_mass"} <= set(rows[-1]), name
+        if name == "kl":
+            assert rows[-1]["kl/reward_share"] > 0
+        if name == "none":
+            assert "kl/reward_share" not in rows[-1]
     ocrm_rows = [json.loads(line) for line in (out / "runs" / "ocrm" / "seed0" / "metrics.jsonl").open()]
     assert ocrm_rows[-1]["ocrm/round"] == 1 and 0 < ocrm_rows[-1]["ocrm/ess_frac"] <= 1
+    assert "mech/rm0_accuracy" in ocrm_rows[-1] and "mech/rm0_accuracy" not in ocrm_rows[0]
+    ensemble_rows = [json.loads(line) for line in (out / "runs" / "ensemble_uwo" / "seed0" / "metrics.jsonl").open()]
+    assert "mech/disagreement_error_corr" in ensemble_rows[-1]
     assert (out / "artifacts" / "rm_1" / "stage.json").exists()  # the second ensemble member
 
 
@@ -256,6 +290,8 @@ def test_ppo_value_model_is_rebuilt_from_each_ocrm_reward_model(tmp_path):
 
 # -- numerical faults ----------------------------------------------------------------------------
 class NaNLoss:
+    name = "nan"
+
     def __call__(self, logprobs, ref_logprobs, mask):
         return logprobs.sum() * float("nan"), {}
 

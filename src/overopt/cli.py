@@ -1,6 +1,6 @@
 """overopt: reproduce reward-model overoptimization and compare its mitigations.
 
-`overopt run` and `overopt report` (tyro over the pydantic config).
+`overopt run`, `overopt compare` and `overopt report` (tyro over the pydantic config).
 
 `overopt run` parses in two passes: the first finds --preset / --config, the second parses every
 config field as an override on top of that preset (so `--help` shows the preset's values).
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import os
 import re
 import sys
 from pathlib import Path
@@ -48,6 +49,44 @@ def run(argv: list[str]) -> dict:
         config=(tyro.conf.FlagConversionOff,),
     )
     return run_experiment(cfg)
+
+
+@dataclasses.dataclass(frozen=True)
+class _CompareSelector:
+    preset: str = "default"
+    config: Path | None = None
+    testbed: str | None = None
+    grid: Path | None = None
+    """YAML file of strength grids (default: overopt/presets/frontier.yaml)."""
+    workers: int = 0
+    """Runs at once, in separate processes (0: the cores divided by --threads)."""
+    quick: bool = False
+    """Each method's published point and its strongest one only (the test suite runs this on smoke)."""
+    grid_methods: str = ""
+    """Comma-separated subset of the grid's methods (default: all the testbed can run)."""
+
+
+def compare(argv: list[str]) -> dict:
+    """Frontier comparison: `overopt compare [--preset NAME] [--grid FILE] [--workers N] [--quick] [--field value ...]`.
+
+    Every method of the grid over its strength knob × seeds, at `--threads` (default 1) torch threads per
+    run whatever the number of workers, into one OUT with frontier_plan.json; the report adds frontier.json,
+    the frontier plots and the matched-KL tables."""
+    from overopt.compare import run_compare
+
+    selector, rest = _parse(_CompareSelector, args=argv, add_help=False, return_unknown_args=True)
+    base = load_config(selector.preset, selector.config, selector.testbed)
+    base = base.model_copy(update={"threads": 1, "out": Path("runs") / f"compare-{base.testbed}-{base.preset}"})
+    cfg = _parse(
+        ExperimentConfig,
+        default=base,
+        args=rest,
+        prog="overopt compare",
+        description="Every method over a grid of its strength × seeds; frontiers and gold at matched KL.",
+        config=(tyro.conf.FlagConversionOff,),
+    )
+    workers = selector.workers or max(1, (os.cpu_count() or 1) // max(cfg.threads, 1))
+    return run_compare(cfg, selector.grid, workers, selector.quick, selector.grid_methods)
 
 
 def _parse(cls, **kwargs):
@@ -95,7 +134,7 @@ def report(argv: list[str]) -> dict:
     return build_report(args.directory, console=console)
 
 
-COMMANDS = {"run": run, "report": report}
+COMMANDS = {"run": run, "compare": compare, "report": report}
 
 
 def _fail(message: str) -> NoReturn:
@@ -109,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] not in COMMANDS:
-        print(__doc__.strip().splitlines()[0], "\n\nusage: overopt {run,report} [--help]", file=sys.stderr)
+        print(__doc__.strip().splitlines()[0], "\n\nusage: overopt {run,compare,report} [--help]", file=sys.stderr)
         raise SystemExit(0 if argv[:1] in (["-h"], ["--help"]) else 2)
     try:
         COMMANDS[argv[0]](argv[1:])

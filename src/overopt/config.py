@@ -119,6 +119,9 @@ class EvalConfig(_Frozen):
     n_prompts: int = Field(256, gt=0, description="Held-out prompts, one sample each.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (KL is estimated on these samples).")
     n_logged_samples: int = Field(6, ge=0, description="Decoded samples written to samples.jsonl per evaluation.")
+    mechanisms: bool = Field(
+        True, description="Log mech/* (the papers' mechanisms against gold; scores training rollouts with gold)."
+    )
 
 
 class SummarizeConfig(_Frozen):
@@ -207,6 +210,13 @@ class GRConfig(_Frozen):
     gamma: float = Field(1e-2, ge=0, description="γ of L + (γ/2)‖∇L‖²; γ = ε is unnormalised SAM.")
     grad_clip: float = Field(10.0, gt=0, description="Clip ‖g1‖ and ‖g2‖ to this norm before combining.")
     warmup_steps: int = Field(0, ge=0, description="Plain steps before GR starts.")
+    target_correction: float | None = Field(
+        None, gt=0, description="Adapt γ so that ‖g − g1‖/‖g1‖ tracks this (None: fixed γ = gamma)."
+    )
+    controller_rate: float = Field(0.2, gt=0, le=1, description="Exponent of the γ controller's step (1: jump).")
+    bf16_roundtrip: bool = Field(
+        False, description="Round weights to bfloat16 before each GR update, as the published DeepSpeed runs did."
+    )
     exclude: tuple[str, ...] = Field(
         ("embed", "lm_head", "output", "classifier", "score"),
         description="Parameters whose name contains one of these are not perturbed (keep g1).",
@@ -214,13 +224,20 @@ class GRConfig(_Frozen):
 
 
 class SignCertConfig(_Frozen):
-    """SignCert-PO (arXiv 2604.02986; the radius/threshold/weight choices are RECONSTRUCTED)."""
+    """SignCert-PO (arXiv 2604.02986 §3, Algorithm 1): worst-case advantages over a ball of head weights."""
 
-    quantile: float = Field(0.2, ge=0, le=1, description="τ = this quantile of the certified radii.")
-    scope: Literal["batch", "group"] = Field("batch", description="Quantile over the whole batch or per group.")
-    weighting: Literal["drop", "linear"] = Field(
-        "drop", description="Weight of a completion with radius below τ: 0, or radius/τ."
+    quantile: float = Field(0.2, ge=0, le=1, description="q: ε is this quantile of the radii (paper tunes 0.1-0.5).")
+    threshold_on: Literal["radius", "inverse_radius"] = Field(
+        "radius", description="ε = quantile of Δ (paper App. F.1.2) or of 1/Δ (Algorithm 1 as printed)."
     )
+    scope: Literal["batch", "group"] = Field("batch", description="Quantile over the whole batch (paper) or per group.")
+    weighting: Literal["shrink", "drop", "linear"] = Field(
+        "shrink", description="shrink: Ã = sign(A)(|A| − ε‖d‖) (paper); drop: 0 below ε; linear: Δ/ε below ε."
+    )
+    metric: Literal["l2", "fisher"] = Field(
+        "l2", description="Uncertainty set of the head: ℓ2 ball (paper), or the ellipsoid of its damped Fisher."
+    )
+    fisher_damping: float = Field(0.1, gt=0, description="λ of M = F + λ·(tr F/H)·I (metric fisher).")
 
 
 class OCRMConfig(_Frozen):
@@ -234,6 +251,12 @@ class OCRMConfig(_Frozen):
     )
     truncate_tokens: int | None = Field(
         None, gt=0, description="Compute log-likelihoods on the first k completion tokens only."
+    )
+    target_ess_frac: float | None = Field(
+        None, gt=0, lt=1, description="Choose β_w per round so that ESS/N of the weights is this (None: beta_w)."
+    )
+    phase_lr_decay: bool = Field(
+        True, description="Each RL phase decays the learning rate linearly to lr/N, as the published PPO code does."
     )
 
 
@@ -338,23 +361,28 @@ class ExperimentConfig(_Frozen):
         field = field.strip()
         if not sep or not values.strip():
             raise ValueError(f"sweep {self.sweep!r}: expected 'field=value1,value2,...'")
-        if field.split(".")[0] not in SWEEPABLE:
-            raise ValueError(f"sweep field {field!r}: only rl.* and method sections ({', '.join(SWEEPABLE[1:])}) sweep")
         variants = []
         for value in (v.strip() for v in values.split(",") if v.strip()):
-            data = self.model_dump()
-            node = data
-            *parents, leaf = field.split(".")
-            for key in parents:
-                if not isinstance(node.get(key), dict):
-                    raise ValueError(f"sweep field {field!r}: unknown section {key!r}")
-                node = node[key]
-            if leaf not in node:
-                raise ValueError(f"sweep field {field!r}: unknown field {leaf!r}")
-            node[leaf] = value
-            variant = ExperimentConfig.model_validate({**data, "sweep": ""})
+            variant = self.with_override(field, value, what="sweep field")
             variants += [(f"{m}@{field}={value}", m, variant) for m in self.method_list]
         return variants
+
+    def with_override(self, field: str, value, what: str = "field") -> ExperimentConfig:
+        """This configuration with one run-level field (`rl.*` or a method's section) set to `value`."""
+        if field.split(".")[0] not in SWEEPABLE:
+            sections = ", ".join(SWEEPABLE[1:])
+            raise ValueError(f"{what} {field!r}: only rl.* and method sections ({sections}) vary per run")
+        data = self.model_dump()
+        node = data
+        *parents, leaf = field.split(".")
+        for key in parents:
+            if not isinstance(node.get(key), dict):
+                raise ValueError(f"{what} {field!r}: unknown section {key!r}")
+            node = node[key]
+        if leaf not in node:
+            raise ValueError(f"{what} {field!r}: unknown field {leaf!r}")
+        node[leaf] = value
+        return ExperimentConfig.model_validate({**data, "sweep": ""})
 
 
 SWEEPABLE = (

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from datasets import Dataset
 from transformers import PreTrainedModel
 
 from overopt.config import ExperimentConfig, RLConfig
@@ -25,7 +26,7 @@ from overopt.mitigations.rewards import (
     PreferenceAsReward,
     RewardClip,
 )
-from overopt.mitigations.signcert import SignCertWeights
+from overopt.mitigations.signcert import SignCertAdvantages, fisher_metric
 from overopt.testbeds.base import Testbed
 
 
@@ -40,6 +41,7 @@ class MethodContext:
     reward_source: RewardSource
     testbed: Testbed
     seed: int
+    labelled: Dataset | None = None  # the proxy's training data (pairs or judged answers), if it has any
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class Part:
     algo: str | None = None  # base algorithm the part is defined on
     slot: str | None = None  # the exclusive plug-in slot it fills
     build: Callable[[MethodContext, Mitigations], None] | None = None
+    strength: str | None = None  # the metrics.jsonl key of its effective strength (0 = off; README glossary)
 
 
 def _ref_reset(ctx: MethodContext, m: Mitigations) -> None:
@@ -64,13 +67,20 @@ def _gr(ctx: MethodContext, m: Mitigations) -> None:
         named += [(f"value.{n}", p) for n, p in ctx.value_model.named_parameters()]
     g = ctx.cfg.gr
     m.gradient_step = GradientRegularization(
-        named, eps=g.eps, gamma=g.gamma, grad_clip=g.grad_clip, warmup_steps=g.warmup_steps, exclude=g.exclude
-    )
+        named, eps=g.eps, gamma=g.gamma, grad_clip=g.grad_clip, warmup_steps=g.warmup_steps, exclude=g.exclude,
+        target_correction=g.target_correction, controller_rate=g.controller_rate, bf16_roundtrip=g.bf16_roundtrip,
+    )  # fmt: skip
 
 
 def _signcert(ctx: MethodContext, m: Mitigations) -> None:
     s = ctx.cfg.signcert
-    m.completion_weights = SignCertWeights(s.quantile, s.scope, s.weighting)
+    metric = None
+    if s.metric == "fisher":  # the head's damped Fisher on the proxy's own training data (member 0 of an ensemble)
+        if ctx.labelled is None:
+            raise ValueError("signcert.metric=fisher needs the reward model's training data; this proxy has none")
+        rm = ctx.reward_source.models()[0]
+        metric = fisher_metric(rm, ctx.labelled, ctx.testbed.tokenizer.pad_token_id, s.fisher_damping)
+    m.advantage_transform = SignCertAdvantages(s.quantile, s.threshold_on, s.scope, s.weighting, metric)
 
 
 def _par(ctx: MethodContext, m: Mitigations) -> None:
@@ -115,29 +125,29 @@ PARTS: dict[str, Part] = {
     # plain optimisation of the proxy reward, no regularisation
     "none": Part(),
     # KL penalty to the reference policy (rl.kl.*)
-    "kl": Part(kl=True),
+    "kl": Part(kl=True, strength="kl/reward_share"),
     # KL penalty whose reference is reset to the policy (ref_reset.*)
-    "ref_reset": Part(kl=True, slot="reference", build=_ref_reset),
+    "ref_reset": Part(kl=True, slot="reference", build=_ref_reset, strength="kl/reward_share"),
     # gradient regularization, finite differences (gr.*)
-    "gr": Part(slot="gradient", build=_gr),
+    "gr": Part(slot="gradient", build=_gr, strength="gr/correction_ratio"),
     # SignCert-PO on Dr.GRPO (signcert.*)
-    "signcert": Part(algo="dr_grpo", slot="weights", build=_signcert),
+    "signcert": Part(algo="dr_grpo", slot="advantages", build=_signcert, strength="signcert/adv_mass_removed"),
     # off-policy corrected reward modeling (ocrm.*)
-    "ocrm": Part(ocrm=True, slot="reward_model"),
+    "ocrm": Part(ocrm=True, slot="reward_model", strength="ocrm/refit_disagreement"),
     # mean of k RMs (ensemble.*)
     "ensemble_mean": Part(ensemble="mean", slot="reward_model", build=_ensemble_figures),
     # worst case of k RMs (ensemble.*)
-    "ensemble_wco": Part(ensemble="wco", slot="reward_model", build=_ensemble_figures),
+    "ensemble_wco": Part(
+        ensemble="wco", slot="reward_model", build=_ensemble_figures, strength="ensemble/penalty_share"
+    ),
     # uncertainty-weighted k RMs, mean − λ·Var (ensemble.*)
     "ensemble_uwo": Part(
-        ensemble="uwo",
-        slot="reward_model",
-        build=_ensemble_figures,
+        ensemble="uwo", slot="reward_model", build=_ensemble_figures, strength="ensemble/penalty_share"
     ),
     # preference-as-reward shaping against SFT references (par.*)
-    "par": Part(build=_par),
+    "par": Part(build=_par, strength="par/saturation"),
     # χ² occupancy regularisation (chi2.*)
-    "chi2": Part(build=_chi2),
+    "chi2": Part(build=_chi2, strength="chi2/penalty_share"),
     # reward minus a per-token length cost (length_penalty.*)
     "length_penalty": Part(build=_length_penalty),
     # clipped (optionally whitened) reward (reward_clip.*)
@@ -161,6 +171,11 @@ class MethodPlan:
     @property
     def uses_kl(self) -> bool:
         return self.rl.kl.coef > 0
+
+    @property
+    def strength_key(self) -> str | None:
+        """The effective-strength figure of the first part that has one (`ocrm+kl`: OCRM's)."""
+        return next((PARTS[p].strength for p in self.parts if PARTS[p].strength), None)
 
     @property
     def moves_reference(self) -> bool:

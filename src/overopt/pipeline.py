@@ -30,7 +30,7 @@ from overopt.checkpoint import Checkpointer
 from overopt.config import ExperimentConfig, to_yaml
 from overopt.errors import StaleArtifactError
 from overopt.io import atomic_write_text, fingerprint, read_json, replace_dir, write_json
-from overopt.methods import resolve_method
+from overopt.methods import MethodPlan, resolve_method
 from overopt.models.policy import SAFE_LOADING, tiny_llama
 from overopt.models.reward import reward_model_from_backbone
 from overopt.progress import StageProgress, console
@@ -130,10 +130,37 @@ def _run_stage(out: Path, name: str, fp: str, build, every_s: float) -> Path:
     return final
 
 
-def run_experiment(cfg: ExperimentConfig) -> dict:
-    """Run (or resume) every stage and every method × seed, then build the report."""
-    # Bad method names and sweeps fail here, before anything is written.
-    plans = {name: (resolve_method(method, variant.rl), variant) for name, method, variant in cfg.method_variants()}
+Plans = dict[str, tuple[MethodPlan, ExperimentConfig]]  # run name -> (method, its configuration)
+
+
+def run_experiment(cfg: ExperimentConfig, variants: list[tuple[str, str, ExperimentConfig]] | None = None) -> dict:
+    """Run (or resume) every stage and every method × seed, then build the report.
+
+    `variants` (run name, method, configuration) replaces `cfg.method_variants()` (the frontier
+    comparison of overopt.compare runs each method over its own grid)."""
+    plans = resolve_plans(cfg, variants)  # bad method names and sweeps fail here, before anything is written
+    testbed = open_testbed(cfg, plans)
+    precision = getattr(testbed, "precision", contextlib.nullcontext)  # hf: bfloat16 autocast if asked for
+    with precision():
+        lab = build_lab(cfg, testbed, plans)
+        for name, seed in jobs(cfg, plans):
+            run_job(lab, plans, name, seed)
+        return finish(cfg)
+
+
+def resolve_plans(cfg: ExperimentConfig, variants: list[tuple[str, str, ExperimentConfig]] | None = None) -> Plans:
+    """Every run's method plan and configuration; impossible methods and sweeps raise ValueError."""
+    variants = cfg.method_variants() if variants is None else variants
+    return {name: (resolve_method(method, variant.rl), variant) for name, method, variant in variants}
+
+
+def jobs(cfg: ExperimentConfig, plans: Plans) -> list[tuple[str, int]]:
+    """(run name, seed) of every run, in the order `overopt run` executes them."""
+    return [(name, seed) for name in plans for seed in range(cfg.seeds)]
+
+
+def open_testbed(cfg: ExperimentConfig, plans: Plans):
+    """Quiet the libraries, set threads, build the testbed and check every method against its proxy."""
     _quiet_libraries()
     if not distributed.is_main():
         console.quiet = True  # under accelerate launch, the main process reports for all
@@ -142,15 +169,14 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     testbed = make_testbed(cfg)  # the hf testbed checks its models and data here
     for plan, _ in plans.values():
         plan.check_proxy(testbed.proxy, testbed.name)
-    precision = getattr(testbed, "precision", contextlib.nullcontext)  # hf: bfloat16 autocast if asked for
-    with precision():
-        return _run_stages(cfg, testbed, plans)
+    return testbed
 
 
-def _run_stages(cfg: ExperimentConfig, testbed, plans: dict) -> dict:
-    """The stages, once the configuration, the methods and the testbed have been checked."""
-    from overopt.report import build_report  # the report reads outputs only; imported at the end
+def build_lab(cfg: ExperimentConfig, testbed, plans: Plans, publish: bool = True) -> Lab:
+    """The shared stages (SFT, labelled data, proxy models), trained or reused, as a Lab.
 
+    Finished stages and runs built from another configuration are refused first. `publish` writes
+    OUT/config.yaml; the comparison's worker processes, which only read the stages, pass False."""
     out = Path(cfg.out)
     fps = _stage_fingerprints(cfg, testbed.proxy)
     runs = {
@@ -160,7 +186,7 @@ def _run_stages(cfg: ExperimentConfig, testbed, plans: dict) -> dict:
     }
     _refuse_stale(out, fps, runs)  # before config.yaml is replaced: it still describes what OUT holds
     out.mkdir(parents=True, exist_ok=True)
-    if distributed.is_main():
+    if publish and distributed.is_main():
         atomic_write_text(out / "config.yaml", to_yaml(cfg))
     # Adam's moment estimates of parameters that get no gradient for a while (unused embeddings,
     # completions a method weights by 0) decay into subnormal floats, which x86 CPUs process about
@@ -238,32 +264,42 @@ def _run_stages(cfg: ExperimentConfig, testbed, plans: dict) -> dict:
     if train_member is not None:
         first_reward_models(1)
 
-    # 5. Policy optimisation for every method × seed, evaluated on held-out prompts.
+    # The held-out prompts of every evaluation; policy optimisation runs through run_job.
     eval_ids, eval_mask = pad_left(testbed.prompts("eval", cfg.eval.n_prompts, cfg.seed), tok.pad_token_id)
-    lab = Lab(
+    return Lab(
         cfg=cfg, testbed=testbed, sft_dir=sft_dir, sft_policy=sft_policy, pairs=labelled,
         reward_models=first_reward_models,
         train_prompts=testbed.prompts("train", max(4 * cfg.rl.prompts_per_step, cfg.pairs.n_prompts), cfg.seed + 2),
-        eval_ids=eval_ids, eval_mask=eval_mask,
+        eval_ids=eval_ids, eval_mask=eval_mask, run_fingerprints=runs,
     )  # fmt: skip
-    for name, (plan, variant) in plans.items():
-        for seed in range(cfg.seeds):
-            run_dir = out / "runs" / name / f"seed{seed}"
-            run_fp = runs[run_dir]
-            checkpoints = Checkpointer(out / "checkpoints" / "runs" / name / f"seed{seed}", run_fp, every_s)
-            if _finished(run_dir, run_fp):
-                checkpoints.clear()
-                console.print(f"[dim]reusing {run_dir}[/dim]")
-                continue
-            run_method(lab, plan, variant, seed, run_dir, name, checkpoints)
-            if distributed.is_main():
-                write_json(run_dir / "stage.json", {"stage": "rl", "method": name, "seed": seed, "fingerprint": run_fp})
-                checkpoints.clear()
-            distributed.barrier()
+
+
+def run_job(lab: Lab, plans: Plans, name: str, seed: int) -> None:
+    """Run `name` for `seed` (or reuse it when finished), resuming from its checkpoints."""
+    out, every_s = Path(lab.cfg.out), lab.cfg.checkpoint_every_s
+    plan, variant = plans[name]
+    run_dir = out / "runs" / name / f"seed{seed}"
+    run_fp = lab.run_fingerprints[run_dir]
+    checkpoints = Checkpointer(out / "checkpoints" / "runs" / name / f"seed{seed}", run_fp, every_s)
+    if _finished(run_dir, run_fp):
+        checkpoints.clear()
+        console.print(f"[dim]reusing {run_dir}[/dim]")
+        return
+    run_method(lab, plan, variant, seed, run_dir, name, checkpoints)
+    if distributed.is_main():
+        write_json(run_dir / "stage.json", {"stage": "rl", "method": name, "seed": seed, "fingerprint": run_fp})
+        checkpoints.clear()
+    distributed.barrier()
+
+
+def finish(cfg: ExperimentConfig) -> dict:
+    """Every stage and run is done: drop the checkpoints, build the report (main process only)."""
+    from overopt.report import build_report  # the report reads outputs only; imported at the end
 
     if not distributed.is_main():
         return {}
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # every stage and run is finished
+    out = Path(cfg.out)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
     return build_report(out, console=console)
 
 

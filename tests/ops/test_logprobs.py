@@ -158,3 +158,15 @@ def test_sequence_logprobs_mutation_and_validation(gen, right_padded_mask, asser
         sequence_logprobs(token_lp, mask[:, :-1])
     with pytest.raises(ValueError, match=r"\(B, T\)"):
         sequence_logprobs(token_lp[0], mask[0])
+
+
+def test_entropy_does_not_cancel_in_float32():
+    # Logits [100, 90]: H = log(1 + e^-10) + 10 e^-10 / (1 + e^-10) ≈ 5.0e-4. logsumexp(z) − Σ p z
+    # subtracts two numbers near 100 in float32 and misses by ~0.7 %; −Σ p log p does not.
+    z64 = torch.tensor([[[100.0, 90.0]]], dtype=torch.float64)
+    expected = ref_entropy(z64)[0][0]
+    got = entropy_from_logits(z64.float()).item()
+    assert abs(got - expected) / expected < 1e-4
+    z32 = z64.float()
+    old = (torch.logsumexp(z32, -1) - (torch.softmax(z32, -1) * z32).sum(-1)).item()
+    assert abs(old - expected) / expected > 1e-3  # the old formula would fail this test

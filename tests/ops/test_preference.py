@@ -106,3 +106,16 @@ def test_pairwise_accuracy_closed_forms(assert_close):
     assert_close(pairwise_accuracy(const, const), 0.5)
     ints = pairwise_accuracy(torch.tensor([3, 1, 2]), torch.tensor([1, 1, 5]))
     assert ints.dtype == torch.float32 and abs(ints.item() - 0.5) < 1e-7
+
+
+def test_bt_large_negative_margin_keeps_the_log1p_term(assert_close):
+    # -log σ(Δ) = -Δ + log(1 + e^Δ). Beyond Δ = -20, softplus(-Δ) returns -Δ exactly and drops
+    # log(1 + e^Δ) ≈ 2e-9 (Δ = -20) ... 7.6e-10 (Δ = -21): the old formula misses these references.
+    margins = [-20.5, -21.0, -22.0, -25.0]
+    chosen = torch.tensor(margins, dtype=torch.float64)
+    rejected = torch.zeros(4, dtype=torch.float64)
+    for i, m in enumerate(margins):
+        expected = -m + math.log1p(math.exp(m))
+        assert_close(bradley_terry_loss(chosen[i : i + 1], rejected[i : i + 1]), expected, rtol=0, atol=1e-14)
+        old = torch.nn.functional.softplus(-chosen[i : i + 1]).mean().item()
+        assert abs(old - expected) > 1e-12  # the old formula would fail this test

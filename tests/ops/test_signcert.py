@@ -269,3 +269,50 @@ def test_validation(gen):
         certified_weights(radii, torch.ones(P + 1, 1), "drop")
     with pytest.raises(ValueError, match="broadcast"):
         certified_weights(radii, torch.ones(1, 1, 1), "drop")
+
+
+def test_worst_case_advantage_is_the_minimum_over_the_ball(gen):
+    from overopt.ops import worst_case_advantages
+
+    hidden, weight = _inputs(gen)
+    out = sign_radii(hidden, weight)
+    eps = 0.3
+    shifted = worst_case_advantages(out.advantages, out.feature_norms, eps)
+    d = group_centered_features(hidden)
+    # Brute force: sign(A)·(w + δ)ᵀd over many δ with ‖δ‖ = ε never goes below sign(A)·Ã, and
+    # δ* = −ε·sign(A)·d/‖d‖ attains it.
+    deltas = torch.randn(4000, H, generator=gen, dtype=torch.float64)
+    deltas = eps * deltas / deltas.norm(dim=1, keepdim=True)
+    sign = torch.sign(out.advantages)
+    perturbed = torch.einsum("pkh,nh->pkn", d, deltas) + out.advantages.unsqueeze(-1)  # (P, K, n)
+    assert (sign.unsqueeze(-1) * perturbed >= (sign * shifted).unsqueeze(-1) - 1e-12).all()
+    star = -eps * sign.unsqueeze(-1) * d / d.norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(((weight + star) * d).sum(-1), shifted, rtol=0, atol=1e-12)
+    # (1 − ε/Δ)·A; ε = 0 changes nothing; ε = Δ_i zeroes completion i.
+    torch.testing.assert_close(shifted, (1 - eps / out.radii) * out.advantages, rtol=1e-12, atol=1e-12)
+    assert torch.equal(worst_case_advantages(out.advantages, out.feature_norms, 0.0), out.advantages)
+    at_own_radius = worst_case_advantages(out.advantages, out.feature_norms, out.radii[0, 0].item())
+    assert abs(at_own_radius[0, 0].item()) < 1e-12
+    # An infinite threshold (no finite radius in scope) shifts nothing.
+    assert torch.equal(worst_case_advantages(out.advantages, out.feature_norms, math.inf), out.advantages)
+
+
+def test_head_fisher_matches_loop_and_is_an_ellipsoid(gen):
+    from overopt.ops import head_fisher
+
+    f = torch.randn(20, H, generator=gen, dtype=torch.float64)
+    p = torch.rand(20, generator=gen, dtype=torch.float64)
+    m = head_fisher(f, p, damping=0.1)
+    ref = [[math.fsum(p[n].item() * (1 - p[n].item()) * f[n, i].item() * f[n, j].item() for n in range(20)) / 20
+            for j in range(H)] for i in range(H)]  # fmt: skip
+    trace = math.fsum(ref[i][i] for i in range(H))
+    for i in range(H):
+        ref[i][i] += 0.1 * trace / H
+    torch.testing.assert_close(m, torch.tensor(ref, dtype=torch.float64), rtol=1e-12, atol=1e-14)
+    assert torch.linalg.eigvalsh(m).min() > 0
+    # As the metric of sign_radii: radii stay positive and finite; M = c·I scales the ℓ2 radii by sqrt(c).
+    hidden, weight = _inputs(gen)
+    assert torch.isfinite(sign_radii(hidden, weight, metric=m).radii).all()
+    c = 4.0
+    l2 = sign_radii(hidden, weight).radii
+    torch.testing.assert_close(sign_radii(hidden, weight, metric=c * torch.eye(H).double()).radii, l2 * math.sqrt(c))

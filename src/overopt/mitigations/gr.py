@@ -7,6 +7,15 @@ L_GR(θ) = L(θ) + (γ/2)‖∇L(θ)‖², so ∇L_GR = g + γHg, estimated by f
   3. g2 = ∇L(θ') on the SAME inputs (same completions, old log-probs, advantages), clipped to ≤ c;
   4. restore θ; g = (1 − γ/ε)·g1 + (γ/ε)·g2 (excluded parameters keep g1); ordinary optimiser step.
 γ = ε is unnormalised SAM. Costs one extra forward + backward per step.
+
+Effective strength (METHODS.md §7): `gr/correction_ratio` = ‖g − g1‖/‖g1‖ and `gr/cos_g_g1`, 0 and 1
+when GR is off. γ alone is not a strength (it scales with the loss and the curvature), so
+`target_correction` adapts γ online until the ratio tracks a target (`adapt_gr_gamma`).
+
+`bf16_roundtrip` reproduces a detail of the published runs (bf16 weights under DeepSpeed ZeRO-2): on
+every GR step the reference code writes the bf16 model weights back over the fp32 master copy
+(`refresh_fp32_params`, all trainable parameters, before the optimiser step), so updates smaller
+than half a bf16 step are lost — a dead zone that the KL baseline runs did not have.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ from collections.abc import Callable
 import torch
 
 from overopt.mitigations.protocols import Figures, apply_gradients, plain_step
-from overopt.ops import clip_by_global_norm, combine_gr_gradients, is_gr_excluded
+from overopt.ops import adapt_gr_gamma, clip_by_global_norm, combine_gr_gradients, gr_correction, is_gr_excluded
 
 
 class GradientRegularization:
@@ -29,8 +38,14 @@ class GradientRegularization:
         grad_clip: float,
         warmup_steps: int,
         exclude: tuple[str, ...],
+        target_correction: float | None = None,
+        controller_rate: float = 0.2,
+        bf16_roundtrip: bool = False,
     ):
+        if target_correction is not None and gamma <= 0:
+            raise ValueError("gr.target_correction adapts γ multiplicatively: start from gr.gamma > 0")
         self.eps, self.gamma, self.grad_clip, self.warmup_steps = eps, gamma, grad_clip, warmup_steps
+        self.target, self.rate, self.bf16_roundtrip = target_correction, controller_rate, bf16_roundtrip
         self.perturbed = {id(p) for name, p in named_parameters if not is_gr_excluded(name, exclude)}
 
     def __call__(
@@ -42,7 +57,8 @@ class GradientRegularization:
         max_grad_norm: float,
     ) -> Figures:
         if step <= self.warmup_steps or self.gamma == 0:
-            return plain_step(loss_fn, params, optimizer, step, max_grad_norm)
+            off = {"gr/correction_ratio": 0.0, "gr/cos_g_g1": 1.0, "gr/gamma": self.gamma}
+            return {**plain_step(loss_fn, params, optimizer, step, max_grad_norm), **off}
         # 1. g1 at θ.
         optimizer.zero_grad(set_to_none=True)
         loss_fn().backward()
@@ -66,8 +82,25 @@ class GradientRegularization:
                     p.grad = combine_gr_gradients(a, b, self.gamma, self.eps)
                 else:
                     p.grad = a
-        return {
+            if self.bf16_roundtrip:  # DeepSpeed's refresh_fp32_params: master ← bf16(master), every parameter
+                for p in params:
+                    p.copy_(p.to(torch.bfloat16).to(p.dtype))
+        correction = gr_correction(g1, [p.grad for p in params])
+        figures = {
             **apply_gradients(params, optimizer, max_grad_norm),
             "gr/grad_norm": g1_norm,
             "gr/grad_norm_ratio": g2_norm / max(g1_norm, 1e-12),
+            "gr/correction_ratio": correction.ratio,
+            "gr/cos_g_g1": correction.cos,
+            "gr/gamma": self.gamma,
         }
+        if self.target is not None:
+            self.gamma = adapt_gr_gamma(self.gamma, correction.ratio, self.target, self.rate)
+        return figures
+
+    def state_dict(self) -> dict:
+        """γ, which the controller adapts (`target_correction`); constant otherwise."""
+        return {"gamma": self.gamma}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gamma = state["gamma"]

@@ -18,7 +18,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel
 
 from overopt.models.policy import completion_logprobs
-from overopt.ops import ess_from_log_weights, ocrm_log_weights, sequence_logprobs
+from overopt.ops import ocrm_log_weights, sequence_logprobs
 from overopt.sampling import rollout_from_tokens
 
 
@@ -43,17 +43,16 @@ def completion_loglik(
     return torch.cat(out)
 
 
-def ocrm_pair_log_weights(
+def ocrm_pair_log_ratios(
     policy: PreTrainedModel,
     sft_policy: PreTrainedModel,
     pairs: Dataset,
     *,
     alpha: float,
-    beta_w: float,
     pad_id: int,
     truncate_tokens: int | None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """(N,) log importance weights of the stored pairs under π_k vs π_SFT, and their ESS figures."""
+) -> torch.Tensor:
+    """(N,) S = log ρ_α(y_c|x) + log ρ_α(y_r|x) of the stored pairs under π_k vs π_SFT; log w = β_w·S."""
     loglik = {
         (name, side): completion_loglik(
             model, pairs["prompt_ids"], pairs[f"{side}_ids"], pad_id, truncate_tokens=truncate_tokens
@@ -61,13 +60,11 @@ def ocrm_pair_log_weights(
         for name, model in (("policy", policy), ("sft", sft_policy))
         for side in ("chosen", "rejected")
     }
-    log_w = ocrm_log_weights(
+    return ocrm_log_weights(
         loglik["policy", "chosen"],
         loglik["sft", "chosen"],
         loglik["policy", "rejected"],
         loglik["sft", "rejected"],
         alpha=alpha,
-        beta_w=beta_w,
+        beta_w=1.0,
     )
-    ess = ess_from_log_weights(log_w).item()
-    return log_w, {"ocrm/ess": ess, "ocrm/ess_frac": ess / len(log_w), "ocrm/log_weight_std": log_w.std().item()}

@@ -9,7 +9,7 @@ checks a method's name.
   2. score the rollouts                RewardSource        single proxy RM, RM ensembles
   2. shape the per-sequence reward     RewardTransform     PAR, reward clipping, length penalty,
                                                            constrained RLHF
-  5. weight each completion's terms    CompletionWeights   SignCert-PO
+  4. transform the advantages         AdvantageTransform  SignCert-PO
   5. add to the policy loss            LossTerm            χ² regularisation
   5. turn the loss into a step         GradientStep        plain step, gradient regularization
   after the step                       ReferenceSchedule   reference resets
@@ -54,13 +54,18 @@ class RewardTransform(Protocol):
         ...
 
 
-class CompletionWeights(Protocol):
-    def __call__(self, scores: RewardScores, group_size: int) -> tuple[torch.Tensor, Figures]:
-        """(B,) detached weights multiplying each completion's policy-loss terms."""
+class AdvantageTransform(Protocol):
+    def __call__(
+        self, advantages: torch.Tensor, scores: RewardScores, group_size: int
+    ) -> tuple[torch.Tensor, Figures]:
+        """(B,) sequence advantages of the whole batch (groups of K consecutive rows) -> (B,) the
+        advantages the policy loss uses, plus figures (e.g. SignCert-PO's worst-case advantages)."""
         ...
 
 
 class LossTerm(Protocol):
+    name: str  # figures are logged as `<name>/...`, its share of the update as `<name>/penalty_share`
+
     def __call__(
         self, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, Figures]:
@@ -118,7 +123,7 @@ class Mitigations:
     """Everything a method adds to plain policy optimisation (the defaults add nothing)."""
 
     reward_transforms: list[RewardTransform] = field(default_factory=list)
-    completion_weights: CompletionWeights | None = None
+    advantage_transform: AdvantageTransform | None = None
     loss_terms: list[LossTerm] = field(default_factory=list)
     gradient_step: GradientStep = plain_step
     reference_schedule: ReferenceSchedule | None = None
@@ -126,13 +131,13 @@ class Mitigations:
     def _parts(self) -> dict[str, object]:
         parts = {f"reward_transforms/{i}": t for i, t in enumerate(self.reward_transforms)}
         parts.update({f"loss_terms/{i}": t for i, t in enumerate(self.loss_terms)})
-        parts.update(completion_weights=self.completion_weights, gradient_step=self.gradient_step)
+        parts.update(advantage_transform=self.advantage_transform, gradient_step=self.gradient_step)
         parts.update(reference_schedule=self.reference_schedule)
         return parts
 
     def state_dict(self) -> dict:
         """The state that stateful parts carry from step to step (PAR's references, a Lagrange
-        multiplier, a reset counter), for checkpoints; parts without `state_dict` have none."""
+        multiplier, a reset counter, GR's adapted γ), for checkpoints; parts without `state_dict` have none."""
         return {name: part.state_dict() for name, part in self._parts().items() if hasattr(part, "state_dict")}
 
     def load_state_dict(self, state: dict) -> None:

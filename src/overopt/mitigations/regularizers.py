@@ -11,6 +11,8 @@ from overopt.ops import chi2_estimate
 class Chi2Penalty:
     """χ² occupancy regularisation, LLM form (Laidlaw et al., arXiv 2403.03185): loss += c·sqrt(max(χ̂², 1e-4))."""
 
+    name = "chi2"
+
     def __init__(self, coef: float, clamp: float):
         self.coef, self.clamp = coef, clamp
 

@@ -7,7 +7,7 @@ from transformers import PreTrainedModel
 
 from overopt.mitigations.protocols import RewardScores
 from overopt.models.reward import reward_forward, score_head
-from overopt.ops import aggregate_ensemble, ensemble_std, par_reward
+from overopt.ops import aggregate_ensemble, ensemble_penalty_share, ensemble_std, par_reward, par_saturation
 from overopt.sampling import Rollout, pad_left, sample_completions
 from overopt.testbeds.base import RuleRewardTestbed
 
@@ -93,7 +93,7 @@ class EnsembleRewardModel:
 
 
 class EnsembleFigures:
-    """Logs the members' disagreement (reward unchanged), with the ensemble's variance ddof."""
+    """Logs the members' disagreement and the aggregate's penalty share (reward unchanged)."""
 
     def __init__(self, ddof: int = 0):
         self.ddof = ddof
@@ -101,7 +101,10 @@ class EnsembleFigures:
     def __call__(self, rewards: torch.Tensor, rollout: Rollout, scores: RewardScores):
         if scores.members is None:
             return rewards, {}
-        return rewards, {"ensemble/std": ensemble_std(scores.members, ddof=self.ddof).mean().item()}
+        return rewards, {
+            "ensemble/std": ensemble_std(scores.members, ddof=self.ddof).mean().item(),
+            "ensemble/penalty_share": ensemble_penalty_share(scores.members, scores.rewards).item(),
+        }
 
 
 class PreferenceAsReward:
@@ -144,7 +147,11 @@ class PreferenceAsReward:
         self._reference_rewards(prompts)
         reference = torch.stack([self._cache[p] for p in prompts]).to(rewards)  # (B, M)
         shaped = par_reward(rewards, reference, self.k)
-        return shaped, {"par/reward": shaped.mean().item(), "par/reference_reward": reference.mean().item()}
+        return shaped, {
+            "par/reward": shaped.mean().item(),
+            "par/reference_reward": reference.mean().item(),
+            "par/saturation": par_saturation(shaped).item(),
+        }
 
     def state_dict(self) -> dict:
         """The cached reference rewards, in insertion order (the next prompts' sampling seed counts them)."""

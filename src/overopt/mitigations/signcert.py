@@ -1,36 +1,98 @@
-"""SignCert-PO (Ono, Ackermann, Nishimori et al., arXiv 2604.02986): down-weight completions whose
-advantage sign a small perturbation of the reward head could flip.
+"""SignCert-PO (Ono, Ackermann, Nishimori et al., arXiv 2604.02986): optimise the worst-case advantage
+over a ball of reward-head weights, so that completions whose advantage sign a small change of the head
+could flip stop driving the update.
 
-RECONSTRUCTED (METHODS.md §3): linear head r = wᵀh + b; within a group, A_i = wᵀ(h_i − mean_j h_j);
-certified radius r_i = |A_i| / ‖h_i − mean_j h_j‖₂; threshold τ = q-quantile of the radii (batch or
-group scope); weight 1 if r_i ≥ τ, else 0 (drop) or r_i/τ (linear). The maths is in
-`overopt.ops.signcert`; the base algorithm is Dr.GRPO.
+From the paper (§3, Theorem 3.2, Algorithm 1; the maths is in `overopt.ops.signcert`): linear head
+r = wᵀh + b; within a group, d_i = h_i − mean_j h_j and A_i = wᵀd_i (Dr.GRPO); certified radius
+Δ_i = |A_i| / ‖d_i‖; ε = the q-quantile of the radii over the batch; the update uses
+Ã_i = sign(A_i)(|A_i| − ε‖d_i‖) = (1 − ε/Δ_i)·A_i. The base algorithm is Dr.GRPO.
+Knobs beyond the paper: ε from 1/Δ (Algorithm 1 as printed), a per-group quantile, the 0/1 and
+linear weights of an earlier reconstruction, and the Fisher ellipsoid instead of the ℓ2 ball.
 """
 
 from __future__ import annotations
 
 import torch
+from datasets import Dataset
+from transformers import PreTrainedModel
 
 from overopt.mitigations.protocols import Figures, RewardScores
-from overopt.ops import certification_threshold, certified_weights, sign_radii
+from overopt.models.reward import reward_forward
+from overopt.ops import (
+    advantage_mass_removed,
+    certification_threshold,
+    certified_weights,
+    head_fisher,
+    sign_radii,
+    worst_case_advantages,
+)
+from overopt.sampling import rollout_from_tokens
 
 
-class SignCertWeights:
-    def __init__(self, quantile: float, scope: str, weighting: str):
-        self.quantile, self.scope, self.weighting = quantile, scope, weighting
+class SignCertAdvantages:
+    def __init__(
+        self, quantile: float, threshold_on: str, scope: str, weighting: str, metric: torch.Tensor | None = None
+    ):
+        if threshold_on == "inverse_radius" and weighting != "shrink":
+            raise ValueError("signcert.threshold_on=inverse_radius only defines ε for weighting=shrink")
+        self.quantile, self.threshold_on, self.scope, self.weighting = quantile, threshold_on, scope, weighting
+        self.metric = metric
 
-    def __call__(self, scores: RewardScores, group_size: int) -> tuple[torch.Tensor, Figures]:
+    def __call__(self, advantages: torch.Tensor, scores: RewardScores, group_size: int) -> tuple[torch.Tensor, Figures]:
         if scores.hidden is None or scores.head_weight is None:
             raise ValueError("signcert needs a reward model with a linear head (hidden state and head weight)")
         hidden = scores.hidden.double().view(-1, group_size, scores.hidden.shape[-1])  # (P, K, H)
-        radii = sign_radii(hidden, scores.head_weight.double()).radii  # (P, K)
-        tau = certification_threshold(radii, self.quantile, self.scope)
-        weights = certified_weights(radii, tau, self.weighting).flatten()
+        metric = None if self.metric is None else self.metric.to(hidden)
+        out = sign_radii(hidden, scores.head_weight.double(), metric)  # each (P, K)
+        radii = out.radii
+        if self.threshold_on == "radius":
+            epsilon = certification_threshold(radii, self.quantile, self.scope)
+        else:  # 1/Δ; Δ = 0 (A = 0) and Δ = ∞ (d = 0) both leave the quantile as +∞
+            inverse = torch.where(radii > 0, 1.0 / radii, torch.full_like(radii, float("inf")))
+            epsilon = certification_threshold(inverse, self.quantile, self.scope)
+        a = advantages.double().view(-1, group_size)
+        if self.weighting == "shrink":
+            new = worst_case_advantages(a, out.feature_norms, epsilon)
+        else:
+            new = certified_weights(radii, epsilon, self.weighting) * a
         finite = radii[torch.isfinite(radii)]
-        return weights.float(), {
+        finite_eps = epsilon[torch.isfinite(epsilon)]
+        changed = new != a
+        return new.flatten().to(advantages.dtype), {
             # With an ensemble, the radii use member 0's hidden state and head (METHODS.md §3 fallback).
             "signcert/head_from_member0": float(scores.members is not None),
-            "signcert/frac_downweighted": (weights < 1).double().mean().item(),
-            "signcert/mean_weight": weights.mean().item(),
+            "signcert/adv_mass_removed": advantage_mass_removed(a, new).item(),
+            "signcert/frac_downweighted": changed.double().mean().item(),
+            "signcert/frac_flipped": (torch.sign(new) * torch.sign(a) < 0).double().mean().item(),
+            "signcert/epsilon": finite_eps.mean().item() if finite_eps.numel() else 0.0,
             "signcert/radius_median": finite.median().item() if finite.numel() else float("nan"),
         }
+
+
+@torch.no_grad()
+def fisher_metric(
+    reward_model: PreTrainedModel, data: Dataset, pad_id: int, damping: float, batch_size: int = 256
+) -> torch.Tensor:
+    """M = F + λ·(tr F/H)·I for the head of `reward_model`, F the Fisher of its training loss on `data`.
+
+    Preference pairs (columns chosen_ids, rejected_ids): features h_c − h_r, p = σ(r_c − r_r) (the
+    Bradley-Terry loss); judged answers (column completion_ids): features h, p = σ(r) (binary
+    cross-entropy). See `overopt.ops.head_fisher`. Float64, on the CPU.
+    """
+    features, probs = [], []
+    pairs = "chosen_ids" in data.column_names
+    for start in range(0, len(data), batch_size):
+        rows = data[start : start + batch_size]
+        if pairs:
+            n = len(rows["prompt_ids"])
+            r = rollout_from_tokens(rows["prompt_ids"] * 2, rows["chosen_ids"] + rows["rejected_ids"], pad_id)
+            out = reward_forward(reward_model, r.input_ids, r.attention_mask)
+            (hc, hr), (rc, rr) = out.hidden.double().split([n, n]), out.rewards.double().split([n, n])
+            features.append((hc - hr).cpu())
+            probs.append(torch.sigmoid(rc - rr).cpu())
+        else:
+            r = rollout_from_tokens(rows["prompt_ids"], rows["completion_ids"], pad_id)
+            out = reward_forward(reward_model, r.input_ids, r.attention_mask)
+            features.append(out.hidden.double().cpu())
+            probs.append(torch.sigmoid(out.rewards.double()).cpu())
+    return head_fisher(torch.cat(features), torch.cat(probs), damping)

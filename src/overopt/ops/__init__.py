@@ -32,36 +32,58 @@ By file:
   occupancy regularisation (arXiv 2403.03185).
 * ``gr``          - Gradient Regularization by finite differences (arXiv
   2602.18037): ``combine_gr_gradients``, ``clip_by_global_norm``,
-  ``is_gr_excluded`` (``GR_EXCLUDE_PATTERNS``).
+  ``is_gr_excluded`` (``GR_EXCLUDE_PATTERNS``); its effective strength
+  ``gr_correction`` (``GRCorrection(ratio, cos)``) and the controller
+  ``adapt_gr_gamma``.
+* ``strength``    - ``penalty_share``: the share of the update a KL or χ² term
+  makes (each method's own strength lives in its module: ``gr_correction``,
+  ``advantage_mass_removed``, ``ensemble_penalty_share``, ``par_saturation``,
+  ``order_disagreement``, and OCRM's ``beta_for_target_ess``).
+* ``mechanisms``  - the papers' claims against gold: ``sign_flips``
+  (``SignFlips``), ``auroc``, ``order_accuracy``, ``pearson``.
 """
 
 from overopt.ops.advantages import GAE, gae, grpo_advantages, rloo_advantages
 from overopt.ops.chi2 import Chi2, chi2_estimate
-from overopt.ops.ensemble import ENSEMBLE_MODES, aggregate_ensemble, ensemble_std
-from overopt.ops.gr import GR_EXCLUDE_PATTERNS, clip_by_global_norm, combine_gr_gradients, is_gr_excluded
+from overopt.ops.ensemble import ENSEMBLE_MODES, aggregate_ensemble, ensemble_penalty_share, ensemble_std
+from overopt.ops.gr import (
+    GR_EXCLUDE_PATTERNS,
+    GRCorrection,
+    adapt_gr_gamma,
+    clip_by_global_norm,
+    combine_gr_gradients,
+    gr_correction,
+    is_gr_excluded,
+)
 from overopt.ops.kl import KL_ESTIMATORS, adaptive_kl_coef, kl_estimate, kl_k1, kl_k2, kl_k3
 from overopt.ops.logprobs import entropy_from_logits, selective_log_softmax, sequence_logprobs
 from overopt.ops.masked import masked_mean, masked_sum, masked_var, masked_whiten
+from overopt.ops.mechanisms import SignFlips, auroc, order_accuracy, pearson, sign_flips
 from overopt.ops.ocrm import (
     WEIGHT_NORMALIZATIONS,
+    beta_for_target_ess,
     effective_sample_size,
     ess_from_log_weights,
     normalize_weights,
     ocrm_log_weights,
     relative_log_density_ratio,
 )
-from overopt.ops.par import par_reward
+from overopt.ops.par import par_reward, par_saturation
 from overopt.ops.policy_loss import AGGREGATIONS, PolicyLoss, clipped_surrogate, clipped_value_loss
-from overopt.ops.preference import bradley_terry_loss, pairwise_accuracy
+from overopt.ops.preference import bradley_terry_loss, order_disagreement, pairwise_accuracy
 from overopt.ops.signcert import (
     CERTIFIED_WEIGHT_MODES,
     THRESHOLD_SCOPES,
     SignRadii,
+    advantage_mass_removed,
     certification_threshold,
     certified_weights,
     group_centered_features,
+    head_fisher,
     sign_radii,
+    worst_case_advantages,
 )
+from overopt.ops.strength import penalty_share
 
 __all__ = [
     # masked
@@ -92,6 +114,7 @@ __all__ = [
     "clipped_value_loss",
     # preference
     "bradley_terry_loss",
+    "order_disagreement",
     "pairwise_accuracy",
     # ocrm
     "WEIGHT_NORMALIZATIONS",
@@ -100,6 +123,7 @@ __all__ = [
     "normalize_weights",
     "effective_sample_size",
     "ess_from_log_weights",
+    "beta_for_target_ess",
     # signcert
     "THRESHOLD_SCOPES",
     "CERTIFIED_WEIGHT_MODES",
@@ -108,12 +132,17 @@ __all__ = [
     "sign_radii",
     "certification_threshold",
     "certified_weights",
+    "worst_case_advantages",
+    "advantage_mass_removed",
+    "head_fisher",
     # ensemble
     "ENSEMBLE_MODES",
     "aggregate_ensemble",
     "ensemble_std",
+    "ensemble_penalty_share",
     # par
     "par_reward",
+    "par_saturation",
     # chi2
     "Chi2",
     "chi2_estimate",
@@ -122,4 +151,15 @@ __all__ = [
     "combine_gr_gradients",
     "clip_by_global_norm",
     "is_gr_excluded",
+    "GRCorrection",
+    "gr_correction",
+    "adapt_gr_gamma",
+    # strength
+    "penalty_share",
+    # mechanisms
+    "SignFlips",
+    "sign_flips",
+    "auroc",
+    "order_accuracy",
+    "pearson",
 ]

@@ -18,7 +18,7 @@ import torch
 
 from overopt.ops.masked import _check_ndim
 
-__all__ = ["ENSEMBLE_MODES", "aggregate_ensemble", "ensemble_std"]
+__all__ = ["ENSEMBLE_MODES", "aggregate_ensemble", "ensemble_penalty_share", "ensemble_std"]
 
 ENSEMBLE_MODES: tuple[str, ...] = ("mean", "wco", "uwo")
 
@@ -89,3 +89,26 @@ def aggregate_ensemble(
     if not math.isfinite(uwo_lambda):
         raise ValueError(f"uwo_lambda must be finite, got {uwo_lambda}")
     return rewards.mean(dim=0) - uwo_lambda * _ensemble_var(rewards, ddof)
+
+
+def ensemble_penalty_share(rewards: torch.Tensor, aggregated: torch.Tensor) -> torch.Tensor:
+    """A conservative ensemble's effective strength: its penalty relative to the reward's spread.
+
+    Formula: ``mean_B |R − mean_k r| / std_B(R)`` with R the aggregated reward
+    (:func:`aggregate_ensemble`), ``mean_k r`` the members' mean, and std over the batch (ddof 1).
+    The penalty is what WCO / UWO subtract from the mean; dividing by the batch spread of R says
+    how much it weighs against the differences the policy gradient sees. 0 for ``"mean"``
+    aggregation (no penalty) and for k = 1; 0 when there is no penalty, whatever the spread; +inf
+    for a penalty over a batch with no spread.
+
+    Shapes: ``rewards`` (k, B) with B >= 2, ``aggregated`` (B,). Returns a 0-d tensor, no gradient.
+    """
+    _check_rewards(rewards)
+    if aggregated.shape != rewards.shape[1:] or rewards.shape[1] < 2:
+        raise ValueError(f"aggregated must have shape (B,) = {tuple(rewards.shape[1:])} with B >= 2")
+    with torch.no_grad():
+        penalty = (aggregated - rewards.mean(dim=0)).abs().mean()
+        spread = aggregated.std()
+        if penalty == 0:
+            return torch.zeros_like(penalty)
+        return penalty / spread if spread > 0 else torch.full_like(penalty, math.inf)

@@ -20,12 +20,21 @@ these are the pure pieces.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
 from overopt.ops.masked import _check_same_shape
 
-__all__ = ["GR_EXCLUDE_PATTERNS", "combine_gr_gradients", "clip_by_global_norm", "is_gr_excluded"]
+__all__ = [
+    "GR_EXCLUDE_PATTERNS",
+    "GRCorrection",
+    "adapt_gr_gamma",
+    "combine_gr_gradients",
+    "clip_by_global_norm",
+    "gr_correction",
+    "is_gr_excluded",
+]
 
 GR_EXCLUDE_PATTERNS: tuple[str, ...] = ("embed", "lm_head", "output", "classifier", "score")
 
@@ -93,3 +102,68 @@ def is_gr_excluded(name: str, patterns: tuple[str, ...] = GR_EXCLUDE_PATTERNS) -
     Note that ``output`` also matches e.g. BERT-style ``attention.output.dense``.
     """
     return any(pattern in name for pattern in patterns)
+
+
+class GRCorrection(NamedTuple):
+    """Output of :func:`gr_correction`: GR's effective strength, as Python floats."""
+
+    ratio: float  # ‖g − g1‖ / ‖g1‖: 0 = plain step
+    cos: float  # cos(g, g1): 1 = GR does not turn the step
+
+
+def gr_correction(g1: list[torch.Tensor | None], g: list[torch.Tensor | None]) -> GRCorrection:
+    """How much GR changes the step: its effective strength, comparable across models.
+
+    Formula: with ``g1`` the (clipped) plain gradient and ``g`` the GR gradient
+    (:func:`combine_gr_gradients` on the perturbed parameters, ``g1`` on the
+    excluded ones), over all parameters jointly (sums in float64):
+    ``ratio = ‖g − g1‖ / ‖g1‖ = (γ/ε)‖g2 − g1‖ / ‖g1‖`` and
+    ``cos = ⟨g, g1⟩ / (‖g‖ ‖g1‖)``. γ alone is not a strength: the same γ
+    gives a different correction under another loss scale or curvature
+    (METHODS.md §7). ``g1 = 0`` gives ratio 0 and cos 1 (no step to correct);
+    ``g = 0 ≠ g1`` gives cos 0.
+
+    Shapes: two lists of tensors of matching shapes (``None`` where a parameter
+    has no gradient, in both lists). Returns ``GRCorrection(ratio, cos)``.
+    """
+    if len(g1) != len(g):
+        raise ValueError(f"g1 and g must list the same parameters, got {len(g1)} and {len(g)} tensors")
+    dot = diff = n1 = n = torch.zeros((), dtype=torch.float64)
+    for a, b in zip(g1, g):
+        if (a is None) != (b is None):
+            raise ValueError("g1 and g must have gradients for the same parameters")
+        if a is None:
+            continue
+        _check_same_shape("g1", a, "g", b)
+        a, b = a.detach().double(), b.detach().double()
+        dot, diff = dot + (a * b).sum(), diff + ((b - a) ** 2).sum()
+        n1, n = n1 + (a * a).sum(), n + (b * b).sum()
+    dot, diff, n1, n = (float(x) for x in torch.stack([dot, diff, n1, n]).tolist())
+    if n1 == 0.0:
+        return GRCorrection(0.0, 1.0)
+    cos = dot / math.sqrt(n1 * n) if n > 0.0 else 0.0
+    return GRCorrection(math.sqrt(diff / n1), cos)
+
+
+def adapt_gr_gamma(gamma: float, ratio: float, target: float, rate: float = 0.2, max_factor: float = 2.0) -> float:
+    """Multiplicative controller that makes GR's correction ratio track a target.
+
+    Formula: ``γ ← γ · clip(target / ratio, 1/m, m)^rate`` (m = ``max_factor``).
+    Since ``ratio = (γ/ε)‖g2 − g1‖/‖g1‖`` is proportional to γ at a fixed
+    point, ``rate = 1`` would jump to the γ that hits the target on this step's
+    curvature; a smaller rate averages the noise of single steps, like the
+    adaptive KL controller of Ziegler et al. (arXiv 1909.08593) does for β.
+    A ratio of 0 (no gradient, or γ = 0) leaves γ unchanged: there is nothing
+    to scale from.
+
+    Returns the new γ (a float). Raises ValueError unless ``gamma > 0``,
+    ``target > 0``, ``0 < rate <= 1`` and ``max_factor > 1``.
+    """
+    if not (gamma > 0 and target > 0 and 0 < rate <= 1 and max_factor > 1):
+        raise ValueError(
+            f"need gamma > 0, target > 0, 0 < rate <= 1 and max_factor > 1; got {gamma}, {target}, {rate}, {max_factor}"
+        )
+    if not ratio > 0 or not math.isfinite(ratio):
+        return gamma
+    factor = min(max(target / ratio, 1.0 / max_factor), max_factor)
+    return gamma * factor**rate

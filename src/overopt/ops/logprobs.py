@@ -57,19 +57,22 @@ def selective_log_softmax(logits: torch.Tensor, tokens: torch.Tensor) -> torch.T
 
 
 def _entropy(z: torch.Tensor) -> torch.Tensor:
-    lse = torch.logsumexp(z, dim=-1)
-    p = torch.softmax(z, dim=-1)
+    log_p = torch.log_softmax(z, dim=-1)
+    p = log_p.exp()
     # Tokens with z = -inf (banned by a logits processor) have p = 0 and add
     # nothing, but 0 * -inf is nan - in the forward pass and in the gradient -
-    # so their logit is replaced by 0 before the product.
-    z_finite = torch.where(p > 0, z, torch.zeros((), dtype=z.dtype, device=z.device))
-    return lse - (p * z_finite).sum(dim=-1)
+    # so their log-probability is replaced by 0 before the product.
+    log_p_finite = torch.where(p > 0, log_p, torch.zeros((), dtype=z.dtype, device=z.device))
+    return -(p * log_p_finite).sum(dim=-1)
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of the categorical distribution ``softmax(z)`` at every position.
 
-    Formula: ``H = -Σ_v p_v log p_v = logsumexp(z) - Σ_v softmax(z)_v z_v``.
+    Formula: ``H = -Σ_v p_v log p_v`` with ``log p = log_softmax(z)``. (The
+    algebraically equal ``logsumexp(z) - Σ_v p_v z_v`` subtracts two numbers of
+    the logits' size and cancels in float32: logits [100, 90] give an entropy
+    0.7 % off.)
 
     Shapes: ``logits`` (B, T, V) floating. Returns (B, T).
     16-bit logits are processed in float32 row by row and give a float32

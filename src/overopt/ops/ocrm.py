@@ -34,6 +34,7 @@ __all__ = [
     "normalize_weights",
     "effective_sample_size",
     "ess_from_log_weights",
+    "beta_for_target_ess",
 ]
 
 WEIGHT_NORMALIZATIONS: tuple[str, ...] = ("none", "batch", "dataset")
@@ -162,3 +163,42 @@ def ess_from_log_weights(log_weights: torch.Tensor) -> torch.Tensor:
     """
     _check_vector("log_weights", log_weights)
     return (2.0 * torch.logsumexp(log_weights, dim=0) - torch.logsumexp(2.0 * log_weights, dim=0)).exp()
+
+
+def beta_for_target_ess(pair_log_ratios: torch.Tensor, target_frac: float, max_beta: float = 1e12) -> float:
+    """The β_w whose OCRM weights have a given effective sample size: a strength that transfers.
+
+    Formula: with ``S_i = log ρ_α(y_c,i) + log ρ_α(y_r,i)`` (:func:`ocrm_log_weights` at β_w = 1),
+    ``log w_i = β_w S_i`` and ``f(β) = ESS(β S) / N`` (:func:`ess_from_log_weights`). f(0) = 1 and
+    f decreases with β (d log ESS/dβ = 2 E_β[S] − 2 E_2β[S] <= 0: the tilted mean of S grows with
+    the tilt), so the β with ``f(β) = target`` is found by bisection: the bracket [0, hi] doubles
+    until ``f(hi) <= target``, then 200 halvings. β_w multiplies sequence log-likelihoods, which
+    grow with completion length, so the published β_w = 0.001 (53-106-token completions) is close
+    to uniform weights on short ones; a target ESS/N means the same re-weighting at any length.
+
+    Returns 0.0 for ``target_frac >= 1``; ``max_beta`` when even that leaves ``f > target`` (S
+    constant: weights stay uniform at any β). Raises ValueError unless ``0 < target_frac``.
+    Shapes: ``pair_log_ratios`` (N,), N >= 1.
+    """
+    _check_vector("pair_log_ratios", pair_log_ratios)
+    if not target_frac > 0:
+        raise ValueError(f"target_frac must be > 0, got {target_frac}")
+    if target_frac >= 1.0:
+        return 0.0
+    s = pair_log_ratios.detach().double()
+    n = s.numel()
+
+    def frac(beta: float) -> float:
+        return ess_from_log_weights(beta * s).item() / n
+
+    lo, hi = 0.0, 1.0
+    while frac(hi) > target_frac:
+        if hi >= max_beta:
+            return max_beta
+        lo, hi = hi, min(2.0 * hi, max_beta)
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if mid in (lo, hi):
+            break
+        lo, hi = (mid, hi) if frac(mid) > target_frac else (lo, mid)
+    return hi

@@ -8,21 +8,30 @@ sign-preservation radius (the smallest RM-parameter perturbation that flips the
 advantage sign) in closed form for a linear reward head, a tuned quantile
 threshold, down-weighting of non-robust completions, Dr.GRPO as the base.
 
-RECONSTRUCTED (the paper text was not available; every choice is a knob), per
-overopt's METHODS.md §3:
+Read from the paper (arXiv 2604.02986v1, §3, Theorem 3.2, Algorithm 1):
 
 * RM ``r(x, y) = wᵀ h(x, y) + b`` with ``h`` the final hidden state at the last
-  token. Within a group of K completions of one prompt,
-  ``d_i = h_i - mean_j h_j`` and the (Dr.GRPO) advantage is ``A_i(w) = wᵀ d_i``
-  (``b`` cancels, ``Σ_i A_i = 0``).
-* Radius over the ℓ2 ball of head perturbations δ: ``r_i = |A_i| / ‖d_i‖₂``;
-  over the ellipsoid ``{δ : δᵀ M δ <= ρ²}``: ``r_i = |A_i| / sqrt(d_iᵀ M⁻¹ d_i)``.
-  (Minimise ``‖δ‖`` subject to ``(w + δ)ᵀ d_i = 0``; by Cauchy-Schwarz the
-  minimiser is ``δ* = -A_i M⁻¹ d_i / (d_iᵀ M⁻¹ d_i)``.)
-* Threshold ``τ`` = q-quantile of the radii over the batch or per group.
-* Weight ``ω_i = 1`` if ``r_i >= τ`` else ``0`` ("drop") or ``r_i / τ``
-  ("linear"), detached; the loss multiplies each completion's clipped-surrogate
-  terms by ``ω_i`` (``overopt.ops.clipped_surrogate(..., weights=ω)``).
+  token; only ``w`` is perturbed, inside the ℓ2 ball ``‖δ‖₂ <= ε``. Within a
+  group of K completions of one prompt, ``d_i = h_i - mean_j h_j`` (the mean
+  over all K) and the Dr.GRPO advantage is ``A_i(w) = wᵀ d_i`` (``b``
+  cancels, ``Σ_i A_i = 0``; no std normalisation).
+* Certified sign-preservation radius ``Δ_i = |A_i| / ‖d_i‖₂``
+  (:func:`sign_radii`).
+* ε is a q-quantile over the whole batch (§3.2). The paper states it two
+  ways: the quantile of ``1/Δ`` (§3.2, Algorithm 1 line 5, as printed) and the
+  quantile of ``Δ`` (App. F.1.2, Fig. 1, unit-consistent: exactly a share q of
+  completions have ``Δ < ε``). Both are offered (overopt.config
+  ``signcert.threshold_on``); the quantile of Δ is the default.
+* The worst-case advantage over the ball is ``Ã_i = ρ_i A_i`` with
+  ``ρ_i = 1 - ε/Δ_i``, i.e. ``Ã_i = sign(A_i) (|A_i| - ε ‖d_i‖)``
+  (:func:`worst_case_advantages`): every advantage shrinks, and those with
+  ``Δ_i < ε`` flip sign. No clipping at 0 and no renormalisation are stated.
+  The policy-gradient update uses ``Ã`` (Dr.GRPO clipped surrogate).
+
+Not from the paper, kept as knobs: the ellipsoid radius (``metric=M``, with M
+from :func:`head_fisher`), a per-group quantile, and the weights of
+:func:`certified_weights` (``drop``: 0/1, ``linear``: Δ/τ), which an earlier
+reconstruction used before the paper's text was read.
 """
 
 from __future__ import annotations
@@ -31,16 +40,19 @@ from typing import NamedTuple
 
 import torch
 
-from overopt.ops.masked import _check_groups, _check_ndim
+from overopt.ops.masked import _check_groups, _check_ndim, _check_same_shape
 
 __all__ = [
     "THRESHOLD_SCOPES",
     "CERTIFIED_WEIGHT_MODES",
     "SignRadii",
+    "advantage_mass_removed",
     "group_centered_features",
+    "head_fisher",
     "sign_radii",
     "certification_threshold",
     "certified_weights",
+    "worst_case_advantages",
 ]
 
 THRESHOLD_SCOPES: tuple[str, ...] = ("batch", "group")
@@ -69,10 +81,11 @@ def group_centered_features(hidden: torch.Tensor) -> torch.Tensor:
 
 
 class SignRadii(NamedTuple):
-    """Output of :func:`sign_radii`: both (P, K)."""
+    """Output of :func:`sign_radii`: all (P, K)."""
 
     advantages: torch.Tensor
     radii: torch.Tensor
+    feature_norms: torch.Tensor  # ‖d_i‖₂, or sqrt(d_iᵀ M⁻¹ d_i) for an ellipsoid: |A_i| = Δ_i · this
 
 
 def sign_radii(
@@ -104,8 +117,8 @@ def sign_radii(
     to the scale of ``hidden``.
 
     Shapes: ``hidden`` (P, K, H) (K >= 2), ``head_weight`` (H,), ``metric``
-    (H, H) or None. Returns ``SignRadii(advantages, radii)``, both (P, K), radii
-    ``>= 0``. Not detached (wrap in ``torch.no_grad()`` as needed; the weights
+    (H, H) or None. Returns ``SignRadii(advantages, radii, feature_norms)``,
+    all (P, K), radii ``>= 0``. Not detached (wrap in ``torch.no_grad()`` as needed; the weights
     of :func:`certified_weights` are detached anyway). Raises ValueError on bad
     shapes or a metric that is not symmetric positive definite.
     """
@@ -133,7 +146,7 @@ def sign_radii(
     inf = torch.full((), float("inf"), dtype=norms.dtype, device=norms.device)
     safe_norms = torch.where(degenerate, torch.ones_like(norms), norms)
     radii = torch.where(degenerate, inf, advantages.abs() / safe_norms)
-    return SignRadii(advantages=advantages, radii=radii)
+    return SignRadii(advantages=advantages, radii=radii, feature_norms=norms)
 
 
 def certification_threshold(radii: torch.Tensor, quantile: float, scope: str) -> torch.Tensor:
@@ -209,3 +222,75 @@ def certified_weights(radii: torch.Tensor, threshold: torch.Tensor | float, mode
         return torch.where(certified, one, torch.zeros_like(one))
     # r < τ implies τ > 0 where this branch is selected, so r / τ is finite there.
     return torch.where(certified, one, radii / tau)
+
+
+def worst_case_advantages(
+    advantages: torch.Tensor, feature_norms: torch.Tensor, epsilon: torch.Tensor | float
+) -> torch.Tensor:
+    """The worst-case advantage over head perturbations of size ε (SignCert-PO, Theorem 3.2).
+
+    Formula (arXiv 2604.02986 §3.2): ``min over ‖δ‖ <= ε`` of the advantage in the direction of its
+    sign is ``Ã_i = sign(A_i) (|A_i| - ε ‖d_i‖) = (1 - ε/Δ_i) A_i``: every advantage shrinks
+    by ``ε‖d_i‖``, and a completion whose radius ``Δ_i`` is below ε gets the opposite sign.
+    Written as a shift, not as ``ρ_i A_i``, so that it stays bounded when ``A_i → 0`` (ρ → -∞)
+    and applies to an advantage that also holds terms the head does not move (a KL penalty in
+    the reward): those shift nothing. ``ε = 0`` returns ``advantages`` unchanged; so does
+    ``‖d_i‖ = 0`` (no head perturbation moves ``A_i``). Detached.
+
+    Shapes: ``advantages``, ``feature_norms`` (P, K) or (B,); ``epsilon`` a float or a tensor
+    broadcastable to them (e.g. the (1, 1) / (P, 1) output of :func:`certification_threshold`;
+    an infinite ε is treated as "no finite radius in scope": no shift). Returns the same shape.
+    """
+    _check_same_shape("advantages", advantages, "feature_norms", feature_norms)
+    a, n = advantages.detach(), feature_norms.detach()
+    eps = torch.as_tensor(epsilon, dtype=a.dtype, device=a.device).detach()
+    eps = torch.where(torch.isfinite(eps), eps, torch.zeros_like(eps))
+    if (eps < 0).any():
+        raise ValueError("epsilon must be >= 0")
+    return a - eps * n * torch.sign(a)
+
+
+def advantage_mass_removed(advantages: torch.Tensor, new_advantages: torch.Tensor) -> torch.Tensor:
+    """SignCert-PO's effective strength: the share of the advantage mass the method changes.
+
+    Formula: ``Σ_i |A_i − Ã_i| / Σ_i |A_i|``; for weights ``Ã = ω A`` with ``ω <= 1`` this is
+    ``Σ (1 − ω_i)|A_i| / Σ |A_i|``. 0 when nothing changes (method off); 1 when every advantage
+    is zeroed; above 1 when signs flip. A batch with ``Σ|A| = 0`` gives 0.
+
+    Shapes: any two equal shapes. Returns a 0-d tensor (no gradient).
+    """
+    _check_same_shape("advantages", advantages, "new_advantages", new_advantages)
+    with torch.no_grad():
+        total = advantages.abs().sum()
+        moved = (advantages - new_advantages).abs().sum()
+        return torch.where(total > 0, moved / total.clamp_min(torch.finfo(total.dtype).tiny), torch.zeros_like(total))
+
+
+def head_fisher(features: torch.Tensor, probs: torch.Tensor, damping: float) -> torch.Tensor:
+    """An ellipsoid metric M for :func:`sign_radii`: the damped Fisher information of the linear head.
+
+    Formula: for a head trained by logistic losses on features f_n (Bradley-Terry pairs:
+    ``f = h_chosen − h_rejected``, ``p = σ(wᵀf)``; a judge's BCE: ``f = h``, ``p = σ(wᵀh + b)``),
+    ``F = (1/N) Σ_n p_n (1 − p_n) f_n f_nᵀ`` and ``M = F + λ (tr F / H) I`` (λ = ``damping``,
+    relative to F's mean eigenvalue, so it does not depend on the features' scale). The Laplace
+    posterior of the head is N(ŵ, (N F)⁻¹), so ``{δ : δᵀ M δ <= ρ²}`` is a credible set of head
+    weights: directions the RM's data pinned down are hard to move, thin ones easy. Radii then
+    shrink for completions whose features point where the RM saw little data. overopt's choice,
+    not the paper's (which uses the ℓ2 ball, i.e. M = I).
+
+    Shapes: ``features`` (N, H), ``probs`` (N,) in [0, 1]. Returns (H, H), symmetric positive
+    definite for ``damping > 0``. Float64 recommended.
+    """
+    _check_ndim("features", features, 2, "(N, H)")
+    _check_ndim("probs", probs, 1, "(N,)")
+    if probs.shape[0] != features.shape[0] or features.shape[0] == 0:
+        raise ValueError(f"need N >= 1 features and N probs, got {tuple(features.shape)} and {tuple(probs.shape)}")
+    if not damping > 0:
+        raise ValueError(f"damping must be > 0, got {damping}")
+    weighted = features * (probs * (1 - probs)).unsqueeze(1)
+    fisher = weighted.mT @ features / features.shape[0]
+    size = features.shape[1]
+    scale = torch.diagonal(fisher).sum() / size
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # all-zero F: M = λI
+    return fisher + damping * scale * torch.eye(size, dtype=fisher.dtype, device=fisher.device)
+

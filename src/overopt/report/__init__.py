@@ -1,7 +1,8 @@
 """Reports for a finished (or partial) ``overopt run`` output directory.
 
 Reads ``OUT/`` only; writes ``OUT/summary.json``, ``OUT/plots/*.png`` and
-``OUT/report.html``.  Never imports torch/transformers, so it can run on any
+``OUT/report.html`` (plus ``OUT/frontier.json`` when ``OUT/frontier_plan.json``
+exists).  Never imports torch/transformers, so it can run on any
 machine with the output directory.
 """
 
@@ -17,12 +18,21 @@ __all__ = ["build_report", "build_summary", "hacking_check", "load_runs", "write
 def build_report(out_dir: str | Path, console=None) -> dict:
     """Load runs, write summary.json, plots and report.html, print the table.
 
+    With ``OUT/frontier_plan.json`` present, also writes ``OUT/frontier.json``
+    and the frontier plots, adds the "Frontier at matched KL" section to the
+    page and prints one line about it.  The "Mechanisms" section appears when
+    the runs logged ``mech/*`` keys.
+
     Returns the summary dict (see :func:`build_summary`).  Raises
     FileNotFoundError when OUT, OUT/runs or any metrics.jsonl is missing, and
     ValueError when all metrics files are empty or one has a malformed line.
     """
     # Imported lazily: matplotlib/rich are only needed when a report is built.
+    from rich.console import Console
+
+    from .frontier import PLAN_FILE, RESULT_FILE, plot_frontier, write_frontier
     from .html import write_report
+    from .mechanisms import mechanism_verdicts, plot_mechanisms
     from .plots import plot_all
     from .table import print_summary_table
 
@@ -31,6 +41,17 @@ def build_report(out_dir: str | Path, console=None) -> dict:
     summary = build_summary(out_dir, runs=runs)  # raises if there is nothing to report
     write_summary(out_dir, summary)
     plot_paths = plot_all(out_dir, runs)
-    write_report(out_dir, summary, plot_paths)
+    frontier, frontier_plots = None, []
+    if (out_dir / PLAN_FILE).is_file():
+        frontier = write_frontier(out_dir, runs=runs)
+        frontier_plots = plot_frontier(out_dir, frontier)
+    mech_plots = plot_mechanisms(out_dir, runs)
+    write_report(out_dir, summary, plot_paths, frontier=frontier, frontier_plots=frontier_plots,
+                 mechanisms=mechanism_verdicts(summary), mech_plots=mech_plots)  # fmt: skip
+    console = console or Console()
     print_summary_table(summary, console=console)
+    if frontier is not None:
+        console.print(f"frontier: {len(frontier['methods'])} methods, KL budgets "
+                      f"{', '.join(f'{b:g}' for b in frontier['budgets'])} -> {out_dir / RESULT_FILE}",
+                      highlight=False)  # fmt: skip
     return summary

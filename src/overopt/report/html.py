@@ -228,10 +228,23 @@ _PLOT_CAPTIONS = {
     "frontier": "Where each method ends: final gold reward against final KL to the SFT policy (mean ± std over "
     "seeds). A sweep (`--sweep field=v1,v2,...`) joins a method's variants into its frontier, labelled by value; "
     "up and to the left is better.",
+    "frontier_methods": "One panel per method: final gold against final KL to the SFT policy (√ axis, nats), "
+    "points = strength settings (mean with 95% bootstrap CI over seeds in both axes, labelled by knob value; star = "
+    "published setting), solid step line = the method's upper envelope with its bootstrap band, grey dashed = "
+    "none's own trajectory, grey squares = the kl baseline's points, dotted = SFT gold.",
+    "matched_kl": "Gold reward at each KL budget: per seed, the point within the budget chosen on the other seeds "
+    "(mean, 95% bootstrap CI). Black diamonds: none stopped at the budget; grey squares: the kl baseline.",
+    "mech_accuracy": "Proxy accuracy on pairs of the current policy's held-out samples vs step (mean ± std over "
+    "runs, sweep variants pooled); dashed: OCRM's original RM_0 on the same pairs.",
+    "mech_sign_flips": "Left: share of training completions whose proxy and gold advantages differ in sign. Right: "
+    "AUROC of the (negated) sign radius for predicting a flip; 0.5 = chance.",
+    "mech_grad_norm": "Gradient norm against proxy accuracy, one point per evaluation; r = Pearson correlation.",
+    "mech_disagreement": "Correlation between ensemble member disagreement and the proxy's error |proxy − gold|.",
 }
 
 
-def _plots_section(plot_paths: list[Path]) -> str:
+def _figures(plot_paths: list[Path]) -> list[str]:
+    """``<figure>`` elements (base64 PNG + caption) for the plot files that exist."""
     figs = []
     for p in plot_paths:
         p = Path(p)
@@ -243,9 +256,64 @@ def _plots_section(plot_paths: list[Path]) -> str:
             f'<figure><img src="data:image/png;base64,{data}" alt="{escape(p.stem)}">'
             f"<figcaption>{escape(caption)}</figcaption></figure>"
         )
+    return figs
+
+
+def _plots_section(plot_paths: list[Path]) -> str:
+    figs = _figures(plot_paths)
     if not figs:
         return "<h2>Plots</h2><p class='sub'>No plots.</p>"
     return "<h2>Plots</h2>" + "".join(figs)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    """An HTML table of plain strings (escaped), first column left-aligned."""
+    head = "".join(f"<th class='{'l' if i == 0 else ''}'>{escape(h)}</th>" for i, h in enumerate(header))
+    body = "".join(
+        "<tr>" + "".join(f"<td class='{'l' if i == 0 else ''}'>{escape(c)}</td>" for i, c in enumerate(r)) + "</tr>"
+        for r in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _frontier_section(result: dict | None, plot_paths: list[Path]) -> str:
+    """The "Frontier at matched KL" section: matched-KL and difference tables, best-gold table, verdicts, plots."""
+    if not result:
+        return ""
+    from .frontier import best_rows, matched_rows
+
+    header, rows, diffs = matched_rows(result)
+    bh, brows = best_rows(result)
+    seeds = result.get("seeds") or []
+    verdicts = "".join(f"<li>{escape(v)}</li>" for v in result.get("verdicts") or [])
+    return (
+        "<h2>Frontier at matched KL</h2>"
+        f"<p class='lead'>Every method was run over a grid of its strength knob × {len(seeds)} seeds. Values are "
+        "means over seeds with 95% percentile-bootstrap intervals; (n=k) marks seeds missing. At each KL budget, "
+        "each seed's value comes from the point whose final KL is within the budget <em>for that seed</em> and "
+        "whose mean gold is best over the <em>other</em> seeds (leave-one-seed-out), so the selection never sees "
+        "the gold it reports. <em>none stopped early</em> halts the unmitigated run at its last evaluation before "
+        "KL crossed the budget.</p>"
+        f"<h3>Gold at matched KL budgets</h3>{_table(header, rows)}"
+        + (f"<h3>Paired differences (per seed)</h3>{_table(['comparison'] + header[1:], diffs)}" if diffs else "")
+        + f"<h3>Best final gold over the grid</h3>{_table(bh, brows)}"
+        "<p class='sub'>Best knob: in-sample best mean final gold (★ = published setting). CV gold: the point "
+        "is chosen on the other seeds and read at the held-out seed. Verdict: compares each point's final gold "
+        "with none's own trajectory at the same KL (per seed).</p>"
+        f"<ul>{verdicts}</ul>" + "".join(_figures(plot_paths))
+    )
+
+
+def _mechanisms_section(verdicts: list[dict] | None, plot_paths: list[Path]) -> str:
+    """The "Mechanisms" section: one verdict line per claim with data, then the mech_* plots."""
+    figs = _figures(plot_paths)
+    if not verdicts and not figs:
+        return ""
+    lines = "".join(f"<li>{escape(v['verdict'])}</li>" for v in verdicts or [])
+    return (
+        "<h2>Mechanisms</h2><p class='sub'>Does each mitigation's premise show up in these runs? Mean over seeds "
+        "with a 95% bootstrap interval.</p>" + (f"<ul>{lines}</ul>" if lines else "") + "".join(figs)
+    )
 
 
 def _sample_cell(sample: dict, show_prompt: bool) -> str:
@@ -313,13 +381,24 @@ def _config_section(out_dir: Path, summary: dict) -> str:
     return f"<h2>Resolved config</h2><pre class='config'>{escape(text)}</pre>"
 
 
-def write_report(out_dir: str | Path, summary: dict, plot_paths: list[Path]) -> Path:
+def write_report(
+    out_dir: str | Path,
+    summary: dict,
+    plot_paths: list[Path],
+    frontier: dict | None = None,
+    frontier_plots: list[Path] = (),
+    mechanisms: list[dict] | None = None,
+    mech_plots: list[Path] = (),
+) -> Path:
     """Write ``OUT/report.html`` (one self-contained page) and return its path.
 
     Sections: explanation, method table (mean ± std, hacked seeds, per-seed
-    details), pipeline stage metrics, embedded plots, example completions from
-    the first seed's ``samples.jsonl`` of each method (step 0 next to the final
-    step) when present, and the resolved config.
+    details), pipeline stage metrics, embedded plots, "Frontier at matched KL"
+    (when ``frontier``, the output of :func:`overopt.report.frontier.analyze_frontier`,
+    is given), "Mechanisms" (verdicts of :func:`overopt.report.mechanisms.mechanism_verdicts`
+    and their plots, when any), example completions from the first seed's
+    ``samples.jsonl`` of each method (step 0 next to the final step) when
+    present, and the resolved config.
     """
     out_dir = Path(out_dir)
     testbed, preset = summary.get("testbed", "?"), summary.get("preset", "?")
@@ -333,6 +412,8 @@ def write_report(out_dir: str | Path, summary: dict, plot_paths: list[Path]) -> 
             _methods_section(summary),
             _stages_section(summary),
             _plots_section(plot_paths),
+            _frontier_section(frontier, list(frontier_plots)),
+            _mechanisms_section(mechanisms, list(mech_plots)),
             _samples_section(out_dir, summary),
             _config_section(out_dir, summary),
         ]

@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from .mechanisms import MECH_KEYS, run_mechanisms
+
 __all__ = [
     "FINAL_KEYS",
     "STAT_KEYS",
@@ -276,6 +278,7 @@ def _seed_summary(seed: int, rows: list[dict], min_drop_frac: float) -> dict[str
     out["gold_peak_step"] = check["gold_peak_step"]
     for k, v in check.items():
         out.setdefault(k, v)
+    out["mech"] = run_mechanisms(rows)
     return out
 
 
@@ -307,7 +310,8 @@ def build_summary(
              "gold_final" | "gold_peak" | "proxy_final" | "kl_final" | "wall_s"
              | "gold_peak_step": {"mean": float, "std": float, "n": int},
              "hacked_seeds": int,
-             "seeds": [per-seed dicts]}}}
+             "mech": {name: {"mean", "std", "n"}},   # see report.mechanisms
+             "seeds": [per-seed dicts, each with "mech": run_mechanisms(rows)]}}}
 
     ``sft`` is the mean of the first (step-0) row over all runs of all methods.
     Finals are read from the last row of each run; ``wall_s`` is the last row's
@@ -333,6 +337,7 @@ def build_summary(
         seeds = [_seed_summary(seed, rows, min_drop_frac) for seed, rows in runs[name].items()]
         entry: dict[str, Any] = {k: mean_std(s[k] for s in seeds) for k in STAT_KEYS}
         entry["hacked_seeds"] = sum(1 for s in seeds if s["hacked"])
+        entry["mech"] = {k: mean_std(s["mech"][k] for s in seeds) for k in MECH_KEYS}
         entry["n_seeds"] = len(seeds)
         entry["seeds"] = seeds
         methods[name] = entry

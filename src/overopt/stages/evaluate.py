@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from transformers import PreTrainedModel
 
@@ -10,6 +12,18 @@ from overopt.models.policy import completion_logprobs
 from overopt.ops import masked_mean, masked_sum
 from overopt.sampling import Rollout, sample_completions
 from overopt.testbeds.base import Testbed
+
+
+class EvalSamples(NamedTuple):
+    """Every scored held-out sample of one evaluation, for the mechanism figures (overopt.mechanisms).
+
+    With `pairs`, rows N..2N−1 are a second sample for the same N prompts, drawn after the first
+    (so the first N, which the metrics describe, are the same samples as without pairs)."""
+
+    rollouts: list[Rollout]  # in row order
+    proxy: torch.Tensor  # (2N,) or (N,) reward-source scores
+    gold: torch.Tensor  # (2N,) or (N,)
+    members: torch.Tensor | None  # (k, 2N) per-member scores of an ensemble
 
 
 @torch.no_grad()
@@ -25,8 +39,10 @@ def evaluate_policy(
     seed: int,
     batch_size: int,
     n_logged_samples: int,
-) -> tuple[dict[str, float], list[dict]]:
-    """One sample per held-out prompt; returns the contract's metrics and a few decoded samples.
+    pairs: bool = False,
+) -> tuple[dict[str, float], list[dict], EvalSamples]:
+    """One sample per held-out prompt; returns the contract's metrics, a few decoded samples and every
+    scored sample (with `pairs`, plus a second sample per prompt: mechanism figures compare the two).
 
     kl_sft = mean over prompts of Σ_t (log π_θ(y_t|·) − log π_SFT(y_t|·)) with y ~ π_θ: an unbiased
     estimate of the per-sequence KL(π_θ ‖ π_SFT) when temperature = 1.
@@ -36,6 +52,7 @@ def evaluate_policy(
     tok = testbed.tokenizer
     parts: dict[str, list[torch.Tensor]] = {}
     rollouts: list[Rollout] = []
+    members: list[torch.Tensor] = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for start in range(0, prompt_ids.shape[0], batch_size):
@@ -53,8 +70,11 @@ def evaluate_policy(
             sft_logprobs, _ = completion_logprobs(sft_policy, ids, mask, plen, temperature)
             cmask = rollout.completion_mask
             gold_terms = testbed.gold_components(rollout.prompt_ids, rollout.completion_ids, cmask)
+            scored = reward_source(rollout)
+            if scored.members is not None:
+                members.append(scored.members.double().cpu())
             values = {
-                "proxy_reward": reward_source(rollout).rewards,
+                "proxy_reward": scored.rewards,
                 "gold_reward": testbed.gold_from_components(gold_terms),
                 "kl_sft": masked_sum(logprobs - sft_logprobs, cmask, dim=1),
                 "entropy": masked_mean(entropy, cmask, dim=1),
@@ -66,6 +86,21 @@ def evaluate_policy(
             for name, value in values.items():
                 parts.setdefault(name, []).append(value.double().cpu())
             rollouts.append(rollout)
+        proxy, gold = list(parts["proxy_reward"]), list(parts["gold_reward"])
+        for start in range(0, prompt_ids.shape[0] if pairs else 0, batch_size):
+            rollout = sample_completions(
+                policy, prompt_ids[start : start + batch_size], prompt_mask[start : start + batch_size],
+                testbed.max_completion_tokens, temperature, tok.eos_token_id, tok.pad_token_id,
+            )  # fmt: skip
+            scored = reward_source(rollout)
+            if scored.members is not None:
+                members.append(scored.members.double().cpu())
+            proxy.append(scored.rewards.double().cpu())
+            gold_terms = testbed.gold_components(rollout.prompt_ids, rollout.completion_ids, rollout.completion_mask)
+            gold.append(testbed.gold_from_components(gold_terms).double().cpu())
+            rollouts.append(rollout)
+    all_members = torch.cat(members, 1) if members else None
+    scored_samples = EvalSamples(rollouts, torch.cat(proxy), torch.cat(gold), all_members)
     metrics = {name: torch.cat(chunks).mean().item() for name, chunks in parts.items()}
     first = rollouts[0]
     samples = [
@@ -77,4 +112,4 @@ def evaluate_policy(
         }
         for i in range(min(n_logged_samples, first.prompt_ids.shape[0]))
     ]
-    return metrics, samples
+    return metrics, samples, scored_samples

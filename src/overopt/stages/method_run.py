@@ -3,9 +3,11 @@
 1. π_θ ← copy of π_SFT; π_ref ← π_SFT (a private copy when the method moves it);
 2. reward source: the proxy RM, or the ensemble of k RMs;
 3. for each phase (1, or OCRM's rounds + 1):
-     a. (OCRM, phase k ≥ 1) importance weights of the stored pairs under π_k vs π_SFT, RM_k
-        retrained from scratch on the SAME pairs, KL anchor reset to π_k, PPO value model from RM_k;
-     b. train_policy for the phase's share of rl.steps, evaluated on held-out prompts.
+     a. (OCRM, phase k ≥ 1) importance weights of the stored pairs under π_k vs π_SFT (β_w fixed, or
+        chosen for a target ESS), RM_k retrained from scratch on the SAME pairs, KL anchor reset to
+        π_k, PPO value model from RM_k; the phase's learning rate decays linearly (ocrm.phase_lr_decay);
+     b. train_policy for the phase's share of rl.steps, evaluated on held-out prompts, with the
+        mechanism figures (overopt.mechanisms) when eval.mechanisms is on.
 Checkpoints (overopt.checkpoint) carry the models, the loop's state and the phase, so that a run
 killed at any moment resumes into the same metrics and weights.
 """
@@ -17,27 +19,29 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 from datasets import DatasetDict
 from transformers import AutoModelForTokenClassification, PreTrainedModel
 
-from overopt import distributed, faults
+from overopt import distributed, faults, mechanisms
 from overopt.checkpoint import Checkpoint, Checkpointer, CheckpointError
 from overopt.config import ExperimentConfig
 from overopt.io import append_jsonl, fsync_size, save_weights
 from overopt.methods import MethodContext, MethodPlan
-from overopt.mitigations.ocrm import ocrm_pair_log_weights
+from overopt.mitigations.ocrm import ocrm_pair_log_ratios
 from overopt.mitigations.protocols import Figures, RewardSource
 from overopt.mitigations.rewards import EnsembleRewardModel, ProxyRewardModel, RuleReward
 from overopt.models.policy import merged_copy, with_lora
 from overopt.models.reward import reward_model_from_backbone
+from overopt.ops import beta_for_target_ess, ess_from_log_weights, order_disagreement
 from overopt.progress import StageProgress
 from overopt.stages.evaluate import evaluate_policy
 from overopt.stages.rl import train_policy
-from overopt.stages.rm import train_reward_model
+from overopt.stages.rm import pair_margins, train_reward_model
 from overopt.testbeds.base import Testbed
 
 SAMPLE_BATCH = 256
@@ -57,6 +61,7 @@ class Lab:
     train_prompts: list[list[int]]
     eval_ids: torch.Tensor
     eval_mask: torch.Tensor
+    run_fingerprints: dict[Path, str] = field(default_factory=dict)  # run directory -> configuration it needs
 
 
 def phase_steps(total: int, phases: int) -> list[int]:
@@ -76,6 +81,7 @@ def run_method(
     writes = distributed.is_main()  # several processes: the main one writes the run's files
     resume = checkpoints.load()
     run_state = resume.state["run"] if resume is not None else {"phase": 0, "extra": {}, "elapsed_s": 0.0}
+    mech_on = cfg.eval.mechanisms
     if writes:
         if resume is not None:
             _truncate_logs(run_dir, run_state["logs"], resume.directory)
@@ -110,13 +116,20 @@ def run_method(
     start = time.perf_counter() - run_state["elapsed_s"]
     extra: Figures = run_state["extra"]
     phase = run_state["phase"]
+    mech_reference: dict | None = run_state.get("mech_reference")  # proxy and gold on SFT samples (step 0)
+    rm0 = ProxyRewardModel(lab.reward_models(1)[0]) if plan.ocrm and mech_on else None
 
     def on_eval(step: int, train_figures: Figures) -> None:
-        metrics, samples = evaluate_policy(
+        nonlocal mech_reference
+        metrics, samples, scored = evaluate_policy(
             policy, lab.sft_policy, source, lab.testbed, lab.eval_ids, lab.eval_mask,
             temperature=cfg.eval.temperature, seed=10_000 + seed, batch_size=SAMPLE_BATCH,
-            n_logged_samples=cfg.eval.n_logged_samples,
+            n_logged_samples=cfg.eval.n_logged_samples, pairs=mech_on,
         )  # fmt: skip
+        if mech_on:
+            if step == 0:
+                mech_reference = mechanisms.sft_reference(scored)
+            metrics.update(mechanisms.evaluation_figures(scored, mech_reference, rm0 if phase > 0 else None))
         row = {"step": step, **metrics, "wall_s": time.perf_counter() - start, **train_figures, **extra}
         if writes:
             append_jsonl(run_dir / "metrics.jsonl", row)
@@ -134,7 +147,8 @@ def run_method(
         if phase > 0:
             models["ocrm_rm"] = source.models()[0]
         logs = {log: fsync_size(run_dir / log) for log in LOGS}
-        run = {"phase": phase, "extra": extra, "elapsed_s": time.perf_counter() - start, "logs": logs}
+        run = {"phase": phase, "extra": extra, "elapsed_s": time.perf_counter() - start, "logs": logs,
+               "mech_reference": mech_reference}  # fmt: skip
         checkpoints.save(step, {"run": run, "loop": loop_state()}, models)
 
     # 3. Phases (OCRM: rounds + 1 of them).
@@ -160,13 +174,16 @@ def run_method(
                 ref_policy = merged_copy(policy).eval()  # LoRA: a plain model, like the SFT anchor
             if value_model is not None:
                 value_model = _value_model_from(rm)
-        ctx = MethodContext(cfg, policy, value_model, lab.sft_policy, source, lab.testbed, seed)
+        labelled = lab.pairs["train"] if lab.pairs is not None else None
+        ctx = MethodContext(cfg, policy, value_model, lab.sft_policy, source, lab.testbed, seed, labelled)
+        train_mechanisms = partial(mechanisms.training_figures, lab.testbed, rl.group_size) if mech_on else None
         with StageProgress(f"rl {name} seed{seed}" + (f" phase {phase}" if len(shares) > 1 else "")) as progress:
             train_policy(
                 rl, policy=policy, ref_policy=ref_policy, reward_source=source, value_model=value_model,
                 testbed=lab.testbed, train_prompts=lab.train_prompts, seed=seed, eval_every=cfg.eval.every,
                 on_eval=on_eval, progress=progress, mitigations=plan.mitigations(ctx), steps=steps,
                 step_offset=offset, evaluate_first=phase == 0, resume=loop, on_step_end=on_step_end,
+                lr_decay=plan.ocrm and cfg.ocrm.phase_lr_decay, train_mechanisms=train_mechanisms,
             )  # fmt: skip
         loop = None
     if writes:
@@ -211,17 +228,30 @@ def _ocrm_refit(
 ) -> tuple[PreTrainedModel, Figures]:
     o, r = cfg.ocrm, cfg.rm
     pad = lab.testbed.tokenizer.pad_token_id
-    log_w, figures = ocrm_pair_log_weights(
-        policy, lab.sft_policy, lab.pairs["train"], alpha=o.alpha, beta_w=o.beta_w, pad_id=pad,
-        truncate_tokens=o.truncate_tokens,
-    )  # fmt: skip
+    train, heldout = lab.pairs["train"], lab.pairs["test"]
+    # log w = β_w·S with S = log ρ_α(y_c) + log ρ_α(y_r): β_w as given, or the one whose ESS/N hits the target.
+    ratios = ocrm_pair_log_ratios(policy, lab.sft_policy, train, alpha=o.alpha, pad_id=pad,
+                                  truncate_tokens=o.truncate_tokens)  # fmt: skip
+    beta_w = o.beta_w if o.target_ess_frac is None else beta_for_target_ess(ratios, o.target_ess_frac)
+    log_w = beta_w * ratios
+    ess = ess_from_log_weights(log_w).item()
     load = getattr(lab.testbed, "load_kwargs", {})  # hf: float32 weights, hf.trust_remote_code
     rm = reward_model_from_backbone(lab.sft_dir, seed=lab.cfg.seed + 1000 * phase + seed, **load)
     rm = rm.to(lab.sft_policy.device)
     metrics = train_reward_model(
-        rm, lab.pairs["train"], lab.pairs["test"], epochs=r.epochs, batch_size=r.batch_size, lr=r.lr, pad_id=pad,
+        rm, train, heldout, epochs=r.epochs, batch_size=r.batch_size, lr=r.lr, pad_id=pad,
         seed=lab.cfg.seed + phase, progress=progress, log_weights=log_w, normalization=o.normalization,
         checkpoints=checkpoints,
     )  # fmt: skip
-    figures["ocrm/rm_heldout_accuracy"] = metrics["heldout_accuracy"]
-    return rm.eval(), figures
+    # The refit's effective strength: held-out pairs that RM_k orders unlike RM_0 (0 = the same RM again).
+    disagreement = order_disagreement(
+        pair_margins(rm, heldout, pad, SAMPLE_BATCH), pair_margins(lab.reward_models(1)[0], heldout, pad, SAMPLE_BATCH)
+    ).item()
+    return rm.eval(), {
+        "ocrm/beta_w": beta_w,
+        "ocrm/ess": ess,
+        "ocrm/ess_frac": ess / len(log_w),
+        "ocrm/log_weight_std": log_w.std().item(),
+        "ocrm/rm_heldout_accuracy": metrics["heldout_accuracy"],
+        "ocrm/refit_disagreement": disagreement,
+    }

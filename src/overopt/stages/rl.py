@@ -6,9 +6,10 @@ One readable loop. Each update:
      method's reward transforms;
   3. log-probs under π_θ (old) and π_ref; KL penalty in the reward if so configured;
   4. advantages: RLOO / GRPO / Dr.GRPO per group of K, or GAE over tokens with a value model (PPO);
+     then the method's advantage transform (SignCert-PO's worst-case advantages);
   5. `epochs` × `minibatches` clipped-surrogate steps (+ β·KL in the loss, + value loss for PPO, +
-     the method's loss terms, with its completion weights), each through the method's gradient step;
-  6. adaptive KL coefficient; the method's reference schedule;
+     the method's loss terms), each through the method's gradient step;
+  6. adaptive KL coefficient; the method's reference schedule; the learning-rate schedule;
   7. every `eval_every` updates, the held-out evaluation is written through `on_eval`.
 """
 
@@ -37,6 +38,7 @@ from overopt.ops import (
     kl_estimate,
     masked_mean,
     masked_whiten,
+    penalty_share,
     rloo_advantages,
 )
 from overopt.progress import StageProgress
@@ -52,7 +54,6 @@ class Batch:
     old_logprobs: torch.Tensor  # (B, T)
     ref_logprobs: torch.Tensor | None  # (B, T); None when nothing reads the reference
     advantages: torch.Tensor  # (B,) sequence-level, or (B, T) for PPO
-    weights: torch.Tensor | None = None  # (B,) per-completion loss weights (SignCert-PO)
     old_values: torch.Tensor | None = None  # (B, T), PPO only
     returns: torch.Tensor | None = None  # (B, T), PPO only
 
@@ -68,6 +69,12 @@ def _sequence_advantages(cfg: RLConfig, rewards: torch.Tensor) -> torch.Tensor:
     if cfg.algo == "rloo":
         return rloo_advantages(grouped).flatten()
     return grpo_advantages(grouped, scale_by_std=cfg.algo == "grpo").flatten()
+
+
+def _group_centred(values: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(B,) -> (B,) minus each group's mean: what a per-sequence reward term adds to the advantages."""
+    grouped = values.view(-1, group_size)
+    return (grouped - grouped.mean(dim=1, keepdim=True)).flatten()
 
 
 class PromptStream:
@@ -140,6 +147,8 @@ def train_policy(
     evaluate_first: bool = True,
     resume: dict | None = None,
     on_step_end: Callable[[int, Callable[[], dict]], None] | None = None,
+    lr_decay: bool = False,
+    train_mechanisms: Callable[[Rollout, RewardScores], Figures] | None = None,
 ) -> None:
     """Optimise `policy` in place for `steps` (default cfg.steps) updates.
 
@@ -148,6 +157,9 @@ def train_policy(
     consecutive calls (OCRM rounds) continue one curve.
     `on_step_end(step, loop_state)` is called after every update; `loop_state()` is everything this loop
     needs, besides the models, to continue from that step when passed back as `resume`.
+    `lr_decay`: the learning rate falls linearly from cfg.lr at the first update to cfg.lr/steps at the
+    last (OCRM's published PPO phases). `train_mechanisms(rollout, scores)`: figures about the whole
+    batch's rollouts and their reward-source scores (mech/*, against gold), averaged like train/*.
     """
     mitigations = mitigations or Mitigations()
     steps = cfg.steps if steps is None else steps
@@ -159,6 +171,10 @@ def train_policy(
     models = [policy] if value_model is None else [policy, value_model]
     params = [p for model in models for p in model.parameters() if p.requires_grad]  # LoRA: the adapters only
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    # u-th update of the phase at lr·(1 − (u−1)/steps), as in OCRM's ppo.py; stepped once per update.
+    schedule = None
+    if lr_decay and steps > 1:
+        schedule = torch.optim.lr_scheduler.LinearLR(optimizer, 1.0, 1.0 / steps, total_iters=steps - 1)
     kl_coef = cfg.kl.coef
     ref_policy.eval()
     log = FigureLog()
@@ -168,6 +184,8 @@ def train_policy(
     if resume is not None:
         done, kl_coef = resume["step"], resume["kl_coef"]
         load_optimizer_state(optimizer, resume["optimizer"])
+        if schedule is not None:
+            schedule.load_state_dict(resume["schedule"])
         prompts.load_state_dict(resume["prompts"])
         log.load_state_dict(resume["log"])
         mitigations.load_state_dict(resume["mitigations"])
@@ -190,6 +208,7 @@ def train_policy(
             "step": step, "kl_coef": kl_coef, "optimizer": optimizer_state(optimizer), "prompts": prompts.state_dict(),
             "log": log.state_dict(), "mitigations": mitigations.state_dict(), "rng": rng_state(),
             "elapsed_s": time.perf_counter() - start_time,
+            **({"schedule": schedule.state_dict()} if schedule is not None else {}),
         }  # fmt: skip
 
     if evaluate_first and resume is None:
@@ -216,6 +235,8 @@ def train_policy(
                 has_eos = (everyone.completion_ids == tok.eos_token_id).any(1)
                 scores = torch.where(has_eos, scores, torch.full_like(scores, cfg.no_eos_penalty))
             log.add({"train/proxy_reward": scores.mean()})
+            if train_mechanisms is not None:
+                log.add(train_mechanisms(everyone, scored))
             for transform in mitigations.reward_transforms:
                 scores, figures = transform(scores, everyone, scored)
                 log.add(figures)
@@ -224,10 +245,6 @@ def train_policy(
                 log.add({"train/skipped_nonfinite": 1.0})
                 end_step(step)
                 continue
-            weights = None
-            if mitigations.completion_weights is not None:
-                weights, figures = mitigations.completion_weights(scored, cfg.group_size)
-                log.add(figures)
             # 3. Old and reference log-probs; KL to the reference (the estimator that is optimised). With
             # one epoch of one minibatch, the update's own forward at θ gives the old log-probs: it runs
             # here, with grad, and step 5 reuses it. The reference pass runs only when something reads
@@ -254,12 +271,17 @@ def train_policy(
                 token_rewards[torch.arange(len(last)), last] += scores
                 est = gae(token_rewards, old_values, cmask, cfg.gamma, cfg.lam)
                 advantages = masked_whiten(est.advantages, cmask) * cmask
-                batch = Batch(rollout, old_logprobs, ref_logprobs, advantages, weights, old_values, est.returns)
+                batch = Batch(rollout, old_logprobs, ref_logprobs, advantages, old_values, est.returns)
             else:
                 rewards = scores - kl_coef * seq_kl if in_reward else scores
-                advantages = _sequence_advantages(cfg, rewards)[mine]
-                weights = None if weights is None else weights[mine]
-                batch = Batch(rollout, old_logprobs, ref_logprobs, advantages, weights)
+                if in_reward:  # the KL term's share of the advantages (a constant per group adds nothing)
+                    penalty = _group_centred(kl_coef * seq_kl, cfg.group_size)
+                    log.add({"kl/reward_share": penalty_share(penalty, _group_centred(scores, cfg.group_size))})
+                advantages = _sequence_advantages(cfg, rewards)
+                if mitigations.advantage_transform is not None:
+                    advantages, figures = mitigations.advantage_transform(advantages, scored, cfg.group_size)
+                    log.add(figures)
+                batch = Batch(rollout, old_logprobs, ref_logprobs, advantages[mine])
         lengths = everyone.completion_mask.sum(1).double()
         log.add({"kl/coef": kl_coef, "train/mean_length": lengths.mean()})
 
@@ -277,7 +299,7 @@ def train_policy(
                     logprobs, grad_logprobs = grad_logprobs, None
                     loss, first = _minibatch_loss(
                         cfg, trained, value_model, batch, rows, kl_coef, mitigations, testbed.max_completion_tokens,
-                        logprobs, share,
+                        logprobs, share, with_shares=not figures,
                     )  # fmt: skip
                     figures.update(first if not figures else {})  # figures of θ, not of a perturbed θ
                     return loss
@@ -293,6 +315,9 @@ def train_policy(
             kl_coef = adaptive_kl_coef(kl_coef, seq_kl.mean().item(), cfg.kl.target, cfg.kl.horizon, len(seq_kl))
         if mitigations.reference_schedule is not None:
             log.add(mitigations.reference_schedule(step, policy, ref_policy))
+        if schedule is not None:
+            log.add({"train/lr": optimizer.param_groups[0]["lr"]})
+            schedule.step()
 
         # 7. Held-out evaluation (when due), then the checkpoint hook.
         kl_figure = {} if seq_kl is None else {"kl": seq_kl.mean().item()}
@@ -362,10 +387,13 @@ def _minibatch_loss(
     max_completion_tokens: int,
     logprobs: torch.Tensor | None = None,
     token_share: float = 1.0,
+    with_shares: bool = False,
 ) -> tuple[torch.Tensor, Figures]:
     """The loss of the minibatch `rows` at the current parameters, and its figures. `logprobs`: the
     minibatch's log-probs at the current parameters with grad, if already computed. `token_share`
-    rescales this process's token means into its part of the mean over every process's tokens."""
+    rescales this process's token means into its part of the mean over every process's tokens.
+    `with_shares`: also log each penalty's share of the update (`kl/loss_share`, `<term>/penalty_share`:
+    its gradient against the policy loss's, both with respect to the token log-probs)."""
     rollout = batch.rollout.index(rows)
     ids, mask, plen, cmask = rollout.input_ids, rollout.attention_mask, rollout.prompt_len, rollout.completion_mask
     if logprobs is None:
@@ -378,18 +406,25 @@ def _minibatch_loss(
         clip_eps=cfg.clip_eps,
         aggregation=cfg.aggregation,
         norm_const=float(max_completion_tokens),
-        weights=None if batch.weights is None else batch.weights[rows],
     )
     loss = pg.loss * (token_share if cfg.aggregation == "token_mean" else 1.0)
     figures = {"train/pg_loss": pg.loss.item(), "train/clip_frac": pg.clip_frac.item()}
+    penalties: dict[str, torch.Tensor] = {}
     if cfg.kl.placement == "loss" and kl_coef > 0:
         kl_term = masked_mean(kl_estimate(logprobs, batch.ref_logprobs[rows], cfg.kl.estimator), cmask)
-        loss = loss + kl_coef * kl_term * token_share
+        penalties["kl/loss_share"] = kl_coef * kl_term * token_share
+        loss = loss + penalties["kl/loss_share"]
         figures["train/kl_loss"] = kl_term.item()
     for term in mitigations.loss_terms:
         extra, term_figures = term(logprobs, batch.ref_logprobs[rows], cmask)
+        penalties[f"{term.name}/penalty_share"] = extra
         loss = loss + extra
         figures.update(term_figures)
+    if with_shares and penalties:
+        (pg_grad,) = torch.autograd.grad(pg.loss, logprobs, retain_graph=True)
+        for name, penalty in penalties.items():
+            (grad,) = torch.autograd.grad(penalty, logprobs, retain_graph=True, allow_unused=True)
+            figures[name] = penalty_share(torch.zeros_like(pg_grad) if grad is None else grad, pg_grad).item()
     if value_model is not None and batch.returns is not None:
         values = _values(value_model, rollout)
         vf_loss = clipped_value_loss(values, batch.old_values[rows], batch.returns[rows], cmask, cfg.vf_clip)

@@ -22,16 +22,20 @@ def pair_rewards(head: torch.nn.Module, batch: dict, pad_id: int) -> tuple[torch
 
 
 @torch.no_grad()
+def pair_margins(model: PreTrainedModel, pairs: Dataset, pad_id: int, batch_size: int) -> torch.Tensor:
+    """(N,) r(x, y_c) − r(x, y_r) of every pair, float64 on the CPU."""
+    model.eval()
+    margins = []
+    for start in range(0, len(pairs), batch_size):
+        chosen, rejected = pair_rewards(RewardHead(model), pairs[start : start + batch_size], pad_id)
+        margins.append((chosen - rejected).double().cpu())
+    return torch.cat(margins)
+
+
 def gold_order_accuracy(model: PreTrainedModel, pairs: Dataset, pad_id: int, batch_size: int) -> float:
     """Share of pairs where the RM orders the completions as the gold reward does (ties count 1/2)."""
-    model.eval()
-    proxy_gap, gold_gap = [], []
-    for start in range(0, len(pairs), batch_size):
-        batch = pairs[start : start + batch_size]
-        chosen, rejected = pair_rewards(RewardHead(model), batch, pad_id)
-        proxy_gap.append((chosen - rejected).cpu())
-        gold_gap.append(torch.tensor(batch["gold_chosen"]) - torch.tensor(batch["gold_rejected"]))
-    proxy, gold = torch.cat(proxy_gap), torch.cat(gold_gap)
+    proxy = pair_margins(model, pairs, pad_id, batch_size)
+    gold = torch.tensor(pairs["gold_chosen"], dtype=torch.float64) - torch.tensor(pairs["gold_rejected"])
     sign = torch.sign(gold)  # orient every pair so that the gold-preferred completion comes first
     return pairwise_accuracy(proxy * sign, torch.zeros_like(proxy)).item()
 

@@ -1,0 +1,209 @@
+"""`overopt compare`: every mitigation over a grid of its strength knob × seeds, compared at matched KL.
+
+A knob copied from a paper is not a strength (METHODS.md §7), so each method runs at several
+strengths, from off (`none`) to dominant, each measured by the method's effective-strength figure.
+The grids are `presets/frontier.yaml` (or `--grid FILE`). One output directory holds every run
+(`runs/<method>@<field>=<value>/seed<k>`) and `frontier_plan.json`; the report then adds the
+frontier analysis (overopt.report.frontier): gold-vs-KL frontiers with bootstrap bands, gold at
+matched KL budgets against `kl` and against `none` stopped early, the best point of each method
+chosen leave-one-seed-out, and which methods move the frontier up.
+
+Runs go to `--workers` processes (concurrent.futures, spawned). Each run uses `--threads` torch
+threads whatever the number of workers, and its randomness depends only on its own seed, so the
+results do not depend on how many run at once (tests/test_compare.py checks this). The shared
+stages (SFT, labelled data, proxy RMs and ensemble members) are trained first, in this process.
+Re-running into the same OUT reuses finished runs; adding seeds runs only the new ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import multiprocessing
+import time
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+from overopt.config import PRESET_DIR, ExperimentConfig, _read_yaml
+from overopt.io import atomic_write_text
+from overopt.progress import StageProgress, console
+
+GRID_FILE = PRESET_DIR / "frontier.yaml"
+PLAN_FILE = "frontier_plan.json"  # read by overopt.report.frontier
+TIMING_FILE = "compare_timing.json"  # this invocation's runs and wall time (reused runs count as done)
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """One grid point: `method` with `field` set to `value` (`field` None: the method as configured)."""
+
+    method: str
+    field: str | None
+    value: Any
+    published: bool
+
+    @property
+    def run(self) -> str:
+        return self.method if self.field is None else f"{self.method}@{self.field}={self.value}"
+
+
+def load_grid(path: Path | None = None) -> tuple[dict[str, list[Point]], list[float]]:
+    """The grid file as {method: points} and the KL budgets; malformed entries raise ValueError naming them."""
+    path = GRID_FILE if path is None else Path(path)
+    data = _read_yaml(path)
+    budgets = data.get("budgets", [1, 2, 4, 8])
+    if not isinstance(budgets, list) or not budgets or not all(isinstance(b, (int, float)) and b > 0 for b in budgets):
+        raise ValueError(f"{path}: budgets must be a list of positive numbers (KL in nats)")
+    methods = data.get("methods")
+    if not isinstance(methods, dict) or not methods:
+        raise ValueError(f"{path}: expected a 'methods' mapping of method -> grid axes")
+    grid: dict[str, list[Point]] = {}
+    for method, axes in methods.items():
+        axes = [] if axes in (None, [], {}) else axes
+        axes = [axes] if isinstance(axes, dict) else axes
+        if not isinstance(axes, list):
+            raise ValueError(f"{path}: methods.{method}: expected an axis {{field, values, published}} or a list")
+        points = []
+        for axis in axes:
+            if not isinstance(axis, dict) or set(axis) - {"field", "values", "published"} or "field" not in axis:
+                raise ValueError(f"{path}: methods.{method}: each axis is {{field, values, published}}, got {axis!r}")
+            values = axis.get("values")
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"{path}: methods.{method}: axis {axis['field']!r} needs a non-empty list of values")
+            points += [Point(method, axis["field"], v, v == axis.get("published")) for v in values]
+        grid[method] = points or [Point(method, None, None, True)]
+    return grid, [float(b) for b in budgets]
+
+
+def quick_grid(grid: dict[str, list[Point]]) -> dict[str, list[Point]]:
+    """`--quick`: each method's published point and its last (strongest) one."""
+    return {m: list(dict.fromkeys([*(p for p in pts if p.published), pts[-1]])) for m, pts in grid.items()}
+
+
+def variants(cfg: ExperimentConfig, grid: dict[str, list[Point]]) -> list[tuple[str, str, ExperimentConfig]]:
+    """(run name, method, configuration) for every grid point; bad fields raise ValueError naming them."""
+    out = []
+    for points in grid.values():
+        for p in points:
+            variant = cfg if p.field is None else cfg.with_override(p.field, p.value, what=f"grid field of {p.method}")
+            out.append((p.run, p.method, variant))
+    return out
+
+
+def frontier_plan(cfg: ExperimentConfig, grid: dict[str, list[Point]], budgets: list[float], plans) -> dict:
+    """`OUT/frontier_plan.json`: what overopt.report.frontier reads (see its module docstring)."""
+    methods = {
+        m: {
+            "method": m,
+            "strength_key": plans[points[0].run][0].strength_key,
+            "points": [{"run": p.run, "field": p.field, "value": p.value, "published": p.published} for p in points],
+        }
+        for m, points in grid.items()
+    }
+    baselines = {name: name for name in ("none", "kl") if name in methods}
+    return {
+        "testbed": cfg.testbed, "preset": cfg.preset, "seeds": list(range(cfg.seeds)), "budgets": budgets,
+        "baselines": baselines, "methods": methods,
+    }  # fmt: skip
+
+
+def _cost(plan) -> float:
+    """Rough relative cost of a run, to start the long ones first: OCRM refits RMs, GR doubles backward passes."""
+    return 1.0 + 3.0 * plan.ocrm + 1.0 * ("gr" in plan.parts)
+
+
+# Worker processes: each builds the lab once (every stage is finished by then) and runs jobs.
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(cfg_data: dict, named: list[tuple[str, str, dict]]) -> None:
+    from overopt.pipeline import build_lab, open_testbed, resolve_plans
+
+    console.quiet = True  # the main process shows one bar for all runs
+    cfg = ExperimentConfig.model_validate(cfg_data)
+    plans = resolve_plans(cfg, [(n, m, ExperimentConfig.model_validate(v)) for n, m, v in named])
+    testbed = open_testbed(cfg, plans)
+    _WORKER.update(cfg=cfg, plans=plans, lab=build_lab(cfg, testbed, plans, publish=False), testbed=testbed)
+
+
+def _run_in_worker(name: str, seed: int) -> tuple[str, int, float]:
+    from overopt.pipeline import run_job
+
+    start = time.perf_counter()
+    with getattr(_WORKER["testbed"], "precision", contextlib.nullcontext)():
+        run_job(_WORKER["lab"], _WORKER["plans"], name, seed)
+    return name, seed, time.perf_counter() - start
+
+
+def run_compare(
+    cfg: ExperimentConfig,
+    grid_file: Path | None = None,
+    workers: int = 1,
+    quick: bool = False,
+    methods: str = "",
+) -> dict:
+    """Run (or resume) the frontier comparison into cfg.out and build its report; returns the summary."""
+    from overopt.methods import resolve_method
+    from overopt.pipeline import build_lab, finish, jobs, open_testbed, resolve_plans, run_job
+
+    grid, budgets = load_grid(grid_file)
+    if methods:
+        wanted = [m.strip() for m in methods.split(",") if m.strip()]
+        unknown = [m for m in wanted if m not in grid]
+        if unknown:
+            where = grid_file or GRID_FILE
+            raise ValueError(f"compare: {unknown[0]!r} has no grid in {where}; grids: {', '.join(grid)}")
+        grid = {m: grid[m] for m in wanted}
+    if quick:
+        grid = quick_grid(grid)
+    if workers < 1:
+        raise ValueError(f"compare: workers must be >= 1, got {workers}")
+    testbed = open_testbed(cfg, {})
+    for m in list(grid):  # methods this testbed's proxy cannot run are left out, not an error
+        try:
+            resolve_method(m, cfg.rl).check_proxy(testbed.proxy, testbed.name)
+        except ValueError as err:
+            console.print(f"[dim]compare: left out {m}: {err}[/dim]")
+            del grid[m]
+    cfg = cfg.model_copy(update={"methods": ",".join(grid), "sweep": ""})
+    named = variants(cfg, grid)
+    plans = resolve_plans(cfg, named)
+    precision = getattr(testbed, "precision", contextlib.nullcontext)
+    with precision():
+        lab = build_lab(cfg, testbed, plans)
+        ks = [v.ensemble.k for plan, v in plans.values() if plan.ensemble]
+        if ks and lab.pairs is not None:  # train ensemble members here, not in several workers at once
+            lab.reward_models(max(ks))
+    out = Path(cfg.out)
+    atomic_write_text(out / PLAN_FILE, json.dumps(frontier_plan(cfg, grid, budgets, plans), indent=2) + "\n")
+    todo = sorted(jobs(cfg, plans), key=lambda job: -_cost(plans[job[0]][0]))
+    start = time.perf_counter()
+    with StageProgress(f"compare ({workers} worker{'s' * (workers > 1)})") as progress:
+        progress.start(len(todo))
+        if workers == 1:
+            with precision():
+                for name, seed in todo:
+                    run_job(lab, plans, name, seed)
+                    progress.advance()
+        else:
+            _run_pool(cfg, named, todo, workers, progress)
+    wall = time.perf_counter() - start
+    timing = {"runs": len(todo), "workers": workers, "threads_per_run": cfg.threads, "wall_s": wall}
+    atomic_write_text(out / TIMING_FILE, json.dumps(timing, indent=2) + "\n")
+    console.print(f"compare: {len(todo)} runs in {wall:.0f} s with {workers} worker(s)")
+    return finish(cfg)
+
+
+def _run_pool(cfg: ExperimentConfig, named, todo: list[tuple[str, int]], workers: int, progress) -> None:
+    payload = [(n, m, v.model_dump(mode="json")) for n, m, v in named]
+    context = multiprocessing.get_context("spawn")  # no forked torch state: every worker starts clean
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                             initargs=(cfg.model_dump(mode="json"), payload)) as pool:  # fmt: skip
+        pending = {pool.submit(_run_in_worker, name, seed) for name, seed in todo}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for future in done:
+                future.result()  # a failed run ends the comparison with its error
+                progress.advance()
