@@ -1,8 +1,16 @@
-"""Mitigation comparison on one preset: every method × seeds in one `overopt run`, table to RESULTS.md.
+"""Mitigation comparison on one preset, tables to RESULTS.md.
+
+Two modes:
+  - published knobs: every method × seeds at its configured knob, in one `overopt run`;
+  - `--frontier`: `overopt compare`, every method over a grid of its strength (presets/frontier.yaml)
+    × seeds, with frontiers, gold at matched KL, leave-one-seed-out best points, the methods'
+    effective strengths and the mechanism verdicts (overopt.report.frontier / .mechanisms).
 
     python benchmarks/compare_methods.py                       # summarize, default preset, 3 seeds
     python benchmarks/compare_methods.py --seeds 5 --methods none,kl,gr
     python benchmarks/compare_methods.py --testbed math_format --methods none,kl,ref_reset,gr,par,chi2
+    python benchmarks/compare_methods.py --frontier --seeds 3 --workers 2   # summarize frontier
+    python benchmarks/compare_methods.py --frontier --testbed judge
 
 Runs go to benchmarks/out/<preset>/ (summarize) or benchmarks/out/<testbed>[-<preset>]/ (reused
 when re-run), and the table replaces this benchmark's section of benchmarks/RESULTS.md, with the
@@ -46,6 +54,14 @@ class Args:
     """Extra `overopt run` overrides as NAME=VALUE, e.g. ocrm.rounds=3."""
     tag: str = ""
     """Name of this table in RESULTS.md (several tables per preset, e.g. one per sweep)."""
+    frontier: bool = False
+    """Run `overopt compare` (each method over its strength grid) and write the frontier tables."""
+    workers: int = 0
+    """--frontier: runs at once (0: the cores / threads per run)."""
+    grid: str = ""
+    """--frontier: grid file (default: overopt/presets/frontier.yaml)."""
+    grid_methods: str = ""
+    """--frontier: subset of the grid's methods."""
 
 
 def machine() -> str:
@@ -93,7 +109,69 @@ def write_section(name: str, body: str) -> None:
     path.write_text(text)
 
 
+def run_frontier(args: Args) -> None:
+    """`overopt compare` into benchmarks/out/frontier-<testbed>[-<preset>], then its tables to RESULTS.md."""
+    from overopt.report.frontier import frontier_markdown
+    from overopt.report.mechanisms import mechanism_verdicts
+
+    key = args.testbed + ("" if args.preset == "default" else f"-{args.preset}")
+    out = HERE / "out" / f"frontier-{key}"
+    argv = ["compare", "--testbed", args.testbed, "--preset", args.preset, "--out", str(out),
+            "--seeds", str(args.seeds), *(f"--{item}" for item in args.extra)]  # fmt: skip
+    for flag, value in (("--workers", args.workers), ("--grid", args.grid), ("--grid-methods", args.grid_methods)):
+        if value:
+            argv += [flag, str(value)]
+    overopt_main(argv)
+    frontier = read_json(out / "frontier.json")
+    invocations = [i for i in read_json(out / "compare_timing.json")["invocations"] if i["ran"]]
+    summary = read_json(out / "summary.json")
+    command = f"python benchmarks/compare_methods.py --frontier --testbed {args.testbed} --preset {args.preset} " + (
+        f"--seeds {args.seeds}" + "".join(f" --{k.replace('_', '-')} {v}" for k, v in
+        (("workers", args.workers), ("grid", args.grid), ("grid_methods", args.grid_methods)) if v)
+    )  # fmt: skip
+    strengths = [
+        f"| `{name}` | `{m['strength_key'] or '—'}` | "
+        + ", ".join(f"{p['knob']}: {_fmt_ci(p['strength'])}" for p in m["points"] if p["strength"]["n"])
+        + " |"
+        for name, m in frontier["methods"].items()
+        if m["strength_key"]
+    ]
+    verdicts = [f"- {item['verdict']}" for item in mechanism_verdicts(summary)]
+    body = "\n".join([
+        f"## Frontier at matched KL: `{args.preset}` preset, testbed `{frontier['testbed']}`",
+        "",
+        f"Command: `{command}`  ",
+        f"Date: {datetime.date.today().isoformat()}  ",
+        f"Machine: {machine()}  ",
+        "Wall time of the runs (the shared stages come before; reused runs are not counted): "
+        + "; ".join(f"{i['wall_s']:.0f} s for {i['ran']} runs ({i['workers']} worker processes × "
+                    f"{i['threads_per_run']} torch thread, {i['date'][:10]})" for i in invocations) + ".",
+        "",
+        f"SFT gold {frontier['sft_gold']:.3f}. Seeds {frontier['seeds']}; each method's grid is in "
+        "`src/overopt/presets/frontier.yaml`; 95 % bootstrap CIs over seeds.",
+        "",
+        frontier_markdown(frontier),
+        "**Effective strength per grid point** (run mean of the method's strength figure, [95 % CI]):",
+        "",
+        "| method | figure | strength per point |",
+        "|---|---|---|",
+        *strengths,
+        "",
+        "**Mechanisms against gold** (all runs of this comparison):",
+        "",
+        *verdicts,
+    ])  # fmt: skip
+    write_section(f"compare_methods:frontier:{key}", body)
+    print(body)
+
+
+def _fmt_ci(ci: dict) -> str:
+    return f"{ci['mean']:.3g} [{ci['lo']:.3g}, {ci['hi']:.3g}]"
+
+
 def run(args: Args) -> None:
+    if args.frontier:
+        return run_frontier(args)
     if args.testbed == "summarize":
         out, key = HERE / "out" / args.preset, args.preset
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -322,3 +323,98 @@ def test_a_nan_loss_stops_before_the_optimiser_applies_it(tiny_world):
     assert torch.equal(
         _train(tiny_world, skip, reward_source=NaNRewards(ProxyRewardModel(tiny_world["reward_model"]))), before
     )
+
+
+# -- effective strength, calibrated knobs and published-code details at loop level --------------
+def _train_figures(world, cfg: RLConfig, mitigations: Mitigations | None = None, **kwargs):
+    """Train like `_train`, evaluating after every update; returns (parameters, figures per update)."""
+    testbed, figures = world["testbed"], []
+    policy = copy.deepcopy(world["policy"]).train()
+    if callable(mitigations):
+        mitigations = mitigations(policy)
+    with StageProgress("test") as progress:
+        train_policy(
+            cfg, policy=policy, ref_policy=world["policy"], reward_source=ProxyRewardModel(world["reward_model"]),
+            value_model=None, testbed=testbed, train_prompts=testbed.prompts("train", 16, 0), seed=0, eval_every=1,
+            on_eval=lambda step, f: figures.append(f) if step else None, progress=progress, mitigations=mitigations,
+            **kwargs,
+        )  # fmt: skip
+    return [p.detach().clone() for p in policy.parameters()], figures
+
+
+def _gr(**kwargs):
+    return lambda policy: Mitigations(
+        gradient_step=GradientRegularization(
+            list(policy.named_parameters()), eps=1e-3, grad_clip=10.0, warmup_steps=0, exclude=(), **kwargs
+        )
+    )
+
+
+def test_gr_logs_its_correction_and_the_controller_tracks_a_target(tiny_world):
+    _, off = _train_figures(tiny_world, BASE, _gr(gamma=0.0))
+    assert all(f["gr/correction_ratio"] == 0.0 and f["gr/cos_g_g1"] == 1.0 for f in off)  # off: strength 0
+    _, fixed = _train_figures(tiny_world, BASE, _gr(gamma=0.1))
+    assert all(f["gr/correction_ratio"] > 0 and f["gr/gamma"] == 0.1 for f in fixed)
+    cfg = BASE.model_copy(update={"steps": 20})
+    _, adapted = _train_figures(tiny_world, cfg, _gr(gamma=0.1, target_correction=0.5, controller_rate=0.5))
+    gammas, ratios = [f["gr/gamma"] for f in adapted], [f["gr/correction_ratio"] for f in adapted]
+    assert gammas[0] == 0.1 and gammas[-1] > 0.5
+    # The ratio is noisy from step to step (×5 at a fixed γ); in log terms the last steps sit near the target,
+    # the first one (0.02 at γ = 0.1) far below it.
+    late = sorted(ratios[-8:])[4]
+    assert abs(math.log(late / 0.5)) < abs(math.log(ratios[0] / 0.5)) / 3
+
+
+def test_gr_bf16_roundtrip_rounds_the_weights_before_each_gr_update(tiny_world):
+    """DeepSpeed's refresh_fp32_params in the published GR runs: master ← bf16(master) before each GR step,
+    so with updates far below a bf16 step the weights end at bf16(initial) + the last update only."""
+    tiny = BASE.model_copy(update={"lr": 1e-9, "kl": KLConfig(coef=0.0)})
+    initial = [p.detach().clone() for p in tiny_world["policy"].parameters()]
+    rounded = [p.to(torch.bfloat16).float() for p in initial]
+    assert max((a - b).abs().max().item() for a, b in zip(initial, rounded)) > 1e-4
+    plain, _ = _train_figures(tiny_world, tiny, _gr(gamma=0.1))
+    dead_zone, _ = _train_figures(tiny_world, tiny, _gr(gamma=0.1, bf16_roundtrip=True))
+    assert max((a - b).abs().max().item() for a, b in zip(plain, initial)) < 1e-7
+    assert max((a - b).abs().max().item() for a, b in zip(dead_zone, rounded)) < 1e-7
+
+
+def test_ocrm_phase_schedule_decays_the_learning_rate_linearly(tiny_world):
+    cfg = BASE.model_copy(update={"steps": 4})
+    _, figures = _train_figures(tiny_world, cfg, lr_decay=True)
+    assert [f["train/lr"] for f in figures] == pytest.approx([cfg.lr * (1 - u / 4) for u in range(4)])
+    _, constant = _train_figures(tiny_world, cfg)
+    assert all("train/lr" not in f for f in constant)
+
+
+def test_kl_and_loss_terms_log_their_share_of_the_update(tiny_world):
+    # At the first update π_θ = π_ref: no KL, no penalty gradient, share 0; then the penalties pull.
+    _, in_reward = _train_figures(tiny_world, BASE)
+    assert in_reward[0]["kl/reward_share"] == 0 and 0 < in_reward[-1]["kl/reward_share"] < 1
+    in_loss = BASE.model_copy(update={"kl": KLConfig(coef=0.1, placement="loss", estimator="k3")})
+    _, figures = _train_figures(tiny_world, in_loss, Mitigations(loss_terms=[Chi2Penalty(1.0, 10.0)]))
+    assert figures[0]["kl/loss_share"] == 0 and 0 < figures[-1]["kl/loss_share"] < 1
+    assert 0 < figures[-1]["chi2/penalty_share"] < 1
+    _, none = _train_figures(tiny_world, BASE.model_copy(update={"kl": KLConfig(coef=0.0)}))
+    assert all("kl/reward_share" not in f and "kl/loss_share" not in f for f in none)
+
+
+def test_signcert_fisher_ellipsoid_from_the_rm_training_pairs(tiny_world):
+    from datasets import Dataset
+
+    from overopt.mitigations.signcert import fisher_metric
+
+    testbed = tiny_world["testbed"]
+    prompts = testbed.prompts("train", 8, 0)
+    tok = testbed.tokenizer
+    pairs = Dataset.from_dict({
+        "prompt_ids": prompts,
+        "chosen_ids": [[p[1], tok.eos_token_id] for p in prompts],
+        "rejected_ids": [[tok.eos_token_id] for _ in prompts],
+    })  # fmt: skip
+    metric = fisher_metric(tiny_world["reward_model"], pairs, tok.pad_token_id, damping=0.1)
+    hidden = tiny_world["reward_model"].config.hidden_size
+    assert metric.shape == (hidden, hidden) and torch.linalg.eigvalsh(metric).min() > 0
+    dr_grpo = BASE.model_copy(update={"algo": "dr_grpo"})
+    ellipsoid = Mitigations(advantage_transform=SignCertAdvantages(0.2, "radius", "batch", "shrink", metric))
+    ball = Mitigations(advantage_transform=SignCertAdvantages(0.2, "radius", "batch", "shrink"))
+    assert not torch.equal(_train(tiny_world, dr_grpo, ellipsoid), _train(tiny_world, dr_grpo, ball))

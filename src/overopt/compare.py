@@ -26,13 +26,15 @@ from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from overopt.config import PRESET_DIR, ExperimentConfig, _read_yaml
 from overopt.io import atomic_write_text
 from overopt.progress import StageProgress, console
 
 GRID_FILE = PRESET_DIR / "frontier.yaml"
 PLAN_FILE = "frontier_plan.json"  # read by overopt.report.frontier
-TIMING_FILE = "compare_timing.json"  # this invocation's runs and wall time (reused runs count as done)
+TIMING_FILE = "compare_timing.json"  # every invocation: runs in the plan, runs it ran, workers, wall time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +148,7 @@ def run_compare(
 ) -> dict:
     """Run (or resume) the frontier comparison into cfg.out and build its report; returns the summary."""
     from overopt.methods import resolve_method
-    from overopt.pipeline import build_lab, finish, jobs, open_testbed, resolve_plans, run_job
+    from overopt.pipeline import build_lab, finish, is_finished, jobs, open_testbed, resolve_plans, run_job
 
     grid, budgets = load_grid(grid_file)
     if methods:
@@ -160,7 +162,9 @@ def run_compare(
         grid = quick_grid(grid)
     if workers < 1:
         raise ValueError(f"compare: workers must be >= 1, got {workers}")
-    testbed = open_testbed(cfg, {})
+    # The shared stages use every core, as in `overopt run` (so they are the same artifacts); each run
+    # then uses cfg.threads threads, whatever the number of workers.
+    testbed = open_testbed(cfg.model_copy(update={"threads": 0}), {})
     for m in list(grid):  # methods this testbed's proxy cannot run are left out, not an error
         try:
             resolve_method(m, cfg.rl).check_proxy(testbed.proxy, testbed.name)
@@ -176,9 +180,11 @@ def run_compare(
         ks = [v.ensemble.k for plan, v in plans.values() if plan.ensemble]
         if ks and lab.pairs is not None:  # train ensemble members here, not in several workers at once
             lab.reward_models(max(ks))
+    torch.set_num_threads(cfg.threads or torch.get_num_threads())
     out = Path(cfg.out)
     atomic_write_text(out / PLAN_FILE, json.dumps(frontier_plan(cfg, grid, budgets, plans), indent=2) + "\n")
-    todo = sorted(jobs(cfg, plans), key=lambda job: -_cost(plans[job[0]][0]))
+    every = jobs(cfg, plans)
+    todo = sorted((job for job in every if not is_finished(lab, *job)), key=lambda job: -_cost(plans[job[0]][0]))
     start = time.perf_counter()
     with StageProgress(f"compare ({workers} worker{'s' * (workers > 1)})") as progress:
         progress.start(len(todo))
@@ -187,13 +193,20 @@ def run_compare(
                 for name, seed in todo:
                     run_job(lab, plans, name, seed)
                     progress.advance()
-        else:
+        elif todo:
             _run_pool(cfg, named, todo, workers, progress)
     wall = time.perf_counter() - start
-    timing = {"runs": len(todo), "workers": workers, "threads_per_run": cfg.threads, "wall_s": wall}
-    atomic_write_text(out / TIMING_FILE, json.dumps(timing, indent=2) + "\n")
-    console.print(f"compare: {len(todo)} runs in {wall:.0f} s with {workers} worker(s)")
+    _log_invocation(out, runs=len(every), ran=len(todo), workers=workers, threads_per_run=cfg.threads, wall_s=wall)
+    console.print(f"compare: {len(todo)} of {len(every)} runs in {wall:.0f} s with {workers} worker(s)")
     return finish(cfg)
+
+
+def _log_invocation(out: Path, **entry) -> None:
+    """Append this invocation to OUT/compare_timing.json (the wall time of the runs, not of the stages)."""
+    path = out / TIMING_FILE
+    log = json.loads(path.read_text()) if path.exists() else {"invocations": []}
+    log["invocations"].append({"date": time.strftime("%Y-%m-%d %H:%M:%S"), **entry})
+    atomic_write_text(path, json.dumps(log, indent=2) + "\n")
 
 
 def _run_pool(cfg: ExperimentConfig, named, todo: list[tuple[str, int]], workers: int, progress) -> None:

@@ -274,6 +274,12 @@ def build_lab(cfg: ExperimentConfig, testbed, plans: Plans, publish: bool = True
     )  # fmt: skip
 
 
+def is_finished(lab: Lab, name: str, seed: int) -> bool:
+    """True if run `name` × `seed` is finished in OUT (raises if it was built from another configuration)."""
+    run_dir = Path(lab.cfg.out) / "runs" / name / f"seed{seed}"
+    return _finished(run_dir, lab.run_fingerprints[run_dir])
+
+
 def run_job(lab: Lab, plans: Plans, name: str, seed: int) -> None:
     """Run `name` for `seed` (or reuse it when finished), resuming from its checkpoints."""
     out, every_s = Path(lab.cfg.out), lab.cfg.checkpoint_every_s

@@ -55,9 +55,7 @@ class RewardTransform(Protocol):
 
 
 class AdvantageTransform(Protocol):
-    def __call__(
-        self, advantages: torch.Tensor, scores: RewardScores, group_size: int
-    ) -> tuple[torch.Tensor, Figures]:
+    def __call__(self, advantages: torch.Tensor, scores: RewardScores, group_size: int) -> tuple[torch.Tensor, Figures]:
         """(B,) sequence advantages of the whole batch (groups of K consecutive rows) -> (B,) the
         advantages the policy loss uses, plus figures (e.g. SignCert-PO's worst-case advantages)."""
         ...

@@ -293,4 +293,3 @@ def head_fisher(features: torch.Tensor, probs: torch.Tensor, damping: float) -> 
     scale = torch.diagonal(fisher).sum() / size
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # all-zero F: M = λI
     return fisher + damping * scale * torch.eye(size, dtype=fisher.dtype, device=fisher.device)
-

@@ -72,18 +72,16 @@ def _step(r: Mapping) -> float:
 
 
 def pearson(x: Iterable[Any], y: Iterable[Any]) -> float | None:
-    """Pearson correlation over the pairs where both values are finite:
-    ``r = Σ(x-x̄)(y-ȳ) / sqrt(Σ(x-x̄)² Σ(y-ȳ)²)``.  None with fewer than 3 such
-    pairs or when either side has zero variance."""
+    """Pearson correlation (``numpy.corrcoef``) over the pairs where both values are finite; None with
+    fewer than 3 such pairs or when either side has zero variance. (The report cannot import torch:
+    ``overopt.ops.pearson`` is the training side's.)"""
     pairs = [(a, b) for a, b in zip((_f(v) for v in x), (_f(v) for v in y)) if a is not None and b is not None]
     if len(pairs) < 3:
         return None
     xs, ys = np.array(pairs, dtype=float).T
-    dx, dy = xs - xs.mean(), ys - ys.mean()
-    den = math.sqrt(float((dx * dx).sum()) * float((dy * dy).sum()))
-    if den == 0.0:
+    if np.ptp(xs) == 0 or np.ptp(ys) == 0:
         return None
-    return float((dx * dy).sum()) / den
+    return float(np.corrcoef(xs, ys)[0, 1])
 
 
 def grad_norm(row: Mapping) -> float | None:
