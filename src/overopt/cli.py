@@ -40,15 +40,17 @@ def run(argv: list[str]) -> dict:
 
     selector, rest = _parse(_RunSelector, args=argv, add_help=False, return_unknown_args=True)
     base = load_config(selector.preset, selector.config, selector.testbed)
-    cfg = _parse(
-        ExperimentConfig,
-        default=base,
-        args=rest,
-        prog="overopt run",
-        description="Reproduce reward-model overoptimization end to end and compare methods.",
-        config=(tyro.conf.FlagConversionOff,),
+    return run_experiment(
+        _overrides(base, rest, "overopt run", "Reproduce reward-model overoptimization end to end and compare methods.")
     )
-    return run_experiment(cfg)
+
+
+def _overrides(base: ExperimentConfig, rest: list[str], prog: str, description: str) -> ExperimentConfig:
+    """Every config field as an override of `base` (`--help` lists them with the preset's values)."""
+    return _parse(
+        ExperimentConfig, default=base, args=rest, prog=prog, description=description,
+        config=(tyro.conf.FlagConversionOff,),
+    )  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,14 +79,11 @@ def compare(argv: list[str]) -> dict:
     selector, rest = _parse(_CompareSelector, args=argv, add_help=False, return_unknown_args=True)
     base = load_config(selector.preset, selector.config, selector.testbed)
     base = base.model_copy(update={"threads": 1, "out": Path("runs") / f"compare-{base.testbed}-{base.preset}"})
-    cfg = _parse(
-        ExperimentConfig,
-        default=base,
-        args=rest,
-        prog="overopt compare",
-        description="Every method over a grid of its strength × seeds; frontiers and gold at matched KL.",
-        config=(tyro.conf.FlagConversionOff,),
-    )
+    cfg = _overrides(
+        base, rest, "overopt compare",
+        "Every method over a grid of its strength × seeds; frontiers and gold at matched KL. Besides the fields "
+        "below: --grid FILE.yaml, --grid-methods a,b, --workers N (0: cores ÷ --threads), --quick.",
+    )  # fmt: skip
     workers = selector.workers or max(1, (os.cpu_count() or 1) // max(cfg.threads, 1))
     return run_compare(cfg, selector.grid, workers, selector.quick, selector.grid_methods)
 
