@@ -54,6 +54,8 @@ class Args:
     """Extra `overopt run` overrides as NAME=VALUE, e.g. ocrm.rounds=3."""
     tag: str = ""
     """Name of this table in RESULTS.md (several tables per preset, e.g. one per sweep)."""
+    out: str = ""
+    """Output directory (default: benchmarks/out/<preset> or <testbed>[-<preset>])."""
     frontier: bool = False
     """Run `overopt compare` (each method over its strength grid) and write the frontier tables."""
     workers: int = 0
@@ -177,6 +179,7 @@ def run(args: Args) -> None:
     else:
         key = args.testbed + ("" if args.preset == "default" else f"-{args.preset}")
         out = HERE / "out" / key
+    out = Path(args.out) if args.out else out
     argv = ["run", "--testbed", args.testbed, "--preset", args.preset, "--out", str(out),
             "--methods", args.methods, "--seeds", str(args.seeds),
             "--sweep", args.sweep, *(f"--{item}" for item in args.extra)]  # fmt: skip
@@ -202,6 +205,8 @@ def run(args: Args) -> None:
         command += f" --sweep {args.sweep}"
     if args.extra:
         command += " --extra " + " ".join(args.extra)
+    if args.out:
+        command += f" --out {args.out}"
     body = "\n".join([
         f"## Mitigation comparison: `{args.preset}` preset, testbed `{summary['testbed']}`"
         + (f" — {args.tag}" if args.tag else ""),
