@@ -283,10 +283,13 @@ def test_every_method_runs_on_the_smoke_preset(tmp_path):
 def test_ppo_value_model_is_rebuilt_from_each_ocrm_reward_model(tmp_path):
     out = tmp_path / "ppo"
     main(["run", "--preset", "smoke", "--out", str(out), "--methods", "ocrm+kl", "--rl.algo", "ppo",
-          "--ocrm.rounds", "1"])  # fmt: skip
+          "--ocrm.rounds", "1", "--ocrm.beta-w", "0"])  # fmt: skip
     rows = [json.loads(line) for line in (out / "runs" / "ocrm+kl" / "seed0" / "metrics.jsonl").open()]
     assert [r["step"] for r in rows] == [0, 3, 6]
     assert rows[-1]["ocrm/round"] == 1 and "train/vf_loss" in rows[-1] and "train/vf_loss" in rows[1]
+    # β_w = 0: uniform weights, and the refit is trained as RM_0 was, so it is RM_0 again: strength 0.
+    assert rows[-1]["ocrm/ess_frac"] == 1.0 and rows[-1]["ocrm/refit_disagreement"] == 0.0
+    assert rows[-1]["mech/proxy_accuracy"] == rows[-1]["mech/rm0_accuracy"]
 
 
 # -- numerical faults ----------------------------------------------------------------------------

@@ -235,13 +235,13 @@ def _ocrm_refit(
     beta_w = o.beta_w if o.target_ess_frac is None else beta_for_target_ess(ratios, o.target_ess_frac)
     log_w = beta_w * ratios
     ess = ess_from_log_weights(log_w).item()
+    # RM_k is trained exactly as RM_0 was (its seed: head init and data order), so that with uniform
+    # weights (β_w = 0) the refit is RM_0 again and any change is the re-weighting's.
     load = getattr(lab.testbed, "load_kwargs", {})  # hf: float32 weights, hf.trust_remote_code
-    rm = reward_model_from_backbone(lab.sft_dir, seed=lab.cfg.seed + 1000 * phase + seed, **load)
-    rm = rm.to(lab.sft_policy.device)
+    rm = reward_model_from_backbone(lab.sft_dir, seed=lab.cfg.seed, **load).to(lab.sft_policy.device)
     metrics = train_reward_model(
-        rm, train, heldout, epochs=r.epochs, batch_size=r.batch_size, lr=r.lr, pad_id=pad,
-        seed=lab.cfg.seed + phase, progress=progress, log_weights=log_w, normalization=o.normalization,
-        checkpoints=checkpoints,
+        rm, train, heldout, epochs=r.epochs, batch_size=r.batch_size, lr=r.lr, pad_id=pad, seed=lab.cfg.seed,
+        progress=progress, log_weights=log_w, normalization=o.normalization, checkpoints=checkpoints,
     )  # fmt: skip
     # The refit's effective strength: held-out pairs that RM_k orders unlike RM_0 (0 = the same RM again).
     disagreement = order_disagreement(
