@@ -69,6 +69,20 @@ def test_run_mechanisms_known_values():
     assert all(v is None for v in bare.values())
 
 
+def test_grad_norm_accuracy_correlation_of_changes_removes_the_common_drift():
+    # Both series fall with time (levels r > 0), but step to step the norm rises when accuracy falls.
+    norms = [10.0, 9.5, 7.0, 6.5, 4.0, 3.5]
+    accs = [0.90, 0.70, 0.68, 0.48, 0.46, 0.26]
+    rows = [{"step": 0, "mech/proxy_accuracy": 0.9}] + [
+        {"step": 10 * (i + 1), "train/grad_norm": n, "mech/proxy_accuracy": a}
+        for i, (n, a) in enumerate(zip(norms, accs))
+    ]
+    m = run_mechanisms(rows)
+    assert m["grad_norm_accuracy_corr"] > 0.9
+    # changes: norm (-0.5, -2.5, -0.5, -2.5, -0.5), accuracy (-0.20, -0.02, -0.20, -0.02, -0.20): r = -1
+    assert m["grad_norm_accuracy_corr_diff"] == pytest.approx(-1.0)
+
+
 def make_out(tmp_path: Path) -> Path:
     out = tmp_path / "out"
     for name, ocrm in (("none", False), ("ocrm", True)):

@@ -398,14 +398,17 @@ def method_verdict(name: str, points: list[dict], none_gold: float | None, is_no
 
     With each point's lift CI (gold minus none's path at the same KL, per seed):
     "moves the frontier up" when some point's lift has ``lo > 0``; "below
-    none's path" when every point with a lift has ``hi < 0``; otherwise "on
+    none's path" when every point with a lift has ``hi < 0`` (lifts over one seed only do not count);
+    otherwise "on
     none's path", and then ``stops_better`` = (best mean final gold >
     none's mean final gold).  "no path comparison" when no point has a lift
     ("no none baseline" when ``none_gold`` is None too).
     """
     if is_none:
         return {"label": "baseline", "stops_better": None, "sentence": f"{name} is the no-mitigation baseline."}
-    lifted = [p for p in points if p.get("lift") and p["lift"]["n"] > 0]
+    # A lift needs two seeds or more to have an interval: a point whose KL stays within none's path for
+    # one seed only does not decide the verdict.
+    lifted = [p for p in points if p.get("lift") and p["lift"]["n"] > 1]
     golds = [p["gold"]["mean"] for p in points if p["gold"]["mean"] is not None]
     best_gold = max(golds) if golds else None
     stops = None if best_gold is None or none_gold is None else bool(best_gold > none_gold)
@@ -632,6 +635,7 @@ def matched_rows(result: Mapping) -> tuple[list[str], list[list[str]], list[list
         if result.get("none_early"):
             diffs.append([f"{name} − {NONE_EARLY}"]
                          + [_cell(m["matched"][b]["vs_none_early"], n_all, True) for b in budgets])  # fmt: skip
+    diffs = [row for row in diffs if any(cell != "–" for cell in row[1:])]  # no point within any budget: no row
     return header, rows, diffs
 
 
@@ -657,8 +661,8 @@ def frontier_markdown(result: Mapping) -> str:
     method.  CIs are 95 % bootstrap over seeds; "(n=k)" marks missing seeds."""
     header, rows, diffs = matched_rows(result)
     parts = [
-        "**Gold at matched KL budgets** (leave-one-seed-out choice of the strongest point whose final KL "
-        "is within the budget"
+        "**Gold at matched KL budgets** (per seed, among the points whose final KL is within the budget, the "
+        "one with the best mean gold over the other seeds"
         + (
             "; none stopped early = none halted at the last evaluation before its KL crossed the budget"
             if result.get("none_early")

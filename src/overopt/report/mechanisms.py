@@ -41,6 +41,7 @@ FLIP, MASS, AUROC, DIS = (
 # Keys of run_mechanisms(rows), in order.
 MECH_KEYS = (
     "grad_norm_accuracy_corr",
+    "grad_norm_accuracy_corr_diff",
     "proxy_accuracy_sft",
     "proxy_accuracy_final",
     "sign_flip_rate_first",
@@ -95,6 +96,8 @@ def run_mechanisms(rows: list[dict]) -> dict[str, float | None]:
 
     * ``grad_norm_accuracy_corr`` = :func:`pearson` over evaluations with
       step > 0 of (:func:`grad_norm`, ``mech/proxy_accuracy``);
+      ``grad_norm_accuracy_corr_diff`` the same for their changes between consecutive evaluations (both
+      series drift with training time, which alone correlates them; the differences remove the drift);
     * ``proxy_accuracy_sft`` / ``_final``: ``mech/proxy_accuracy`` of the step-0
       row / of the last row that has it;
     * ``sign_flip_rate_first`` / ``_final``: ``mech/sign_flip_rate`` of the first
@@ -114,8 +117,12 @@ def run_mechanisms(rows: list[dict]) -> dict[str, float | None]:
     gains = [
         _f(r.get(ACC)) - _f(r.get(RM0)) for r in refit if _f(r.get(ACC)) is not None and _f(r.get(RM0)) is not None
     ]
+    norms, accs = [grad_norm(r) for r in later], [_f(r.get(ACC)) for r in later]
+    pairs = [(n, a) for n, a in zip(norms, accs) if n is not None and a is not None]
+    steps = list(zip(pairs, pairs[1:]))
     return {
-        "grad_norm_accuracy_corr": pearson([grad_norm(r) for r in later], [r.get(ACC) for r in later]),
+        "grad_norm_accuracy_corr": pearson(norms, accs),
+        "grad_norm_accuracy_corr_diff": pearson([b[0] - a[0] for a, b in steps], [b[1] - a[1] for a, b in steps]),
         "proxy_accuracy_sft": _f(sft.get(ACC)) if sft else None,
         "proxy_accuracy_final": _f(acc_rows[-1].get(ACC)) if acc_rows else None,
         "sign_flip_rate_first": _f(first.get(FLIP)) if first else None,
@@ -225,19 +232,24 @@ def mechanism_verdicts(summary: Mapping) -> list[dict[str, Any]]:
                       "status": status, "verdict": f"SignCert-PO — hacking is flipped advantage signs: {status}; "
                       + "; ".join(parts) + ".", "numbers": nums})  # fmt: skip
 
-    # GR: gradient norm moves with the proxy's accuracy on the policy's samples.
+    # GR: gradient norm moves with the proxy's accuracy on the policy's samples. Both drift with training
+    # time, so the verdict rests on their changes between evaluations, the levels' r is quoted beside it.
     corr = bootstrap_ci(d.get("grad_norm_accuracy_corr") for d in everyone)
-    if corr["n"]:
-        if corr["n"] < 2:
+    diff = bootstrap_ci(d.get("grad_norm_accuracy_corr_diff") for d in everyone)
+    if corr["n"] or diff["n"]:
+        decisive = diff if diff["n"] else corr
+        if decisive["n"] < 2:
             status = "inconclusive (n<2)"
-        elif corr["lo"] > 0 or corr["hi"] < 0:
-            status = f"tracks it {'positively' if corr['lo'] > 0 else 'negatively'}"
+        elif decisive["lo"] > 0 or decisive["hi"] < 0:
+            status = f"tracks it {'positively' if decisive['lo'] > 0 else 'negatively'}"
         else:
             status = "no clear relation"
         items.append({"claim": "gr", "method": "GR", "statement": "gradient norm tracks reward accuracy",
                       "status": status, "verdict": f"GR — gradient norm tracks reward accuracy: {status}; mean "
-                      f"per-run Pearson r between gradient norm and proxy accuracy {format_ci(corr, signed=True)} "
-                      f"(n={corr['n']} runs).", "numbers": {"corr": corr}})  # fmt: skip
+                      f"per-run Pearson r between the changes of gradient norm and proxy accuracy from one "
+                      f"evaluation to the next {format_ci(diff, signed=True)} (levels: {format_ci(corr, signed=True)}, "
+                      f"which training time alone inflates; n={decisive['n']} runs).",
+                      "numbers": {"corr": corr, "corr_diff": diff}})  # fmt: skip
 
     # Ensembles: member disagreement is larger where the proxy is more wrong.
     dis = bootstrap_ci(d.get("disagreement_error_corr_mean") for d in everyone)

@@ -28,9 +28,11 @@ _GRID_MAX = 9
 
 
 def method_colors(methods: list[str]) -> dict[str, Any]:
-    """One tab10 colour per method, in the given order (cycles after 10)."""
+    """One tab10 colour per method, in the given order, leaving out tab10's grey (the reference curves and
+    points are grey); cycles after 9."""
     cmap = colormaps["tab10"]
-    return {m: cmap(i % 10) for i, m in enumerate(methods)}
+    palette = [cmap(i) for i in range(10) if i != 7]
+    return {m: palette[i % len(palette)] for i, m in enumerate(methods)}
 
 
 def aggregate(seeds: dict[int, list[dict]], key: str) -> dict[str, np.ndarray]:
