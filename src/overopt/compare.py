@@ -127,16 +127,14 @@ def _init_worker(cfg_data: dict, named: list[tuple[str, str, dict]]) -> None:
     cfg = ExperimentConfig.model_validate(cfg_data)
     plans = resolve_plans(cfg, [(n, m, ExperimentConfig.model_validate(v)) for n, m, v in named])
     testbed = open_testbed(cfg, plans)
-    _WORKER.update(cfg=cfg, plans=plans, lab=build_lab(cfg, testbed, plans, publish=False), testbed=testbed)
+    _WORKER.update(plans=plans, lab=build_lab(cfg, testbed, plans, publish=False), testbed=testbed)
 
 
-def _run_in_worker(name: str, seed: int) -> tuple[str, int, float]:
+def _run_in_worker(name: str, seed: int) -> None:
     from overopt.pipeline import run_job
 
-    start = time.perf_counter()
     with getattr(_WORKER["testbed"], "precision", contextlib.nullcontext)():
         run_job(_WORKER["lab"], _WORKER["plans"], name, seed)
-    return name, seed, time.perf_counter() - start
 
 
 def run_compare(

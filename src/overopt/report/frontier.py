@@ -809,7 +809,7 @@ def plot_frontier(out_dir: str | Path, result: Mapping) -> list[Path]:
         series = [(n, result["methods"][n]["matched"]) for n in result["methods"]]
         if result.get("none_early"):
             series.append((NONE_EARLY, result["none_early"]))
-        fig = _new_figure(max(6.5, 1.6 * len(budgets) + 0.35 * len(series) * len(budgets)), 4.6)
+        fig = _new_figure(min(11.0, max(6.5, 1.2 * len(budgets) + 0.2 * len(series) * len(budgets))), 4.6)
         ax = fig.add_subplot(1, 1, 1)
         width = 0.8 / max(len(series), 1)
         for i, (name, by_b) in enumerate(series):
