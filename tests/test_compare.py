@@ -44,7 +44,7 @@ def test_quick_compare_runs_every_method_and_writes_the_frontier(quick):
     ocrm = _rows(quick, "ocrm+kl@ocrm.target_ess_frac=0.1")[-1]
     assert ocrm["ocrm/ess_frac"] == pytest.approx(0.1, abs=1e-6) and ocrm["ocrm/beta_w"] > 0.001
     assert _rows(quick, "ocrm+kl@ocrm.beta_w=0.001")[-1]["ocrm/ess_frac"] > 0.99
-    gr = _rows(quick, "gr@gr.target_correction=3.0")
+    gr = _rows(quick, "gr@gr.target_correction=10.0")
     assert gr[-1]["gr/gamma"] > gr[1]["gr/gamma"] > 0.01  # tiny smoke corrections: γ grows towards the target
     frontier = json.loads((quick / "frontier.json").read_text())
     assert set(frontier["methods"]) == set(grid)
