@@ -64,6 +64,9 @@ class Args:
     """--frontier: grid file (default: overopt/presets/frontier.yaml)."""
     grid_methods: str = ""
     """--frontier: subset of the grid's methods."""
+    baseline: str = ""
+    """An output directory whose runs/none/seed<k> used the same RM (e.g. a frontier run): adds each
+    method's lift over none's own path at the same final KL (overopt.report.frontier)."""
 
 
 def machine() -> str:
@@ -76,11 +79,37 @@ def fmt(stat: dict, digits: int = 3) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
-def table(summary: dict, names: list[str]) -> str:
+def lifts(out: Path, baseline: Path, names: list[str], seeds: int) -> dict[str, str]:
+    """Per method: final gold minus none's path gold at the run's final KL, paired by seed, mean [95 % CI]."""
+    from overopt.report.frontier import bootstrap_ci, format_ci, path_gold_at_kl
+    from overopt.report.summary import _read_jsonl
+
+    rm = [read_json(d / "artifacts" / "rm" / "stage.json")["fingerprint"] for d in (out, baseline)]
+    if rm[0] != rm[1]:
+        raise SystemExit(f"--baseline {baseline}: its proxy RM is not this run's (fingerprints {rm[1]} vs {rm[0]})")
+    result = {}
+    for name in names:
+        per_seed = []
+        for k in range(seeds):
+            rows = _read_jsonl(out / "runs" / name / f"seed{k}" / "metrics.jsonl")
+            path = baseline / "runs" / "none" / f"seed{k}" / "metrics.jsonl"
+            if not path.exists():
+                raise SystemExit(f"--baseline {baseline}: no {path.relative_to(baseline)}")
+            on_path = path_gold_at_kl(_read_jsonl(path), rows[-1]["kl_sft"])
+            if on_path is not None:  # None: the run went further than none did
+                per_seed.append(rows[-1]["gold_reward"] - on_path)
+        ci = bootstrap_ci(per_seed)
+        result[name] = format_ci(ci, signed=True) + (f" (n={ci['n']})" if ci["n"] > 1 else "")
+    return result
+
+
+def table(summary: dict, names: list[str], lift: dict[str, str] | None = None) -> str:
+    extra = (" lift over none's path |", "---|", " |") if lift else ("", "", "")
     rows = [
-        "| method | gold final | gold peak (step) | proxy final | KL final | hacked seeds | wall s / run |",
-        "|---|---|---|---|---|---|---|",
-        f"| SFT policy | {summary['sft']['gold_reward']:.3f} | | {summary['sft']['proxy_reward']:.3f} | 0 | | |",
+        "| method | gold final | gold peak (step) | proxy final | KL final | hacked seeds | wall s / run |" + extra[0],
+        "|---|---|---|---|---|---|---|" + extra[1],
+        f"| SFT policy | {summary['sft']['gold_reward']:.3f} | | {summary['sft']['proxy_reward']:.3f} | 0 | | |"
+        + extra[2],
     ]
     ours = {name: m for name, m in summary["methods"].items() if name in names}
     ranked = sorted(ours.items(), key=lambda kv: -kv[1]["gold_final"]["mean"])
@@ -89,7 +118,7 @@ def table(summary: dict, names: list[str]) -> str:
         rows.append(
             f"| `{name}` | {fmt(m['gold_final'])} | {fmt(m['gold_peak'])} (@{m['gold_peak_step']['mean']:.0f}) "
             f"| {fmt(m['proxy_final'])} | {fmt(m['kl_final'], 2)} | {m['hacked_seeds']}/{n} "
-            f"| {m['wall_s']['mean']:.0f} |"
+            f"| {m['wall_s']['mean']:.0f} |" + (f" {lift[name]} |" if lift else "")
         )
     return "\n".join(rows)
 
@@ -207,6 +236,14 @@ def run(args: Args) -> None:
         command += " --extra " + " ".join(args.extra)
     if args.out:
         command += f" --out {args.out}"
+    lift, lift_note = None, ""
+    if args.baseline:
+        command += f" --baseline {args.baseline}"
+        lift = lifts(out, Path(args.baseline), names, args.seeds)
+        lift_note = (
+            f" *Lift*: final gold minus the gold of `none`'s own trajectory (from `{args.baseline}`, same RM and"
+            " seeds) at the run's final KL, mean [95 % bootstrap CI] over the seeds where none got that far."
+        )
     body = "\n".join([
         f"## Mitigation comparison: `{args.preset}` preset, testbed `{summary['testbed']}`"
         + (f" — {args.tag}" if args.tag else ""),
@@ -217,9 +254,9 @@ def run(args: Args) -> None:
         "",
         f"{proxy} Mean ± sample std (ddof = 1) over "
         f"{args.seeds} seeds, sorted by final gold reward. *Hacked*: gold rose above SFT, then lost ≥ 30 % of the gain "
-        "while the proxy kept rising.",
+        "while the proxy kept rising." + lift_note,
         "",
-        table(summary, names),
+        table(summary, names, lift),
     ])  # fmt: skip
     write_section(f"compare_methods:{key}" + (f":{args.tag}" if args.tag else ""), body)
     print(body)
