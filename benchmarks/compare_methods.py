@@ -11,6 +11,8 @@ Two modes:
     python benchmarks/compare_methods.py --testbed math_format --methods none,kl,ref_reset,gr,par,chi2
     python benchmarks/compare_methods.py --frontier --seeds 3 --workers 2   # summarize frontier
     python benchmarks/compare_methods.py --frontier --testbed judge
+    python benchmarks/compare_methods.py --methods gr --sweep gr.bf16_roundtrip=False,True \\
+        --out benchmarks/out/bf16 --baseline benchmarks/out/frontier-summarize   # + lift over none's path
 
 Runs go to benchmarks/out/<preset>/ (summarize) or benchmarks/out/<testbed>[-<preset>]/ (reused
 when re-run), and the table replaces this benchmark's section of benchmarks/RESULTS.md, with the
