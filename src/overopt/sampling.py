@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -122,7 +123,10 @@ def sample_completions(
         use_cache=True,
         logits_to_keep=1,
     )
-    cache, logits = out.past_key_values, out.logits[copies, -1]
+    # Recent transformers (5.24) name the KV cache `cache` and warn on `past_key_values`; older releases
+    # only know `past_key_values`.
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache, logits = out[cache_kw], out.logits[copies, -1]
     cache.reorder_cache(copies)
     completion = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
     active = torch.arange(rows, device=device)  # rows still generating
@@ -150,11 +154,11 @@ def sample_completions(
             input_ids=token[:, None],
             attention_mask=attention_mask,
             position_ids=positions + t,
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **{cache_kw: cache},
         )
-        cache, logits = out.past_key_values, out.logits[:, -1]
+        cache, logits = out[cache_kw], out.logits[:, -1]
     model.train(was_training)
     completion = completion[:, :steps]
     mask = mask_after_eos(completion, eos_id)
