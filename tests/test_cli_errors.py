@@ -55,7 +55,7 @@ BAD_SWEEPS = ["x", "gr.gamma", "model.hidden_size=8", "gr.nope=1", "gr.gamma=-1"
 BAD_OVERRIDES = [(name, value) for name, field in _leaf_fields() for value in _bad_values(field)]
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     case=st.one_of(
         st.sampled_from(BAD_OVERRIDES).map(lambda nv: [f"--{nv[0]}", nv[1]]),

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import yaml
@@ -62,15 +60,13 @@ def test_only_the_judge_testbed_learns_a_proxy(smoke_out):
         ("judge", "ocrm", "preference pairs"),
     ],
 )
-def test_methods_that_need_what_the_proxy_lacks_are_refused(tmp_path, testbed, method, message):
+def test_methods_that_need_what_the_proxy_lacks_are_refused(tmp_path, capsys, testbed, method, message):
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "overopt", "run", "--testbed", testbed, "--preset", "smoke", "--methods", method,
-         "--out", str(out)],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr
+    with pytest.raises(SystemExit) as exit_info:  # in-process: tests/test_pipeline.py runs `python -m overopt`
+        main(["run", "--testbed", testbed, "--preset", "smoke", "--methods", method, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and message in err
     assert not out.exists()  # refused before anything was written
 
 

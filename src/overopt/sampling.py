@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
@@ -124,8 +123,8 @@ def sample_completions(
         logits_to_keep=1,
     )
     # Recent transformers (5.24) name the KV cache `cache` and warn on `past_key_values`; older releases
-    # only know `past_key_values`.
-    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    # only know `past_key_values`. The prefill's output says which (wrappers such as peft hide the signature).
+    cache_kw = "cache" if "cache" in out else "past_key_values"
     cache, logits = out[cache_kw], out.logits[copies, -1]
     cache.reorder_cache(copies)
     completion = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
