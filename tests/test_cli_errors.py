@@ -76,6 +76,27 @@ def test_bad_command_lines_fail_in_one_line(case, preset, capsys, tmp_path):
     assert not (tmp_path / "never").exists()  # nothing was written
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--methods", ""], "name at least one method"),
+        (["--methods", " , "], "name at least one method"),
+        (["--out", "/dev/null/x"], "--out /dev/null/x: cannot create the output directory (Not a directory)"),
+        (["--out", "FILE"], "cannot create the output directory (a file is in the way)"),
+    ],
+)
+def test_empty_methods_and_an_impossible_out_are_refused_before_any_work(argv, message, capsys, tmp_path):
+    """Both used to fail late: `--methods ''` after training SFT, pairs and the RM; `--out` under a file
+    with a raw `[Errno 20]` that did not name the option."""
+    (tmp_path / "FILE").write_text("")
+    argv = [str(tmp_path / "FILE") if a == "FILE" else a for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--preset", "smoke", *(["--out", str(tmp_path / "never")] if "--out" not in argv else []), *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "never").exists() and not list(tmp_path.glob("*/sft"))
+
+
 def test_the_bad_value_table_covers_every_constrained_field():
     constrained = {name for name, field in _leaf_fields() if field.metadata or typing.get_origin(field.annotation)}
     covered = {name for name, _ in BAD_OVERRIDES}

@@ -348,6 +348,12 @@ class ExperimentConfig(_Frozen):
     reward_clip: RewardClipConfig = RewardClipConfig()
     constrained: ConstrainedConfig = ConstrainedConfig()
 
+    @model_validator(mode="after")
+    def _some_method(self) -> ExperimentConfig:
+        if not self.method_list:  # refused here, before any stage trains
+            raise ValueError(f"methods={self.methods!r}: name at least one method, e.g. --methods none,kl")
+        return self
+
     @property
     def method_list(self) -> list[str]:
         return [m.strip() for m in self.methods.split(",") if m.strip()]

@@ -185,7 +185,11 @@ def build_lab(cfg: ExperimentConfig, testbed, plans: Plans, publish: bool = True
         for seed in range(cfg.seeds)
     }
     _refuse_stale(out, fps, runs)  # before config.yaml is replaced: it still describes what OUT holds
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (NotADirectoryError, FileExistsError, PermissionError) as err:  # a full disk stays an OSError
+        why = "a file is in the way" if isinstance(err, FileExistsError) else err.strerror
+        raise ValueError(f"--out {out}: cannot create the output directory ({why})") from None
     if publish and distributed.is_main():
         atomic_write_text(out / "config.yaml", to_yaml(cfg))
     # Adam's moment estimates of parameters that get no gradient for a while (unused embeddings,
