@@ -83,24 +83,22 @@ def fmt(stat: dict, digits: int = 3) -> str:
 
 def lifts(out: Path, baseline: Path, names: list[str], seeds: int) -> dict[str, str]:
     """Per method: final gold minus none's path gold at the run's final KL, paired by seed, mean [95 % CI]."""
-    from overopt.report.frontier import bootstrap_ci, format_ci, path_gold_at_kl
+    from overopt.report.frontier import format_ci, lift_over_path, run_figures
     from overopt.report.summary import _read_jsonl
 
     rm = [read_json(d / "artifacts" / "rm" / "stage.json")["fingerprint"] for d in (out, baseline)]
     if rm[0] != rm[1]:
         raise SystemExit(f"--baseline {baseline}: its proxy RM is not this run's (fingerprints {rm[1]} vs {rm[0]})")
+    none_rows = {}
+    for k in range(seeds):
+        path = baseline / "runs" / "none" / f"seed{k}" / "metrics.jsonl"
+        if not path.exists():
+            raise SystemExit(f"--baseline {baseline}: no {path.relative_to(baseline)}")
+        none_rows[k] = _read_jsonl(path)
     result = {}
     for name in names:
-        per_seed = []
-        for k in range(seeds):
-            rows = _read_jsonl(out / "runs" / name / f"seed{k}" / "metrics.jsonl")
-            path = baseline / "runs" / "none" / f"seed{k}" / "metrics.jsonl"
-            if not path.exists():
-                raise SystemExit(f"--baseline {baseline}: no {path.relative_to(baseline)}")
-            on_path = path_gold_at_kl(_read_jsonl(path), rows[-1]["kl_sft"])
-            if on_path is not None:  # None: the run went further than none did
-                per_seed.append(rows[-1]["gold_reward"] - on_path)
-        ci = bootstrap_ci(per_seed)
+        figs = {k: run_figures(_read_jsonl(out / "runs" / name / f"seed{k}" / "metrics.jsonl")) for k in range(seeds)}
+        ci = lift_over_path(figs, none_rows)
         result[name] = format_ci(ci, signed=True) + (f" (n={ci['n']})" if ci["n"] > 1 else "")
     return result
 

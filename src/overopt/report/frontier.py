@@ -45,6 +45,7 @@ __all__ = [
     "format_ci",
     "frontier_markdown",
     "kl_grid",
+    "lift_over_path",
     "load_plan",
     "loso_select",
     "matched_rows",
@@ -173,6 +174,19 @@ def path_gold_at_kl(rows: list[dict], kl: float) -> float | None:
             k0, g0 = pts[i - 1]
             return g0 + (kl - k0) / (k - k0) * (g - g0)
     return None
+
+
+def lift_over_path(figs: Mapping[int, Mapping[str, Any]], none_rows: Mapping[int, list[dict]]) -> dict[str, Any]:
+    """Final gold minus the gold of none's own path at the same final KL, per seed.
+
+    ``figs``: seed -> :func:`run_figures` of a run; ``none_rows``: seed -> none's rows. Seeds where
+    none never reached the run's KL are left out. Returns the bootstrap CI plus ``"per_seed"``."""
+    lifts = {}
+    for s, f in figs.items():
+        ref = path_gold_at_kl(none_rows[s], f["kl"]) if s in none_rows and f["kl"] is not None else None
+        if ref is not None and f["gold"] is not None:
+            lifts[s] = f["gold"] - ref
+    return {**bootstrap_ci(lifts.values()), "per_seed": _str_keys(lifts)}
 
 
 def run_figures(rows: list[dict], strength_key: str | None = None) -> dict[str, Any]:
@@ -507,12 +521,7 @@ def analyze_frontier(out_dir: str | Path, runs: Mapping[str, Mapping[int, list[d
             if name == none_name or not none_rows:
                 p["lift"] = None
                 continue
-            lifts = {}
-            for s, f in p["_figs"].items():
-                ref = path_gold_at_kl(none_rows[s], f["kl"]) if s in none_rows and f["kl"] is not None else None
-                if ref is not None and f["gold"] is not None:
-                    lifts[s] = f["gold"] - ref
-            p["lift"] = {**bootstrap_ci(lifts.values()), "per_seed": _str_keys(lifts)}
+            p["lift"] = lift_over_path(p["_figs"], none_rows)
 
     # None stopped early at each budget.
     none_early: dict[str, dict[int, float]] = {}
