@@ -38,3 +38,20 @@ def tiny_world(tmp_path_factory):
     testbed.tokenizer.save_pretrained(path)
     reward_model = reward_model_from_backbone(path, seed=0).eval()
     return {"testbed": testbed, "policy": policy.eval(), "path": path, "reward_model": reward_model}
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tmp_path_factory):
+    """An undisturbed `overopt run` of the smoke preset (test_resume.SMOKE): the reference that the crash,
+    preemption and lock tests compare against (test_resume.assert_same_results). Trained once per session."""
+    import torch
+
+    from overopt.cli import main
+
+    out = tmp_path_factory.mktemp("uninterrupted") / "out"
+    before = torch.get_num_threads()
+    try:
+        main(["run", "--preset", "smoke", "--threads", "1", "--checkpoint_every_s", "0", "--out", str(out)])
+    finally:
+        torch.set_num_threads(before)
+    return out

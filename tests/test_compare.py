@@ -1,5 +1,6 @@
 """`overopt compare`: the frontier comparison end to end on the smoke preset (`--quick`), its grid file, and
-results that do not depend on how many runs execute at once."""
+results that do not depend on how many runs execute at once (`--jobs`, `--launcher`, in `overopt compare`
+and `overopt run` alike: both go through overopt.launch)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def _without_times(rows):
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare") / "quick"
-    main([*QUICK, "--out", str(out), "--workers", "2"])
+    main([*QUICK, "--out", str(out), "--jobs", "2"])
     return out
 
 
@@ -56,23 +57,56 @@ def test_quick_compare_runs_every_method_and_writes_the_frontier(quick):
     assert "Frontier at matched KL" in html and "Mechanisms" in html
     (timing,) = json.loads((quick / "compare_timing.json").read_text())["invocations"]
     n_runs = 2 * sum(len(e["points"]) for e in plan["methods"].values())
-    assert timing["workers"] == 2 and timing["threads_per_run"] == 1 and timing["runs"] == timing["ran"] == n_runs
+    assert timing["jobs"] == 2 and timing["threads_per_run"] == 1 and timing["runs"] == timing["ran"] == n_runs
+    assert timing["launcher"] == "local"
+
+
+def _sharing_stages(out, quick):
+    out.mkdir()
+    (out / "artifacts").symlink_to(quick / "artifacts")  # the shared stages: reuse them
+    return out
+
+
+def _invocations(out, command):
+    return json.loads((out / f"{command}_timing.json").read_text())["invocations"]
 
 
 def test_results_do_not_depend_on_how_many_run_at_once(quick, tmp_path):
-    """The same runs with one worker (in-process) and with two (spawned processes) are identical."""
-    out = tmp_path / "one"
-    out.mkdir()
-    (out / "artifacts").symlink_to(quick / "artifacts")  # the shared stages: reuse them
-    main([*QUICK, "--out", str(out), "--workers", "1", "--grid-methods", "none,gr,signcert+kl"])
-    main([*QUICK, "--out", str(out), "--workers", "1", "--grid-methods", "none,gr,signcert+kl"])  # all reused
-    assert [i["ran"] for i in json.loads((out / "compare_timing.json").read_text())["invocations"]] == [10, 0]
+    """The same runs one by one (in-process) and two at once (spawned processes) are identical, in
+    `overopt compare` and in `overopt run`; `--jobs` is no part of a run's fingerprint."""
+    out = _sharing_stages(tmp_path / "one", quick)
+    main([*QUICK, "--out", str(out), "--jobs", "1", "--grid-methods", "none,gr,signcert+kl"])
+    main([*QUICK, "--out", str(out), "--jobs", "1", "--grid-methods", "none,gr,signcert+kl"])  # all reused
+    assert [i["ran"] for i in _invocations(out, "compare")] == [10, 0]
     runs = sorted(p.parent.relative_to(out / "runs") for p in (out / "runs").glob("*/seed*/metrics.jsonl"))
     assert len(runs) == 2 * 5
     for run in runs:
         one = _without_times([json.loads(x) for x in (out / "runs" / run / "metrics.jsonl").open()])
         two = _without_times([json.loads(x) for x in (quick / "runs" / run / "metrics.jsonl").open()])
         assert one == two, run
+    # `overopt run --jobs 2`: a sweep names its runs as the grid does; each equals the one-by-one run above.
+    run_out = _sharing_stages(tmp_path / "run", quick)
+    argv = ["run", "--preset", "smoke", "--seeds", "2", "--threads", "1", "--methods", "gr",
+            "--sweep", "gr.target_correction=10.0", "--out", str(run_out)]  # fmt: skip
+    main([*argv, "--jobs", "2"])
+    main([*argv, "--jobs", "1"])  # another --jobs reuses the finished runs
+    (first, second) = _invocations(run_out, "run")
+    assert (first["jobs"], first["threads_per_run"], first["ran"], second["ran"]) == (2, 1, 2, 0)
+    for seed in (0, 1):
+        two = _without_times(_rows(run_out, "gr@gr.target_correction=10.0", seed))
+        assert two == _without_times(_rows(out, "gr@gr.target_correction=10.0", seed)), seed
+
+
+def test_the_submitit_launcher_writes_the_same_runs(quick, tmp_path):
+    """`--launcher submitit` (here submitit's local executor: there is no Slurm) runs each run as a job into
+    the same OUT layout, with the same rows as a run in this process."""
+    out = _sharing_stages(tmp_path / "submitit", quick)
+    main(["run", "--preset", "smoke", "--seeds", "1", "--threads", "1", "--methods", "none", "--launcher", "submitit",
+          "--out", str(out)])  # fmt: skip
+    assert _without_times(_rows(out, "none")) == _without_times(_rows(quick, "none"))
+    (timing,) = _invocations(out, "run")
+    assert timing["launcher"] == "submitit" and timing["ran"] == 1
+    assert list((out / "submitit").glob("*_result.pkl")), "no submitit job ran"
 
 
 def test_grid_files_are_checked(tmp_path, capsys):

@@ -26,7 +26,7 @@ from overopt.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the runs below set --threads 1; restored afterwards
 
-SMOKE = ["run", "--preset", "smoke", "--threads", "1", "--checkpoint_every_s", "0"]
+SMOKE = ["run", "--preset", "smoke", "--threads", "1", "--checkpoint_every_s", "0"]  # conftest.uninterrupted runs it
 
 # (moment, newest checkpoint left behind): the smoke run's SFT takes 15 steps and checkpoints after
 # steps 1-14 (writes 1-14), its RM 5 steps (writes 15-18), each RL run 6 steps (none: writes 19-24).
@@ -89,13 +89,6 @@ def assert_same_results(expected: Path, got: Path) -> None:
         a, b = load_file(expected / w), load_file(got / w)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), w
     assert not (got / "checkpoints").exists(), "a finished OUT keeps no checkpoints"
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("uninterrupted") / "out"
-    main([*SMOKE, "--out", str(out)])
-    return out
 
 
 def test_sigkill_at_twelve_moments_resumes_bit_for_bit(uninterrupted, tmp_path):

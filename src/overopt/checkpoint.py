@@ -8,6 +8,9 @@ newest step directory, so a checkpoint cut short by a crash is never read.
 Every tensor (weights, optimizer moments, RNG states) is stored with safetensors and everything else
 as JSON: resuming never unpickles anything. (accelerate's save_state writes optimizer, scheduler and
 RNG states as torch.save pickles, which is why it is not used here.)
+
+Preemption (overopt.preempt): once SIGTERM or SIGUSR1 has arrived, every checkpoint is due, and the
+main process raises Preempted right after writing one, so the loop stops at the step it has saved.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from overopt import distributed, faults
+from overopt import distributed, faults, preempt
 from overopt.errors import disk_full
 from overopt.io import fsync
 
@@ -127,12 +130,16 @@ class Checkpointer:
             raise _unreadable(directory, err) from None
 
     def due(self) -> bool:
-        return time.monotonic() - self._last_save >= self.every_s
+        """A checkpoint is due every `every_s` seconds, and at once when the command is asked to stop."""
+        return preempt.requested() is not None or time.monotonic() - self._last_save >= self.every_s
 
     def save(self, step: int, state: dict, models: dict[str, torch.nn.Module]) -> None:
         """Write the checkpoint of `step` atomically, then delete the older ones. If writing fails (a
         full disk), the partial files are removed and the previous checkpoint stays the newest. With
-        several processes, the main one writes (their models and states are the same)."""
+        several processes, the main one writes (their models and states are the same).
+
+        Raises Preempted once it is written if SIGTERM or SIGUSR1 has arrived (overopt.preempt); under
+        `accelerate launch` the main process stops, and the launcher stops the others."""
         if not distributed.is_main():
             return
         partial = self.root / ".partial"
@@ -151,6 +158,8 @@ class Checkpointer:
             if older != final:
                 shutil.rmtree(older)
         self._last_save = time.monotonic()
+        if preempt.requested() is not None:
+            preempt.stop(f"checkpoint {final} written")
 
     def _write(self, partial: Path, step: int, state: dict, models: dict[str, torch.nn.Module]) -> None:
         shutil.rmtree(partial, ignore_errors=True)

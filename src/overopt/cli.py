@@ -22,8 +22,9 @@ import yaml
 from pydantic import ValidationError
 from safetensors import SafetensorError
 
+from overopt import preempt
 from overopt.config import ExperimentConfig, load_config
-from overopt.errors import NumericalFault, StaleArtifactError, disk_full, validation_line
+from overopt.errors import PREEMPTED_STATUS, NumericalFault, Preempted, StaleArtifactError, disk_full, validation_line
 from overopt.progress import console
 
 
@@ -32,6 +33,7 @@ class _RunSelector:
     preset: str = "default"
     config: Path | None = None
     testbed: str | None = None
+    methods: str | None = None  # read first: a plugin part's knobs become --method_args.<part>.<knob> options
 
 
 def run(argv: list[str]) -> dict:
@@ -40,6 +42,8 @@ def run(argv: list[str]) -> dict:
 
     selector, rest = _parse(_RunSelector, args=argv, add_help=False, return_unknown_args=True)
     base = load_config(selector.preset, selector.config, selector.testbed)
+    if selector.methods is not None:
+        base = ExperimentConfig.model_validate({**base.model_dump(), "methods": selector.methods})
     return run_experiment(
         _overrides(base, rest, "overopt run", "Reproduce reward-model overoptimization end to end and compare methods.")
     )
@@ -60,8 +64,6 @@ class _CompareSelector:
     testbed: str | None = None
     grid: Path | None = None
     """YAML file of strength grids (default: overopt/presets/frontier.yaml)."""
-    workers: int = 0
-    """Runs at once, in separate processes (0: the cores divided by --threads)."""
     quick: bool = False
     """Each method's published point and its strongest one only (the test suite runs this on smoke)."""
     grid_methods: str = ""
@@ -69,23 +71,23 @@ class _CompareSelector:
 
 
 def compare(argv: list[str]) -> dict:
-    """Frontier comparison: `overopt compare [--preset NAME] [--grid FILE] [--workers N] [--quick] [--field value ...]`.
+    """Frontier comparison: `overopt compare [--preset NAME] [--grid FILE] [--jobs N] [--quick] [--field value ...]`.
 
     Every method of the grid over its strength knob × seeds, at `--threads` (default 1) torch threads per
-    run whatever the number of workers, into one OUT with frontier_plan.json; the report adds frontier.json,
-    the frontier plots and the matched-KL tables."""
+    run whatever the number of jobs (default 0: usable cores ÷ threads), into one OUT with frontier_plan.json;
+    the report adds frontier.json, the frontier plots and the matched-KL tables."""
     from overopt.compare import run_compare
 
     selector, rest = _parse(_CompareSelector, args=argv, add_help=False, return_unknown_args=True)
     base = load_config(selector.preset, selector.config, selector.testbed)
-    base = base.model_copy(update={"threads": 1, "out": Path("runs") / f"compare-{base.testbed}-{base.preset}"})
+    out = Path("runs") / f"compare-{base.testbed}-{base.preset}"
+    base = base.model_copy(update={"threads": 1, "jobs": 0, "out": out})
     cfg = _overrides(
         base, rest, "overopt compare",
         "Every method over a grid of its strength × seeds; frontiers and gold at matched KL. Besides the fields "
-        "below: --grid FILE.yaml, --grid-methods a,b, --workers N (0: cores ÷ --threads), --quick.",
+        "below: --grid FILE.yaml, --grid-methods a,b, --quick.",
     )  # fmt: skip
-    workers = selector.workers or max(1, (os.cpu_count() or 1) // max(cfg.threads, 1))
-    return run_compare(cfg, selector.grid, workers, selector.quick, selector.grid_methods)
+    return run_compare(cfg, selector.grid, selector.quick, selector.grid_methods)
 
 
 def _parse(cls, **kwargs):
@@ -134,6 +136,9 @@ def report(argv: list[str]) -> dict:
 
 
 COMMANDS = {"run": run, "compare": compare, "report": report}
+EXIT_STATUSES = f"""
+exit status: 0 done; 2 bad input, or OUT in use by another command (nothing written); 3 numerical fault;
+{PREEMPTED_STATUS} preempted by SIGTERM or SIGUSR1 (the running stage wrote its checkpoint: rerun the same command)"""
 
 
 def _fail(message: str) -> NoReturn:
@@ -143,14 +148,24 @@ def _fail(message: str) -> NoReturn:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # OpenMP threads (torch's CPU threads) that wait for work sleep at once instead of spinning for a few
+    # ms: when other processes share the cores (--jobs, a second overopt, anything else), spinning threads
+    # took turns with working ones and made RL updates many times slower (benchmarks/oversubscription.py).
+    # Read when torch loads, so set before it does; a value the user set (even empty) is kept.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] not in COMMANDS:
         print(__doc__.strip().splitlines()[0], "\n\nusage: overopt {run,compare,report} [--help]", file=sys.stderr)
+        print(EXIT_STATUSES, file=sys.stderr)
         raise SystemExit(0 if argv[:1] in (["-h"], ["--help"]) else 2)
     try:
-        COMMANDS[argv[0]](argv[1:])
+        with preempt.handling():  # SIGTERM/SIGUSR1: the running stage checkpoints, then the command stops
+            COMMANDS[argv[0]](argv[1:])
+    except Preempted as err:
+        print(f"overopt: preempted: {err}", file=sys.stderr)
+        raise SystemExit(PREEMPTED_STATUS) from None
     except NumericalFault as err:
         if debug:
             raise

@@ -8,33 +8,30 @@ frontier analysis (overopt.report.frontier): gold-vs-KL frontiers with bootstrap
 matched KL budgets against `kl` and against `none` stopped early, the best point of each method
 chosen leave-one-seed-out, and which methods move the frontier up.
 
-Runs go to `--workers` processes (concurrent.futures, spawned). Each run uses `--threads` torch
-threads whatever the number of workers, and its randomness depends only on its own seed, so the
-results do not depend on how many run at once (tests/test_compare.py checks this). The shared
-stages (SFT, labelled data, proxy RMs and ensemble members) are trained first, in this process.
-Re-running into the same OUT reuses finished runs; adding seeds runs only the new ones.
+Runs go to `--jobs` processes (default: one per usable core) or to a cluster (`--launcher submitit`),
+through overopt.launch as in `overopt run`. Each run uses `--threads` torch threads (default 1 here)
+whatever the number of jobs, and its randomness depends only on its own seed, so the results do not
+depend on how many run at once (tests/test_compare.py checks this). The shared stages (SFT, labelled
+data, proxy RMs and ensemble members) are trained first, in this process. Re-running into the same
+OUT reuses finished runs; adding seeds runs only the new ones.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import multiprocessing
-import time
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from overopt import launch
 from overopt.config import PRESET_DIR, ExperimentConfig, _read_yaml
 from overopt.io import atomic_write_text
-from overopt.progress import StageProgress, console
+from overopt.lock import out_lock
+from overopt.progress import console
 
 GRID_FILE = PRESET_DIR / "frontier.yaml"
 PLAN_FILE = "frontier_plan.json"  # read by overopt.report.frontier
-TIMING_FILE = "compare_timing.json"  # every invocation: runs in the plan, runs it ran, workers, wall time
+TIMING_FILE = "compare_timing.json"  # every invocation: runs in the plan, runs it ran, jobs, wall time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,42 +108,15 @@ def frontier_plan(cfg: ExperimentConfig, grid: dict[str, list[Point]], budgets: 
     }  # fmt: skip
 
 
-def _cost(plan) -> float:
-    """Rough relative cost of a run, to start the long ones first: OCRM refits RMs, GR doubles backward passes."""
-    return 1.0 + 3.0 * plan.ocrm + 1.0 * ("gr" in plan.parts)
-
-
-# Worker processes: each builds the lab once (every stage is finished by then) and runs jobs.
-_WORKER: dict[str, Any] = {}
-
-
-def _init_worker(cfg_data: dict, named: list[tuple[str, str, dict]]) -> None:
-    from overopt.pipeline import build_lab, open_testbed, resolve_plans
-
-    console.quiet = True  # the main process shows one bar for all runs
-    cfg = ExperimentConfig.model_validate(cfg_data)
-    plans = resolve_plans(cfg, [(n, m, ExperimentConfig.model_validate(v)) for n, m, v in named])
-    testbed = open_testbed(cfg, plans)
-    _WORKER.update(plans=plans, lab=build_lab(cfg, testbed, plans, publish=False), testbed=testbed)
-
-
-def _run_in_worker(name: str, seed: int) -> None:
-    from overopt.pipeline import run_job
-
-    with getattr(_WORKER["testbed"], "precision", contextlib.nullcontext)():
-        run_job(_WORKER["lab"], _WORKER["plans"], name, seed)
-
-
 def run_compare(
     cfg: ExperimentConfig,
     grid_file: Path | None = None,
-    workers: int = 1,
     quick: bool = False,
     methods: str = "",
 ) -> dict:
     """Run (or resume) the frontier comparison into cfg.out and build its report; returns the summary."""
     from overopt.methods import resolve_method
-    from overopt.pipeline import build_lab, finish, is_finished, jobs, open_testbed, resolve_plans, run_job
+    from overopt.pipeline import open_testbed, resolve_plans
 
     grid, budgets = load_grid(grid_file)
     if methods:
@@ -158,10 +128,8 @@ def run_compare(
         grid = {m: grid[m] for m in wanted}
     if quick:
         grid = quick_grid(grid)
-    if workers < 1:
-        raise ValueError(f"compare: workers must be >= 1, got {workers}")
     # The shared stages use every core, as in `overopt run` (so they are the same artifacts); each run
-    # then uses cfg.threads threads, whatever the number of workers.
+    # then uses cfg.threads threads, whatever the number of jobs.
     testbed = open_testbed(cfg.model_copy(update={"threads": 0}), {})
     for m in list(grid):  # methods this testbed's proxy cannot run are left out, not an error
         try:
@@ -172,49 +140,22 @@ def run_compare(
     cfg = cfg.model_copy(update={"methods": ",".join(grid), "sweep": ""})
     named = variants(cfg, grid)
     plans = resolve_plans(cfg, named)
-    precision = getattr(testbed, "precision", contextlib.nullcontext)
-    with precision():
+    with out_lock(cfg.out):  # OUT is this command's (overopt.lock); its workers only read the stages
+        return _run_grid(cfg, testbed, grid, budgets, named, plans)
+
+
+def _run_grid(cfg: ExperimentConfig, testbed, grid, budgets, named, plans) -> dict:
+    """The comparison with OUT held: the shared stages, the plan, every run not finished yet, the report."""
+    from overopt.pipeline import build_lab, finish, is_finished, jobs
+
+    with testbed.precision():
         lab = build_lab(cfg, testbed, plans)
-        ks = [v.ensemble.k for plan, v in plans.values() if plan.ensemble]
-        if ks and lab.pairs is not None:  # train ensemble members here, not in several workers at once
-            lab.reward_models(max(ks))
-    torch.set_num_threads(cfg.threads or torch.get_num_threads())
+        launch.train_shared(lab, plans)  # ensemble members here, not in several jobs at once
     out = Path(cfg.out)
     atomic_write_text(out / PLAN_FILE, json.dumps(frontier_plan(cfg, grid, budgets, plans), indent=2) + "\n")
     every = jobs(cfg, plans)
-    todo = sorted((job for job in every if not is_finished(lab, *job)), key=lambda job: -_cost(plans[job[0]][0]))
-    start = time.perf_counter()
-    with StageProgress(f"compare ({workers} worker{'s' * (workers > 1)})") as progress:
-        progress.start(len(todo))
-        if workers == 1:
-            with precision():
-                for name, seed in todo:
-                    run_job(lab, plans, name, seed)
-                    progress.advance()
-        elif todo:
-            _run_pool(cfg, named, todo, workers, progress)
-    wall = time.perf_counter() - start
-    _log_invocation(out, runs=len(every), ran=len(todo), workers=workers, threads_per_run=cfg.threads, wall_s=wall)
-    console.print(f"compare: {len(todo)} of {len(every)} runs in {wall:.0f} s with {workers} worker(s)")
+    todo = [job for job in every if not is_finished(lab, *job)]
+    done = launch.run_jobs(lab, plans, named, todo, testbed.precision)
+    launch.log_invocation(out / TIMING_FILE, runs=len(every), **done)
+    console.print(f"compare: {len(todo)} of {len(every)} runs in {done['wall_s']:.0f} s, {done['jobs']} at once")
     return finish(cfg)
-
-
-def _log_invocation(out: Path, **entry) -> None:
-    """Append this invocation to OUT/compare_timing.json (the wall time of the runs, not of the stages)."""
-    path = out / TIMING_FILE
-    log = json.loads(path.read_text()) if path.exists() else {"invocations": []}
-    log["invocations"].append({"date": time.strftime("%Y-%m-%d %H:%M:%S"), **entry})
-    atomic_write_text(path, json.dumps(log, indent=2) + "\n")
-
-
-def _run_pool(cfg: ExperimentConfig, named, todo: list[tuple[str, int]], workers: int, progress) -> None:
-    payload = [(n, m, v.model_dump(mode="json")) for n, m, v in named]
-    context = multiprocessing.get_context("spawn")  # no forked torch state: every worker starts clean
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                             initargs=(cfg.model_dump(mode="json"), payload)) as pool:  # fmt: skip
-        pending = {pool.submit(_run_in_worker, name, seed) for name, seed in todo}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for future in done:
-                future.result()  # a failed run ends the comparison with its error
-                progress.advance()

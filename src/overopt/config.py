@@ -7,10 +7,10 @@ override them. Every field has one help line, shown by `overopt run --help`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from overopt.errors import validation_line
 
@@ -307,14 +307,31 @@ class ConstrainedConfig(_Frozen):
     max_multiplier: float = Field(10.0, gt=0, description="Upper bound on λ.")
 
 
+class SlurmConfig(_Frozen):
+    """`--launcher submitit`: one Slurm job per run through submitit (without Slurm, submitit's local executor)."""
+
+    partition: str = Field("", description="Slurm partition ('' = the cluster's default).")
+    timeout_min: int = Field(60, gt=0, description="Time limit of each run's job (at the limit it is requeued, resumed).")
+    cpus_per_task: int = Field(1, gt=0, description="CPU cores per run (its torch threads when threads = 0).")
+    gpus_per_task: int = Field(0, ge=0, description="GPUs per run.")
+    mem_gb: float = Field(0, ge=0, description="Memory per run in GB (0 = the cluster's default).")
+    folder: Path | None = Field(None, description="submitit's job scripts and logs (default OUT/submitit).")
+
+
 class ExperimentConfig(_Frozen):
     """One `overopt run`: the whole lab pipeline for every method × seed."""
 
     preset: str = Field("default", description="Preset the configuration started from.")
     config: Path | None = Field(None, description="YAML file applied on top of the preset.")
     out: Path = Field(Path("runs/default"), description="Output directory (finished stages and runs are reused).")
-    testbed: Literal["summarize", "math_format", "judge", "hf"] = Field(
-        "summarize", description="Task with a known gold reward: summarize, math_format, judge or hf (see README)."
+    testbed: str = Field(
+        "summarize",
+        description="Task with a known gold reward: summarize, math_format, judge, hf, or your own (module:Class "
+        "or an overopt.testbeds entry point; see README).",
+    )
+    testbed_args: dict[str, Any] = Field({}, description="Knobs of a plugin testbed (its Args model), by name.")
+    method_args: dict[str, dict[str, Any]] = Field(
+        {}, description="Knobs of plugin method parts (their Args models), by part name (module:attr -> attr)."
     )
     methods: str = Field("none,kl", description="Comma-separated methods; parts combine with '+' (see README).")
     sweep: str = Field(
@@ -323,7 +340,16 @@ class ExperimentConfig(_Frozen):
     )
     seeds: int = Field(3, gt=0, description="RL seeds per method (0..seeds-1).")
     seed: int = Field(0, ge=0, description="Seed of the shared stages (testbed data, SFT, pairs, RM).")
-    threads: int = Field(0, ge=0, description="torch CPU threads (0 = all cores).")
+    jobs: int = Field(
+        1, ge=0, description="Runs (methods × seeds × sweep values) at once, in separate processes (0 = cores ÷ threads)."
+    )
+    threads: int = Field(0, ge=0, description="torch CPU threads per process (0 = usable cores ÷ jobs, at least 1).")
+    launcher: Literal["local", "submitit"] = Field(
+        "local", description="Where the runs go: local processes, or submitit (Slurm jobs; its local executor without)."
+    )
+    report_to: str = Field(
+        "", description="Experiment trackers for every run's metrics, comma-separated: tensorboard, wandb."
+    )
     checkpoint_every_s: float = Field(
         120.0, ge=0, description="Seconds between checkpoints of a running stage (0 = after every step)."
     )
@@ -347,6 +373,29 @@ class ExperimentConfig(_Frozen):
     length_penalty: LengthPenaltyConfig = LengthPenaltyConfig()
     reward_clip: RewardClipConfig = RewardClipConfig()
     constrained: ConstrainedConfig = ConstrainedConfig()
+    slurm: SlurmConfig = SlurmConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plugin_knobs(cls, data: Any) -> Any:
+        """A plugin's knobs validated by its own model and recorded with its defaults (config.yaml, fingerprints)."""
+        if not isinstance(data, dict):
+            return data
+        from overopt.methods import validate_method_args  # the registries import this module
+        from overopt.testbeds import TESTBEDS
+
+        testbed = data.get("testbed", "summarize")
+        data = {**data, "testbed_args": TESTBEDS.resolve(testbed).validate_args(data.get("testbed_args") or {})}
+        methods = [m.strip() for m in str(data.get("methods", "none,kl")).split(",") if m.strip()]
+        return {**data, "method_args": validate_method_args(methods, data.get("method_args") or {})}
+
+    @field_validator("report_to")
+    @classmethod
+    def _known_trackers(cls, value: str) -> str:
+        from overopt.trackers import tracker_names  # imports accelerate only when a tracker is named
+
+        tracker_names(value)
+        return value
 
     @model_validator(mode="after")
     def _some_method(self) -> ExperimentConfig:
@@ -393,6 +442,7 @@ class ExperimentConfig(_Frozen):
 
 SWEEPABLE = (
     "rl",
+    "method_args",
     "ref_reset",
     "gr",
     "signcert",
@@ -446,6 +496,22 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
+def _plugin_preset(testbed: str, preset: str, where: str) -> dict:
+    """`smoke` / `default` for a plugin testbed: the lab's sizes (summarize's preset without its world
+    section), then the plugin's own `presets[preset]` overrides, if it declares any."""
+    from overopt.testbeds import TESTBEDS  # the registry imports the config's sections
+
+    try:
+        entry = TESTBEDS.resolve(testbed)
+    except ValueError as err:
+        raise ValueError(f"{where}{err}") from None
+    base = {k: v for k, v in _read_yaml(PRESET_DIR / "summarize" / f"{preset}.yaml").items() if k != "summarize"}
+    own = entry.presets.get(preset, {})
+    if not isinstance(own, dict):
+        raise ValueError(f"testbed {testbed!r}: presets[{preset!r}] must be a mapping of config fields")
+    return _merge(base, own)
+
+
 def load_config(
     preset: str = "default", config_file: Path | None = None, testbed: str | None = None
 ) -> ExperimentConfig:
@@ -456,12 +522,12 @@ def load_config(
     """
     user = _read_yaml(Path(config_file)) if config_file is not None else {}
     if preset in TESTBED_PRESETS:
-        testbeds = sorted(p.name for p in PRESET_DIR.iterdir() if p.is_dir())
         chosen = testbed if testbed is not None else user.get("testbed", "summarize")
-        if chosen not in testbeds:
+        if (PRESET_DIR / str(chosen) / f"{preset}.yaml").is_file():
+            data = _merge(_read_yaml(PRESET_DIR / chosen / f"{preset}.yaml"), {"testbed": chosen})
+        else:
             where = "" if testbed is not None else f"{config_file}: testbed: "
-            raise ValueError(f"{where}unknown testbed {chosen!r}; choose one of {', '.join(testbeds)}")
-        data = _merge(_read_yaml(PRESET_DIR / chosen / f"{preset}.yaml"), {"testbed": chosen})
+            data = _merge(_plugin_preset(str(chosen), preset, where), {"testbed": chosen})
     elif (PRESET_DIR / f"{preset}.yaml").exists():
         data = {"testbed": "summarize", **_read_yaml(PRESET_DIR / f"{preset}.yaml")}
         if testbed is not None and testbed != data.get("testbed"):

@@ -15,11 +15,26 @@ class NumericalFault(RuntimeError):
     """A NaN or Inf reached the rewards, the loss or the gradients; the update was not applied."""
 
 
+class InUse(ValueError):
+    """OUT, or one run in it, is held by another process (overopt.lock); the CLI refuses in one line."""
+
+
+class Preempted(Exception):
+    """SIGTERM or SIGUSR1 stopped the command at a step boundary, its checkpoint written (overopt.preempt).
+
+    Not an error: the CLI says so in one line and exits with status 75 (PREEMPTED_STATUS); rerunning the
+    same command resumes."""
+
+
+PREEMPTED_STATUS = 75  # sysexits.h EX_TEMPFAIL: "temporary failure; the user is invited to retry"
+
+
 def validation_line(err: ValidationError, section: str = "") -> str:
-    """'section.field: problem' for the first error (the section alone for a model-level check)."""
+    """'section.field: problem' for the first error (a model-level check names its fields itself)."""
     first = err.errors()[0]
-    field = ".".join(str(part) for part in (section, *first["loc"]) if part) or "config"
-    return f"{field}: {first['msg'].removeprefix('Value error, ')}"
+    field = ".".join(str(part) for part in (section, *first["loc"]) if part)
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{field}: {message}" if field else message
 
 
 def disk_full(err: BaseException) -> bool:

@@ -6,6 +6,9 @@ OVEROPT_KILL_AT=<point>:<n> kills the process with SIGKILL the n-th time it reac
 checkpoint's files are written, not yet published by its rename), `stage.publish` (a finished
 stage's directory is about to be renamed into place) and `eval.logged` (between the metrics and the
 samples lines of an evaluation). Unarmed, a point costs one comparison.
+
+OVEROPT_KILL_SIGNAL=TERM (or USR1, ...) sends that signal instead of SIGKILL: a preemption at an exact
+moment (overopt.preempt), e.g. `OVEROPT_KILL_AT="rl none seed0:3" OVEROPT_KILL_SIGNAL=TERM overopt run`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,11 @@ from collections.abc import Callable
 
 def _sigkill() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def send(signum: int) -> Callable[[], None]:
+    """A crash that sends `signum` to this process (SIGTERM: a preemption rather than a crash)."""
+    return lambda: os.kill(os.getpid(), signum)
 
 
 _point, _remaining, _crash = "", 0, _sigkill
@@ -39,4 +47,5 @@ def point(name: str) -> None:
             _crash()
 
 
-arm(os.environ.get("OVEROPT_KILL_AT", ""))
+_signal = os.environ.get("OVEROPT_KILL_SIGNAL", "").upper().removeprefix("SIG")
+arm(os.environ.get("OVEROPT_KILL_AT", ""), send(signal.Signals[f"SIG{_signal}"]) if _signal else _sigkill)

@@ -4,17 +4,26 @@ A method is one part or several joined by `+` (e.g. `ocrm+kl`, `gr+kl`, `signcer
 says what it changes; `MethodPlan.mitigations` turns the plan into the plug-ins of
 `overopt.mitigations.protocols`. The KL penalty is on exactly when `kl` is one of the parts
 (`ref_reset` includes it: resetting the KL anchor needs a KL penalty).
+
+Parts come from one registry (`PARTS`, overopt.registry): the built-ins below, a user's `module:attr`
+(a `Part`, or a function `build(ctx, mitigations)`), or an `overopt.methods` entry point. A plugin
+part's knobs are its pydantic model `Part.args`, given as `method_args.<part name>` and handed to its
+`build` as `ctx.args`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from datasets import Dataset
+from pydantic import BaseModel, ValidationError
 from transformers import PreTrainedModel
 
 from overopt.config import ExperimentConfig, RLConfig
+from overopt.errors import validation_line
 from overopt.mitigations.gr import GradientRegularization
 from overopt.mitigations.protocols import Mitigations, RewardSource
 from overopt.mitigations.reference import ReferenceReset
@@ -27,6 +36,7 @@ from overopt.mitigations.rewards import (
     RewardClip,
 )
 from overopt.mitigations.signcert import SignCertAdvantages, fisher_metric
+from overopt.registry import Registry, source_version
 from overopt.testbeds.base import Testbed
 
 
@@ -42,6 +52,7 @@ class MethodContext:
     testbed: Testbed
     seed: int
     labelled: Dataset | None = None  # the proxy's training data (pairs or judged answers), if it has any
+    args: BaseModel | None = None  # a plugin part's own knobs (method_args.<part>), handed to its build
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,10 @@ class Part:
     slot: str | None = None  # the exclusive plug-in slot it fills
     build: Callable[[MethodContext, Mitigations], None] | None = None
     strength: str | None = None  # the metrics.jsonl key of its effective strength (0 = off; README glossary)
+    needs: str | None = None  # "reward_model": refused when the testbed's proxy is a rule
+    args: type[BaseModel] | None = None  # a plugin part's knobs (method_args.<name>)
+    name: str = ""  # set by the registry: the key of method_args (module:attr -> attr)
+    version: str = ""  # a plugin part's code version (enters its runs' fingerprints); "" for built-ins
 
 
 def _ref_reset(ctx: MethodContext, m: Mitigations) -> None:
@@ -121,7 +136,7 @@ def _ensemble_figures(ctx: MethodContext, m: Mitigations) -> None:
     m.reward_transforms.insert(0, EnsembleFigures(ctx.cfg.ensemble.ddof))
 
 
-PARTS: dict[str, Part] = {
+_BUILTIN_PARTS: dict[str, Part] = {
     # plain optimisation of the proxy reward, no regularisation
     "none": Part(),
     # KL penalty to the reference policy (rl.kl.*)
@@ -131,7 +146,9 @@ PARTS: dict[str, Part] = {
     # gradient regularization, finite differences (gr.*)
     "gr": Part(slot="gradient", build=_gr, strength="gr/correction_ratio"),
     # SignCert-PO on Dr.GRPO (signcert.*)
-    "signcert": Part(algo="dr_grpo", slot="advantages", build=_signcert, strength="signcert/adv_mass_removed"),
+    "signcert": Part(
+        algo="dr_grpo", slot="advantages", build=_signcert, strength="signcert/adv_mass_removed", needs="reward_model"
+    ),
     # off-policy corrected reward modeling (ocrm.*)
     "ocrm": Part(ocrm=True, slot="reward_model", strength="ocrm/refit_disagreement"),
     # mean of k RMs (ensemble.*)
@@ -157,6 +174,49 @@ PARTS: dict[str, Part] = {
 }
 
 
+def part_name(spec: str) -> str:
+    """A part's name as typed (`kl`, `my_method`) or the attribute of an import path (`mypkg.m:my_method`)."""
+    return spec.rpartition(":")[2].rpartition(".")[2] if ":" in spec else spec
+
+
+def _plugin(spec: str, obj: object) -> Part:
+    """A plugin's Part (or bare build function) under its name, with the version of its code."""
+    if callable(obj) and not isinstance(obj, Part):
+        obj = Part(build=obj)
+    if not isinstance(obj, Part):
+        raise ValueError(f"method {spec!r}: expected an overopt.methods.Part or a build(ctx, mitigations) function")
+    if obj.args is not None and not (isinstance(obj.args, type) and issubclass(obj.args, BaseModel)):
+        raise ValueError(f"method {spec!r}: its args must be a pydantic BaseModel class")
+    return dataclasses.replace(obj, name=part_name(spec), version=source_version(obj.build) if obj.build else "")
+
+
+PARTS: Registry[Part] = Registry("method", "overopt.methods", _plugin)
+for _name, _part in _BUILTIN_PARTS.items():
+    PARTS.register(_name, dataclasses.replace(_part, name=_name))
+
+
+def validate_method_args(methods: list[str], given: Mapping[str, Mapping[str, Any]]) -> dict[str, dict]:
+    """`method_args` checked against the models of the plugin parts in `methods` (defaults filled in);
+    a key that names no plugin part of these methods is refused, so a typo cannot go unnoticed."""
+    parts = {}
+    for spec in (p.strip() for m in methods for p in m.split("+")):
+        if spec and not PARTS.is_builtin(spec):
+            part = PARTS.resolve(spec)
+            if part.args is not None:
+                parts[part.name] = part
+    unknown = sorted(set(given) - set(parts))
+    if unknown:
+        takers = f"parts with knobs: {', '.join(parts)}" if parts else "no method part in --methods takes knobs"
+        raise ValueError(f"method_args.{unknown[0]}: not a plugin part of --methods ({takers})")
+    out = {}
+    for name, part in parts.items():
+        try:
+            out[name] = part.args.model_validate(dict(given.get(name) or {})).model_dump(mode="json")
+        except ValidationError as err:
+            raise ValueError(validation_line(err, f"method_args.{name}")) from None
+    return out
+
+
 @dataclass(frozen=True)
 class MethodPlan:
     """A resolved method: its RL settings and what it plugs in."""
@@ -166,7 +226,7 @@ class MethodPlan:
     rl: RLConfig
     ensemble: str | None = None
     ocrm: bool = False
-    builders: tuple[Callable[[MethodContext, Mitigations], None], ...] = field(default=())
+    resolved: tuple[Part, ...] = field(default=())  # the parts, in order
 
     @property
     def uses_kl(self) -> bool:
@@ -175,7 +235,7 @@ class MethodPlan:
     @property
     def strength_key(self) -> str | None:
         """The effective-strength figure of the first part that has one (`ocrm+kl`: OCRM's)."""
-        return next((PARTS[p].strength for p in self.parts if PARTS[p].strength), None)
+        return next((part.strength for part in self.resolved if part.strength), None)
 
     @property
     def moves_reference(self) -> bool:
@@ -185,7 +245,9 @@ class MethodPlan:
     def check_proxy(self, proxy: str, testbed: str) -> None:
         """Refuse parts that need what the testbed's proxy lacks (see Testbed.proxy)."""
         if proxy == "rule":
-            needs_rm = [p for p in self.parts if PARTS[p].ensemble or PARTS[p].ocrm or p == "signcert"]
+            needs_rm = [
+                s for s, p in zip(self.parts, self.resolved) if p.ensemble or p.ocrm or p.needs == "reward_model"
+            ]
             if needs_rm:
                 raise ValueError(
                     f"method {self.name!r}: {needs_rm[0]!r} needs a learned reward model, and testbed "
@@ -197,36 +259,55 @@ class MethodPlan:
                 "learns a judge of single answers"
             )
 
+    def part_sections(self, cfg: ExperimentConfig) -> dict:
+        """The configuration each part reads (its built-in section, or a plugin's knobs and code version),
+        as recorded in the run's fingerprint."""
+        sections = {}
+        for spec, part in zip(self.parts, self.resolved):
+            if PARTS.is_builtin(spec):
+                if hasattr(cfg, spec):
+                    sections[spec] = getattr(cfg, spec).model_dump()
+            else:
+                sections[spec] = {"args": cfg.method_args.get(part.name, {}), "version": part.version}
+        return sections
+
     def mitigations(self, ctx: MethodContext) -> Mitigations:
         m = Mitigations()
-        for build in self.builders:
-            build(ctx, m)
+        for part in self.resolved:
+            if part.build is not None:
+                args = part.args.model_validate(ctx.cfg.method_args.get(part.name, {})) if part.args else None
+                part.build(dataclasses.replace(ctx, args=args), m)
         return m
 
 
 def resolve_method(name: str, rl: RLConfig) -> MethodPlan:
     """Parse `name` (parts joined by '+') into a plan; impossible combinations raise ValueError."""
     parts = tuple(p.strip() for p in name.split("+"))
-    unknown = [p for p in parts if p not in PARTS]
-    if unknown:
-        raise ValueError(f"unknown method {unknown[0]!r} in {name!r}; available: {', '.join(PARTS)}")
+    if any(not p for p in parts):
+        raise ValueError(f"method {name!r} has an empty part")
+    try:
+        chosen = [PARTS.resolve(p) for p in parts]
+    except ValueError as err:
+        raise ValueError(f"{err} (in {name!r})") from None
     if len(set(parts)) != len(parts):
         raise ValueError(f"method {name!r} repeats a part")
     if "none" in parts and len(parts) > 1:
         raise ValueError(f"method {name!r}: 'none' cannot be combined with other parts")
     slots: dict[str, str] = {}
-    for p in parts:
-        slot = PARTS[p].slot
-        if slot is not None and slot in slots:
-            raise ValueError(f"method {name!r}: {slots[slot]!r} and {p!r} both set the {slot.replace('_', ' ')}")
-        if slot is not None:
-            slots[slot] = p
-    chosen = [PARTS[p] for p in parts]
+    for p, part in zip(parts, chosen):
+        if part.slot is not None and part.slot in slots:
+            raise ValueError(
+                f"method {name!r}: {slots[part.slot]!r} and {p!r} both set the {part.slot.replace('_', ' ')}"
+            )
+        if part.slot is not None:
+            slots[part.slot] = p
     kl_on = any(part.kl for part in chosen)
     if kl_on and rl.kl.coef <= 0:
         raise ValueError(f"method {name!r} uses a KL penalty: set rl.kl.coef > 0")
     update: dict = {} if kl_on else {"kl": rl.kl.model_copy(update={"coef": 0.0})}
     algos = {part.algo for part in chosen if part.algo}
+    if len(algos) > 1:
+        raise ValueError(f"method {name!r}: its parts need different base algorithms ({', '.join(sorted(algos))})")
     if algos:
         update["algo"] = algos.pop()
     return MethodPlan(
@@ -235,5 +316,5 @@ def resolve_method(name: str, rl: RLConfig) -> MethodPlan:
         rl=rl.model_copy(update=update),
         ensemble=next((part.ensemble for part in chosen if part.ensemble), None),
         ocrm=any(part.ocrm for part in chosen),
-        builders=tuple(part.build for part in chosen if part.build is not None),
+        resolved=tuple(chosen),
     )

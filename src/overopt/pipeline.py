@@ -11,7 +11,6 @@ of silently mixed with stale artifacts.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import time
 from collections.abc import Callable
@@ -25,11 +24,12 @@ from pyarrow import ArrowException
 from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from overopt import distributed, faults
+from overopt import distributed, faults, launch
 from overopt.checkpoint import Checkpointer
 from overopt.config import ExperimentConfig, to_yaml
 from overopt.errors import StaleArtifactError
 from overopt.io import atomic_write_text, fingerprint, read_json, replace_dir, write_json
+from overopt.lock import out_lock, run_lock
 from overopt.methods import MethodPlan, resolve_method
 from overopt.models.policy import SAFE_LOADING, tiny_llama
 from overopt.models.reward import reward_model_from_backbone
@@ -40,7 +40,8 @@ from overopt.stages.method_run import SAMPLE_BATCH, Lab, run_method
 from overopt.stages.pairs import PAIR_COLUMNS, sample_and_label_pairs
 from overopt.stages.rm import train_reward_model
 from overopt.stages.sft import train_sft
-from overopt.testbeds import make_testbed, testbed_section
+from overopt.testbeds import TESTBEDS, make_testbed
+from overopt.testbeds.base import Testbed
 
 
 def _quiet_libraries() -> None:
@@ -58,7 +59,8 @@ def _quiet_libraries() -> None:
 def _stage_fingerprints(cfg: ExperimentConfig, proxy: str) -> dict[str, str]:
     """Each stage's fingerprint covers the sections it is built from; "rm" is what the RL runs start from
     (the proxy model, or the SFT policy under a rule reward, which reads no pairs, judge or RM section)."""
-    world = (cfg.testbed, getattr(cfg, testbed_section(cfg.testbed)).model_dump(), cfg.seed)
+    entry = TESTBEDS.resolve(cfg.testbed)  # a plugin's code version makes its stages stale when it changes
+    world = (cfg.testbed, entry.knobs(cfg), cfg.seed, *([entry.version] if entry.version else []))
     sft = fingerprint(world, cfg.model.model_dump(), cfg.sft.model_dump())
     if proxy == "rule":
         return {"sft": sft, "data": sft, "rm": sft}
@@ -69,7 +71,7 @@ def _stage_fingerprints(cfg: ExperimentConfig, proxy: str) -> dict[str, str]:
 
 def _run_fingerprint(rm_fp: str, plan, variant: ExperimentConfig, seed: int) -> str:
     """A run's fingerprint: the proxy it starts from, its RL and eval settings, its method's sections, its seed."""
-    sections = {part: getattr(variant, part).model_dump() for part in plan.parts if hasattr(variant, part)}
+    sections = plan.part_sections(variant)
     if plan.ensemble:
         sections["ensemble"] = variant.ensemble.model_dump()
     return fingerprint(rm_fp, plan.name, plan.rl.model_dump(), variant.eval.model_dump(), sections, seed)
@@ -138,14 +140,23 @@ def run_experiment(cfg: ExperimentConfig, variants: list[tuple[str, str, Experim
 
     `variants` (run name, method, configuration) replaces `cfg.method_variants()` (the frontier
     comparison of overopt.compare runs each method over its own grid)."""
-    plans = resolve_plans(cfg, variants)  # bad method names and sweeps fail here, before anything is written
+    named = cfg.method_variants() if variants is None else variants
+    plans = resolve_plans(cfg, named)  # bad method names and sweeps fail here, before anything is written
     testbed = open_testbed(cfg, plans)
-    precision = getattr(testbed, "precision", contextlib.nullcontext)  # hf: bfloat16 autocast if asked for
-    with precision():
-        lab = build_lab(cfg, testbed, plans)
-        for name, seed in jobs(cfg, plans):
-            run_job(lab, plans, name, seed)
+    # OUT is this command's from here on (overopt.lock): a second command into it is refused, writing nothing.
+    with out_lock(cfg.out):
+        with testbed.precision():  # hf: bfloat16 autocast if asked for
+            lab = build_lab(cfg, testbed, plans)
+            launch.train_shared(lab, plans)  # every stage is finished before any run starts (--jobs, --launcher)
+        every = jobs(cfg, plans)
+        todo = [job for job in every if not is_finished(lab, *job)]
+        done = launch.run_jobs(lab, plans, named, todo, testbed.precision)
+        if distributed.is_main():
+            launch.log_invocation(Path(cfg.out) / RUN_TIMING_FILE, runs=len(every), **done)
         return finish(cfg)
+
+
+RUN_TIMING_FILE = "run_timing.json"  # every invocation: runs, runs it ran, jobs, threads per run, wall time of the runs
 
 
 def resolve_plans(cfg: ExperimentConfig, variants: list[tuple[str, str, ExperimentConfig]] | None = None) -> Plans:
@@ -192,6 +203,7 @@ def build_lab(cfg: ExperimentConfig, testbed, plans: Plans, publish: bool = True
         raise ValueError(f"--out {out}: cannot create the output directory ({why})") from None
     if publish and distributed.is_main():
         atomic_write_text(out / "config.yaml", to_yaml(cfg))
+        write_json(out / TESTBED_FILE, testbed_record(cfg, testbed))
     # Adam's moment estimates of parameters that get no gradient for a while (unused embeddings,
     # completions a method weights by 0) decay into subnormal floats, which x86 CPUs process about
     # 100× slower; flushing them to zero changes nothing measurable and keeps steps fast.
@@ -203,16 +215,15 @@ def build_lab(cfg: ExperimentConfig, testbed, plans: Plans, publish: bool = True
     stage = partial(_run_stage, out, every_s=every_s)
 
     def build_sft(tmp: Path, progress: StageProgress, checkpoints: Checkpointer) -> dict:
-        max_len = max(len(p) for p in testbed.prompts("eval", 1, cfg.seed)) + testbed.max_completion_tokens
+        corpus = testbed.sft_corpus(cfg.sft.n_examples, cfg.seed)
         policy = tiny_llama(
             tok,
             cfg.model.hidden_size,
             cfg.model.num_layers,
             cfg.model.num_heads,
-            max_positions=max_len + 8,
+            max_positions=_longest_sequence(cfg, testbed, corpus) + 8,
             seed=cfg.seed,
         )
-        corpus = testbed.sft_corpus(cfg.sft.n_examples, cfg.seed)
         metrics = train_sft(
             policy,
             corpus,
@@ -229,14 +240,14 @@ def build_lab(cfg: ExperimentConfig, testbed, plans: Plans, publish: bool = True
         tok.save_pretrained(tmp)
         return metrics
 
-    policy_path = getattr(testbed, "policy_path", None)  # hf: a given model that is already the SFT policy
+    policy_path = testbed.policy_path  # hf: a given model that is already the SFT policy
     if policy_path is None:
         sft_dir = stage("sft", fps["sft"], build_sft)
     else:  # nothing to train or copy: OUT/artifacts/sft/stage.json records which model it is
         stage("sft", fps["sft"], lambda tmp, progress, checkpoints: {"policy": policy_path})
         sft_dir = policy_path
     sft_policy = _load_artifact(sft_dir, AutoModelForCausalLM.from_pretrained, **_loading(testbed))
-    sft_policy = sft_policy.to(getattr(testbed, "device", "cpu")).eval()  # hf: on a GPU when there is one
+    sft_policy = sft_policy.to(testbed.device).eval()  # hf: on a GPU when there is one
 
     # 2-4. The proxy: a Bradley-Terry RM on gold-labelled pairs, a judge of gold-labelled answers,
     #      or (RLVR) the testbed's rule reward with nothing to train.
@@ -278,6 +289,35 @@ def build_lab(cfg: ExperimentConfig, testbed, plans: Plans, publish: bool = True
     )  # fmt: skip
 
 
+TESTBED_FILE = "testbed.json"  # the testbed that ran: the report names it (a plugin's spec is an import path)
+
+
+def testbed_record(cfg: ExperimentConfig, testbed: Testbed) -> dict:
+    """OUT/testbed.json: the testbed that ran (its own name and proxy), how it was asked for, its code version."""
+    entry = TESTBEDS.resolve(cfg.testbed)
+    return {"name": testbed.name, "spec": cfg.testbed, "proxy": testbed.proxy, "version": entry.version}
+
+
+def _longest_sequence(cfg: ExperimentConfig, testbed: Testbed, corpus: list) -> int:
+    """Positions the SFT model needs: the longest prompt any stage will use plus the completion budget, or
+    the longest demonstration (prompts may vary in length). Prompt ids outside the vocabulary are refused here."""
+    prompt_sets = [
+        testbed.prompts("eval", cfg.eval.n_prompts, cfg.seed),
+        testbed.prompts("train", max(4 * cfg.rl.prompts_per_step, cfg.pairs.n_prompts), cfg.seed + 2),
+    ]
+    if testbed.proxy != "rule":
+        n = cfg.judge.n_prompts if testbed.proxy == "judge" else cfg.pairs.n_prompts
+        prompt_sets.append(testbed.prompts("train", n, cfg.seed + 1))
+    prompts = [p for prompts in prompt_sets for p in prompts]
+    vocab = len(testbed.tokenizer)
+    bad = next((t for p in [*prompts, *(e.prompt_ids + e.completion_ids for e in corpus)] for t in p
+                if not 0 <= t < vocab), None)  # fmt: skip
+    if bad is not None:
+        raise ValueError(f"testbed {cfg.testbed!r}: token id {bad} is outside its tokenizer's vocabulary ({vocab})")
+    longest_prompt = max(len(p) for p in prompts) + testbed.max_completion_tokens
+    return max(longest_prompt, max((len(e.prompt_ids) + len(e.completion_ids) for e in corpus), default=0))
+
+
 def is_finished(lab: Lab, name: str, seed: int) -> bool:
     """True if run `name` × `seed` is finished in OUT (raises if it was built from another configuration)."""
     run_dir = Path(lab.cfg.out) / "runs" / name / f"seed{seed}"
@@ -291,14 +331,15 @@ def run_job(lab: Lab, plans: Plans, name: str, seed: int) -> None:
     run_dir = out / "runs" / name / f"seed{seed}"
     run_fp = lab.run_fingerprints[run_dir]
     checkpoints = Checkpointer(out / "checkpoints" / "runs" / name / f"seed{seed}", run_fp, every_s)
-    if _finished(run_dir, run_fp):
-        checkpoints.clear()
-        console.print(f"[dim]reusing {run_dir}[/dim]")
-        return
-    run_method(lab, plan, variant, seed, run_dir, name, checkpoints)
-    if distributed.is_main():
-        write_json(run_dir / "stage.json", {"stage": "rl", "method": name, "seed": seed, "fingerprint": run_fp})
-        checkpoints.clear()
+    with run_lock(run_dir):  # parallel workers never train one run twice (overopt.lock)
+        if _finished(run_dir, run_fp):
+            checkpoints.clear()
+            console.print(f"[dim]reusing {run_dir}[/dim]")
+            return
+        run_method(lab, plan, variant, seed, run_dir, name, checkpoints)
+        if distributed.is_main():
+            write_json(run_dir / "stage.json", {"stage": "rl", "method": name, "seed": seed, "fingerprint": run_fp})
+            checkpoints.clear()
     distributed.barrier()
 
 
@@ -337,7 +378,7 @@ def _load_labelled(path: Path, columns: tuple[str, ...]) -> DatasetDict:
 
 def _loading(testbed) -> dict:
     """from_pretrained arguments: safetensors only, no remote code (hf: float32 weights, hf.trust_remote_code)."""
-    return {**SAFE_LOADING, **getattr(testbed, "load_kwargs", {})}
+    return {**SAFE_LOADING, **testbed.load_kwargs}
 
 
 class _ProxyTraining(NamedTuple):

@@ -7,7 +7,7 @@ import sys
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from overopt import faults
+from overopt import faults, preempt
 
 # Logs and CI are not terminals: give tables room instead of rich's 80-column fallback.
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
@@ -22,6 +22,7 @@ class StageProgress:
         self._task = None
 
     def __enter__(self) -> StageProgress:
+        preempt.check(f"{self.description!r} not started")  # SIGTERM/SIGUSR1 came: start nothing new
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),

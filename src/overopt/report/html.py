@@ -68,8 +68,16 @@ _PROXY = {
 }
 
 
-def _intro(testbed: str) -> str:
-    proxy = _PROXY.get(testbed, _PROXY["summarize"])
+_PROXY_KIND = {  # a testbed without its own sentence above (a plugin): by the kind of its proxy
+    "preference": "a <strong>proxy</strong> reward model trained on preference pairs labelled by a known "
+    "<strong>gold</strong> reward",
+    "judge": "a <strong>proxy</strong> judge trained on answers labelled by a known <strong>gold</strong> reward",
+    "rule": "a <strong>proxy</strong> rule reward that differs from the known <strong>gold</strong> reward",
+}
+
+
+def _intro(testbed: str, proxy_kind: str | None = None) -> str:
+    proxy = _PROXY.get(testbed) or _PROXY_KIND.get(proxy_kind or "", _PROXY["summarize"])
     return (
         "This lab reproduces <em>reward hacking</em> under control. "
         f"A supervised (SFT) policy is optimised against {proxy}. The optimiser only sees the proxy, "
@@ -408,7 +416,7 @@ def write_report(
             f"<h1>Reward hacking lab: {escape(str(testbed))}</h1>",
             f"<p class='sub'>testbed <strong>{escape(str(testbed))}</strong> · preset "
             f"<strong>{escape(str(preset))}</strong> · output <code>{escape(str(out_dir))}</code></p>",
-            f"<p class='lead'>{_intro(str(summary.get('testbed', 'summarize')))}</p>",
+            f"<p class='lead'>{_intro(str(summary.get('testbed', 'summarize')), summary.get('proxy'))}</p>",
             _methods_section(summary),
             _stages_section(summary),
             _plots_section(plot_paths),

@@ -155,6 +155,17 @@ def load_config(out_dir: str | Path) -> dict:
     return cfg if isinstance(cfg, dict) else {}
 
 
+def _testbed_record(out_dir: Path) -> dict:
+    """``OUT/testbed.json`` (written by the pipeline; {} for directories from before it existed)."""
+    path = out_dir / "testbed.json"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError) as exc:
+        warnings.warn(f"{path}: could not read it ({exc}); naming the testbed from config.yaml", stacklevel=2)
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def load_stages(out_dir: str | Path) -> dict[str, dict]:
     """``{stage: stage.json content}`` for every ``OUT/artifacts/<stage>/stage.json``.
 
@@ -342,8 +353,11 @@ def build_summary(
         entry["seeds"] = seeds
         methods[name] = entry
 
+    ran = _testbed_record(out_dir)  # the testbed that ran (a plugin's config names it by import path)
     return {
-        "testbed": str(config.get("testbed", "unknown")),
+        "testbed": str(ran.get("name", config.get("testbed", "unknown"))),
+        "testbed_spec": str(ran.get("spec", config.get("testbed", "unknown"))),
+        "proxy": ran.get("proxy"),
         "preset": str(config.get("preset", "unknown")),
         "sft": sft,
         "stages": load_stages(out_dir),

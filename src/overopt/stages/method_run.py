@@ -27,7 +27,7 @@ import torch
 from datasets import DatasetDict
 from transformers import AutoModelForTokenClassification, PreTrainedModel
 
-from overopt import distributed, faults, mechanisms
+from overopt import distributed, faults, mechanisms, trackers
 from overopt.checkpoint import Checkpoint, Checkpointer, CheckpointError
 from overopt.config import ExperimentConfig
 from overopt.io import append_jsonl, fsync_size, save_weights
@@ -35,7 +35,7 @@ from overopt.methods import MethodContext, MethodPlan
 from overopt.mitigations.ocrm import ocrm_pair_log_ratios
 from overopt.mitigations.protocols import Figures, RewardSource
 from overopt.mitigations.rewards import EnsembleRewardModel, ProxyRewardModel, RuleReward
-from overopt.models.policy import merged_copy, with_lora
+from overopt.models.policy import merged_copy
 from overopt.models.reward import reward_model_from_backbone
 from overopt.ops import beta_for_target_ess, ess_from_log_weights, order_disagreement
 from overopt.progress import StageProgress
@@ -82,17 +82,17 @@ def run_method(
     resume = checkpoints.load()
     run_state = resume.state["run"] if resume is not None else {"phase": 0, "extra": {}, "elapsed_s": 0.0}
     mech_on = cfg.eval.mechanisms
+    tracking = trackers.RunTrackers()  # --report_to: tracker runs that mirror metrics.jsonl (main process)
     if writes:
         if resume is not None:
             _truncate_logs(run_dir, run_state["logs"], resume.directory)
         else:  # nothing to resume: whatever an earlier attempt left is dropped
             shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir(parents=True, exist_ok=True)
+        tracking = trackers.open_run(cfg, name, seed, run_dir / "metrics.jsonl", run_state.get("trackers"))
     # 1. Policy and reference.
     policy = copy.deepcopy(lab.sft_policy).train()
-    if cfg.testbed == "hf" and cfg.hf.lora_r:  # LoRA: only adapters train; the reference stays the SFT model
-        h = cfg.hf
-        policy = with_lora(policy, h.lora_r, h.lora_alpha, h.lora_dropout, h.lora_target_modules, seed).train()
+    policy = lab.testbed.trainable_policy(policy, seed).train()  # hf: LoRA adapters; the reference stays SFT
     ref_policy = copy.deepcopy(lab.sft_policy) if plan.moves_reference else lab.sft_policy
     # 2. Reward source (a resumed OCRM round: its refitted RM).
     if lab.testbed.proxy == "rule":
@@ -133,6 +133,7 @@ def run_method(
         row = {"step": step, **metrics, "wall_s": time.perf_counter() - start, **train_figures, **extra}
         if writes:
             append_jsonl(run_dir / "metrics.jsonl", row)
+            tracking.log(row)
             faults.point("eval.logged")
             append_jsonl(run_dir / "samples.jsonl", {"step": step, "samples": samples})
 
@@ -148,7 +149,7 @@ def run_method(
             models["ocrm_rm"] = source.models()[0]
         logs = {log: fsync_size(run_dir / log) for log in LOGS}
         run = {"phase": phase, "extra": extra, "elapsed_s": time.perf_counter() - start, "logs": logs,
-               "mech_reference": mech_reference}  # fmt: skip
+               "mech_reference": mech_reference, "trackers": tracking.state()}  # fmt: skip
         checkpoints.save(step, {"run": run, "loop": loop_state()}, models)
 
     # 3. Phases (OCRM: rounds + 1 of them).
@@ -188,6 +189,7 @@ def run_method(
         loop = None
     if writes:
         save_weights(policy, run_dir / "policy.safetensors")
+    tracking.finish()
 
 
 def _truncate_logs(run_dir: Path, sizes: dict[str, int], checkpoint: Path) -> None:
@@ -204,7 +206,7 @@ def _truncate_logs(run_dir: Path, sizes: dict[str, int], checkpoint: Path) -> No
 
 def _restored_ocrm_rm(lab: Lab, resume: Checkpoint) -> PreTrainedModel:
     """The RM refitted in the OCRM round being resumed: the SFT backbone with the checkpoint's weights."""
-    rm = reward_model_from_backbone(lab.sft_dir, seed=0, **getattr(lab.testbed, "load_kwargs", {}))
+    rm = reward_model_from_backbone(lab.sft_dir, seed=0, **lab.testbed.load_kwargs)
     resume.load_model("ocrm_rm", rm)
     return rm.to(lab.sft_policy.device).eval()
 
@@ -237,7 +239,7 @@ def _ocrm_refit(
     ess = ess_from_log_weights(log_w).item()
     # RM_k is trained exactly as RM_0 was (its seed: head init and data order), so that with uniform
     # weights (β_w = 0) the refit is RM_0 again and any change is the re-weighting's.
-    load = getattr(lab.testbed, "load_kwargs", {})  # hf: float32 weights, hf.trust_remote_code
+    load = lab.testbed.load_kwargs  # hf: float32 weights, hf.trust_remote_code
     rm = reward_model_from_backbone(lab.sft_dir, seed=lab.cfg.seed, **load).to(lab.sft_policy.device)
     metrics = train_reward_model(
         rm, train, heldout, epochs=r.epochs, batch_size=r.batch_size, lr=r.lr, pad_id=pad, seed=lab.cfg.seed,

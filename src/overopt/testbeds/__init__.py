@@ -1,33 +1,104 @@
-"""Testbeds: tasks with a known gold reward (see base.Testbed)."""
+"""Testbeds: tasks with a known gold reward (see base.Testbed), found through one registry.
 
-from overopt.config import ExperimentConfig
+The built-in testbeds register here exactly as a plugin is found (overopt.registry): by name, an
+import path `module:Class`, or an `overopt.testbeds` entry point. A built-in's knobs are its section
+of ExperimentConfig (`summarize`, `math`, `hf`); a plugin's are its own pydantic model (the class
+attribute `Args`), given as `testbed_args`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+
+from overopt.errors import validation_line
+from overopt.registry import Registry, source_version
 from overopt.testbeds.arithmetic import ArithmeticSpec, ArithmeticTestbed, JudgeTestbed
-from overopt.testbeds.base import SFTExample, Testbed
+from overopt.testbeds.base import SFTExample, Testbed, check_testbed
 from overopt.testbeds.summarize import SummarizeSpec, SummarizeTestbed
 
-# The config section that describes each testbed's world.
-_SECTIONS = {"summarize": "summarize", "math_format": "math", "judge": "math", "hf": "hf"}
+if TYPE_CHECKING:
+    from overopt.config import ExperimentConfig
 
 
-def testbed_section(name: str) -> str:
-    return _SECTIONS[name]
+@dataclasses.dataclass(frozen=True)
+class TestbedEntry:
+    """How the lab makes one testbed from a configuration."""
+
+    name: str
+    make: Callable[[ExperimentConfig], Testbed]
+    section: str | None = None  # the ExperimentConfig section holding a built-in's knobs
+    args: type[BaseModel] | None = None  # a plugin's knobs (`testbed_args`)
+    presets: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)  # a plugin's preset overrides
+    version: str = ""  # a plugin's code version (overopt.registry.source_version); "" for built-ins
+
+    def knobs(self, cfg: ExperimentConfig) -> dict:
+        """What the testbed's world is built from, as recorded in the stage fingerprints."""
+        return getattr(cfg, self.section).model_dump() if self.section else dict(cfg.testbed_args)
+
+    def validate_args(self, given: Mapping[str, Any]) -> dict:
+        """`testbed_args` checked against the plugin's model, with its defaults filled in."""
+        if self.args is None:
+            if given:
+                where = f"its section {self.section!r}" if self.section else "no Args model"
+                raise ValueError(f"testbed_args: testbed {self.name!r} takes no testbed_args ({where})")
+            return {}
+        try:
+            return self.args.model_validate(dict(given)).model_dump(mode="json")
+        except ValidationError as err:
+            raise ValueError(validation_line(err, "testbed_args")) from None
+
+
+def _plugin(name: str, obj: object) -> TestbedEntry:
+    """A plugin class (or factory): called with its `Args` instance when it declares one, else with nothing."""
+    if isinstance(obj, TestbedEntry):
+        return obj
+    if not callable(obj):
+        raise ValueError(f"testbed {name!r}: expected a testbed class or factory, got {type(obj).__name__}")
+    args = getattr(obj, "Args", None)
+    if args is not None and not (isinstance(args, type) and issubclass(args, BaseModel)):
+        raise ValueError(f"testbed {name!r}: its Args must be a pydantic BaseModel class")
+
+    def make(cfg: ExperimentConfig) -> Testbed:
+        return obj(args.model_validate(cfg.testbed_args)) if args is not None else obj()
+
+    presets = getattr(obj, "presets", {}) or {}
+    return TestbedEntry(name, make, args=args, presets=presets, version=source_version(obj))
+
+
+TESTBEDS: Registry[TestbedEntry] = Registry("testbed", "overopt.testbeds", _plugin)
+
+
+def _hf(cfg: ExperimentConfig) -> Testbed:
+    from overopt.testbeds.hf import HFTestbed  # loads models and data: only when asked for
+
+    return HFTestbed(cfg.hf)
+
+
+def _summarize(cfg: ExperimentConfig) -> Testbed:
+    return SummarizeTestbed(SummarizeSpec(**cfg.summarize.model_dump()))
+
+
+def _arithmetic(cls: type[ArithmeticTestbed]) -> Callable[[ExperimentConfig], Testbed]:
+    return lambda cfg: cls(ArithmeticSpec(**cfg.math.model_dump()))
+
+
+TESTBEDS.register("summarize", TestbedEntry("summarize", _summarize, section="summarize"))
+TESTBEDS.register("math_format", TestbedEntry("math_format", _arithmetic(ArithmeticTestbed), section="math"))
+TESTBEDS.register("judge", TestbedEntry("judge", _arithmetic(JudgeTestbed), section="math"))
+TESTBEDS.register("hf", TestbedEntry("hf", _hf, section="hf"))
 
 
 def make_testbed(cfg: ExperimentConfig) -> Testbed:
-    """The testbed named by `cfg.testbed`, configured from its section of the config."""
-    if cfg.testbed == "summarize":
-        return SummarizeTestbed(SummarizeSpec(**cfg.summarize.model_dump()))
-    if cfg.testbed in ("math_format", "judge"):
-        cls = ArithmeticTestbed if cfg.testbed == "math_format" else JudgeTestbed
-        return cls(ArithmeticSpec(**cfg.math.model_dump()))
-    if cfg.testbed == "hf":
-        from overopt.testbeds.hf import HFTestbed  # loads models and data: only when asked for
-
-        return HFTestbed(cfg.hf)
-    raise ValueError(f"unknown testbed {cfg.testbed!r}")
+    """The testbed named by `cfg.testbed`, built from its knobs and checked against the protocol."""
+    entry = TESTBEDS.resolve(cfg.testbed)
+    return check_testbed(entry.make(cfg), cfg.testbed)
 
 
 __all__ = [
-    "ArithmeticSpec", "ArithmeticTestbed", "JudgeTestbed", "SFTExample", "SummarizeSpec",
-    "SummarizeTestbed", "Testbed", "make_testbed", "testbed_section",
+    "TESTBEDS", "ArithmeticSpec", "ArithmeticTestbed", "JudgeTestbed", "SFTExample", "SummarizeSpec",
+    "SummarizeTestbed", "Testbed", "TestbedEntry", "make_testbed",
 ]  # fmt: skip

@@ -35,7 +35,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from overopt.testbeds import format_rewards
-from overopt.testbeds.base import SFTExample, word_level_tokenizer
+from overopt.testbeds.base import SFTExample, TestbedDefaults, word_level_tokenizer
 
 PAD, BOS, EOS, UNK, NL = "<pad>", "<bos>", "<eos>", "<unk>", "<nl>"
 TAGS = ("<reasoning>", "</reasoning>", "<answer>", "</answer>")
@@ -61,7 +61,7 @@ class ArithmeticSpec:
     world_seed: int = 1234
 
 
-class ArithmeticTestbed:
+class ArithmeticTestbed(TestbedDefaults):
     """`math_format`: the rule-rewarded RLVR testbed (see the module docstring)."""
 
     name = "math_format"

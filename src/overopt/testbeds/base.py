@@ -7,7 +7,10 @@ evaluation) is the same for every testbed (Gao et al., arXiv 2210.10760, §2).
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager as ContextManager
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -65,6 +68,70 @@ class Testbed(Protocol):
     def gold_from_components(self, components: dict[str, torch.Tensor]) -> torch.Tensor:
         """r* from its terms, so an evaluation that logs both computes them once (gold_reward = this ∘ terms)."""
         ...
+
+    # Optional members: a testbed that lacks one gets the default of TestbedDefaults (check_testbed).
+    policy_path: str | None
+    """A model (Hub id or directory) that already is the SFT policy: the lab then trains no SFT model."""
+    device: torch.device | str
+    """Where the policy and the proxy models run."""
+    load_kwargs: dict[str, Any]
+    """Extra `from_pretrained` arguments for the SFT policy and the models built on it."""
+
+    def precision(self) -> ContextManager:
+        """The numeric context every stage runs in (e.g. bfloat16 autocast)."""
+        ...
+
+    def trainable_policy(self, policy: torch.nn.Module, seed: int) -> torch.nn.Module:
+        """The copy of the SFT policy that RL trains (e.g. with LoRA adapters); the reference stays the SFT model."""
+        ...
+
+
+class TestbedDefaults:
+    """The optional members of Testbed, as a base class a testbed may inherit (check_testbed fills them
+    in on one that does not)."""
+
+    policy_path: str | None = None
+    device: torch.device | str = "cpu"
+    load_kwargs: dict[str, Any] = {}  # noqa: RUF012 (read only)
+
+    def precision(self) -> ContextManager:
+        return contextlib.nullcontext()
+
+    def trainable_policy(self, policy: torch.nn.Module, seed: int) -> torch.nn.Module:
+        return policy
+
+
+PROXIES = ("preference", "judge", "rule")
+_REQUIRED = ("name", "proxy", "tokenizer", "max_completion_tokens", "sft_corpus", "prompts", "gold_reward",
+             "gold_components", "gold_from_components")  # fmt: skip
+
+
+def check_testbed(testbed: Any, spec: str) -> Testbed:
+    """What the lab checks of a testbed before any stage runs (one-line ValueError naming the member);
+    optional members it lacks get TestbedDefaults' (a plugin need not inherit from it)."""
+    where = f"testbed {spec!r}"
+    missing = [m for m in _REQUIRED if not hasattr(testbed, m)]
+    if getattr(testbed, "proxy", None) == "rule" and not hasattr(testbed, "rule_reward"):
+        missing.append("rule_reward (its proxy is 'rule')")
+    if missing:
+        raise ValueError(f"{where} lacks {', '.join(missing)} (see overopt.testbeds.base.Testbed)")
+    if testbed.proxy not in PROXIES:
+        raise ValueError(f"{where}: proxy must be one of {', '.join(PROXIES)}, got {testbed.proxy!r}")
+    for member in ("sft_corpus", "prompts", "gold_reward", "gold_components", "gold_from_components"):
+        if not callable(getattr(testbed, member)):
+            raise ValueError(f"{where}: {member} must be a method")
+    tok = testbed.tokenizer
+    for token in ("pad", "eos"):
+        if getattr(tok, f"{token}_token_id", None) is None:
+            raise ValueError(f"{where}: its tokenizer has no {token} token (generation pads and stops with them)")
+    if not isinstance(testbed.max_completion_tokens, int) or testbed.max_completion_tokens < 1:
+        got = testbed.max_completion_tokens
+        raise ValueError(f"{where}: max_completion_tokens must be a positive int, got {got!r}")
+    for member, default in vars(TestbedDefaults).items():
+        if not member.startswith("_") and not hasattr(testbed, member):
+            value = default.__get__(testbed) if isinstance(default, Callable) else default
+            setattr(testbed, member, value)
+    return testbed
 
 
 class RuleRewardTestbed(Testbed, Protocol):

@@ -43,8 +43,8 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from overopt.config import HFConfig
-from overopt.models.policy import SAFE_LOADING
-from overopt.testbeds.base import SFTExample
+from overopt.models.policy import SAFE_LOADING, with_lora
+from overopt.testbeds.base import SFTExample, TestbedDefaults
 
 _LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 _HOLDOUT_SEED = 1234  # the held-out share of train is the same for every experiment seed
@@ -111,7 +111,7 @@ def _unavailable(field: str, path: str, err: BaseException) -> ValueError:
     return ValueError(f"hf.{field}: {path!r} is neither a local directory nor an available Hub id ({where})")
 
 
-class HFTestbed:
+class HFTestbed(TestbedDefaults):
     """Any Hugging Face causal LM, prompt dataset and gold RM (see the module docstring)."""
 
     name = "hf"
@@ -406,3 +406,10 @@ class HFTestbed:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype, cache_enabled=False)
+
+    def trainable_policy(self, policy: torch.nn.Module, seed: int) -> torch.nn.Module:
+        """hf.lora_r > 0: LoRA adapters on the policy, which alone train (the reference stays the SFT model)."""
+        c = self.cfg
+        if not c.lora_r:
+            return policy
+        return with_lora(policy, c.lora_r, c.lora_alpha, c.lora_dropout, c.lora_target_modules, seed)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from overopt.testbeds.base import SFTExample, word_level_tokenizer
+from overopt.testbeds.base import SFTExample, TestbedDefaults, word_level_tokenizer
 
 PAD, BOS, EOS, SEP, UNK = "<pad>", "<bos>", "<eos>", "<tldr>", "<unk>"
 FILLER_WORDS = ("the", "and", "also", "then", "so", "very", "really", "indeed")
@@ -59,7 +59,7 @@ class SummarizeSpec:
     world_seed: int = 1234
 
 
-class SummarizeTestbed:
+class SummarizeTestbed(TestbedDefaults):
     """The default lab testbed. See the module docstring for the gold reward and the hack."""
 
     name = "summarize"

@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# The GPU check of shared/GPU.md, as one script with a time budget (about 8 minutes; hard stop well inside 10).
+#
+#   bash benchmarks/gpu_check/run.sh                                    # on the GPU machine, from the repo root
+#   OUT=/tmp/gpucheck GPU_CHECK_SMALL=1 bash benchmarks/gpu_check/run.sh   # tiny shapes, CPU fallback (~3 min)
+#
+# Steps (each under `timeout`, each failure recorded and the script goes on):
+#   0. device and versions (nvidia-smi -L, pip list), then install what is not importable from ./wheels
+#      (pip --no-index; with dependency resolution, else --no-deps, else --target), then `pip install -e .`
+#      (PYTHONPATH=src is set anyway, and every overopt command runs as `python -m overopt`).
+#   1. the tiny HF world of tests/test_hf_testbed.py (make_tiny_hf.py), `overopt run --testbed hf --preset
+#      smoke --hf.dtype auto` on it in-process (smoke.py), and `pytest tests/test_hf_testbed.py` with a plugin
+#      that records each test's CUDA use (cuda_plugin.py) and a probe that records every child Python
+#      process's (probe/sitecustomize.py).
+#   3. overopt's RL step vs TRL's GRPOTrainer on a ~100M Llama, bfloat16 (throughput.py).
+#   2. the `default` preset for method kl and one seed, stage times next to RESULTS.md's CPU figures
+#      (stages.py), last: it gets the time left, at most ~200 s, and records partial times on timeout.
+#   4. OUT/summary.md and OUT/results.json (summarize.py); OUT/logs.tar.gz holds every log and JSON.
+#
+# Environment: OUT (default /tmp/gpucheck), PY (default python3), GPU_CHECK_SMALL=1 (tiny shapes),
+# GPU_CHECK_BUDGET_S (default 540: the steps' total; summarising comes after), GPU_CHECK_INSTALL=0|1|dry.
+set -u
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT" || exit 1
+OUT=${OUT:-/tmp/gpucheck}
+mkdir -p "$OUT"
+PY=${PY:-$(command -v python3 || command -v python)}
+SMALL=${GPU_CHECK_SMALL:-0}
+BUDGET=${GPU_CHECK_BUDGET_S:-540}
+INSTALL=${GPU_CHECK_INSTALL:-1}
+RESERVE=5   # seconds kept back after the last step
+T0=$(date +%s)
+WORK=$(mktemp -d /tmp/gpucheck-work.XXXXXX)
+J=$WORK/json
+L=$WORK/logs
+mkdir -p "$J" "$L"
+[ "$SMALL" = 1 ] && touch "$J/small"
+exec > >(tee -a "$OUT/run.log") 2>&1
+TEE_PID=$!
+
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export PYTHONUNBUFFERED=1 MPLBACKEND=Agg HF_HOME="$WORK/hf_home" WANDB_MODE=disabled PYTHONDONTWRITEBYTECODE=1
+export PYTHONPATH="$ROOT/src:$ROOT/benchmarks/gpu_check${PYTHONPATH:+:$PYTHONPATH}"
+PROBE="$ROOT/benchmarks/gpu_check/probe"
+
+left() { echo $((BUDGET - ($(date +%s) - T0) - RESERVE)); }
+
+# run_step NAME CAP_S CMD...: run CMD under `timeout min(CAP_S, time left)`, output to $L/NAME.log (tail shown).
+run_step() {
+    local name=$1 cap=$2
+    shift 2
+    local limit
+    limit=$(left)
+    ((cap < limit)) && limit=$cap
+    if ((limit < 15)); then
+        echo "== $name: SKIPPED, no time left in the ${BUDGET} s budget"
+        printf '{"step":"%s","rc":null,"skipped":true}\n' "$name" >>"$J/steps.jsonl"
+        RC=125
+        return
+    fi
+    echo "== [$(date +%T), +$(($(date +%s) - T0)) s] $name (limit ${limit} s): $*"
+    local s e
+    s=$(date +%s.%N)
+    timeout -k 10 "$limit" "$@" >"$L/$name.log" 2>&1
+    RC=$?
+    e=$(date +%s.%N)
+    tail -n "${TAIL_LINES:-12}" "$L/$name.log" | cut -c1-400
+    printf '{"step":"%s","rc":%d,"start":%s,"end":%s,"limit_s":%d}\n' "$name" "$RC" "$s" "$e" "$limit" >>"$J/steps.jsonl"
+    echo "== $name: exit $RC$( ((RC == 124 || RC == 137)) && echo ' (TIMED OUT)'), $(awk "BEGIN{printf \"%.1f\", $e - $s}") s"
+}
+
+echo "GPU check: $(date -Is), root $ROOT, work $WORK, OUT $OUT, python $PY, small=$SMALL, budget ${BUDGET} s"
+
+# -- 0. device, versions, install ------------------------------------------------------------------
+if command -v nvidia-smi >/dev/null 2>&1; then
+    nvidia-smi -L | tee "$J/nvidia_smi.txt"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >>"$L/nvidia_smi_full.log" 2>&1
+    nvidia-smi >>"$L/nvidia_smi_full.log" 2>&1
+    (while :; do
+        printf '%s,%s\n' "$(date +%s.%N)" \
+            "$(nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader,nounits 2>/dev/null | head -n 1)"
+        sleep 1
+    done) >"$J/gpu_samples.csv" 2>/dev/null &
+    SAMPLER=$!
+else
+    echo "no nvidia-smi: no NVIDIA GPU here" | tee "$J/nvidia_smi.txt"
+    SAMPLER=
+fi
+nproc 2>/dev/null | sed 's/^/CPU cores: /'
+echo "== pip list"
+timeout 60 "$PY" -m pip list 2>&1 | tee "$L/pip_list_before.log"
+
+if [ "$INSTALL" != 0 ]; then
+    MISSING=$(timeout 60 "$PY" benchmarks/gpu_check/deps.py missing 2>>"$L/deps.log")
+    echo "not importable here: ${MISSING:-nothing}"
+    DRY=
+    [ "$INSTALL" = dry ] && DRY=--dry-run
+    if [ -n "$MISSING" ] && [ -d wheels ]; then
+        # shellcheck disable=SC2086
+        run_step install 120 "$PY" -m pip install $DRY --no-index --no-cache-dir --find-links wheels $MISSING
+        if [ "$RC" != 0 ]; then
+            CLOSURE=$("$PY" benchmarks/gpu_check/deps.py closure wheels 2>>"$L/deps.log")
+            echo "resolution failed: installing without dependencies: $CLOSURE"
+            # shellcheck disable=SC2086
+            [ -n "$CLOSURE" ] && run_step install_nodeps 90 "$PY" -m pip install $DRY --no-index --no-cache-dir --no-deps $CLOSURE
+            if [ -n "$CLOSURE" ] && [ "$RC" != 0 ]; then
+                # shellcheck disable=SC2086
+                run_step install_target 90 "$PY" -m pip install --no-index --no-cache-dir --no-deps --target "$WORK/site" $CLOSURE
+                export PYTHONPATH="$PYTHONPATH:$WORK/site"
+            fi
+        fi
+    elif [ -n "$MISSING" ]; then
+        echo "no ./wheels folder: cannot install $MISSING"
+    fi
+    if [ "$INSTALL" != dry ]; then
+        run_step install_editable 90 "$PY" -m pip install --no-index --no-build-isolation --no-deps -e .
+    fi
+fi
+run_step versions 60 "$PY" benchmarks/gpu_check/deps.py report "$J/versions.json"
+"$PY" - "$J/versions.json" <<'EOF' 2>/dev/null
+import json, sys
+d = json.load(open(sys.argv[1]))
+v = d["versions"]
+print(f"python {d['python']}  torch {v['torch']} (cuda {d.get('torch_cuda')}, available {d.get('cuda_available')})  "
+      f"transformers {v['transformers']}  trl {v['trl']}  accelerate {v['accelerate']}  peft {v['peft']}  "
+      f"datasets {v['datasets']}  device {d.get('device_name')}")
+EOF
+"$PY" -c "import overopt; print('overopt from', overopt.__file__)" || echo "overopt NOT importable"
+
+# -- 1. hf testbed: smoke run on CUDA, and its tests -------------------------------------------------
+run_step tiny_hf 90 "$PY" benchmarks/gpu_check/make_tiny_hf.py "$WORK/tiny_hf"
+if [ -f "$WORK/tiny_hf/world.json" ]; then
+    GPU_CHECK_CUDA_LOG="$J/probe_smoke.jsonl" PYTHONPATH="$PROBE:$PYTHONPATH" \
+        run_step smoke 150 "$PY" benchmarks/gpu_check/smoke.py "$WORK/tiny_hf/world.json" "$WORK/smoke_run" "$J/smoke.json"
+else
+    echo "no tiny HF world: smoke skipped"
+fi
+
+PYTEST_ARGS=(tests/test_hf_testbed.py -q -rA -p cuda_plugin -p no:cacheprovider)
+"$PY" -c "import pytest_timeout" 2>/dev/null && PYTEST_ARGS+=(--timeout 150)
+[ "$SMALL" = 1 ] && PYTEST_ARGS+=(-k "smoke_runs_end_to_end or bfloat16_precision or named_presets")
+GPU_CHECK_PYTEST_JSON="$J/pytest.json" GPU_CHECK_CUDA_LOG="$J/probe_pytest.jsonl" PYTHONPATH="$PROBE:$PYTHONPATH" \
+    TAIL_LINES=25 run_step pytest 180 "$PY" -m pytest "${PYTEST_ARGS[@]}"
+
+# -- 3. throughput: overopt vs TRL GRPO, ~100M Llama, bf16 ---------------------------------------------
+TP_CAP=200
+(($(left) < TP_CAP)) && TP_CAP=$(left)
+# A repetition (both sides) takes ~40-60 s at the real sizes: none starts after TP_CAP - 70 s.
+TP_ARGS=(--out "$J/throughput.json" --threads 8 --deadline-s $((TP_CAP - 70)))
+[ "$SMALL" = 1 ] && TP_ARGS=(--out "$J/throughput.json" --threads 1 --small)
+TAIL_LINES=30 run_step throughput "$TP_CAP" "$PY" benchmarks/gpu_check/throughput.py "${TP_ARGS[@]}"
+
+# -- 2. default preset (CPU-only testbed): stage times, capped ------------------------------------------
+INNER=$(($(left) - 25))
+((INNER > 200)) && INNER=200
+ST_ARGS=("$WORK/default_run" "$J/stages.json" --timeout "$INNER" --threads 0)
+[ "$SMALL" = 1 ] && ST_ARGS+=(--preset smoke --threads 1)
+GPU_CHECK_CUDA_LOG="$J/probe_default.jsonl" PYTHONPATH="$PROBE:$PYTHONPATH" \
+    TAIL_LINES=30 run_step default_preset $((INNER + 25)) "$PY" benchmarks/gpu_check/stages.py "${ST_ARGS[@]}"
+
+# -- 4. summary --------------------------------------------------------------------------------------
+[ -n "$SAMPLER" ] && kill "$SAMPLER" 2>/dev/null
+echo "== [+$(($(date +%s) - T0)) s] summary"
+timeout 60 "$PY" benchmarks/gpu_check/summarize.py "$WORK" "$OUT" >"$L/summarize.log" 2>&1 || {
+    echo "summarize.py failed:"
+    tail -n 20 "$L/summarize.log"
+    { echo "# GPU check: summarize.py failed"; echo; cat "$J/nvidia_smi.txt"; echo; cat "$J/steps.jsonl"; } >"$OUT/summary.md"
+}
+for f in pytest throughput default_preset; do
+    [ -f "$L/$f.log" ] && tail -c 4000000 "$L/$f.log" >"$OUT/$f.log"
+done
+tar -czf "$OUT/logs.tar.gz" -C "$WORK" json logs 2>/dev/null
+cat "$OUT/summary.md"
+echo "== done in $(($(date +%s) - T0)) s; OUT: $(ls "$OUT" | tr '\n' ' ')"
+rm -rf "$WORK"
+exec 1>&- 2>&-
+wait "$TEE_PID" 2>/dev/null || sleep 1
+exit 0

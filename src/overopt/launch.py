@@ -1,0 +1,211 @@
+"""Many runs at once: the independent runs (methods × seeds × sweep values) of `overopt run` and `overopt compare`.
+
+The launching process trains or reuses the shared stages first (SFT, labelled data, proxy models and
+every ensemble member a run needs), so a run only reads them and writes OUT/runs/<name>/seed<k>/ and
+its own checkpoints. Then `run_jobs` sends the runs not finished yet to:
+
+- `--launcher local` (default): `--jobs N` processes (concurrent.futures, spawned, so no torch state is
+  forked); `--jobs 1` runs them one after another in this process;
+- `--launcher submitit`: one job per run through submitit's AutoExecutor: a Slurm job array (at most
+  `--jobs` running at once; 0 = no limit) where Slurm's `sbatch` is found, submitit's local executor
+  (every run at once, each in its own process) where it is not. Knobs: the `slurm` section.
+
+Every worker or job builds the Lab from the finished stages (pipeline.build_lab, publish=False) and
+runs pipeline.run_job, exactly as `--jobs 1` does. A run's randomness depends only on its own seed, so
+its metrics.jsonl rows (every key but the wall times) are the same whatever the number of jobs or the
+launcher, at the same torch threads (tests/test_compare.py). Resuming is unchanged: re-running the
+command reuses finished runs and resumes interrupted ones from their checkpoints; a Slurm job that
+reaches its time limit is requeued by submitit and resumes the same way.
+
+Threads. `--threads 0` (default) means the usable cores (os.sched_getaffinity: a container's or a Slurm
+allocation's, not the machine's) divided by the processes that run at once, at least 1: all cores for
+the shared stages and for `--jobs 1`; one each for `--jobs 2` on 2 cores; `slurm.cpus_per_task` in a
+Slurm job. A run's thread count can change the rounding of reductions split over threads, so it does
+not depend on how many runs are left (on the CPUs measured, the smoke and default presets give
+identical results with 1 and 2 threads). The command line also makes OpenMP threads wait passively
+(`OMP_WAIT_POLICY=PASSIVE`, see cli.main): when other processes share the cores, the default of spinning
+for a while after each operation made RL updates many times slower (benchmarks/oversubscription.py).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+from overopt import preempt
+from overopt.config import ExperimentConfig
+from overopt.progress import StageProgress, console
+
+Named = list[tuple[str, str, ExperimentConfig]]  # (run name, method, its configuration), as resolve_plans takes
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask: a container's or a Slurm job's share)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def parallelism(cfg: ExperimentConfig) -> tuple[int, int]:
+    """(runs at once, torch threads per run) of the local launcher: `jobs` 0 = cores ÷ threads;
+    `threads` 0 = cores ÷ jobs; both at least 1."""
+    cores = usable_cores()
+    jobs = cfg.jobs or max(1, cores // max(cfg.threads, 1))
+    return jobs, cfg.threads or max(1, cores // jobs)
+
+
+def train_shared(lab, plans) -> None:
+    """Ensemble members beyond the first RM are trained on demand: train them here, before any run, so that
+    parallel runs never train (and publish) the same member."""
+    ks = [variant.ensemble.k for plan, variant in plans.values() if plan.ensemble]
+    if ks and lab.pairs is not None:
+        lab.reward_models(max(ks))
+
+
+def _cost(plan) -> float:
+    """Rough relative cost of a run, to start the long ones first: OCRM refits RMs, GR doubles backward passes."""
+    return 1.0 + 3.0 * plan.ocrm + 1.0 * ("gr" in plan.parts)
+
+
+def run_jobs(lab, plans, named: Named, todo: list[tuple[str, int]], precision) -> dict:
+    """Run every (run name, seed) of `todo` with lab.cfg's launcher; returns what it did (for the timing log)."""
+    import torch
+
+    from overopt import distributed
+    from overopt.pipeline import run_job
+
+    cfg = lab.cfg
+    if (cfg.jobs != 1 or cfg.launcher != "local") and distributed.world() > 1:
+        raise ValueError("--jobs and --launcher submitit start their own processes: use neither under accelerate launch")
+    jobs, threads = parallelism(cfg)
+    if cfg.launcher == "submitit":
+        jobs, threads = cfg.jobs or len(todo), cfg.threads or cfg.slurm.cpus_per_task
+    in_process = cfg.launcher == "local" and min(jobs, len(todo)) <= 1
+    if in_process and not cfg.threads and jobs == 1:
+        threads = torch.get_num_threads()  # torch's default: the usable cores, or what OMP_NUM_THREADS says
+    record = {"launcher": cfg.launcher, "jobs": jobs, "threads_per_run": threads}
+    start = time.perf_counter()
+    if in_process:
+        torch.set_num_threads(threads)
+        with precision():
+            for name, seed in todo:
+                run_job(lab, plans, name, seed)
+    elif todo:
+        todo = sorted(todo, key=lambda job: -_cost(plans[job[0]][0]))  # the long ones first
+        worker_cfg = cfg.model_copy(update={"threads": threads})
+        with StageProgress(f"runs ({record['jobs']} at once, {cfg.launcher})") as progress:
+            progress.start(len(todo))
+            if cfg.launcher == "local":
+                _run_pool(worker_cfg, named, todo, min(jobs, len(todo)), progress)
+            else:
+                _run_submitit(worker_cfg, named, todo, progress)
+    return {**record, "ran": len(todo), "wall_s": time.perf_counter() - start}
+
+
+def log_invocation(path: Path, **entry) -> None:
+    """Append one invocation (runs, runs it ran, jobs, threads, wall time of the runs) to a JSON log in OUT."""
+    from overopt.io import atomic_write_text  # imports torch: not before a submitit job has set OpenMP up
+    log = json.loads(path.read_text()) if path.exists() else {"invocations": []}
+    log["invocations"].append({"date": time.strftime("%Y-%m-%d %H:%M:%S"), **entry})
+    atomic_write_text(path, json.dumps(log, indent=2) + "\n")
+
+
+# A worker process (local pool) or a submitit job: builds the Lab once from the finished stages, runs jobs.
+_WORKER: dict[str, Any] = {}
+
+
+def _payload(cfg: ExperimentConfig, named: Named) -> tuple[dict, list[tuple[str, str, dict]]]:
+    return cfg.model_dump(mode="json"), [(n, m, v.model_dump(mode="json")) for n, m, v in named]
+
+
+def _init_worker(cfg_data: dict, named: list[tuple[str, str, dict]]) -> None:
+    from overopt.pipeline import build_lab, open_testbed, resolve_plans
+
+    console.quiet = True  # the launching process shows one bar for all runs
+    preempt.install()  # SIGTERM/SIGUSR1 (sent by the cluster, or passed on by the main process): checkpoint, stop
+    cfg = ExperimentConfig.model_validate(cfg_data)
+    plans = resolve_plans(cfg, [(n, m, ExperimentConfig.model_validate(v)) for n, m, v in named])
+    testbed = open_testbed(cfg, plans)
+    _WORKER.update(plans=plans, lab=build_lab(cfg, testbed, plans, publish=False), testbed=testbed)
+
+
+def _run_in_worker(name: str, seed: int) -> None:
+    from overopt.pipeline import run_job
+
+    with _WORKER["testbed"].precision():
+        run_job(_WORKER["lab"], _WORKER["plans"], name, seed)
+
+
+def _run_pool(cfg: ExperimentConfig, named: Named, todo: list[tuple[str, int]], workers: int, progress) -> None:
+    context = multiprocessing.get_context("spawn")  # no forked torch state: every worker starts clean
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                             initargs=_payload(cfg, named)) as pool:  # fmt: skip
+        pending = {pool.submit(_run_in_worker, name, seed) for name, seed in todo}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for future in done:
+                future.result()  # a failed run ends the command with its error
+                progress.advance()
+
+
+class _SubmititRun:
+    """One run as a submitit job; `checkpoint` lets submitit requeue it at its time limit (it then resumes
+    from its own checkpoints in OUT)."""
+
+    def __init__(self, cfg_data: dict, named: list[tuple[str, str, dict]]):
+        self.cfg_data, self.named = cfg_data, named
+
+    def __call__(self, name: str, seed: int) -> None:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see cli.main)
+        _init_worker(self.cfg_data, self.named)
+        _run_in_worker(name, seed)
+
+    def checkpoint(self, name: str, seed: int):
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self, name, seed)
+
+
+def _submitit():
+    try:
+        import submitit
+    except ImportError:
+        raise ValueError("--launcher submitit needs submitit: pip install 'overopt[cluster]'") from None
+    return submitit
+
+
+def _run_submitit(cfg: ExperimentConfig, named: Named, todo: list[tuple[str, int]], progress) -> None:
+    submitit = _submitit()
+    s = cfg.slurm
+    executor = submitit.AutoExecutor(folder=s.folder or Path(cfg.out) / "submitit")
+    executor.update_parameters(
+        name=f"overopt-{Path(cfg.out).name}", timeout_min=s.timeout_min, cpus_per_task=s.cpus_per_task,
+        slurm_array_parallelism=cfg.jobs or len(todo),
+        **({"gpus_per_node": s.gpus_per_task} if s.gpus_per_task else {}),
+        **({"mem_gb": s.mem_gb} if s.mem_gb else {}),
+        **({"slurm_partition": s.partition} if s.partition else {}),
+    )  # fmt: skip
+    submitted = executor.map_array(_SubmititRun(*_payload(cfg, named)), *zip(*todo))
+    console.print(f"[dim]submitit ({executor.cluster}): {len(submitted)} jobs, logs in {submitted[0].paths.folder}[/dim]")
+    for job in submitit.helpers.as_completed(submitted, poll_frequency=1):
+        _raise_if_failed(job)
+        progress.advance()
+
+
+def _raise_if_failed(job) -> None:
+    """A failed job ends the command: a preempted run, a numerical fault or bad input as in one process
+    (one line, the same exit status), anything else with the job's own traceback."""
+    from overopt.errors import NumericalFault, Preempted
+
+    error = job.exception()
+    if error is None:
+        return
+    last = next((line for line in reversed(str(error).splitlines()) if line.strip()), "")
+    kind, _, message = last.partition(": ")
+    known = {"Preempted": Preempted, "NumericalFault": NumericalFault, "ValueError": ValueError, "InUse": ValueError}
+    if kind.rsplit(".", 1)[-1] in known:
+        raise known[kind.rsplit(".", 1)[-1]](f"{message} (submitit job {job.job_id}, log {job.paths.stderr})")
+    raise error

@@ -1,0 +1,65 @@
+"""Many runs at once (overopt.launch): how `--jobs` and `--threads` split the cores, the OpenMP wait policy
+the command line sets before torch loads, and the launcher's one-line refusals. The runs themselves
+(`--jobs 2` == `--jobs 1`, the submitit launcher) are checked in tests/test_compare.py, on its smoke lab."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from overopt import launch
+from overopt.cli import main
+from overopt.config import ExperimentConfig
+
+
+@pytest.mark.parametrize(
+    ("jobs", "threads", "expected"),
+    [
+        (1, 0, (1, 8)),  # the default: one run at a time on every core
+        (2, 0, (2, 4)),  # --jobs 2: the cores split between them
+        (3, 0, (3, 2)),
+        (16, 0, (16, 1)),  # never fewer than one thread
+        (0, 1, (8, 1)),  # compare's default: one process per core, one thread each
+        (0, 0, (8, 1)),
+        (0, 3, (2, 3)),
+        (2, 3, (2, 3)),  # both given: as given
+    ],
+)
+def test_jobs_and_threads_split_the_usable_cores(monkeypatch, jobs, threads, expected):
+    monkeypatch.setattr(launch, "usable_cores", lambda: 8)
+    assert launch.parallelism(ExperimentConfig(jobs=jobs, threads=threads)) == expected
+
+
+def test_usable_cores_follow_the_affinity_mask():
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no affinity masks on this platform")
+    assert launch.usable_cores() == len(os.sched_getaffinity(0)) >= 1
+
+
+def test_the_command_line_makes_openmp_wait_passively_before_torch_loads(monkeypatch, tmp_path):
+    # torch reads OMP_WAIT_POLICY when it loads: the command line must set it before anything imports torch.
+    code = "import sys, overopt.cli; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    with pytest.raises(SystemExit):
+        main(["report", str(tmp_path / "missing")])
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "")  # the user's choice (here: the library's own default) is kept
+    with pytest.raises(SystemExit):
+        main(["report", str(tmp_path / "missing")])
+    assert os.environ["OMP_WAIT_POLICY"] == ""
+
+
+def test_launcher_fields_are_checked_and_submitit_is_optional(monkeypatch, capsys, tmp_path):
+    for bad, message in ((["--launcher", "ray"], "launcher"), (["--jobs", "-1"], "jobs")):
+        with pytest.raises(SystemExit):
+            main(["run", "--preset", "smoke", "--out", str(tmp_path / "never"), *bad])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "never").exists()
+    monkeypatch.setitem(sys.modules, "submitit", None)  # as if not installed
+    with pytest.raises(ValueError, match=r"pip install 'overopt\[cluster\]'"):
+        launch._submitit()
