@@ -9,7 +9,7 @@ Two modes:
     python benchmarks/compare_methods.py                       # summarize, default preset, 3 seeds
     python benchmarks/compare_methods.py --seeds 5 --methods none,kl,gr
     python benchmarks/compare_methods.py --testbed math_format --methods none,kl,ref_reset,gr,par,chi2
-    python benchmarks/compare_methods.py --frontier --seeds 3 --workers 2   # summarize frontier
+    python benchmarks/compare_methods.py --frontier --seeds 3 --jobs 2   # summarize frontier
     python benchmarks/compare_methods.py --frontier --testbed judge
     python benchmarks/compare_methods.py --methods gr --sweep gr.bf16_roundtrip=False,True \\
         --out benchmarks/out/bf16 --baseline benchmarks/out/frontier-summarize   # + lift over none's path
@@ -60,8 +60,8 @@ class Args:
     """Output directory (default: benchmarks/out/<preset> or <testbed>[-<preset>])."""
     frontier: bool = False
     """Run `overopt compare` (each method over its strength grid) and write the frontier tables."""
-    workers: int = 0
-    """--frontier: runs at once (0: the cores / threads per run)."""
+    jobs: int = 0
+    """--frontier: runs at once (0: the usable cores / threads per run)."""
     grid: str = ""
     """--frontier: grid file (default: overopt/presets/frontier.yaml)."""
     grid_methods: str = ""
@@ -149,16 +149,18 @@ def run_frontier(args: Args) -> None:
     out = HERE / "out" / f"frontier-{key}"
     argv = ["compare", "--testbed", args.testbed, "--preset", args.preset, "--out", str(out),
             "--seeds", str(args.seeds), *(f"--{item}" for item in args.extra)]  # fmt: skip
-    for flag, value in (("--workers", args.workers), ("--grid", args.grid), ("--grid-methods", args.grid_methods)):
+    for flag, value in (("--jobs", args.jobs), ("--grid", args.grid), ("--grid-methods", args.grid_methods)):
         if value:
             argv += [flag, str(value)]
     overopt_main(argv)
     frontier = read_json(out / "frontier.json")
     invocations = [i for i in read_json(out / "compare_timing.json")["invocations"] if i["ran"]]
+    for i in invocations:  # logs written before `--workers` became `--jobs`
+        i.setdefault("jobs", i.get("workers"))
     summary = read_json(out / "summary.json")
     command = f"python benchmarks/compare_methods.py --frontier --testbed {args.testbed} --preset {args.preset} " + (
         f"--seeds {args.seeds}" + "".join(f" --{k.replace('_', '-')} {v}" for k, v in
-        (("workers", args.workers), ("grid", args.grid), ("grid_methods", args.grid_methods)) if v)
+        (("jobs", args.jobs), ("grid", args.grid), ("grid_methods", args.grid_methods)) if v)
     )  # fmt: skip
     strengths = [
         f"| `{name}` | `{m['strength_key'] or '—'}` | "
@@ -175,7 +177,7 @@ def run_frontier(args: Args) -> None:
         f"Date: {datetime.date.today().isoformat()}  ",
         f"Machine: {machine()}  ",
         "Wall time of the runs (the shared stages come before; reused runs are not counted): "
-        + "; ".join(f"{i['wall_s']:.0f} s for {i['ran']} runs ({i['workers']} worker processes × "
+        + "; ".join(f"{i['wall_s']:.0f} s for {i['ran']} runs ({i['jobs']} processes × "
                     f"{i['threads_per_run']} torch thread, {i['date'][:10]})" for i in invocations) + ".",
         "",
         f"SFT gold {frontier['sft_gold']:.3f}. Seeds {frontier['seeds']}; each method's grid is in "

@@ -55,3 +55,12 @@ def uninterrupted(tmp_path_factory):
     finally:
         torch.set_num_threads(before)
     return out
+
+
+@pytest.fixture
+def no_report(monkeypatch):
+    """Skip the report at the end of a run: it reads the runs' outputs and adds nothing that the crash,
+    preemption and lock tests compare, yet it is most of a smoke run's time (forked children inherit it)."""
+    import overopt.report
+
+    monkeypatch.setattr(overopt.report, "build_report", lambda out, console=None: {})

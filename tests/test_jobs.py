@@ -30,7 +30,7 @@ from overopt.config import ExperimentConfig
 )
 def test_jobs_and_threads_split_the_usable_cores(monkeypatch, jobs, threads, expected):
     monkeypatch.setattr(launch, "usable_cores", lambda: 8)
-    assert launch.parallelism(ExperimentConfig(jobs=jobs, threads=threads)) == expected
+    assert launch.parallelism(ExperimentConfig.model_construct(jobs=jobs, threads=threads)) == expected
 
 
 def test_usable_cores_follow_the_affinity_mask():

@@ -18,7 +18,7 @@ STAT_KEYS = {"gold_final", "gold_peak", "proxy_final", "kl_final", "wall_s", "go
 @pytest.fixture(scope="module")
 def smoke_out(tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke") / "out"
-    main(["run", "--preset", "smoke", "--out", str(out)])
+    main(["run", "--preset", "smoke", "--out", str(out), "--report_to", "tensorboard"])  # trackers change no result
     return out
 
 
@@ -45,6 +45,21 @@ def test_smoke_run_writes_the_output_contract(smoke_out):
     assert "data:image/png;base64" in html and "heldout" in html.replace(" ", "_").lower()
     pngs = list((smoke_out / "plots").glob("*.png"))
     assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_report_to_tensorboard_writes_each_runs_metrics(smoke_out):
+    """`--report_to tensorboard`: one TensorBoard run per method × seed holding every metrics.jsonl figure."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for method in ("none", "kl"):
+        rows = [json.loads(line) for line in (smoke_out / "runs" / method / "seed0" / "metrics.jsonl").open()]
+        events = EventAccumulator(str(smoke_out / "tracking" / "tensorboard" / method / "seed0")).Reload()
+        keys = {key for row in rows for key in row} - {"step"}
+        assert set(events.Tags()["scalars"]) == keys
+        for key in keys:
+            assert [(e.step, e.value) for e in events.Scalars(key)] == [
+                (r["step"], pytest.approx(r[key], rel=1e-6, abs=1e-30)) for r in rows if key in r
+            ], key
 
 
 def test_rerun_reuses_finished_stages_and_runs(smoke_out):

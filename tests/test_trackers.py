@@ -123,6 +123,8 @@ def _offline_run(run_dir: Path) -> dict:
 
 
 def test_wandb_offline_run_holds_the_config_and_every_row_and_resumes_the_same_run(tmp_path, monkeypatch):
+    import wandb
+
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))
@@ -142,6 +144,7 @@ def test_wandb_offline_run_holds_the_config_and_every_row_and_resumes_the_same_r
     for row in ROWS[1:]:
         resumed.log(row)
     resumed.finish()
+    wandb.teardown()  # finish() returns before wandb-core has written everything to the offline files
 
     runs = sorted((tmp_path / "wandb-dir" / "wandb").glob("offline-run-*"))
     assert len(runs) == 2
@@ -167,14 +170,16 @@ def test_no_trackers_open_nothing(tmp_path):
         ("mlflow", "report_to: 'mlflow' is an accelerate tracker that overopt does not open"),
         ("wandb", "report_to: wandb is not installed: pip install 'overopt[trackers]'"),
     ],
+    ids=["unknown", "not-wired", "not-installed"],
 )
-def test_bad_tracker_names_are_one_line_errors(report_to, message, monkeypatch, capsys):
+def test_bad_tracker_names_are_one_line_errors(report_to, message, tmp_path, monkeypatch, capsys):
     import accelerate.utils
 
     monkeypatch.setattr(accelerate.utils, "is_wandb_available", lambda: False)
     with pytest.raises(ValidationError, match="report_to"):
         load_config("smoke").model_validate({**load_config("smoke").model_dump(), "report_to": report_to})
     with pytest.raises(SystemExit) as exit_info:
-        main(["run", "--preset", "smoke", "--out", "unused", "--report_to", report_to])
+        main(["run", "--preset", "smoke", "--out", str(tmp_path / "never"), "--report_to", report_to])
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "never").exists()

@@ -1,8 +1,8 @@
 """GPU check: which Python packages are there, which must come from wheels/, and the versions to report.
 
-    python deps.py missing            # top-level packages the check needs that are not importable (pip names)
-    python deps.py closure WHEELDIR   # the wheel files in WHEELDIR whose distribution is not installed
-    python deps.py report OUT_JSON    # versions, the project's requirements against them, CUDA, pip check
+python deps.py missing            # top-level packages the check needs that are not importable (pip names)
+python deps.py closure WHEELDIR   # the wheel files in WHEELDIR whose distribution is not installed
+python deps.py report OUT_JSON    # versions, the project's requirements against them, CUDA, pip check
 """
 
 from __future__ import annotations

@@ -83,6 +83,14 @@ def main() -> int:
     if finished:
         rows.append({"part": "start-up and report", "wall_s": total - sum(r["wall_s"] or 0 for r in rows)})
     in_progress = [d.name for d in (out / "artifacts").glob(".*.tmp")] if (out / "artifacts").exists() else []
+    # A stage stopped by the timeout leaves its last checkpoint (overopt checkpoints on SIGTERM): its step.
+    checkpoints = {}
+    for state in sorted(out.glob("checkpoints/**/step-*/state.json")):
+        name = str(state.parent.parent.relative_to(out / "checkpoints"))
+        try:
+            checkpoints[name] = max(checkpoints.get(name, 0), json.loads(state.read_text())["step"])
+        except (OSError, ValueError, KeyError):
+            pass
     try:
         import torch
 
@@ -98,6 +106,7 @@ def main() -> int:
         "total_s": round(total, 2),
         "rows": rows,
         "unfinished_stage_dirs": in_progress,
+        "checkpointed_steps": checkpoints,
         "cpu_count": os.cpu_count(),
         "threads": args.threads,
         "cpu_reference": cpu_reference(),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -24,6 +25,42 @@ def load(path: Path):
         return None
     except Exception as err:  # noqa: BLE001
         return {"unreadable": repr(err)}
+
+
+def merge_pytest(j: Path) -> dict | None:
+    """cuda_plugin's files (one per pytest process: main and each xdist worker), merged by test id."""
+    files = sorted(j.glob("pytest.*.json"))
+    if not files:
+        return None
+    tests: dict[str, dict] = {}
+    status = None
+    for f in files:
+        part = load(f)
+        if not isinstance(part, dict):
+            continue
+        if part.get("worker") == "main":
+            status = part.get("exitstatus")
+        for t in part.get("tests", []):
+            row = tests.setdefault(t["test"], {})
+            for k, v in t.items():
+                if k == "outcome" and row.get("outcome") == "failed":
+                    continue
+                if v is not None:
+                    row[k] = v
+    return {"exitstatus": status, "files": [f.name for f in files], "tests": list(tests.values())}
+
+
+def subprocess_cuda(test_id: str, probe: list) -> list[str]:
+    """The probe records of `overopt` subprocesses that ran for a test: its tmp_path (pytest names it after the
+    test, non-word characters replaced by '_', cut at 30 characters) appears in their --out argument."""
+    name = re.sub(r"[\W]", "_", test_id.split("::")[-1])[:30]
+    out = []
+    for p in probe if isinstance(probe, list) else []:
+        if isinstance(p, dict) and re.search(rf"/{re.escape(name)}\d+/", " ".join(p.get("argv", [])) + "/"):
+            peak = p.get("cuda_peak_allocated_mib")
+            out.append("CUDA" + (f" {peak:.0f} MiB" if peak is not None else "") if p.get("cuda_initialized")
+                       else "no CUDA")  # fmt: skip
+    return out
 
 
 def gpu_samples(path: Path) -> list[tuple[float, float, float]]:
@@ -68,7 +105,7 @@ def main() -> int:
         "steps": steps,
         "versions": load(j / "versions.json"),
         "smoke": load(j / "smoke.json"),
-        "pytest": load(j / "pytest.json"),
+        "pytest": merge_pytest(j),
         "stages": load(j / "stages.json"),
         "throughput": load(j / "throughput.json"),
         "probe": {p.stem: load(p) for p in sorted(j.glob("probe_*.jsonl"))},
@@ -84,7 +121,6 @@ def main() -> int:
         for t in pytest.get("tests", []):
             if "start" in t:
                 t["gpu"] = window(samples, t["start"] - 0.5, t["end"] + 0.5)
-    (out / "results.json").write_text(json.dumps(data, indent=1, default=str))
 
     md: list[str] = []
     v = data["versions"] if isinstance(data["versions"], dict) else {}
@@ -143,13 +179,19 @@ def main() -> int:
         counts: dict[str, int] = {}
         for t in tests:
             counts[t.get("outcome", "?")] = counts.get(t.get("outcome", "?"), 0) + 1
-        md.append(f"Exit status {pytest.get('exitstatus')}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
-        md += ["", "| test | outcome | call s | CUDA peak in pytest MiB | GPU mem max MiB (nvidia-smi, whole GPU) |",
-               "|---|---|---|---|---|"]  # fmt: skip
+        tally = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+        md.append(f"Exit status {pytest.get('exitstatus')}: {tally}")
+        md += ["", "| test | outcome | call s | CUDA peak in the pytest process, MiB | overopt subprocesses (probe) "
+               "| GPU memory used, max MiB (nvidia-smi, whole GPU, all workers) |",
+               "|---|---|---|---|---|---|"]  # fmt: skip
+        probe = data["probe"].get("probe_pytest") or []
         for t in tests:
             g = t.get("gpu") or {}
+            subs = subprocess_cuda(t["test"], probe)
+            t["subprocesses"] = subs
             md.append(f"| `{t['test'].split('::', 1)[-1]}` | {t.get('outcome')} | {fmt(t.get('call_s'))} | "
-                      f"{fmt(t.get('cuda_peak_allocated_mib'))} | {fmt(g.get('max_mem_used_mib'), 0)} |")  # fmt: skip
+                      f"{fmt(t.get('cuda_peak_allocated_mib'))} | {', '.join(subs) or '–'} | "
+                      f"{fmt(g.get('max_mem_used_mib'), 0)} |")  # fmt: skip
         failed = [t for t in tests if t.get("outcome") == "failed"]
         for t in failed:
             md += ["", f"Failure of `{t['test']}`:", "```", (t.get("error") or "")[-1200:], "```"]
@@ -169,16 +211,17 @@ def main() -> int:
     if st:
         ref = st.get("cpu_reference") or {}
         rows = ref.get("rows", {})
+        how = f"timed out after {fmt(st.get('timeout_s'), 0)} s" if st.get("timed_out") else "finished"
         md.append(f"Command: `{st.get('command')}` (threads {st.get('threads')}, {st.get('cpu_count')} CPU cores), "
-                  f"exit {st.get('exit')}, {'timed out after ' + fmt(st.get('timeout_s'), 0) + ' s' if st.get('timed_out') else 'finished'}"
-                  f", total {fmt(st.get('total_s'))} s.  ")  # fmt: skip
+                  f"exit {st.get('exit')}, {how}, total {fmt(st.get('total_s'))} s.  ")  # fmt: skip
         md.append(f"CPU figure: RESULTS.md, {ref.get('machine')} ({ref.get('date')}), all stages of the full job.")
         md += ["", "| part | this machine, wall s | RESULTS.md CPU, wall s |", "|---|---|---|"]
         for r in st.get("rows", []):
             extra = f" (to step {r['last_step']})" if r.get("last_step") is not None and not st.get("finished") else ""
             md.append(f"| {r['part']}{extra} | {fmt(r.get('wall_s'))} | {fmt(rows.get(r['part']))} |")
         if st.get("unfinished_stage_dirs"):
-            md.append(f"| unfinished: {', '.join(st['unfinished_stage_dirs'])} | | |")
+            md.append(f"| unfinished: {', '.join(st['unfinished_stage_dirs'])} (checkpointed steps: "
+                      f"{st.get('checkpointed_steps') or 'none'}) | | |")  # fmt: skip
         probe = data["probe"].get("probe_default") or []
         runs = [p for p in probe if isinstance(p, dict) and "overopt" in " ".join(p.get("argv", []))]
         used = [(p.get("cuda_initialized"), p.get("cuda_peak_allocated_mib")) for p in runs]
@@ -196,6 +239,7 @@ def main() -> int:
     md += ["## 3. RL step throughput: overopt vs TRL GRPOTrainer, ~100M Llama", ""]
     if tp:
         mdl, b, c = tp.get("model", {}), tp.get("batch", {}), tp.get("config", {})
+        precision = "autocast, float32 weights" if c.get("dtype") == "bfloat16" else "no autocast"
         md.append(
             f"Policy: from-scratch Llama, random weights, {fmt((mdl.get('params') or 0) / 1e6)} M parameters (hidden "
             f"{mdl.get('hidden')}, {mdl.get('layers')} layers, {mdl.get('heads')} heads, intermediate "
@@ -203,7 +247,7 @@ def main() -> int:
             f"backbone + a scalar head. {b.get('prompts_per_step')} prompts × group {b.get('group_size')} = "
             f"{b.get('rows')} completions per update, prompts of {b.get('prompt_tokens')} tokens, ≤ {b.get('max_new')} "
             f"completion tokens, T = 1, GRPO without KL, {c.get('steps')} timed updates after 1 warm-up, "
-            f"{c.get('reps')} runs per side, {c.get('dtype')} ({'autocast, float32 weights' if c.get('dtype') == 'bfloat16' else 'no autocast'}), "
+            f"{c.get('reps')} runs per side, {c.get('dtype')} ({precision}), "
             f"{c.get('threads')} torch CPU threads, on {tp.get('device')}."
         )  # fmt: skip
         if tp.get("table_md"):
@@ -221,7 +265,8 @@ def main() -> int:
                    "in brackets):", "", "| side | rep | wall s | completions/s | gen tokens/s | peak CUDA MiB |",
                    "|---|---|---|---|---|---|"]  # fmt: skip
             for r in runs:
-                md.append(f"| {r['side']} | {r['rep']} | {fmt(r.get('wall_s'), 2)} | {fmt(r.get('completions_per_s'))} | "
+                md.append(f"| {r['side']} | {r['rep']} | {fmt(r.get('wall_s'), 2)} | "
+                          f"{fmt(r.get('completions_per_s'))} | "
                           f"{fmt(r.get('gen_tokens_per_s'), 0)} | {fmt(r.get('cuda_peak_allocated_mib'), 0)} "
                           f"({fmt(r.get('cuda_in_use_at_start_mib'), 0)}) |")  # fmt: skip
         if tp.get("stopped_early"):
@@ -243,6 +288,7 @@ def main() -> int:
     if failed:
         md += ["## Steps that failed or timed out", ""]
         md += [f"- {s['step']}: exit {s['rc']} (log: logs.tar.gz, logs/{s['step']}.log)" for s in failed]
+    (out / "results.json").write_text(json.dumps(data, indent=1, default=str))
     (out / "summary.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0

@@ -47,9 +47,8 @@ sys.path.insert(0, str(HERE.parent))  # benchmarks/: rl_throughput, compare_meth
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
-
 import rl_throughput as rt  # noqa: E402
+import torch  # noqa: E402
 
 
 def parse() -> argparse.Namespace:

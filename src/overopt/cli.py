@@ -161,7 +161,9 @@ def main(argv: list[str] | None = None) -> None:
         print(EXIT_STATUSES, file=sys.stderr)
         raise SystemExit(0 if argv[:1] in (["-h"], ["--help"]) else 2)
     try:
-        with preempt.handling():  # SIGTERM/SIGUSR1: the running stage checkpoints, then the command stops
+        # SIGTERM/SIGUSR1 while training: the running stage checkpoints, then the command stops (`report`
+        # has nothing to checkpoint: the signals keep their usual effect there).
+        with preempt.handling() if argv[0] != "report" else contextlib.nullcontext():
             COMMANDS[argv[0]](argv[1:])
     except Preempted as err:
         print(f"overopt: preempted: {err}", file=sys.stderr)

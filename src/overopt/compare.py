@@ -146,16 +146,14 @@ def run_compare(
 
 def _run_grid(cfg: ExperimentConfig, testbed, grid, budgets, named, plans) -> dict:
     """The comparison with OUT held: the shared stages, the plan, every run not finished yet, the report."""
-    from overopt.pipeline import build_lab, finish, is_finished, jobs
+    from overopt.pipeline import build_lab, finish, jobs
 
     with testbed.precision():
         lab = build_lab(cfg, testbed, plans)
         launch.train_shared(lab, plans)  # ensemble members here, not in several jobs at once
     out = Path(cfg.out)
     atomic_write_text(out / PLAN_FILE, json.dumps(frontier_plan(cfg, grid, budgets, plans), indent=2) + "\n")
-    every = jobs(cfg, plans)
-    todo = [job for job in every if not is_finished(lab, *job)]
-    done = launch.run_jobs(lab, plans, named, todo, testbed.precision)
-    launch.log_invocation(out / TIMING_FILE, runs=len(every), **done)
-    console.print(f"compare: {len(todo)} of {len(every)} runs in {done['wall_s']:.0f} s, {done['jobs']} at once")
+    done = launch.run_jobs(lab, plans, named, jobs(cfg, plans), testbed.precision)
+    launch.log_invocation(out / TIMING_FILE, **done)
+    console.print(f"compare: {done['ran']} of {done['runs']} runs in {done['wall_s']:.0f} s, {done['jobs']} at once")
     return finish(cfg)

@@ -311,11 +311,11 @@ class SlurmConfig(_Frozen):
     """`--launcher submitit`: one Slurm job per run through submitit (without Slurm, submitit's local executor)."""
 
     partition: str = Field("", description="Slurm partition ('' = the cluster's default).")
-    timeout_min: int = Field(60, gt=0, description="Time limit of each run's job (at the limit it is requeued, resumed).")
+    timeout_min: int = Field(60, gt=0, description="Minutes per run's job (at the limit: requeued, resumed).")
     cpus_per_task: int = Field(1, gt=0, description="CPU cores per run (its torch threads when threads = 0).")
     gpus_per_task: int = Field(0, ge=0, description="GPUs per run.")
     mem_gb: float = Field(0, ge=0, description="Memory per run in GB (0 = the cluster's default).")
-    folder: Path | None = Field(None, description="submitit's job scripts and logs (default OUT/submitit).")
+    folder: str = Field("", description="submitit's job scripts and logs ('' = OUT/submitit).")
 
 
 class ExperimentConfig(_Frozen):
@@ -340,9 +340,7 @@ class ExperimentConfig(_Frozen):
     )
     seeds: int = Field(3, gt=0, description="RL seeds per method (0..seeds-1).")
     seed: int = Field(0, ge=0, description="Seed of the shared stages (testbed data, SFT, pairs, RM).")
-    jobs: int = Field(
-        1, ge=0, description="Runs (methods × seeds × sweep values) at once, in separate processes (0 = cores ÷ threads)."
-    )
+    jobs: int = Field(1, ge=0, description="Runs at once, each in its own process (0 = usable cores ÷ threads).")
     threads: int = Field(0, ge=0, description="torch CPU threads per process (0 = usable cores ÷ jobs, at least 1).")
     launcher: Literal["local", "submitit"] = Field(
         "local", description="Where the runs go: local processes, or submitit (Slurm jobs; its local executor without)."

@@ -70,16 +70,20 @@ def _cost(plan) -> float:
     return 1.0 + 3.0 * plan.ocrm + 1.0 * ("gr" in plan.parts)
 
 
-def run_jobs(lab, plans, named: Named, todo: list[tuple[str, int]], precision) -> dict:
-    """Run every (run name, seed) of `todo` with lab.cfg's launcher; returns what it did (for the timing log)."""
+def run_jobs(lab, plans, named: Named, every: list[tuple[str, int]], precision) -> dict:
+    """Run every (run name, seed) of `every` not finished yet with lab.cfg's launcher; returns what it did
+    (for the timing log)."""
     import torch
 
     from overopt import distributed
-    from overopt.pipeline import run_job
+    from overopt.pipeline import is_finished, run_job
 
     cfg = lab.cfg
+    todo = [job for job in every if not is_finished(lab, *job)]
+    if len(todo) < len(every):
+        console.print(f"[dim]reusing {len(every) - len(todo)} finished runs in {Path(cfg.out) / 'runs'}[/dim]")
     if (cfg.jobs != 1 or cfg.launcher != "local") and distributed.world() > 1:
-        raise ValueError("--jobs and --launcher submitit start their own processes: use neither under accelerate launch")
+        raise ValueError("--jobs and --launcher submitit start processes of their own: not under accelerate launch")
     jobs, threads = parallelism(cfg)
     if cfg.launcher == "submitit":
         jobs, threads = cfg.jobs or len(todo), cfg.threads or cfg.slurm.cpus_per_task
@@ -102,12 +106,13 @@ def run_jobs(lab, plans, named: Named, todo: list[tuple[str, int]], precision) -
                 _run_pool(worker_cfg, named, todo, min(jobs, len(todo)), progress)
             else:
                 _run_submitit(worker_cfg, named, todo, progress)
-    return {**record, "ran": len(todo), "wall_s": time.perf_counter() - start}
+    return {**record, "runs": len(every), "ran": len(todo), "wall_s": time.perf_counter() - start}
 
 
 def log_invocation(path: Path, **entry) -> None:
     """Append one invocation (runs, runs it ran, jobs, threads, wall time of the runs) to a JSON log in OUT."""
     from overopt.io import atomic_write_text  # imports torch: not before a submitit job has set OpenMP up
+
     log = json.loads(path.read_text()) if path.exists() else {"invocations": []}
     log["invocations"].append({"date": time.strftime("%Y-%m-%d %H:%M:%S"), **entry})
     atomic_write_text(path, json.dumps(log, indent=2) + "\n")
@@ -144,11 +149,15 @@ def _run_pool(cfg: ExperimentConfig, named: Named, todo: list[tuple[str, int]], 
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                              initargs=_payload(cfg, named)) as pool:  # fmt: skip
         pending = {pool.submit(_run_in_worker, name, seed) for name, seed in todo}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for future in done:
-                future.result()  # a failed run ends the command with its error
-                progress.advance()
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    future.result()  # a failed or preempted run ends the command with its error
+                    progress.advance()
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # start no other run; those under way end or checkpoint
+            raise
 
 
 class _SubmititRun:
@@ -189,10 +198,15 @@ def _run_submitit(cfg: ExperimentConfig, named: Named, todo: list[tuple[str, int
         **({"slurm_partition": s.partition} if s.partition else {}),
     )  # fmt: skip
     submitted = executor.map_array(_SubmititRun(*_payload(cfg, named)), *zip(*todo))
-    console.print(f"[dim]submitit ({executor.cluster}): {len(submitted)} jobs, logs in {submitted[0].paths.folder}[/dim]")
-    for job in submitit.helpers.as_completed(submitted, poll_frequency=1):
-        _raise_if_failed(job)
-        progress.advance()
+    console.print(f"[dim]submitit ({executor.cluster}): {len(submitted)} jobs; logs in {executor.folder}[/dim]")
+    pending = list(submitted)
+    while pending:
+        preempt.check("the submitted jobs go on without this command")  # SIGTERM/SIGUSR1: stop waiting
+        for job in [job for job in pending if job.done()]:
+            _raise_if_failed(job)
+            pending.remove(job)
+            progress.advance()
+        time.sleep(1.0 if pending else 0)
 
 
 def _raise_if_failed(job) -> None:

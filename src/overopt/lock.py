@@ -90,11 +90,11 @@ def _exclusive(lock_path: Path, what: str, advice: str, make_dir: Callable[[], N
         return
     # Several processes of one launch: the main one takes the lock, then all learn whether it did.
     with contextlib.ExitStack() as stack:
-        refusal: ValueError | None = None
+        refusal: Exception | None = None
         if distributed.is_main():
             try:
                 stack.enter_context(_hold(lock_path, what, advice, make_dir))
-            except ValueError as err:  # InUse, or an OUT that cannot be created
+            except Exception as err:  # InUse, an OUT that cannot be created, ...: the others must not wait
                 refusal = err
         message = _from_main(None if refusal is None else str(refusal))
         if refusal is not None:
@@ -128,8 +128,9 @@ def _hold(lock_path: Path, what: str, advice: str, make_dir: Callable[[], None])
         atomic_write_text(record, json.dumps(_me()) + "\n")
         yield
     finally:
-        # The record goes first: whoever reads it finds the lock held. The flock file itself stays (an
-        # empty file): deleting it while another process waits on it would let two hold "the" lock.
+        # The record goes before the lock, so a record found beside a free lock can only be a killed
+        # holder's. The flock file stays (empty): deleting it while another process waits on it would let
+        # two processes hold "the" lock, one on the deleted file and one on a new one.
         record.unlink(missing_ok=True)
         lock.release()
 

@@ -148,11 +148,9 @@ def run_experiment(cfg: ExperimentConfig, variants: list[tuple[str, str, Experim
         with testbed.precision():  # hf: bfloat16 autocast if asked for
             lab = build_lab(cfg, testbed, plans)
             launch.train_shared(lab, plans)  # every stage is finished before any run starts (--jobs, --launcher)
-        every = jobs(cfg, plans)
-        todo = [job for job in every if not is_finished(lab, *job)]
-        done = launch.run_jobs(lab, plans, named, todo, testbed.precision)
+        done = launch.run_jobs(lab, plans, named, jobs(cfg, plans), testbed.precision)
         if distributed.is_main():
-            launch.log_invocation(Path(cfg.out) / RUN_TIMING_FILE, runs=len(every), **done)
+            launch.log_invocation(Path(cfg.out) / RUN_TIMING_FILE, **done)
         return finish(cfg)
 
 

@@ -13,9 +13,9 @@ safe point:
 
 The CLI then prints one line and exits with status 75 (errors.PREEMPTED_STATUS); the same command
 resumes from the checkpoint and reproduces the uninterrupted run (tests/test_preempt.py). A process
-that runs workers (`overopt compare --workers N`) passes the signal on to them; each worker
-checkpoints its own run. SIGKILL cannot be caught: what it interrupts resumes from the newest
-periodic checkpoint (`--checkpoint_every_s`).
+that runs workers (`--jobs N`, overopt.launch) passes the signal on to them; each worker checkpoints
+its own run. `overopt report` installs nothing. SIGKILL cannot be caught: what it interrupts resumes
+from the newest periodic checkpoint (`--checkpoint_every_s`).
 """
 
 from __future__ import annotations

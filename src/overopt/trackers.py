@@ -95,10 +95,9 @@ def open_run(cfg, name: str, seed: int, metrics: Path, state: dict | None = None
     names = tracker_names(cfg.report_to)
     if not names:
         return RunTrackers()
-    import torch
     from accelerate import PartialState
 
-    PartialState(cpu=not torch.cuda.is_available())  # accelerate's trackers log through its process state
+    PartialState()  # accelerate's trackers log through its process state (under accelerate launch: already up)
     out = Path(cfg.out)
     run_name = f"{name}/seed{seed}"
     config = {"run.name": name, "run.seed": seed, **flat_config(cfg.model_dump(mode="json"))}
