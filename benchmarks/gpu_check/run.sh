@@ -18,7 +18,8 @@
 #   4. OUT/summary.md and OUT/results.json (summarize.py); OUT/logs.tar.gz holds every log and JSON.
 #
 # Environment: OUT (default /tmp/gpucheck), PY (default python3), GPU_CHECK_SMALL=1 (tiny shapes),
-# GPU_CHECK_BUDGET_S (default 540: the steps' total; summarising comes after), GPU_CHECK_INSTALL=0|1|dry.
+# GPU_CHECK_BUDGET_S (default 530: the steps' total; summarising, at most 40 s, comes after: under 10 minutes
+# in all), GPU_CHECK_INSTALL=0|1|dry (dry: pip --dry-run, no editable install; for a local check).
 set -u
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT" || exit 1
@@ -26,9 +27,9 @@ OUT=${OUT:-/tmp/gpucheck}
 mkdir -p "$OUT"
 PY=${PY:-$(command -v python3 || command -v python)}
 SMALL=${GPU_CHECK_SMALL:-0}
-BUDGET=${GPU_CHECK_BUDGET_S:-540}
+BUDGET=${GPU_CHECK_BUDGET_S:-530}
 INSTALL=${GPU_CHECK_INSTALL:-1}
-RESERVE=5   # seconds kept back after the last step
+RESERVE=15  # seconds kept back: a step killed at its limit gets 10 s more (timeout -k 10)
 T0=$(date +%s)
 WORK=$(mktemp -d /tmp/gpucheck-work.XXXXXX)
 J=$WORK/json
@@ -67,6 +68,7 @@ run_step() {
     tail -n "${TAIL_LINES:-12}" "$L/$name.log" | cut -c1-400
     printf '{"step":"%s","rc":%d,"start":%s,"end":%s,"limit_s":%d}\n' "$name" "$RC" "$s" "$e" "$limit" >>"$J/steps.jsonl"
     echo "== $name: exit $RC$( ((RC == 124 || RC == 137)) && echo ' (TIMED OUT)'), $(awk "BEGIN{printf \"%.1f\", $e - $s}") s"
+    tar -czf "$OUT/logs.tar.gz" -C "$WORK" json logs 2>/dev/null # kept current: a hard stop still leaves it
 }
 
 echo "GPU check: $(date -Is), root $ROOT, work $WORK, OUT $OUT, python $PY, small=$SMALL, budget ${BUDGET} s"
@@ -158,13 +160,18 @@ INNER=$(($(left) - 25))
 ((INNER > 200)) && INNER=200
 ST_ARGS=("$WORK/default_run" "$J/stages.json" --timeout "$INNER" --threads 0)
 [ "$SMALL" = 1 ] && ST_ARGS+=(--preset smoke --threads 1)
-GPU_CHECK_CUDA_LOG="$J/probe_default.jsonl" PYTHONPATH="$PROBE:$PYTHONPATH" \
-    TAIL_LINES=30 run_step default_preset $((INNER + 25)) "$PY" benchmarks/gpu_check/stages.py "${ST_ARGS[@]}"
+if ((INNER < 30)); then
+    echo "== default_preset: SKIPPED, ${INNER} s left in the ${BUDGET} s budget"
+    printf '{"step":"default_preset","rc":null,"skipped":true}\n' >>"$J/steps.jsonl"
+else
+    GPU_CHECK_CUDA_LOG="$J/probe_default.jsonl" PYTHONPATH="$PROBE:$PYTHONPATH" \
+        TAIL_LINES=30 run_step default_preset $((INNER + 25)) "$PY" benchmarks/gpu_check/stages.py "${ST_ARGS[@]}"
+fi
 
 # -- 4. summary --------------------------------------------------------------------------------------
 [ -n "$SAMPLER" ] && kill "$SAMPLER" 2>/dev/null
 echo "== [+$(($(date +%s) - T0)) s] summary"
-timeout 60 "$PY" benchmarks/gpu_check/summarize.py "$WORK" "$OUT" >"$L/summarize.log" 2>&1 || {
+timeout 40 "$PY" benchmarks/gpu_check/summarize.py "$WORK" "$OUT" >"$L/summarize.log" 2>&1 || {
     echo "summarize.py failed:"
     tail -n 20 "$L/summarize.log"
     { echo "# GPU check: summarize.py failed"; echo; cat "$J/nvidia_smi.txt"; echo; cat "$J/steps.jsonl"; } >"$OUT/summary.md"

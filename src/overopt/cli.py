@@ -137,7 +137,7 @@ def report(argv: list[str]) -> dict:
 
 COMMANDS = {"run": run, "compare": compare, "report": report}
 EXIT_STATUSES = f"""
-exit status: 0 done; 2 bad input, or OUT in use by another command (nothing written); 3 numerical fault;
+exit status: 0 done; 2 bad input, a full disk, or OUT in use by another command; 3 numerical fault;
 {PREEMPTED_STATUS} preempted by SIGTERM or SIGUSR1 (the running stage wrote its checkpoint: rerun the same command)"""
 
 
