@@ -9,7 +9,9 @@ each parallel operation a thread with nothing to do spins on its core for a whil
 default) before it sleeps, so with more threads than cores the spinning threads take turns on the
 cores with the threads that have work, and a model of small operations waits at every one of them.
 `OMP_WAIT_POLICY=PASSIVE` makes waiting threads sleep at once (overopt's command line sets it unless
-the variable is already set; it must be set before torch is loaded).
+the variable is already set; it must be set before torch is loaded); `GOMP_SPINCOUNT=10000` is a middle
+way (spin about 0.1 ms). Waking a sleeping thread costs time at every operation, so passive waiting
+can be slower for a process that has the cores to itself: the table shows both sides.
 
 The preset's shared stages are trained once (or reused) in benchmarks/out/stages-<testbed>-<preset>.
 Then, for each condition, P copies of `overopt run --methods none --seeds 1 --rl.steps N --eval.every N
@@ -82,10 +84,18 @@ def linked_out(stages: Path, out: Path) -> Path:
     return out
 
 
+WAITING = {  # label -> environment; OMP_WAIT_POLICY "" is the OpenMP library's own default
+    "library default (spin ≈3 ms, then sleep)": {"OMP_WAIT_POLICY": ""},
+    "`GOMP_SPINCOUNT=10000` (spin ≈0.1 ms)": {"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": "10000"},
+    "`OMP_WAIT_POLICY=PASSIVE` (overopt's default)": {"OMP_WAIT_POLICY": "PASSIVE"},
+}
+PASSIVE_WAIT = list(WAITING)[-1]
+
+
 def run_condition(args: Args, stages: Path, tmp: Path, processes: int, threads: int, wait: str) -> list[float]:
     """Start `processes` RL runs at once; each one's seconds per update."""
     outs, procs = [], []
-    env = {**os.environ, "OMP_WAIT_POLICY": wait}  # "": the OpenMP library's own default
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"} | WAITING[wait]
     for i in range(processes):
         out = linked_out(stages, tmp / f"{time.monotonic_ns()}-{i}")
         cmd = overopt("--out", str(out), "--methods", "none", "--seeds", "1", "--rl.steps", str(args.steps),
@@ -106,13 +116,11 @@ def run_condition(args: Args, stages: Path, tmp: Path, processes: int, threads: 
 
 def run(args: Args) -> None:
     cores, p = usable_cores(), args.processes
-    conditions = [  # (label, processes, threads each, OMP_WAIT_POLICY)
-        ("alone", 1, cores, ""),
-        ("alone", 1, cores, "PASSIVE"),
-        ("alone", 1, 1, "PASSIVE"),
-        (f"{p} at once", p, cores, ""),
-        (f"{p} at once", p, cores, "PASSIVE"),
-        (f"{p} at once", p, max(1, cores // p), "PASSIVE"),
+    conditions = [  # (label, processes, threads each, waiting)
+        *(("alone", 1, cores, wait) for wait in WAITING),
+        ("alone", 1, 1, PASSIVE_WAIT),
+        *((f"{p} at once", p, cores, wait) for wait in WAITING),
+        (f"{p} at once", p, max(1, cores // p), PASSIVE_WAIT),  # overopt run --jobs 2
     ]
     stages = shared_stages(args.testbed, args.preset, args.extra)
     times: dict[int, list[float]] = {i: [] for i in range(len(conditions))}
@@ -123,13 +131,13 @@ def run(args: Args) -> None:
             for i in order:
                 label, processes, threads, wait = conditions[i]
                 times[i] += run_condition(args, stages, Path(tmp), processes, threads, wait)
-                print(f"rep {rep}: {label}, {threads} threads, wait {wait or 'default'}: {times[i][-processes:]}")
+                print(f"rep {rep}: {label}, {threads} threads, {wait}: {times[i][-processes:]}")
     base = statistics.median(times[0])
     rows = []
     for i, (label, processes, threads, wait) in enumerate(conditions):
         s = statistics.median(times[i])
         rows.append(
-            f"| {label} | {threads} | {wait or 'library default (spin, then sleep)'} | {1000 * s:.0f} "
+            f"| {label} | {threads} | {wait if threads > 1 else '(no waiting threads)'} | {1000 * s:.0f} "
             f"| {s / base:.2f}× | {processes / s:.1f} |"
         )
     command = f"python benchmarks/oversubscription.py --testbed {args.testbed} --preset {args.preset} " + (
@@ -144,7 +152,7 @@ def run(args: Args) -> None:
         "",
         f"`overopt run --testbed {args.testbed} --preset {args.preset} --methods none --seeds 1 "
         f"--rl.steps {args.steps}` (stages reused), one process alone or {p} started at once, each with the "
-        f"given torch threads and OpenMP wait policy (`OMP_WAIT_POLICY`). Seconds per RL update: median over "
+        f"given torch threads and OpenMP waiting. Seconds per RL update: median over "
         f"processes and {args.reps} repetitions; × alone: against one process alone with all {cores} cores "
         "and the library's default waiting.",
         "",

@@ -5,6 +5,7 @@ and `overopt run` alike: both go through overopt.launch)."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -72,41 +73,31 @@ def _invocations(out, command):
 
 
 def test_results_do_not_depend_on_how_many_run_at_once(quick, tmp_path):
-    """The same runs one by one (in-process) and two at once (spawned processes) are identical, in
-    `overopt compare` and in `overopt run`; `--jobs` is no part of a run's fingerprint."""
+    """The same runs one by one (in-process), two at once (spawned processes) and as submitit jobs are
+    identical, in `overopt compare` and in `overopt run`; `--jobs` and `--launcher` are in no fingerprint."""
     out = _sharing_stages(tmp_path / "one", quick)
     main([*QUICK, "--out", str(out), "--jobs", "1", "--grid-methods", "none,gr,signcert+kl"])
-    main([*QUICK, "--out", str(out), "--jobs", "1", "--grid-methods", "none,gr,signcert+kl"])  # all reused
-    assert [i["ran"] for i in _invocations(out, "compare")] == [10, 0]
+    assert [(i["jobs"], i["ran"]) for i in _invocations(out, "compare")] == [(1, 10)]
     runs = sorted(p.parent.relative_to(out / "runs") for p in (out / "runs").glob("*/seed*/metrics.jsonl"))
     assert len(runs) == 2 * 5
     for run in runs:
         one = _without_times([json.loads(x) for x in (out / "runs" / run / "metrics.jsonl").open()])
         two = _without_times([json.loads(x) for x in (quick / "runs" / run / "metrics.jsonl").open()])
         assert one == two, run
-    # `overopt run --jobs 2`: a sweep names its runs as the grid does; each equals the one-by-one run above.
+    # `overopt run --jobs 2`; then `--launcher submitit` (here submitit's local executor: there is no Slurm)
+    # into the same OUT, which reuses seed 0 (finished runs are reused whatever --jobs and --launcher) and
+    # runs seed 1 again, deleted, as a job.
     run_out = _sharing_stages(tmp_path / "run", quick)
-    argv = ["run", "--preset", "smoke", "--seeds", "2", "--threads", "1", "--methods", "gr",
-            "--sweep", "gr.target_correction=10.0", "--out", str(run_out)]  # fmt: skip
+    argv = ["run", "--preset", "smoke", "--seeds", "2", "--threads", "1", "--methods", "none", "--out", str(run_out)]
     main([*argv, "--jobs", "2"])
-    main([*argv, "--jobs", "1"])  # another --jobs reuses the finished runs
-    (first, second) = _invocations(run_out, "run")
-    assert (first["jobs"], first["threads_per_run"], first["ran"], second["ran"]) == (2, 1, 2, 0)
-    for seed in (0, 1):
-        two = _without_times(_rows(run_out, "gr@gr.target_correction=10.0", seed))
-        assert two == _without_times(_rows(out, "gr@gr.target_correction=10.0", seed)), seed
-
-
-def test_the_submitit_launcher_writes_the_same_runs(quick, tmp_path):
-    """`--launcher submitit` (here submitit's local executor: there is no Slurm) runs each run as a job into
-    the same OUT layout, with the same rows as a run in this process."""
-    out = _sharing_stages(tmp_path / "submitit", quick)
-    main(["run", "--preset", "smoke", "--seeds", "1", "--threads", "1", "--methods", "none", "--launcher", "submitit",
-          "--out", str(out)])  # fmt: skip
-    assert _without_times(_rows(out, "none")) == _without_times(_rows(quick, "none"))
-    (timing,) = _invocations(out, "run")
-    assert timing["launcher"] == "submitit" and timing["ran"] == 1
-    assert list((out / "submitit").glob("*_result.pkl")), "no submitit job ran"
+    shutil.rmtree(run_out / "runs" / "none" / "seed1")
+    main([*argv, "--launcher", "submitit"])
+    (pool, submitit) = _invocations(run_out, "run")
+    assert (pool["launcher"], pool["jobs"], pool["threads_per_run"], pool["ran"]) == ("local", 2, 1, 2)
+    assert (submitit["launcher"], submitit["ran"]) == ("submitit", 1)
+    assert len(list((run_out / "submitit").glob("*_result.pkl"))) == 1, "no submitit job ran"
+    for seed in (0, 1):  # each equals the one-by-one run of `overopt compare` above
+        assert _without_times(_rows(run_out, "none", seed)) == _without_times(_rows(out, "none", seed)), seed
 
 
 def test_grid_files_are_checked(tmp_path, capsys):

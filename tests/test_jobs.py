@@ -63,3 +63,38 @@ def test_launcher_fields_are_checked_and_submitit_is_optional(monkeypatch, capsy
     monkeypatch.setitem(sys.modules, "submitit", None)  # as if not installed
     with pytest.raises(ValueError, match=r"pip install 'overopt\[cluster\]'"):
         launch._submitit()
+
+
+class _FailedJob:
+    """A submitit job whose run failed, as submitit reports it (header, the job's traceback, log paths)."""
+
+    job_id = "42_0"
+    paths = type("Paths", (), {"stderr": "OUT/submitit/42_0_0_log.err"})()
+
+    def __init__(self, last_line: str):
+        self.last_line = last_line
+
+    def exception(self):
+        dashes = "-" * 22
+        return RuntimeError(
+            f"Job (task=0) failed during processing with trace:\n{dashes}\nTraceback (most recent call last):\n"
+            f'  File "x.py", line 1, in <module>\n{self.last_line}\n\n{dashes}\n'
+            f"You can check full logs with 'job.stderr(0)' and 'job.stdout(0)'or at paths:\n  - a\n  - b"
+        )
+
+
+def test_a_failed_submitit_job_ends_the_command_as_the_same_failure_in_one_process():
+    from overopt.errors import NumericalFault, Preempted
+
+    cases = {
+        "overopt.errors.Preempted: SIGTERM received; rerun the same command to resume": Preempted,
+        "overopt.errors.NumericalFault: rl step 3: non-finite loss": NumericalFault,
+        "ValueError: OUT/artifacts/rm: cannot load it (truncated)": ValueError,
+    }
+    for line, kind in cases.items():
+        with pytest.raises(kind) as caught:
+            launch._raise_if_failed(_FailedJob(line))
+        where = "(submitit job 42_0; its log: OUT/submitit/42_0_0_log.err)"
+        assert str(caught.value) == f"{line.partition(': ')[2]} {where}"
+    with pytest.raises(RuntimeError, match="ZeroDivisionError"):  # a bug: the job's own traceback
+        launch._raise_if_failed(_FailedJob("ZeroDivisionError: division by zero"))

@@ -1,6 +1,7 @@
 """GPU check: which Python packages are there, which must come from wheels/, and the versions to report.
 
-python deps.py missing            # top-level packages the check needs that are not importable (pip names)
+python deps.py missing            # what to install from wheels/: packages that are not importable (pip
+                                  # names), and `name>=min` for those older than the project needs
 python deps.py closure WHEELDIR   # the wheel files in WHEELDIR whose distribution is not installed
 python deps.py report OUT_JSON    # versions, the project's requirements against them, CUDA, pip check
 """
@@ -19,11 +20,14 @@ ROOT = Path(__file__).resolve().parents[2]
 # pip name -> import name: the project's runtime and test needs, TRL for the throughput comparison.
 NEEDED = {
     "tyro": "tyro", "pydantic": "pydantic", "datasets": "datasets", "trl": "trl", "hypothesis": "hypothesis",
-    "peft": "peft", "pyyaml": "yaml",
+    "peft": "peft", "pyyaml": "yaml", "filelock": "filelock",
 }  # fmt: skip
+# Present but possibly too old in the GPU image (pyproject: filelock>=4.3): upgraded from wheels/ when below.
+MINIMUM = {"filelock": "4.3"}
 REPORTED = [
     "torch", "transformers", "trl", "accelerate", "peft", "datasets", "tokenizers", "safetensors", "huggingface_hub",
     "pydantic", "tyro", "numpy", "pyarrow", "pandas", "rich", "matplotlib", "pytest", "hypothesis", "setuptools",
+    "filelock", "typing_extensions", "fsspec",
 ]  # fmt: skip
 
 
@@ -39,14 +43,27 @@ def installed(dist: str) -> str | None:
 
 
 def missing() -> list[str]:
-    return [pip for pip, mod in NEEDED.items() if importlib.util.find_spec(mod) is None]
+    out = [pip for pip, mod in NEEDED.items() if importlib.util.find_spec(mod) is None]
+    try:
+        from packaging.version import Version
+
+        for pip, least in MINIMUM.items():
+            have = installed(pip)
+            if pip not in out and have is not None and Version(have) < Version(least):
+                out.append(f"{pip}>={least}")
+    except ImportError:
+        pass
+    return out
 
 
 def closure(wheels: Path) -> list[str]:
+    """The wheels to install without dependency resolution: those not installed, and those of `missing()`'s
+    too-old packages."""
+    upgrade = {_norm(m.split(">=")[0]) for m in missing() if ">=" in m}
     out = []
     for whl in sorted(wheels.glob("*.whl")):
         dist = whl.name.split("-")[0]
-        if installed(dist) is None and installed(_norm(dist)) is None:
+        if (installed(dist) is None and installed(_norm(dist)) is None) or _norm(dist) in upgrade:
             out.append(str(whl))
     return out
 

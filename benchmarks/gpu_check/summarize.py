@@ -149,7 +149,7 @@ def main() -> int:
         g = s.get("gpu") or {}
         wall = s["end"] - s["start"] if "start" in s else None
         rc = s.get("rc")
-        rc_text = f"{rc} (timed out)" if rc in (124, 137) else str(rc)
+        rc_text = "skipped (no time left)" if s.get("skipped") else f"{rc} (timed out)" if rc in (124, 137) else str(rc)
         md.append(f"| {s.get('step')} | {rc_text} | {fmt(wall)} | {s.get('limit_s')} | "
                   f"{fmt(g.get('max_mem_used_mib'), 0)} | {fmt(g.get('max_util_pct'), 0)} |")  # fmt: skip
     md.append("")
@@ -284,10 +284,11 @@ def main() -> int:
     else:
         md.append(f"No result ({data['throughput']}): see throughput.log.")
     md.append("")
-    failed = [s for s in steps if isinstance(s, dict) and s.get("rc") not in (0, None)]
+    failed = [s for s in steps if isinstance(s, dict) and (s.get("rc") != 0 or s.get("skipped"))]
     if failed:
-        md += ["## Steps that failed or timed out", ""]
-        md += [f"- {s['step']}: exit {s['rc']} (log: logs.tar.gz, logs/{s['step']}.log)" for s in failed]
+        md += ["## Steps that failed, timed out or were skipped", ""]
+        md += [f"- {s['step']}: " + ("skipped, no time left" if s.get("skipped") else
+               f"exit {s['rc']} (log: logs.tar.gz, logs/{s['step']}.log)") for s in failed]  # fmt: skip
     (out / "results.json").write_text(json.dumps(data, indent=1, default=str))
     (out / "summary.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

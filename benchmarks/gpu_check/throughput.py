@@ -21,7 +21,7 @@ same-prompts check) with three changes for a GPU:
     start (the shared SFT policy and RM).
 
 Both sides: GRPO, group-normalised advantages, no KL (TRL's default beta 0), one optimiser step per batch of
-prompts_per_step × group_size completions, T = 1, lr and clip from the `default` preset, torch AdamW.
+prompts_per_step × group_size completions, T = 1, clip from the `default` preset, lr --lr, torch AdamW.
 The output JSON holds every run and the medians; tables in the style of RESULTS.md are printed.
 """
 
@@ -66,6 +66,11 @@ def parse() -> argparse.Namespace:
     p.add_argument("--prompt-max", type=int, default=64, help="prompt tokens, most")
     p.add_argument("--max-new", type=int, default=128, help="completion budget (tokens)")
     p.add_argument("--steps", type=int, default=4, help="timed updates per run (after 1 warm-up update)")
+    p.add_argument(
+        "--lr", type=float, default=1e-6,
+        help="both sides' learning rate: the default preset's 3e-4 drives the random-weight 100M model to NaN "
+        "logits within 2 bf16 updates on both sides (H200, 2026-11-27); the timing does not depend on it",
+    )  # fmt: skip
     p.add_argument("--reps", type=int, default=2, help="runs per side, sides alternating")
     p.add_argument("--threads", type=int, default=4, help="torch CPU threads")
     p.add_argument("--sides", default="overopt-grpo,trl-grpo")
@@ -185,6 +190,7 @@ def build(args, device: torch.device):
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
     cfg = load_config("default")
+    cfg = cfg.model_copy(update={"rl": cfg.rl.model_copy(update={"lr": args.lr})})
     tok = word_tokenizer(args.vocab)
     max_positions = args.prompt_max + args.max_new + 8
     sft = tiny_llama(tok, args.hidden, args.layers, args.heads, max_positions=max_positions, seed=0)

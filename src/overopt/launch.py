@@ -212,14 +212,17 @@ def _run_submitit(cfg: ExperimentConfig, named: Named, todo: list[tuple[str, int
 def _raise_if_failed(job) -> None:
     """A failed job ends the command: a preempted run, a numerical fault or bad input as in one process
     (one line, the same exit status), anything else with the job's own traceback."""
-    from overopt.errors import NumericalFault, Preempted
+    from overopt.errors import InUse, NumericalFault, Preempted, StaleArtifactError
 
     error = job.exception()
     if error is None:
         return
-    last = next((line for line in reversed(str(error).splitlines()) if line.strip()), "")
+    # submitit's message: a header, then the job's traceback between two dashed lines, then its log paths.
+    parts = str(error).split("-" * 22 + "\n")
+    trace = parts[1] if len(parts) > 2 else ""
+    last = next((line for line in reversed(trace.splitlines()) if line.strip()), "")
     kind, _, message = last.partition(": ")
-    known = {"Preempted": Preempted, "NumericalFault": NumericalFault, "ValueError": ValueError, "InUse": ValueError}
+    known = {cls.__name__: cls for cls in (Preempted, NumericalFault, InUse, StaleArtifactError, ValueError)}
     if kind.rsplit(".", 1)[-1] in known:
-        raise known[kind.rsplit(".", 1)[-1]](f"{message} (submitit job {job.job_id}, log {job.paths.stderr})")
+        raise known[kind.rsplit(".", 1)[-1]](f"{message} (submitit job {job.job_id}; its log: {job.paths.stderr})")
     raise error

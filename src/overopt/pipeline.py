@@ -194,11 +194,7 @@ def build_lab(cfg: ExperimentConfig, testbed, plans: Plans, publish: bool = True
         for seed in range(cfg.seeds)
     }
     _refuse_stale(out, fps, runs)  # before config.yaml is replaced: it still describes what OUT holds
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except (NotADirectoryError, FileExistsError, PermissionError) as err:  # a full disk stays an OSError
-        why = "a file is in the way" if isinstance(err, FileExistsError) else err.strerror
-        raise ValueError(f"--out {out}: cannot create the output directory ({why})") from None
+    out.mkdir(parents=True, exist_ok=True)  # commands create it with its lock (overopt.lock.out_lock)
     if publish and distributed.is_main():
         atomic_write_text(out / "config.yaml", to_yaml(cfg))
         write_json(out / TESTBED_FILE, testbed_record(cfg, testbed))
