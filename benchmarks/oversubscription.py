@@ -45,7 +45,7 @@ class Args:
     """overopt testbed."""
     preset: str = "default"
     """overopt preset."""
-    steps: int = 30
+    steps: int = 20
     """RL updates per run."""
     processes: int = 2
     """overopt processes at once in the shared conditions."""

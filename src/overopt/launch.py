@@ -18,13 +18,14 @@ command reuses finished runs and resumes interrupted ones from their checkpoints
 reaches its time limit is requeued by submitit and resumes the same way.
 
 Threads. `--threads 0` (default) means the usable cores (os.sched_getaffinity: a container's or a Slurm
-allocation's, not the machine's) divided by the processes that run at once, at least 1: all cores for
-the shared stages and for `--jobs 1`; one each for `--jobs 2` on 2 cores; `slurm.cpus_per_task` in a
-Slurm job. A run's thread count can change the rounding of reductions split over threads, so it does
-not depend on how many runs are left (on the CPUs measured, the smoke and default presets give
-identical results with 1 and 2 threads). The command line also makes OpenMP threads wait passively
-(`OMP_WAIT_POLICY=PASSIVE`, see cli.main): when other processes share the cores, the default of spinning
-for a while after each operation made RL updates many times slower (benchmarks/oversubscription.py).
+allocation's, not the machine's) divided by `--jobs`, at least 1: all cores for the shared stages and
+for `--jobs 1` (torch's own default there, which OMP_NUM_THREADS can lower); one each for `--jobs 2` on
+2 cores; `slurm.cpus_per_task` in a Slurm job. A run's thread count can change the rounding of
+reductions split over threads, so it never depends on how many runs are left (on the CPUs measured,
+the smoke and default presets give identical results with 1 and 2 threads). The command line also
+makes OpenMP threads wait passively (`OMP_WAIT_POLICY=PASSIVE`, see cli.main): when other processes
+share the cores, the default of spinning for a while after each operation made RL updates tens of
+times slower (benchmarks/oversubscription.py).
 """
 
 from __future__ import annotations
