@@ -143,18 +143,17 @@ def test_smoke_runs_end_to_end_on_local_models(hf_world, tmp_path):
     ],
     ids=["bad-model-path", "missing-column", "gold-with-lm-head"],
 )
-def test_bad_input_is_one_line_naming_the_problem(hf_world, tmp_path, extra, names):
+def test_bad_input_is_one_line_naming_the_problem(hf_world, tmp_path, extra, names, capsys):
     if extra == "causal-gold":
         extra = ["--hf.gold-rm", hf_world["policy"]]
     out = tmp_path / "never"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "overopt", *_args(hf_world, out, *extra)], capture_output=True, text=True, env=env
-    )
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("overopt: error: "), proc.stderr
+    with pytest.raises(SystemExit) as exit_info:  # in-process (the entry point's own test: test_pipeline.py)
+        main(_args(hf_world, out, *extra))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("overopt: error: "), err
     assert all(name in lines[0] for name in names), lines[0]
     assert not out.exists()  # nothing was written
 

@@ -89,17 +89,18 @@ def test_changed_config_is_refused_in_the_same_out_before_anything_is_written(sm
     assert {p: p.read_bytes() for p in smoke_out.glob("**/*") if p.is_file()} == before
 
 
-def test_bad_input_is_one_line_exit_2(tmp_path):
-    cases = [
-        ["run", "--preset", "smoke", "--out", str(tmp_path / "a"), "--methods", "none,bogus"],
-        ["run", "--preset", "nope"],
-        ["report", str(tmp_path / "missing")],
-    ]
-    for argv in cases:
-        proc = subprocess.run([sys.executable, "-m", "overopt", *argv], capture_output=True, text=True)
-        assert proc.returncode == 2, (argv, proc.stderr)
-        assert "Traceback" not in proc.stderr
-        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
+    # Once through the real entry point (`python -m overopt`, a fresh interpreter), then in-process.
+    argv = ["run", "--preset", "smoke", "--out", str(tmp_path / "a"), "--methods", "none,bogus"]
+    proc = subprocess.run([sys.executable, "-m", "overopt", *argv], capture_output=True, text=True)
+    assert proc.returncode == 2, (argv, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    for argv in (["run", "--preset", "nope"], ["report", str(tmp_path / "missing")]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_readme_config_table_is_current():
