@@ -56,7 +56,7 @@ BAD_TESTBEDS = ["nope", "nope:X", "os:path", "overopt.methods:Part", "overopt.te
 BAD_OVERRIDES = [(name, value) for name, field in _leaf_fields() for value in _bad_values(field)]
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     case=st.one_of(
         st.sampled_from(BAD_OVERRIDES).map(lambda nv: [f"--{nv[0]}", nv[1]]),

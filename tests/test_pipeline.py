@@ -140,7 +140,7 @@ def test_a_pickle_planted_where_weights_are_expected_is_refused(smoke_out, tmp_p
         ("pairs_without_rows", ""),
     ],
 )
-def test_a_damaged_finished_stage_is_named_in_one_line(smoke_out, tmp_path, damage, detail):
+def test_a_damaged_finished_stage_is_named_in_one_line(smoke_out, tmp_path, damage, detail, capsys):
     import shutil
 
     from datasets import load_from_disk
@@ -163,13 +163,13 @@ def test_a_damaged_finished_stage_is_named_in_one_line(smoke_out, tmp_path, dama
         shutil.rmtree(broken / "data")
         pairs.save_to_disk(str(broken / "data"))
     before = {p: p.read_bytes() for p in out.glob("**/*") if p.is_file() and p.name != "config.yaml"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "overopt", "run", "--preset", "smoke", "--out", str(out)], capture_output=True, text=True
-    )
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("overopt: error:")]
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    with pytest.raises(SystemExit) as exit_info:  # in-process: an interpreter start per case was most of its time
+        main(["run", "--preset", "smoke", "--out", str(out)])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("overopt: error:")]
+    assert exit_info.value.code == 2 and "Traceback" not in err
     assert len(errors) == 1 and errors[0].startswith(f"overopt: error: {broken}: cannot load it ({detail}")
-    assert errors[0] == proc.stderr.strip().splitlines()[-1]  # progress lines ("reusing ...") come first
+    assert errors[0] == err.strip().splitlines()[-1]  # progress lines ("reusing ...") come first
     assert "delete the directory to rebuild it" in errors[0]
     # Nothing already written was touched (config.yaml records the latest command: its `out` moved here).
     assert {p: p.read_bytes() for p in out.glob("**/*") if p.is_file() and p.name != "config.yaml"} == before
