@@ -98,3 +98,21 @@ def test_a_failed_submitit_job_ends_the_command_as_the_same_failure_in_one_proce
         assert str(caught.value) == f"{line.partition(': ')[2]} {where}"
     with pytest.raises(RuntimeError, match="ZeroDivisionError"):  # a bug: the job's own traceback
         launch._raise_if_failed(_FailedJob("ZeroDivisionError: division by zero"))
+
+
+def test_a_pool_broken_by_the_stop_signal_is_a_preemption(monkeypatch):
+    """A SIGTERM passed on to a worker that has not installed its handlers yet kills it: the command then
+    ends as preempted (exit 75, resumable), not with a BrokenProcessPool traceback."""
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    from overopt import launch, preempt
+    from overopt.errors import Preempted
+
+    broken = Future()
+    broken.set_exception(BrokenProcessPool("a worker died"))
+    with pytest.raises(BrokenProcessPool):  # no stop asked for: a real failure
+        launch._result(broken)
+    monkeypatch.setattr(preempt, "_requested", "SIGTERM")
+    with pytest.raises(Preempted, match="SIGTERM received; the runs under way wrote their checkpoints"):
+        launch._result(broken)

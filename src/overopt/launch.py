@@ -35,6 +35,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -154,11 +155,22 @@ def _run_pool(cfg: ExperimentConfig, named: Named, todo: list[tuple[str, int]], 
             while pending:
                 done, pending = wait(pending, return_when=FIRST_EXCEPTION)
                 for future in done:
-                    future.result()  # a failed or preempted run ends the command with its error
+                    _result(future)  # a failed or preempted run ends the command with its error
                     progress.advance()
         except BaseException:
             pool.shutdown(cancel_futures=True)  # start no other run; those under way end or checkpoint
             raise
+
+
+def _result(future) -> None:
+    """A worker's outcome. A worker still starting up has no signal handlers yet, so a SIGTERM passed on to it
+    kills it and breaks the pool: with a stop requested, that is the preemption, not a failure."""
+    try:
+        future.result()
+    except BrokenProcessPool:
+        if preempt.requested():
+            preempt.stop("the runs under way wrote their checkpoints")
+        raise
 
 
 class _SubmititRun:
