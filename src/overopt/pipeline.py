@@ -274,11 +274,11 @@ def build_lab(cfg: ExperimentConfig, testbed, plans: Plans, publish: bool = True
         first_reward_models(1)
 
     # The held-out prompts of every evaluation; policy optimisation runs through run_job.
-    eval_ids, eval_mask = pad_left(testbed.prompts("eval", cfg.eval.n_prompts, cfg.seed), tok.pad_token_id)
+    eval_ids, eval_mask = pad_left(_eval_prompts(cfg, testbed), tok.pad_token_id)
     return Lab(
         cfg=cfg, testbed=testbed, sft_dir=sft_dir, sft_policy=sft_policy, pairs=labelled,
         reward_models=first_reward_models,
-        train_prompts=testbed.prompts("train", max(4 * cfg.rl.prompts_per_step, cfg.pairs.n_prompts), cfg.seed + 2),
+        train_prompts=_rl_prompts(cfg, testbed),
         eval_ids=eval_ids, eval_mask=eval_mask, run_fingerprints=runs,
     )  # fmt: skip
 
@@ -292,16 +292,27 @@ def testbed_record(cfg: ExperimentConfig, testbed: Testbed) -> dict:
     return {"name": testbed.name, "spec": cfg.testbed, "proxy": testbed.proxy, "version": entry.version}
 
 
+# The prompts of each stage: one definition, read by the stage and by the SFT model's position count.
+def _eval_prompts(cfg: ExperimentConfig, testbed: Testbed) -> list[list[int]]:
+    return testbed.prompts("eval", cfg.eval.n_prompts, cfg.seed)
+
+
+def _rl_prompts(cfg: ExperimentConfig, testbed: Testbed) -> list[list[int]]:
+    return testbed.prompts("train", max(4 * cfg.rl.prompts_per_step, cfg.pairs.n_prompts), cfg.seed + 2)
+
+
+def _labelled_prompts(cfg: ExperimentConfig, testbed: Testbed) -> list[list[int]]:
+    """The prompts of the proxy's labelled data: preference pairs, or the judge's answers."""
+    n = cfg.judge.n_prompts if testbed.proxy == "judge" else cfg.pairs.n_prompts
+    return testbed.prompts("train", n, cfg.seed + 1)
+
+
 def _longest_sequence(cfg: ExperimentConfig, testbed: Testbed, corpus: list) -> int:
     """Positions the SFT model needs: the longest prompt any stage will use plus the completion budget, or
     the longest demonstration (prompts may vary in length). Prompt ids outside the vocabulary are refused here."""
-    prompt_sets = [
-        testbed.prompts("eval", cfg.eval.n_prompts, cfg.seed),
-        testbed.prompts("train", max(4 * cfg.rl.prompts_per_step, cfg.pairs.n_prompts), cfg.seed + 2),
-    ]
+    prompt_sets = [_eval_prompts(cfg, testbed), _rl_prompts(cfg, testbed)]
     if testbed.proxy != "rule":
-        n = cfg.judge.n_prompts if testbed.proxy == "judge" else cfg.pairs.n_prompts
-        prompt_sets.append(testbed.prompts("train", n, cfg.seed + 1))
+        prompt_sets.append(_labelled_prompts(cfg, testbed))
     prompts = [p for prompts in prompt_sets for p in prompts]
     vocab = len(testbed.tokenizer)
     bad = next((t for p in [*prompts, *(e.prompt_ids + e.completion_ids for e in corpus)] for t in p
@@ -389,7 +400,7 @@ def _pairs_and_rm(cfg: ExperimentConfig, testbed, sft_policy, sft_dir: Path) -> 
     def build_data(tmp: Path, progress: StageProgress, checkpoints: Checkpointer) -> dict:
         torch.manual_seed(cfg.seed)
         pairs, stats = sample_and_label_pairs(
-            sft_policy, testbed, testbed.prompts("train", cfg.pairs.n_prompts, cfg.seed + 1),
+            sft_policy, testbed, _labelled_prompts(cfg, testbed),
             labeling=cfg.pairs.labeling, bt_temperature=cfg.pairs.bt_temperature, label_noise=cfg.pairs.label_noise,
             drop_ties=cfg.pairs.drop_ties, seed=cfg.seed, batch_size=SAMPLE_BATCH, progress=progress,
         )  # fmt: skip
@@ -418,7 +429,7 @@ def _answers_and_judge(cfg: ExperimentConfig, testbed, sft_policy, sft_dir: Path
     def build_data(tmp: Path, progress: StageProgress, checkpoints: Checkpointer) -> dict:
         torch.manual_seed(cfg.seed)
         answers, stats = sample_and_label_answers(
-            sft_policy, testbed, testbed.prompts("train", j.n_prompts, cfg.seed + 1), batch_size=SAMPLE_BATCH,
+            sft_policy, testbed, _labelled_prompts(cfg, testbed), batch_size=SAMPLE_BATCH,
             progress=progress,
         )  # fmt: skip
         answers.train_test_split(test_size=j.heldout_fraction, seed=cfg.seed).save_to_disk(str(tmp / "data"))

@@ -91,8 +91,8 @@ def run_method(
         run_dir.mkdir(parents=True, exist_ok=True)
         tracking = trackers.open_run(cfg, name, seed, run_dir / "metrics.jsonl", run_state.get("trackers"))
     # 1. Policy and reference.
-    policy = copy.deepcopy(lab.sft_policy).train()
-    policy = lab.testbed.trainable_policy(policy, seed).train()  # hf: LoRA adapters; the reference stays SFT
+    # What RL trains (hf: the policy with LoRA adapters); the reference stays the SFT model.
+    policy = lab.testbed.trainable_policy(copy.deepcopy(lab.sft_policy), seed).train()
     ref_policy = copy.deepcopy(lab.sft_policy) if plan.moves_reference else lab.sft_policy
     # 2. Reward source (a resumed OCRM round: its refitted RM).
     if lab.testbed.proxy == "rule":
