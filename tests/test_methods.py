@@ -6,6 +6,7 @@ import copy
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -51,6 +52,8 @@ def test_kl_is_on_exactly_when_a_part_asks_for_it():
         ("kl+kl", "repeats a part"),
         ("ocrm+ensemble_mean", "both set the reward model"),
         ("ensemble_mean+ensemble_wco", "both set the reward model"),
+        ("bon+kl", "best-of-n trains no policy; it combines only with a reward-model ensemble"),
+        ("bon+gr", "not with 'gr'"),
     ],
 )
 def test_impossible_combinations_are_refused(name, message):
@@ -252,14 +255,24 @@ METHOD_FIGURES = {
 
 
 def test_every_method_runs_on_the_smoke_preset(tmp_path):
-    names = ["none", "kl", *METHOD_FIGURES, "ensemble_mean", "ensemble_wco", "ocrm", "signcert+kl"]
+    names = [
+        "none",
+        "kl",
+        *METHOD_FIGURES,
+        "ensemble_mean",
+        "ensemble_wco",
+        "ocrm",
+        "signcert+kl",
+        "bon",
+        "bon+ensemble_wco",
+    ]
     assert {p for n in names for p in n.split("+")} == set(PARTS.builtin()), "a method part is not exercised"
     out = tmp_path / "all"
     main(["run", "--preset", "smoke", "--out", str(out), "--methods", ",".join(names),
           "--ensemble.k", "2", "--ocrm.rounds", "1"])  # fmt: skip
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["methods"]) == names
-    for name in names:
+    for name in names[:-2]:
         rows = [json.loads(line) for line in (out / "runs" / name / "seed0" / "metrics.jsonl").open()]
         assert [r["step"] for r in rows] == [0, 3, 6], name
         assert all(torch.isfinite(torch.tensor(r["gold_reward"])) for r in rows)
@@ -278,6 +291,17 @@ def test_every_method_runs_on_the_smoke_preset(tmp_path):
     ensemble_rows = [json.loads(line) for line in (out / "runs" / "ensemble_uwo" / "seed0" / "metrics.jsonl").open()]
     assert "mech/disagreement_error_corr" in ensemble_rows[-1]
     assert (out / "artifacts" / "rm_1" / "stage.json").exists()  # the second ensemble member
+    # Best-of-n draws the same samples whatever scores them: against the ensemble's worst case (the min over
+    # members, RM_0 among them) every sample scores at most what RM_0 alone gives it, and gold is unchanged.
+    plain, wco = (np.load(out / "runs" / name / "seed0" / "bon_scores.npz") for name in ("bon", "bon+ensemble_wco"))
+    assert plain["proxy_reward"].shape == (32, 16)
+    np.testing.assert_array_equal(plain["gold_reward"], wco["gold_reward"])
+    assert (wco["proxy_reward"] <= plain["proxy_reward"] + 1e-6).all()
+    assert (wco["proxy_reward"] < plain["proxy_reward"] - 1e-6).any()
+    for name in ("bon", "bon+ensemble_wco"):
+        assert [json.loads(line)["n"] for line in (out / "runs" / name / "seed0" / "metrics.jsonl").open()] == [
+            1, 2, 3, 4, 6, 8, 11, 16]  # fmt: skip
+        assert summary["methods"][name]["fit"]["form"] == "bon"
 
 
 def test_ppo_value_model_is_rebuilt_from_each_ocrm_reward_model(tmp_path):

@@ -1,6 +1,6 @@
 """overopt: reproduce reward-model overoptimization and compare its mitigations.
 
-`overopt run`, `overopt compare` and `overopt report` (tyro over the pydantic config).
+`overopt run`, `overopt compare`, `overopt scaling` and `overopt report` (tyro over the pydantic config).
 
 `overopt run` parses in two passes: the first finds --preset / --config, the second parses every
 config field as an override on top of that preset (so `--help` shows the preset's values).
@@ -122,6 +122,37 @@ def _tyro_error_line(report: str, cause: BaseException | None) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
+class _ScalingSelector:
+    preset: str = "default"
+    config: Path | None = None
+    testbed: str | None = None
+    grid: Path | None = None
+    """YAML file of the axes (default: overopt/presets/scaling.yaml)."""
+    quick: bool = False
+    """The grid's `quick` entry: a smoke-sized grid (the test suite runs it on the smoke preset)."""
+
+
+def scaling(argv: list[str]) -> dict:
+    """Scaling laws: `overopt scaling [--preset NAME] [--grid FILE] [--quick] [--field value ...]`.
+
+    One `overopt run` (default methods: bon,none) per cell of a grid over the proxy RM's size, its number of
+    gold-labelled pairs and the policy's size, into OUT/cells/<cell>; then OUT/scaling.json, plots, scaling.html."""
+    from overopt.scaling import run_scaling
+
+    selector, rest = _parse(_ScalingSelector, args=argv, add_help=False, return_unknown_args=True)
+    base = load_config(selector.preset, selector.config, selector.testbed)
+    base = base.model_copy(
+        update={"methods": "bon,none", "out": Path("runs") / f"scaling-{base.testbed}-{base.preset}"}
+    )
+    cfg = _overrides(
+        base, rest, "overopt scaling",
+        "Gao et al.'s functional forms per cell of a grid over RM size, RM data and policy size; their trends. "
+        "Besides the fields below: --grid FILE.yaml, --quick.",
+    )  # fmt: skip
+    return run_scaling(cfg, selector.grid, selector.quick)
+
+
+@dataclasses.dataclass(frozen=True)
 class _ReportArgs:
     directory: Annotated[Path, tyro.conf.Positional]
     """Output directory of an `overopt run`."""
@@ -135,7 +166,7 @@ def report(argv: list[str]) -> dict:
     return build_report(args.directory, console=console)
 
 
-COMMANDS = {"run": run, "compare": compare, "report": report}
+COMMANDS = {"run": run, "compare": compare, "scaling": scaling, "report": report}
 EXIT_STATUSES = f"""
 exit status: 0 done; 2 bad input, a full disk, or OUT in use by another command; 3 numerical fault;
 {PREEMPTED_STATUS} preempted by SIGTERM or SIGUSR1 (the running stage wrote its checkpoint: rerun the same command)"""
@@ -157,7 +188,9 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] not in COMMANDS:
-        print(__doc__.strip().splitlines()[0], "\n\nusage: overopt {run,compare,report} [--help]", file=sys.stderr)
+        print(
+            __doc__.strip().splitlines()[0], "\n\nusage: overopt {run,compare,scaling,report} [--help]", file=sys.stderr
+        )
         print(EXIT_STATUSES, file=sys.stderr)
         raise SystemExit(0 if argv[:1] in (["-h"], ["--help"]) else 2)
     try:

@@ -20,7 +20,7 @@ class _Frozen(BaseModel):
 
 
 class ModelConfig(_Frozen):
-    """Size of the lab's from-scratch Llama-architecture policy (the RM reuses its backbone)."""
+    """Size of the lab's from-scratch Llama-architecture policy (the RM reuses its backbone unless rm.* sizes it)."""
 
     hidden_size: int = Field(64, gt=0, description="Transformer width.")
     num_layers: int = Field(2, gt=0, description="Transformer blocks.")
@@ -57,11 +57,17 @@ class PairsConfig(_Frozen):
 
 
 class RMConfig(_Frozen):
-    """Proxy reward model: SFT backbone + fresh linear head, Bradley-Terry loss (§0 step 4)."""
+    """Proxy reward model: SFT backbone + fresh linear head, Bradley-Terry loss (§0 step 4).
+
+    Its backbone is the SFT policy's, or, when a size below differs from `model.*`, an SFT model of that size
+    trained on the same demonstrations (as Gao et al. start each RM size from a pretrained model of that size)."""
 
     epochs: int = Field(4, gt=0, description="Passes over the training pairs.")
     batch_size: int = Field(64, gt=0, description="Pairs per optimiser step.")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate (cosine decay, 5% warm-up).")
+    hidden_size: int = Field(0, ge=0, description="Width of the RM's backbone (0 = model.hidden_size).")
+    num_layers: int = Field(0, ge=0, description="Blocks of the RM's backbone (0 = model.num_layers).")
+    num_heads: int = Field(0, ge=0, description="Attention heads of the RM's backbone (0 = model.num_heads).")
 
 
 class KLConfig(_Frozen):
@@ -192,6 +198,12 @@ class HFConfig(_Frozen):
     lora_target_modules: str = Field(
         "all-linear", description="Modules given adapters: 'all-linear' or comma-separated names (q_proj,v_proj)."
     )
+
+
+class BoNConfig(_Frozen):
+    """Best-of-n from π_SFT (Gao et al., arXiv 2210.10760): N samples per held-out prompt; n = 1, 2, 4, ..., N."""
+
+    n_samples: int = Field(256, ge=2, description="N: samples per held-out prompt (T = 1) for best-of-n.")
 
 
 class RefResetConfig(_Frozen):
@@ -361,6 +373,7 @@ class ExperimentConfig(_Frozen):
     rm: RMConfig = RMConfig()
     rl: RLConfig = RLConfig()
     eval: EvalConfig = EvalConfig()
+    bon: BoNConfig = BoNConfig()
     ref_reset: RefResetConfig = RefResetConfig()
     gr: GRConfig = GRConfig()
     signcert: SignCertConfig = SignCertConfig()
@@ -400,6 +413,20 @@ class ExperimentConfig(_Frozen):
         if not self.method_list:  # refused here, before any stage trains
             raise ValueError(f"methods={self.methods!r}: name at least one method, e.g. --methods none,kl")
         return self
+
+    @model_validator(mode="after")
+    def _rm_heads_divide(self) -> ExperimentConfig:
+        width, heads = self.rm.hidden_size or self.model.hidden_size, self.rm.num_heads or self.model.num_heads
+        if width % heads:
+            raise ValueError(f"rm: {heads} heads must divide the RM backbone's width {width}")
+        return self
+
+    @property
+    def rm_backbone(self) -> ModelConfig:
+        """The size of the proxy RM's backbone: `rm.*` where set, else the policy's (`model.*`)."""
+        r, m = self.rm, self.model
+        return ModelConfig(hidden_size=r.hidden_size or m.hidden_size, num_layers=r.num_layers or m.num_layers,
+                           num_heads=r.num_heads or m.num_heads)  # fmt: skip
 
     @property
     def method_list(self) -> list[str]:
@@ -441,6 +468,7 @@ class ExperimentConfig(_Frozen):
 SWEEPABLE = (
     "rl",
     "method_args",
+    "bon",
     "ref_reset",
     "gr",
     "signcert",

@@ -67,6 +67,7 @@ class Part:
     build: Callable[[MethodContext, Mitigations], None] | None = None
     strength: str | None = None  # the metrics.jsonl key of its effective strength (0 = off; README glossary)
     needs: str | None = None  # "reward_model": refused when the testbed's proxy is a rule
+    best_of_n: bool = False  # no policy training: best-of-n from π_SFT against the reward source (stages/bon.py)
     args: type[BaseModel] | None = None  # a plugin part's knobs (method_args.<name>)
     name: str = ""  # set by the registry: the key of method_args (module:attr -> attr)
     version: str = ""  # a plugin part's code version (enters its runs' fingerprints); "" for built-ins
@@ -139,6 +140,8 @@ def _ensemble_figures(ctx: MethodContext, m: Mitigations) -> None:
 _BUILTIN_PARTS: dict[str, Part] = {
     # plain optimisation of the proxy reward, no regularisation
     "none": Part(),
+    # best-of-n from the SFT policy, no training (bon.*); with an ensemble part, against the ensemble
+    "bon": Part(best_of_n=True),
     # KL penalty to the reference policy (rl.kl.*)
     "kl": Part(kl=True, strength="kl/reward_share"),
     # KL penalty whose reference is reset to the policy (ref_reset.*)
@@ -229,6 +232,10 @@ class MethodPlan:
     resolved: tuple[Part, ...] = field(default=())  # the parts, in order
 
     @property
+    def best_of_n(self) -> bool:
+        return any(part.best_of_n for part in self.resolved)
+
+    @property
     def uses_kl(self) -> bool:
         return self.rl.kl.coef > 0
 
@@ -301,6 +308,13 @@ def resolve_method(name: str, rl: RLConfig) -> MethodPlan:
             )
         if part.slot is not None:
             slots[part.slot] = p
+    if any(part.best_of_n for part in chosen):
+        others = [p for p, part in zip(parts, chosen) if not (part.best_of_n or part.ensemble)]
+        if others:
+            raise ValueError(
+                f"method {name!r}: best-of-n trains no policy; it combines only with a reward-model ensemble "
+                f"(ensemble_mean, ensemble_wco, ensemble_uwo), not with {others[0]!r}"
+            )
     kl_on = any(part.kl for part in chosen)
     if kl_on and rl.kl.coef <= 0:
         raise ValueError(f"method {name!r} uses a KL penalty: set rl.kl.coef > 0")

@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from overopt import distributed, faults, launch
 from overopt.checkpoint import Checkpointer
-from overopt.config import ExperimentConfig, to_yaml
+from overopt.config import ExperimentConfig, ModelConfig, to_yaml
 from overopt.errors import StaleArtifactError
 from overopt.io import atomic_write_text, fingerprint, read_json, replace_dir, write_json
 from overopt.lock import out_lock, run_lock
@@ -35,6 +35,7 @@ from overopt.models.policy import SAFE_LOADING, tiny_llama
 from overopt.models.reward import reward_model_from_backbone
 from overopt.progress import StageProgress, console
 from overopt.sampling import pad_left
+from overopt.stages.bon import run_best_of_n
 from overopt.stages.judge import ANSWER_COLUMNS, sample_and_label_answers, train_judge
 from overopt.stages.method_run import SAMPLE_BATCH, Lab, run_method
 from overopt.stages.pairs import PAIR_COLUMNS, sample_and_label_pairs
@@ -65,8 +66,19 @@ def _stage_fingerprints(cfg: ExperimentConfig, proxy: str) -> dict[str, str]:
     if proxy == "rule":
         return {"sft": sft, "data": sft, "rm": sft}
     labelled = fingerprint(sft, (cfg.judge if proxy == "judge" else cfg.pairs).model_dump())
-    rm = labelled if proxy == "judge" else fingerprint(labelled, cfg.rm.model_dump())
-    return {"sft": sft, "data": labelled, "rm": rm}
+    if proxy == "judge":
+        return {"sft": sft, "data": labelled, "rm": labelled}
+    # An RM of its own size starts from an SFT model of that size ("rm_backbone"); the size knobs enter the
+    # RM's fingerprint through that stage only, so an RM on the policy's backbone keeps its fingerprint.
+    own = _own_rm_backbone(cfg)
+    backbone = fingerprint(world, cfg.rm_backbone.model_dump(), cfg.sft.model_dump()) if own else sft
+    rm = fingerprint(labelled, cfg.rm.model_dump(exclude=set(ModelConfig.model_fields)), *([backbone] if own else []))
+    return {"sft": sft, "data": labelled, "rm": rm, "rm_backbone": backbone}
+
+
+def _own_rm_backbone(cfg: ExperimentConfig) -> bool:
+    """True when the proxy RM is sized (rm.*) unlike the policy, so it needs an SFT backbone of its own."""
+    return cfg.rm_backbone != cfg.model
 
 
 def _run_fingerprint(rm_fp: str, plan, variant: ExperimentConfig, seed: int) -> str:
@@ -74,12 +86,15 @@ def _run_fingerprint(rm_fp: str, plan, variant: ExperimentConfig, seed: int) -> 
     sections = plan.part_sections(variant)
     if plan.ensemble:
         sections["ensemble"] = variant.ensemble.model_dump()
-    return fingerprint(rm_fp, plan.name, plan.rl.model_dump(), variant.eval.model_dump(), sections, seed)
+    rl = {} if plan.best_of_n else plan.rl.model_dump()  # best-of-n trains nothing: rl.* cannot make it stale
+    return fingerprint(rm_fp, plan.name, rl, variant.eval.model_dump(), sections, seed)
 
 
 def _refuse_stale(out: Path, fps: dict[str, str], runs: dict[Path, str]) -> None:
     """Raise StaleArtifactError if any finished stage or run in OUT was built from another configuration."""
     stages = {out / "artifacts" / "sft": fps["sft"], out / "artifacts" / "rm": fps["rm"]}
+    if "rm_backbone" in fps:
+        stages[out / "artifacts" / "rm_backbone"] = fps["rm_backbone"]
     stages.update({out / "artifacts" / data: fps["data"] for data in ("pairs", "judge_data")})
     for member in out.glob("artifacts/rm_*"):  # ensemble members 1..k-1
         if member.name[3:].isdigit():
@@ -176,6 +191,11 @@ def open_testbed(cfg: ExperimentConfig, plans: Plans):
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     testbed = make_testbed(cfg)  # the hf testbed checks its models and data here
+    if _own_rm_backbone(cfg) and (testbed.proxy != "preference" or testbed.policy_path is not None):
+        raise ValueError(
+            f"rm.hidden_size/num_layers/num_heads size the lab's own Bradley-Terry RM; testbed {testbed.name!r} "
+            f"has none (its proxy: {testbed.proxy}) or brings its own policy"
+        )
     for plan, _ in plans.values():
         plan.check_proxy(testbed.proxy, testbed.name)
     return testbed
@@ -208,13 +228,13 @@ def build_lab(cfg: ExperimentConfig, testbed, plans: Plans, publish: bool = True
     every_s = cfg.checkpoint_every_s
     stage = partial(_run_stage, out, every_s=every_s)
 
-    def build_sft(tmp: Path, progress: StageProgress, checkpoints: Checkpointer) -> dict:
+    def build_sft(size: ModelConfig, tmp: Path, progress: StageProgress, checkpoints: Checkpointer) -> dict:
         corpus = testbed.sft_corpus(cfg.sft.n_examples, cfg.seed)
         policy = tiny_llama(
             tok,
-            cfg.model.hidden_size,
-            cfg.model.num_layers,
-            cfg.model.num_heads,
+            size.hidden_size,
+            size.num_layers,
+            size.num_heads,
             max_positions=_longest_sequence(cfg, testbed, corpus) + 8,
             seed=cfg.seed,
         )
@@ -236,7 +256,7 @@ def build_lab(cfg: ExperimentConfig, testbed, plans: Plans, publish: bool = True
 
     policy_path = testbed.policy_path  # hf: a given model that is already the SFT policy
     if policy_path is None:
-        sft_dir = stage("sft", fps["sft"], build_sft)
+        sft_dir = stage("sft", fps["sft"], partial(build_sft, cfg.model))
     else:  # nothing to train or copy: OUT/artifacts/sft/stage.json records which model it is
         stage("sft", fps["sft"], lambda tmp, progress, checkpoints: {"policy": policy_path})
         sft_dir = policy_path
@@ -245,8 +265,11 @@ def build_lab(cfg: ExperimentConfig, testbed, plans: Plans, publish: bool = True
 
     # 2-4. The proxy: a Bradley-Terry RM on gold-labelled pairs, a judge of gold-labelled answers,
     #      or (RLVR) the testbed's rule reward with nothing to train.
+    rm_backbone = sft_dir
+    if _own_rm_backbone(cfg):  # 2a. The RM's own backbone: an SFT model of the RM's size, on the same demonstrations.
+        rm_backbone = stage("rm_backbone", fps["rm_backbone"], partial(build_sft, cfg.rm_backbone))
     if testbed.proxy == "preference":
-        data_stage, train_member = "pairs", _pairs_and_rm(cfg, testbed, sft_policy, sft_dir)
+        data_stage, train_member = "pairs", _pairs_and_rm(cfg, testbed, sft_policy, rm_backbone)
     elif testbed.proxy == "judge":
         data_stage, train_member = "judge_data", _answers_and_judge(cfg, testbed, sft_policy, sft_dir)
     else:
@@ -276,7 +299,7 @@ def build_lab(cfg: ExperimentConfig, testbed, plans: Plans, publish: bool = True
     # The held-out prompts of every evaluation; policy optimisation runs through run_job.
     eval_ids, eval_mask = pad_left(_eval_prompts(cfg, testbed), tok.pad_token_id)
     return Lab(
-        cfg=cfg, testbed=testbed, sft_dir=sft_dir, sft_policy=sft_policy, pairs=labelled,
+        cfg=cfg, testbed=testbed, sft_dir=sft_dir, rm_backbone=rm_backbone, sft_policy=sft_policy, pairs=labelled,
         reward_models=first_reward_models,
         train_prompts=_rl_prompts(cfg, testbed),
         eval_ids=eval_ids, eval_mask=eval_mask, run_fingerprints=runs,
@@ -341,7 +364,10 @@ def run_job(lab: Lab, plans: Plans, name: str, seed: int) -> None:
             checkpoints.clear()
             console.print(f"[dim]reusing {run_dir}[/dim]")
             return
-        run_method(lab, plan, variant, seed, run_dir, name, checkpoints)
+        if plan.best_of_n:
+            run_best_of_n(lab, plan, variant, seed, run_dir, name)
+        else:
+            run_method(lab, plan, variant, seed, run_dir, name, checkpoints)
         if distributed.is_main():
             write_json(run_dir / "stage.json", {"stage": "rl", "method": name, "seed": seed, "fingerprint": run_fp})
             checkpoints.clear()
@@ -393,8 +419,8 @@ class _ProxyTraining(NamedTuple):
     build_model: Callable[[DatasetDict, int, Path, StageProgress, Checkpointer], dict]
 
 
-def _pairs_and_rm(cfg: ExperimentConfig, testbed, sft_policy, sft_dir: Path) -> _ProxyTraining:
-    """Gold-labelled pairs sampled from the SFT policy; Bradley-Terry RMs (SFT backbone, fresh head)."""
+def _pairs_and_rm(cfg: ExperimentConfig, testbed, sft_policy, backbone: Path) -> _ProxyTraining:
+    """Gold-labelled pairs sampled from the SFT policy; Bradley-Terry RMs (`backbone`, fresh head)."""
     tok = testbed.tokenizer
 
     def build_data(tmp: Path, progress: StageProgress, checkpoints: Checkpointer) -> dict:
@@ -410,7 +436,7 @@ def _pairs_and_rm(cfg: ExperimentConfig, testbed, sft_policy, sft_dir: Path) -> 
     def build_model(
         pairs: DatasetDict, seed: int, tmp: Path, progress: StageProgress, checkpoints: Checkpointer
     ) -> dict:
-        rm = reward_model_from_backbone(sft_dir, seed=seed, **_loading(testbed)).to(sft_policy.device)
+        rm = reward_model_from_backbone(backbone, seed=seed, **_loading(testbed)).to(sft_policy.device)
         metrics = train_reward_model(
             rm, pairs["train"], pairs["test"], epochs=cfg.rm.epochs, batch_size=cfg.rm.batch_size,
             lr=cfg.rm.lr, pad_id=tok.pad_token_id, seed=seed, progress=progress, checkpoints=checkpoints,

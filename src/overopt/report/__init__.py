@@ -40,7 +40,7 @@ def build_report(out_dir: str | Path, console=None) -> dict:
     runs = load_runs(out_dir)
     summary = build_summary(out_dir, runs=runs)  # raises if there is nothing to report
     write_summary(out_dir, summary)
-    plot_paths = plot_all(out_dir, runs)
+    plot_paths = plot_all(out_dir, runs, {m: entry.get("fit") for m, entry in summary["methods"].items()})
     frontier, frontier_plots = None, []
     if (out_dir / PLAN_FILE).is_file():
         frontier = write_frontier(out_dir, runs=runs)

@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
-from .table import format_mean_std, format_value, rm_heldout_accuracy
+from .table import FIT_HEADER, fit_row, format_mean_std, format_value, rm_heldout_accuracy
 
-__all__ = ["load_samples", "write_report"]
+__all__ = ["figures", "load_samples", "page", "table", "write_report"]
 
 MAX_SAMPLES = 4  # per step shown for each method
 MAX_CHARS = 1500  # per prompt/completion shown
@@ -251,7 +251,7 @@ _PLOT_CAPTIONS = {
 }
 
 
-def _figures(plot_paths: list[Path]) -> list[str]:
+def figures(plot_paths: list[Path]) -> list[str]:
     """``<figure>`` elements (base64 PNG + caption) for the plot files that exist."""
     figs = []
     for p in plot_paths:
@@ -268,13 +268,13 @@ def _figures(plot_paths: list[Path]) -> list[str]:
 
 
 def _plots_section(plot_paths: list[Path]) -> str:
-    figs = _figures(plot_paths)
+    figs = figures(plot_paths)
     if not figs:
         return "<h2>Plots</h2><p class='sub'>No plots.</p>"
     return "<h2>Plots</h2>" + "".join(figs)
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def table(header: list[str], rows: list[list[str]]) -> str:
     """An HTML table of plain strings (escaped), first column left-aligned."""
     head = "".join(f"<th class='{'l' if i == 0 else ''}'>{escape(h)}</th>" for i, h in enumerate(header))
     body = "".join(
@@ -282,6 +282,21 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
         for r in rows
     )
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _fits_section(summary: dict) -> str:
+    """Gao et al.'s functional forms fitted to each method (summary "fit"): coefficients with bootstrap CIs
+    over seeds, R², the predicted peak and the forecast made from the first half of the way to the peak."""
+    rows = [fit_row(name, m.get("fit")) for name, m in (summary.get("methods") or {}).items()]
+    if not rows:
+        return ""
+    return (
+        "<h2>Functional forms (Gao et al. 2022)</h2><p class='sub'>Gold gain over the first evaluation R against "
+        "d = √KL, fitted through the origin: d(α − β log d) for RL, d(α − β d) for best-of-n (whose KL is the "
+        "upper bound log n − (n−1)/n). Brackets: 95 % bootstrap intervals over seeds (none with one seed). "
+        "d*: predicted peak (none when β ≤ 0: no peak within the form); forecast: the peak predicted from the "
+        "evaluations with d ≤ half the observed peak's d, minus the observed peak.</p>" + table(FIT_HEADER, rows)
+    )
 
 
 def _frontier_section(result: dict | None, plot_paths: list[Path]) -> str:
@@ -302,19 +317,19 @@ def _frontier_section(result: dict | None, plot_paths: list[Path]) -> str:
         "whose mean gold is best over the <em>other</em> seeds (leave-one-seed-out), so the selection never sees "
         "the gold it reports. <em>none stopped early</em> halts the unmitigated run at its last evaluation before "
         "KL crossed the budget.</p>"
-        f"<h3>Gold at matched KL budgets</h3>{_table(header, rows)}"
-        + (f"<h3>Paired differences (per seed)</h3>{_table(['comparison'] + header[1:], diffs)}" if diffs else "")
-        + f"<h3>Best final gold over the grid</h3>{_table(bh, brows)}"
+        f"<h3>Gold at matched KL budgets</h3>{table(header, rows)}"
+        + (f"<h3>Paired differences (per seed)</h3>{table(['comparison'] + header[1:], diffs)}" if diffs else "")
+        + f"<h3>Best final gold over the grid</h3>{table(bh, brows)}"
         "<p class='sub'>Best knob: in-sample best mean final gold (★ = published setting). CV gold: the point "
         "is chosen on the other seeds and read at the held-out seed. Verdict: compares each point's final gold "
         "with none's own trajectory at the same KL (per seed).</p>"
-        f"<ul>{verdicts}</ul>" + "".join(_figures(plot_paths))
+        f"<ul>{verdicts}</ul>" + "".join(figures(plot_paths))
     )
 
 
 def _mechanisms_section(verdicts: list[dict] | None, plot_paths: list[Path]) -> str:
     """The "Mechanisms" section: one verdict line per claim with data, then the mech_* plots."""
-    figs = _figures(plot_paths)
+    figs = figures(plot_paths)
     if not verdicts and not figs:
         return ""
     lines = "".join(f"<li>{escape(v['verdict'])}</li>" for v in verdicts or [])
@@ -420,18 +435,23 @@ def write_report(
             _methods_section(summary),
             _stages_section(summary),
             _plots_section(plot_paths),
+            _fits_section(summary),
             _frontier_section(frontier, list(frontier_plots)),
             _mechanisms_section(mechanisms, list(mech_plots)),
             _samples_section(out_dir, summary),
             _config_section(out_dir, summary),
         ]
     )
-    page = (
+    path = out_dir / "report.html"
+    path.write_text(page(title, body), encoding="utf-8")
+    return path
+
+
+def page(title: str, body: str) -> str:
+    """A self-contained HTML page around `body` (HTML), with the report's style."""
+    return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
         f"<title>{escape(title)}</title><style>{_CSS}</style></head>"
         f"<body><main>{body}</main></body></html>\n"
     )
-    path = out_dir / "report.html"
-    path.write_text(page, encoding="utf-8")
-    return path

@@ -15,7 +15,9 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .summary import _num, load_config, order_methods
+from overopt.laws import Fit
+
+from .summary import _num, is_best_of_n, load_config, order_methods
 
 __all__ = ["aggregate", "grid_keys", "method_colors", "plot_all"]
 
@@ -113,7 +115,15 @@ def _rewards_vs_step(runs, methods, colors, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _gold_vs_kl(runs, methods, colors, path: Path) -> Path:
+def _fitted_curve(ax, fit: dict | None, d_max: float, color) -> None:
+    """The method's fitted functional form (summary `fit`), dashed, from d = 0 to the last evaluation's d."""
+    if not fit or fit.get("error") or fit.get("gold_sft") is None or d_max <= 0:
+        return
+    d = np.linspace(0.0, d_max, 100)
+    ax.plot(d, fit["gold_sft"] + Fit.from_dict(fit).predict(d), color=color, linestyle="--", linewidth=1.1)
+
+
+def _gold_vs_kl(runs, methods, colors, path: Path, fits: dict | None = None) -> Path:
     fig = _new_figure(12, 4.6)
     axes = fig.subplots(1, 2)
     for ax, key, title in (
@@ -129,6 +139,8 @@ def _gold_vs_kl(runs, methods, colors, path: Path) -> Path:
             x = np.sqrt(np.clip(kl["mean"][ik], 0.0, None))
             ym, ys, yn = y["mean"][iy], y["std"][iy], y["n"][iy]
             ax.plot(x, ym, color=colors[m], marker="o", markersize=3.5, linewidth=1.6, label=m)
+            if key == "gold_reward":
+                _fitted_curve(ax, (fits or {}).get(m), float(x.max()), colors[m])
             if np.any(yn > 1):
                 ax.errorbar(
                     x, ym, yerr=np.where(yn > 1, ys, 0.0), fmt="none", ecolor=colors[m], alpha=0.35, linewidth=1
@@ -139,7 +151,8 @@ def _gold_vs_kl(runs, methods, colors, path: Path) -> Path:
         ax.set_xlim(left=0)
         _style(ax, title, r"$\sqrt{\mathrm{KL}(\pi \,\|\, \pi_{\mathrm{SFT}})}$  (nats$^{1/2}$)", key.replace("_", " "))
         ax.legend(fontsize=8, frameon=False)
-    fig.suptitle("Overoptimization: reward vs √KL to the SFT policy (cf. Gao et al. 2022)", fontsize=12)
+    fig.suptitle("Overoptimization: reward vs √KL to the SFT policy (cf. Gao et al. 2022); dashed: fitted "
+                 "d(α − β log d) for RL, d(α − β d) for best-of-n", fontsize=11)  # fmt: skip
     return _save(fig, path)
 
 
@@ -233,8 +246,11 @@ def _frontier(runs, methods, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def plot_all(out_dir: str | Path, runs: dict[str, dict[int, list[dict]]]) -> list[Path]:
+def plot_all(out_dir: str | Path, runs: dict[str, dict[int, list[dict]]], fits: dict | None = None) -> list[Path]:
     """Write ``OUT/plots/{rewards_vs_step,gold_vs_kl,metrics_grid,frontier}.png``.
+
+    ``fits`` ({method: summary "fit"}) adds each method's fitted curve to gold_vs_kl. Best-of-n runs,
+    indexed by n rather than by an optimisation step, appear in gold_vs_kl and frontier only.
 
     ``runs`` is the output of :func:`overopt.report.summary.load_runs`.  Methods
     get a fixed tab10 colour in config order (then alphabetical).  Returns the
@@ -249,10 +265,13 @@ def plot_all(out_dir: str | Path, runs: dict[str, dict[int, list[dict]]]) -> lis
     colors = method_colors(methods)
     plot_dir = out_dir / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
+    stepped = [m for m in methods if not is_best_of_n(runs[m])]
     paths = [
-        _rewards_vs_step(runs, methods, colors, plot_dir / "rewards_vs_step.png"),
-        _gold_vs_kl(runs, methods, colors, plot_dir / "gold_vs_kl.png"),
-        _metrics_grid(runs, methods, colors, plot_dir / "metrics_grid.png"),
+        _rewards_vs_step(runs, stepped, colors, plot_dir / "rewards_vs_step.png") if stepped else None,
+        _gold_vs_kl(runs, methods, colors, plot_dir / "gold_vs_kl.png", fits),
+        _metrics_grid({m: runs[m] for m in stepped}, stepped, colors, plot_dir / "metrics_grid.png")
+        if stepped
+        else None,
         _frontier(runs, methods, plot_dir / "frontier.png"),
     ]
     return [p for p in paths if p is not None]

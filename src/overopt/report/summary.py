@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from overopt.laws import fit_curves
+
 from .mechanisms import MECH_KEYS, run_mechanisms
 
 __all__ = [
@@ -25,6 +27,8 @@ __all__ = [
     "STAT_KEYS",
     "build_summary",
     "hacking_check",
+    "is_best_of_n",
+    "method_fit",
     "load_config",
     "load_runs",
     "load_stages",
@@ -279,6 +283,33 @@ def hacking_check(rows: list[dict], min_drop_frac: float = 0.3) -> dict[str, Any
     }
 
 
+def is_best_of_n(seeds: dict[int, list[dict]]) -> bool:
+    """True for a best-of-n run (its rows are indexed by `n`; `step` repeats n)."""
+    return any("n" in rows[0] for rows in seeds.values() if rows)
+
+
+def method_fit(seeds: dict[int, list[dict]]) -> dict[str, Any]:
+    """Gao et al.'s functional form (arXiv 2210.10760) fitted to one method's seeds (overopt.laws.fit_curves):
+    R = gold − gold at the first evaluation (the SFT policy, or best-of-1) against d = sqrt(KL to SFT), KL
+    estimates below 0 read as 0. Best-of-n runs take the form d(α − βd), the others d(α − β log d). Data
+    from which nothing can be fitted gives {"form", "error"} instead of raising."""
+    form = "bon" if is_best_of_n(seeds) else "rl"
+    curves, bases = [], []
+    for rows in seeds.values():
+        base = _num(rows[0].get("gold_reward"))
+        points = [(_num(r.get("kl_sft")), _num(r.get("gold_reward"))) for r in rows]
+        points = [(math.sqrt(max(kl, 0.0)), gold - base) for kl, gold in points
+                  if kl is not None and gold is not None and base is not None]  # fmt: skip
+        if points:
+            curves.append(tuple(map(list, zip(*points))))
+            bases.append(base)
+    try:
+        fit = fit_curves(curves, form)
+    except ValueError as err:
+        return {"form": form, "error": str(err)}
+    return {**fit, "gold_sft": sum(bases) / len(bases), "error": None}
+
+
 def _seed_summary(seed: int, rows: list[dict], min_drop_frac: float) -> dict[str, Any]:
     check = hacking_check(rows, min_drop_frac=min_drop_frac)
     last = rows[-1]
@@ -322,6 +353,7 @@ def build_summary(
              | "gold_peak_step": {"mean": float, "std": float, "n": int},
              "hacked_seeds": int,
              "mech": {name: {"mean", "std", "n"}},   # see report.mechanisms
+             "fit": method_fit(seeds),               # Gao et al.'s functional form, bootstrap CIs, forecast
              "seeds": [per-seed dicts, each with "mech": run_mechanisms(rows)]}}}
 
     ``sft`` is the mean of the first (step-0) row over all runs of all methods.
@@ -350,6 +382,7 @@ def build_summary(
         entry["hacked_seeds"] = sum(1 for s in seeds if s["hacked"])
         entry["mech"] = {k: mean_std(s["mech"][k] for s in seeds) for k in MECH_KEYS}
         entry["n_seeds"] = len(seeds)
+        entry["fit"] = method_fit(runs[name])
         entry["seeds"] = seeds
         methods[name] = entry
 

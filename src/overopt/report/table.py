@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-__all__ = ["format_mean_std", "format_value", "print_summary_table", "rm_heldout_accuracy"]
+__all__ = ["FIT_HEADER", "fit_row", "format_mean_std", "format_value", "print_summary_table", "rm_heldout_accuracy"]
 
 
 def format_value(x: Any, digits: int = 3) -> str:
@@ -30,6 +30,33 @@ def format_mean_std(d: dict | None, digits: int = 3) -> str:
     if d.get("n", 0) <= 1 or d.get("std") is None:
         return mean
     return f"{mean} ± {format_value(d['std'], digits)}"
+
+
+def _with_ci(value: Any, ci: Any, digits: int = 3) -> str:
+    """``"v [lo, hi]"``, or the value alone without an interval."""
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(format_value(c) != "–" for c in ci):
+        return f"{format_value(value, digits)} [{format_value(ci[0], digits)}, {format_value(ci[1], digits)}]"
+    return format_value(value, digits)
+
+
+FIT_HEADER = ["method", "form", "α", "β", "R²", "d* (gold gain)", "forecast d* error (gold)"]
+
+
+def fit_row(name: str, fit: dict | None) -> list[str]:
+    """One method's fitted functional form (summary "fit") as the cells of FIT_HEADER."""
+    if not fit:
+        return [name, "–", "–", "–", "–", "–", "–"]
+    if fit.get("error"):
+        return [name, str(fit.get("form", "–")), f"no fit: {fit['error']}", "", "", "", ""]
+    ci = fit.get("ci") or {}
+    peak = "no peak (β ≤ 0)" if fit.get("d_peak") is None else (
+        f"{_with_ci(fit['d_peak'], ci.get('d_peak'), 2)} ({format_value(fit.get('gold_peak'))})")  # fmt: skip
+    fc = fit.get("forecast") or {}
+    forecast = (f"{format_value(fc.get('d_peak_error'), 2)} ({format_value(fc.get('gold_peak_error'))})"
+                if not fc.get("error") else f"– ({fc['error']})")  # fmt: skip
+    return [name, "d(α − β log d)" if fit["form"] == "rl" else "d(α − β d)",
+            _with_ci(fit.get("alpha"), ci.get("alpha")), _with_ci(fit.get("beta"), ci.get("beta")),
+            format_value(fit.get("r2")), peak, forecast]  # fmt: skip
 
 
 def rm_heldout_accuracy(summary: dict) -> float | None:
@@ -73,3 +100,9 @@ def print_summary_table(summary: dict, console: Console | None = None) -> None:
     if acc is not None:
         line += f" · RM held-out accuracy {format_value(acc)}"
     console.print(line, highlight=False)
+    fits = Table(title="functional forms (Gao et al.): gold gain vs d = √KL", title_style="bold", header_style="bold")
+    for i, head in enumerate(FIT_HEADER):
+        fits.add_column(head, style="cyan" if i == 0 else None, justify="left" if i < 2 else "right")
+    for name, m in (summary.get("methods") or {}).items():
+        fits.add_row(*(escape(cell) for cell in fit_row(name, m.get("fit"))))
+    console.print(fits)

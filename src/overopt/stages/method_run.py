@@ -55,6 +55,7 @@ class Lab:
     cfg: ExperimentConfig
     testbed: Testbed
     sft_dir: Path | str  # the hf testbed: the given policy's Hub id or directory
+    rm_backbone: Path | str  # what proxy RMs start from: sft_dir, or an SFT model of the RM's own size (rm.*)
     sft_policy: PreTrainedModel
     pairs: DatasetDict | None  # the proxy's labelled data: preference pairs, judged answers, or None (rule)
     reward_models: Callable[[int], list[PreTrainedModel]]  # k -> the first k proxy RMs (trained on demand)
@@ -95,15 +96,10 @@ def run_method(
     policy = lab.testbed.trainable_policy(copy.deepcopy(lab.sft_policy), seed).train()
     ref_policy = copy.deepcopy(lab.sft_policy) if plan.moves_reference else lab.sft_policy
     # 2. Reward source (a resumed OCRM round: its refitted RM).
-    if lab.testbed.proxy == "rule":
-        source: RewardSource = RuleReward(lab.testbed)
-    elif plan.ensemble is not None:
-        e = cfg.ensemble
-        source = EnsembleRewardModel(lab.reward_models(e.k), plan.ensemble, e.uwo_lambda, e.ddof)
-    elif run_state["phase"] > 0:
-        source = ProxyRewardModel(_restored_ocrm_rm(lab, resume))
+    if run_state["phase"] > 0:
+        source: RewardSource = ProxyRewardModel(_restored_ocrm_rm(lab, resume))
     else:
-        source = ProxyRewardModel(lab.reward_models(1)[0])
+        source = reward_source(lab, plan, cfg)
     value_model = None
     if rl.algo == "ppo":  # the value model starts from the RM, or from the SFT backbone under a rule reward
         value_model = _value_model_from(source.models()[0] if source.models() else lab.sft_policy)
@@ -192,6 +188,16 @@ def run_method(
     tracking.finish()
 
 
+def reward_source(lab: Lab, plan: MethodPlan, cfg: ExperimentConfig) -> RewardSource:
+    """What the method optimises: the testbed's rule, an ensemble of the first k proxy RMs, or the proxy RM."""
+    if lab.testbed.proxy == "rule":
+        return RuleReward(lab.testbed)
+    if plan.ensemble is not None:
+        e = cfg.ensemble
+        return EnsembleRewardModel(lab.reward_models(e.k), plan.ensemble, e.uwo_lambda, e.ddof)
+    return ProxyRewardModel(lab.reward_models(1)[0])
+
+
 def _truncate_logs(run_dir: Path, sizes: dict[str, int], checkpoint: Path) -> None:
     """Drop what the run logged after its checkpoint (it is logged again, identically, on the way)."""
     for log, size in sizes.items():
@@ -206,7 +212,7 @@ def _truncate_logs(run_dir: Path, sizes: dict[str, int], checkpoint: Path) -> No
 
 def _restored_ocrm_rm(lab: Lab, resume: Checkpoint) -> PreTrainedModel:
     """The RM refitted in the OCRM round being resumed: the SFT backbone with the checkpoint's weights."""
-    rm = reward_model_from_backbone(lab.sft_dir, seed=0, **lab.testbed.load_kwargs)
+    rm = reward_model_from_backbone(lab.rm_backbone, seed=0, **lab.testbed.load_kwargs)
     resume.load_model("ocrm_rm", rm)
     return rm.to(lab.sft_policy.device).eval()
 
@@ -240,7 +246,7 @@ def _ocrm_refit(
     # RM_k is trained exactly as RM_0 was (its seed: head init and data order), so that with uniform
     # weights (β_w = 0) the refit is RM_0 again and any change is the re-weighting's.
     load = lab.testbed.load_kwargs  # hf: float32 weights, hf.trust_remote_code
-    rm = reward_model_from_backbone(lab.sft_dir, seed=lab.cfg.seed, **load).to(lab.sft_policy.device)
+    rm = reward_model_from_backbone(lab.rm_backbone, seed=lab.cfg.seed, **load).to(lab.sft_policy.device)
     metrics = train_reward_model(
         rm, train, heldout, epochs=r.epochs, batch_size=r.batch_size, lr=r.lr, pad_id=pad, seed=lab.cfg.seed,
         progress=progress, log_weights=log_w, normalization=o.normalization, checkpoints=checkpoints,
