@@ -117,7 +117,7 @@ def _testbed(world, **fields):
 
 def test_smoke_runs_end_to_end_on_local_models(hf_world, tmp_path):
     out = tmp_path / "out"
-    main(_args(hf_world, out))
+    main(_args(hf_world, out, "--methods", "none,kl,bon"))
     for method in ("none", "kl"):
         rows = [json.loads(line) for line in (out / "runs" / method / "seed0" / "metrics.jsonl").open()]
         assert [r["step"] for r in rows] == [0, 1, 2]
@@ -125,7 +125,11 @@ def test_smoke_runs_end_to_end_on_local_models(hf_world, tmp_path):
             assert {"proxy_reward", "gold_reward", "kl_sft", "gold/gold_rm", "gold/length"} <= row.keys()
             assert math.isfinite(row["gold_reward"]) and row["gold_reward"] == pytest.approx(row["gold/gold_rm"])
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["testbed"] == "hf" and list(summary["methods"]) == ["none", "kl"]
+    assert summary["testbed"] == "hf" and list(summary["methods"]) == ["none", "kl", "bon"]
+    # Best-of-n from the given policy, scored by the proxy RM and the gold RM (smoke: N = 16).
+    bon = [json.loads(line) for line in (out / "runs" / "bon" / "seed0" / "metrics.jsonl").open()]
+    assert [r["n"] for r in bon] == [1, 2, 3, 4, 6, 8, 11, 16]
+    assert all(math.isfinite(r["gold_reward"]) and r["gold_reward"] == pytest.approx(r["gold/gold_rm"]) for r in bon)
     assert list((out / "artifacts" / "rm").glob("*.safetensors"))
     # The given policy is the SFT policy: recorded, not copied.
     sft = out / "artifacts" / "sft"

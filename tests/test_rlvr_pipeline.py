@@ -18,7 +18,7 @@ SMOKE = ["--preset", "smoke", "--rl.steps", "4", "--eval.every", "2"]
 @pytest.fixture(scope="module", params=["math_format", "judge"])
 def smoke_out(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(request.param) / "out"
-    main(["run", "--testbed", request.param, *SMOKE, "--methods", "none,kl,gr", "--out", str(out)])
+    main(["run", "--testbed", request.param, *SMOKE, "--methods", "none,kl,gr,bon", "--out", str(out)])
     return request.param, out
 
 
@@ -26,12 +26,16 @@ def test_smoke_run_writes_the_output_contract(smoke_out):
     testbed, out = smoke_out
     assert yaml.safe_load((out / "config.yaml").read_text())["testbed"] == testbed
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["testbed"] == testbed and list(summary["methods"]) == ["none", "kl", "gr"]
+    assert summary["testbed"] == testbed and list(summary["methods"]) == ["none", "kl", "gr", "bon"]
     rows = [json.loads(line) for line in (out / "runs" / "none" / "seed0" / "metrics.jsonl").open()]
     assert [r["step"] for r in rows] == [0, 2, 4]
     for row in rows:
         assert 0.0 <= row["gold_reward"] <= 1.0  # gold = the answer is right
         assert {"gold/correct", "gold/strict_format", "gold/xmlcount", "gold/verified"} <= row.keys()
+    # Best-of-n ranks by the proxy, a rule here: its expected best never falls as n grows.
+    bon = [json.loads(line) for line in (out / "runs" / "bon" / "seed0" / "metrics.jsonl").open()]
+    assert [r["n"] for r in bon][-1] == 16 and all(0.0 <= r["gold_reward"] <= 1.0 for r in bon)
+    assert all(a["proxy_reward"] <= b["proxy_reward"] + 1e-12 for a, b in zip(bon, bon[1:]))
     assert (out / "report.html").exists()
 
 

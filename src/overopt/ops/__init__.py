@@ -41,8 +41,25 @@ By file:
   ``order_disagreement``, and OCRM's ``beta_for_target_ess``).
 * ``mechanisms``  - the papers' claims against gold: ``sign_flips``
   (``SignFlips``), ``auroc``, ``order_accuracy``, ``pearson``.
+* ``laws`` (``overopt.laws``, numpy only: the report uses it) - Gao et al.'s
+  overoptimization laws (arXiv 2210.10760): the unbiased best-of-n estimator
+  ``best_of_n`` (``bon_weights``, ``log_grid``), ``kl_bon_bound`` and
+  ``kl_bon_plugin``, the functional-form fits ``fit_form`` (``Fit``, ``FORMS``),
+  ``fit_curves`` (seed bootstrap) and ``forecast``.
 """
 
+from overopt.laws import (
+    FORMS,
+    Fit,
+    best_of_n,
+    bon_weights,
+    fit_curves,
+    fit_form,
+    forecast,
+    kl_bon_bound,
+    kl_bon_plugin,
+    log_grid,
+)
 from overopt.ops.advantages import GAE, gae, grpo_advantages, rloo_advantages
 from overopt.ops.chi2 import Chi2, chi2_estimate
 from overopt.ops.ensemble import ENSEMBLE_MODES, aggregate_ensemble, ensemble_penalty_share, ensemble_std
@@ -86,6 +103,17 @@ from overopt.ops.signcert import (
 from overopt.ops.strength import penalty_share
 
 __all__ = [
+    # laws (overopt.laws)
+    "FORMS",
+    "Fit",
+    "best_of_n",
+    "bon_weights",
+    "fit_curves",
+    "fit_form",
+    "forecast",
+    "kl_bon_bound",
+    "kl_bon_plugin",
+    "log_grid",
     # masked
     "masked_sum",
     "masked_mean",

@@ -39,7 +39,7 @@ def parameter_count(model_dir: Path) -> int | None:
         return int(sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys()))
 
 
-def _mean_curve(seeds: dict[int, list[dict]]) -> dict[str, list[float]]:
+def mean_curve(seeds: dict[int, list[dict]]) -> dict[str, list[float]]:
     """Mean over seeds, per evaluation index, of d = sqrt(max(KL, 0)) and the gold gain over the first evaluation."""
     curves = []
     for rows in seeds.values():
@@ -72,7 +72,7 @@ def _cell(out: Path, name: str, entry: dict) -> dict:
         rm_accuracy=_num(rm_metrics.get("heldout_accuracy")),
         gold_sft=(summary.get("sft") or {}).get("gold_reward"),
         methods={
-            m: {"fit": e.get("fit"), "curve": _mean_curve(runs.get(m, {}))}
+            m: {"fit": e.get("fit"), "curve": mean_curve(runs.get(m, {}))}
             for m, e in (summary.get("methods") or {}).items()
         },  # fmt: skip
     )
