@@ -200,6 +200,48 @@ class HFConfig(_Frozen):
     )
 
 
+class DAAConfig(_Frozen):
+    """Direct alignment (methods dpo, ipo, simpo, rpo, hinge): the policy trained on the proxy RM's own pairs,
+    from π_SFT with π_ref = π_SFT, no reward model (Rafailov et al., arXiv 2406.02900)."""
+
+    epochs: int = Field(2, gt=0, description="Passes over the training pairs.")
+    batch_size: int = Field(64, gt=0, description="Pairs per optimiser step.")
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate (cosine decay, 5% warm-up).")
+
+
+class DPOConfig(_Frozen):
+    """DPO (Rafailov et al., arXiv 2305.18290): −log σ(β·Δ), Δ the chosen-minus-rejected log-ratio to π_ref."""
+
+    beta: float = Field(0.1, gt=0, description="β: scale of the implicit reward β·log(π/π_ref).")
+
+
+class IPOConfig(_Frozen):
+    """IPO (Azar et al., arXiv 2310.12036): (Δ − 1/(2β))²."""
+
+    beta: float = Field(0.1, gt=0, description="β (the paper's τ): the target log-ratio margin is 1/(2β).")
+    length_normalized: bool = Field(False, description="Average token log-probs instead of sums (TRL's IPO).")
+
+
+class SimPOConfig(_Frozen):
+    """SimPO (Meng et al., arXiv 2405.14734): −log σ(β·(avg log π(y_c) − avg log π(y_r)) − γ), no reference."""
+
+    beta: float = Field(2.0, gt=0, description="β: scale of the length-normalised log-likelihood reward.")
+    gamma: float = Field(0.5, ge=0, description="γ: target reward margin.")
+
+
+class RPOConfig(_Frozen):
+    """RPO (Liu et al., arXiv 2405.16436): DPO + η·(−log π(y_c)/|y_c|), the SFT loss on the chosen response."""
+
+    beta: float = Field(0.1, gt=0, description="β of the DPO term.")
+    eta: float = Field(1.0, ge=0, description="η: weight of the length-normalised NLL of the chosen response.")
+
+
+class HingeConfig(_Frozen):
+    """SLiC hinge (Zhao et al., arXiv 2305.10425): max(0, 1 − β·Δ)."""
+
+    beta: float = Field(0.1, gt=0, description="β: the margin is reached at Δ = 1/β.")
+
+
 class BoNConfig(_Frozen):
     """Best-of-n from π_SFT (Gao et al., arXiv 2210.10760): N samples per held-out prompt; n = 1, 2, 4, ..., N."""
 
@@ -374,6 +416,12 @@ class ExperimentConfig(_Frozen):
     rl: RLConfig = RLConfig()
     eval: EvalConfig = EvalConfig()
     bon: BoNConfig = BoNConfig()
+    daa: DAAConfig = DAAConfig()
+    dpo: DPOConfig = DPOConfig()
+    ipo: IPOConfig = IPOConfig()
+    simpo: SimPOConfig = SimPOConfig()
+    rpo: RPOConfig = RPOConfig()
+    hinge: HingeConfig = HingeConfig()
     ref_reset: RefResetConfig = RefResetConfig()
     gr: GRConfig = GRConfig()
     signcert: SignCertConfig = SignCertConfig()
@@ -469,6 +517,12 @@ SWEEPABLE = (
     "rl",
     "method_args",
     "bon",
+    "daa",
+    "dpo",
+    "ipo",
+    "simpo",
+    "rpo",
+    "hinge",
     "ref_reset",
     "gr",
     "signcert",

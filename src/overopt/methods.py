@@ -68,6 +68,7 @@ class Part:
     strength: str | None = None  # the metrics.jsonl key of its effective strength (0 = off; README glossary)
     needs: str | None = None  # "reward_model": refused when the testbed's proxy is a rule
     best_of_n: bool = False  # no policy training: best-of-n from π_SFT against the reward source (stages/bon.py)
+    daa: str | None = None  # a direct-alignment loss (ops.daa): trained on the proxy's pairs, no RM (stages/daa.py)
     args: type[BaseModel] | None = None  # a plugin part's knobs (method_args.<name>)
     name: str = ""  # set by the registry: the key of method_args (module:attr -> attr)
     version: str = ""  # a plugin part's code version (enters its runs' fingerprints); "" for built-ins
@@ -142,6 +143,8 @@ _BUILTIN_PARTS: dict[str, Part] = {
     "none": Part(),
     # best-of-n from the SFT policy, no training (bon.*); with an ensemble part, against the ensemble
     "bon": Part(best_of_n=True),
+    # direct alignment on the proxy RM's gold-labelled pairs, no reward model (daa.* and the loss's section)
+    **{loss: Part(daa=loss, needs="pairs") for loss in ("dpo", "ipo", "simpo", "rpo", "hinge")},
     # KL penalty to the reference policy (rl.kl.*)
     "kl": Part(kl=True, strength="kl/reward_share"),
     # KL penalty whose reference is reset to the policy (ref_reset.*)
@@ -236,6 +239,11 @@ class MethodPlan:
         return any(part.best_of_n for part in self.resolved)
 
     @property
+    def daa(self) -> str | None:
+        """The direct-alignment loss of a DAA method (dpo, ipo, simpo, rpo, hinge), else None."""
+        return next((part.daa for part in self.resolved if part.daa), None)
+
+    @property
     def uses_kl(self) -> bool:
         return self.rl.kl.coef > 0
 
@@ -251,6 +259,13 @@ class MethodPlan:
 
     def check_proxy(self, proxy: str, testbed: str) -> None:
         """Refuse parts that need what the testbed's proxy lacks (see Testbed.proxy)."""
+        if proxy != "preference":
+            needs_pairs = [s for s, p in zip(self.parts, self.resolved) if p.needs == "pairs"]
+            if needs_pairs:
+                raise ValueError(
+                    f"method {self.name!r}: {needs_pairs[0]!r} trains on gold-labelled preference pairs, and "
+                    f"testbed {testbed!r} has none (its proxy: {proxy}; try summarize or hf)"
+                )
         if proxy == "rule":
             needs_rm = [
                 s for s, p in zip(self.parts, self.resolved) if p.ensemble or p.ocrm or p.needs == "reward_model"
@@ -315,6 +330,10 @@ def resolve_method(name: str, rl: RLConfig) -> MethodPlan:
                 f"method {name!r}: best-of-n trains no policy; it combines only with a reward-model ensemble "
                 f"(ensemble_mean, ensemble_wco, ensemble_uwo), not with {others[0]!r}"
             )
+    if any(part.daa for part in chosen) and len(parts) > 1:
+        daa = next(p for p, part in zip(parts, chosen) if part.daa)
+        raise ValueError(f"method {name!r}: {daa!r} is a direct-alignment loss with its own training; it takes no "
+                         "other part (its knobs: daa.* and its own section)")  # fmt: skip
     kl_on = any(part.kl for part in chosen)
     if kl_on and rl.kl.coef <= 0:
         raise ValueError(f"method {name!r} uses a KL penalty: set rl.kl.coef > 0")

@@ -36,6 +36,7 @@ from overopt.models.reward import reward_model_from_backbone
 from overopt.progress import StageProgress, console
 from overopt.sampling import pad_left
 from overopt.stages.bon import run_best_of_n
+from overopt.stages.daa import run_daa
 from overopt.stages.judge import ANSWER_COLUMNS, sample_and_label_answers, train_judge
 from overopt.stages.method_run import SAMPLE_BATCH, Lab, run_method
 from overopt.stages.pairs import PAIR_COLUMNS, sample_and_label_pairs
@@ -86,7 +87,10 @@ def _run_fingerprint(rm_fp: str, plan, variant: ExperimentConfig, seed: int) -> 
     sections = plan.part_sections(variant)
     if plan.ensemble:
         sections["ensemble"] = variant.ensemble.model_dump()
-    rl = {} if plan.best_of_n else plan.rl.model_dump()  # best-of-n trains nothing: rl.* cannot make it stale
+    if plan.daa:
+        sections["daa"] = variant.daa.model_dump()
+    # Best-of-n and direct alignment do no RL: rl.* cannot make them stale.
+    rl = {} if plan.best_of_n or plan.daa else plan.rl.model_dump()
     return fingerprint(rm_fp, plan.name, rl, variant.eval.model_dump(), sections, seed)
 
 
@@ -366,6 +370,8 @@ def run_job(lab: Lab, plans: Plans, name: str, seed: int) -> None:
             return
         if plan.best_of_n:
             run_best_of_n(lab, plan, variant, seed, run_dir, name)
+        elif plan.daa:
+            run_daa(lab, plan, variant, seed, run_dir, name, checkpoints)
         else:
             run_method(lab, plan, variant, seed, run_dir, name, checkpoints)
         if distributed.is_main():

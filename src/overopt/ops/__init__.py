@@ -16,6 +16,11 @@ By file:
   "token_sum_norm"; ``clipped_value_loss``.
 * ``preference``  - ``bradley_terry_loss`` (optionally importance-weighted),
   ``pairwise_accuracy``.
+* ``daa``         - direct-alignment losses on sequence log-probs, each returning
+  ``DAALoss(losses, chosen_rewards, rejected_rewards)``: ``dpo_loss`` (arXiv
+  2305.18290), ``ipo_loss`` (arXiv 2310.12036), ``simpo_loss`` (arXiv
+  2405.14734), ``rpo_loss`` (arXiv 2405.16436), ``hinge_loss`` (SLiC, arXiv
+  2305.10425), and ``daa_loss`` dispatching by name over ``DAA_LOSSES``.
 * ``ocrm``        - OCRM importance weights (arXiv 2507.15507):
   ``relative_log_density_ratio``, ``ocrm_log_weights``, ``normalize_weights``
   (``WEIGHT_NORMALIZATIONS`` "none" / "batch" / "dataset"),
@@ -62,6 +67,7 @@ from overopt.laws import (
 )
 from overopt.ops.advantages import GAE, gae, grpo_advantages, rloo_advantages
 from overopt.ops.chi2 import Chi2, chi2_estimate
+from overopt.ops.daa import DAA_LOSSES, DAALoss, daa_loss, dpo_loss, hinge_loss, ipo_loss, rpo_loss, simpo_loss
 from overopt.ops.ensemble import ENSEMBLE_MODES, aggregate_ensemble, ensemble_penalty_share, ensemble_std
 from overopt.ops.gr import (
     GR_EXCLUDE_PATTERNS,
@@ -144,6 +150,15 @@ __all__ = [
     "bradley_terry_loss",
     "order_disagreement",
     "pairwise_accuracy",
+    # daa
+    "DAA_LOSSES",
+    "DAALoss",
+    "dpo_loss",
+    "ipo_loss",
+    "simpo_loss",
+    "rpo_loss",
+    "hinge_loss",
+    "daa_loss",
     # ocrm
     "WEIGHT_NORMALIZATIONS",
     "relative_log_density_ratio",

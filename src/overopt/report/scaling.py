@@ -137,37 +137,35 @@ def _ci(fit: dict, key: str) -> tuple[float, float] | None:
 
 def plot_scaling(out: Path, result: dict) -> list[Path]:
     """scaling_coefficients.png (α, β and RM accuracy per axis, CIs and trend lines) and scaling_curves.png
-    (gold gain vs d per cell of the RM-size and data axes, with the fitted forms dashed)."""
+    (gold gain vs d per cell of each axis, with the fitted forms dashed)."""
     from .plots import _new_figure, _save, _style, method_colors
 
     plot_dir = out / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
     cells = [c for c in result["cells"] if "error" not in c]
     methods, colors = result["methods"], method_colors(result["methods"])
-    fig = _new_figure(5.0 * len(AXIS_X), 3.3 * 3)
-    axes = fig.subplots(3, len(AXIS_X), squeeze=False)
+    panels = [(m, coef) for m in methods for coef in COEFFICIENTS]  # one row each: the forms' scales differ
+    fig = _new_figure(5.0 * len(AXIS_X), 2.9 * (len(panels) + 1))
+    axes = fig.subplots(len(panels) + 1, len(AXIS_X), squeeze=False)
     for col, (axis, x_key) in enumerate(AXIS_X.items()):
         members = sorted((c for c in cells if c["axis"] in (axis, "base") and c.get(x_key)), key=lambda c: c[x_key])
-        for row, coef in enumerate(COEFFICIENTS):
+        for row, (m, coef) in enumerate(panels):
             ax = axes[row, col]
-            for m in methods:
-                pts = [(c[x_key], (c["methods"].get(m) or {}).get("fit") or {}) for c in members]
-                pts = [(x, f) for x, f in pts if not f.get("error") and f.get(coef) is not None]
-                if not pts:
-                    continue
+            pts = [(c[x_key], (c["methods"].get(m) or {}).get("fit") or {}) for c in members]
+            pts = [(x, f) for x, f in pts if not f.get("error") and f.get(coef) is not None]
+            if pts:
                 xs, ys = [x for x, _ in pts], [f[coef] for _, f in pts]
                 lo = [f[coef] - (_ci(f, coef) or (f[coef], f[coef]))[0] for _, f in pts]
                 hi = [(_ci(f, coef) or (f[coef], f[coef]))[1] - f[coef] for _, f in pts]
-                ax.errorbar(xs, ys, yerr=[lo, hi], color=colors[m], marker="o", capsize=2, linestyle="none", label=m)
+                ax.errorbar(xs, ys, yerr=[lo, hi], color=colors[m], marker="o", capsize=2, linestyle="none")
                 trend = result["trends"][axis][m][coef]
                 if trend is not None:
                     grid = np.logspace(np.log10(min(xs)), np.log10(max(xs)), 50)
                     ax.plot(grid, trend["intercept"] + trend["slope"] * np.log10(grid), color=colors[m],
                             linestyle="--", linewidth=1)  # fmt: skip
             ax.set_xscale("log")
-            _style(ax, f"{'α' if coef == 'alpha' else 'β'} vs {AXIS_LABEL[axis]}", "", coef)
-            ax.legend(fontsize=7, frameon=False)
-        ax = axes[2, col]
+            _style(ax, f"{m}: {'α' if coef == 'alpha' else 'β'} vs {AXIS_LABEL[axis]}", "", coef)
+        ax = axes[len(panels), col]
         acc = [(c[x_key], c.get("rm_accuracy")) for c in members if c.get("rm_accuracy") is not None]
         if acc:
             ax.plot(*zip(*acc), color="0.2", marker="o")
@@ -177,9 +175,9 @@ def plot_scaling(out: Path, result: dict) -> list[Path]:
     fig.tight_layout()
     paths = [_save(fig, plot_dir / "scaling_coefficients.png")]
 
-    fig = _new_figure(5.0 * len(methods), 3.6 * 2)
-    axes = fig.subplots(2, len(methods), squeeze=False)
-    for row, (axis, x_key) in enumerate((("rm_size", "rm_params"), ("pairs", "pairs"))):
+    fig = _new_figure(5.0 * len(methods), 3.6 * len(AXIS_X))
+    axes = fig.subplots(len(AXIS_X), len(methods), squeeze=False)
+    for row, (axis, x_key) in enumerate(AXIS_X.items()):
         members = sorted((c for c in cells if c["axis"] in (axis, "base") and c.get(x_key)), key=lambda c: c[x_key])
         shades = method_colors([c["cell"] for c in members])
         for col, m in enumerate(methods):
@@ -189,7 +187,7 @@ def plot_scaling(out: Path, result: dict) -> list[Path]:
                 curve, fit = entry.get("curve") or {}, entry.get("fit") or {}
                 if not curve.get("d"):
                     continue
-                label = f"{c[x_key]:,} {'params' if axis == 'rm_size' else 'pairs'}"
+                label = f"{c[x_key]:,} {'pairs' if axis == 'pairs' else 'params'}"
                 ax.plot(curve["d"], curve["gain"], color=shades[c["cell"]], marker="o", markersize=3, label=label)
                 if not fit.get("error") and fit.get("alpha") is not None:
                     d = np.linspace(0, max(curve["d"]), 100)

@@ -58,17 +58,20 @@ def run_best_of_n(lab: Lab, plan: MethodPlan, cfg: ExperimentConfig, seed: int, 
                 )  # fmt: skip
                 cmask = rollout.completion_mask
                 gold_terms = testbed.gold_components(rollout.prompt_ids, rollout.completion_ids, cmask)
-                values = {
+                per_sample = {
                     "gold_reward": testbed.gold_from_components(gold_terms),
                     "mean_length": cmask.sum(1),
                     "eos_rate": (rollout.completion_ids == tok.eos_token_id).any(1),
                     **{f"gold/{k}": v for k, v in gold_terms.items()},
                 }
-                for key, value in values.items():
+                for key, value in per_sample.items():
                     stats.setdefault(key, []).append(value.double().cpu())
                 proxy.append(source(rollout).rewards.double().cpu())
-                width = rollout.completion_ids.shape[1]  # pad to the budget so equal completions compare equal
-                completions.append(torch.nn.functional.pad(rollout.completion_ids, (0, budget - width), value=-1).cpu())
+                # Every position after the completion set to -1, up to the budget: equal completions compare equal
+                # whatever the width of the batch they were sampled in.
+                width = rollout.completion_ids.shape[1]
+                tokens = rollout.completion_ids.masked_fill(cmask == 0, -1)
+                completions.append(torch.nn.functional.pad(tokens, (0, budget - width), value=-1).cpu())
                 masks.append(torch.nn.functional.pad(cmask, (0, budget - width)).cpu())
             scores.append(torch.cat(proxy))
             if p < cfg.eval.n_logged_samples:

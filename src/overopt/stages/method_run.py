@@ -117,21 +117,12 @@ def run_method(
 
     def on_eval(step: int, train_figures: Figures) -> None:
         nonlocal mech_reference
-        metrics, samples, scored = evaluate_policy(
-            policy, lab.sft_policy, source, lab.testbed, lab.eval_ids, lab.eval_mask,
-            temperature=cfg.eval.temperature, seed=10_000 + seed, batch_size=SAMPLE_BATCH,
-            n_logged_samples=cfg.eval.n_logged_samples, pairs=mech_on,
-        )  # fmt: skip
-        if mech_on:
-            if step == 0:
-                mech_reference = mechanisms.sft_reference(scored)
-            metrics.update(mechanisms.evaluation_figures(scored, mech_reference, rm0 if phase > 0 else None))
+        metrics, samples, mech_reference = evaluation(
+            lab, cfg, seed, policy, source, step, mech_reference, rm0 if phase > 0 else None
+        )
         row = {"step": step, **metrics, "wall_s": time.perf_counter() - start, **train_figures, **extra}
         if writes:
-            append_jsonl(run_dir / "metrics.jsonl", row)
-            tracking.log(row)
-            faults.point("eval.logged")
-            append_jsonl(run_dir / "samples.jsonl", {"step": step, "samples": samples})
+            log_evaluation(run_dir, tracking, row, samples)
 
     def on_step_end(step: int, loop_state: Callable[[], dict]) -> None:
         if not (writes and checkpoints.due()):
@@ -186,6 +177,38 @@ def run_method(
     if writes:
         save_weights(policy, run_dir / "policy.safetensors")
     tracking.finish()
+
+
+def evaluation(
+    lab: Lab,
+    cfg: ExperimentConfig,
+    seed: int,
+    policy: PreTrainedModel,
+    source: RewardSource,
+    step: int,
+    mech_reference: dict | None,
+    rm0: RewardSource | None = None,
+) -> tuple[Figures, list[dict], dict | None]:
+    """One held-out evaluation on the lab's contract, with the mechanism figures when eval.mechanisms is on:
+    its metrics, its logged samples, and the mechanisms' reference (the SFT policy's, set at step 0)."""
+    metrics, samples, scored = evaluate_policy(
+        policy, lab.sft_policy, source, lab.testbed, lab.eval_ids, lab.eval_mask,
+        temperature=cfg.eval.temperature, seed=10_000 + seed, batch_size=SAMPLE_BATCH,
+        n_logged_samples=cfg.eval.n_logged_samples, pairs=cfg.eval.mechanisms,
+    )  # fmt: skip
+    if cfg.eval.mechanisms:
+        if step == 0:
+            mech_reference = mechanisms.sft_reference(scored)
+        metrics.update(mechanisms.evaluation_figures(scored, mech_reference, rm0))
+    return metrics, samples, mech_reference
+
+
+def log_evaluation(run_dir: Path, tracking: trackers.RunTrackers, row: dict, samples: list[dict]) -> None:
+    """Append an evaluation's row to metrics.jsonl (and the trackers) and its samples to samples.jsonl."""
+    append_jsonl(run_dir / "metrics.jsonl", row)
+    tracking.log(row)
+    faults.point("eval.logged")
+    append_jsonl(run_dir / "samples.jsonl", {"step": row["step"], "samples": samples})
 
 
 def reward_source(lab: Lab, plan: MethodPlan, cfg: ExperimentConfig) -> RewardSource:

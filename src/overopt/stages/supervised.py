@@ -27,6 +27,8 @@ def fit_minibatches(
     max_grad_norm: float = 1.0,
     checkpoints: Checkpointer | None = None,
     module: torch.nn.Module | None = None,
+    on_step: Callable[[int], None] | None = None,
+    caller_state: Callable[[], dict] | None = None,
 ) -> float:
     """AdamW (cosine decay, 5% warm-up) over `epochs` shuffled passes of `n_items` items.
 
@@ -36,6 +38,8 @@ def fit_minibatches(
     (overopt.distributed) split between them. Returns the last minibatch's loss.
     With `checkpoints`, the loop resumes from the newest checkpoint and writes one when it is due.
     A non-finite loss or gradient stops the loop before the optimiser applies it (NumericalFault).
+    `on_step(done)` runs after each update (a direct-alignment run evaluates there); `caller_state()` is kept
+    in each checkpoint as state["caller"] (what the caller needs to resume: its logs' lengths, running sums).
     """
     batches_per_epoch = math.ceil(n_items / batch_size)
     total = epochs * batches_per_epoch
@@ -81,11 +85,13 @@ def fit_minibatches(
         done += 1
         loss_value = loss.item()
         progress.advance(loss=loss_value)
+        if on_step is not None:
+            on_step(done)
         if checkpoints is not None and checkpoints.due() and done < total:
             checkpoints.save(done, {
                 "optimizer": optimizer_state(optimizer), "scheduler": scheduler.state_dict(),
                 "generator": generator.get_state(), "rng": rng_state(), "loss": loss_value,
-                "order": torch.tensor(order),
+                "order": torch.tensor(order), "caller": caller_state() if caller_state is not None else {},
             }, {"model": model})  # fmt: skip
     model.eval()
     return loss_value
