@@ -16,6 +16,7 @@ import datetime
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -76,7 +77,7 @@ def fits_section(args: Args) -> str:
             f"| {_ci(f['beta'], ci.get('beta'))} | {_v(f['r2'])} | {_ci(f['d_peak'], ci.get('d_peak'), 2)} "
             f"| {_ci(f['gold_peak'], ci.get('gold_peak'))} | {_v(fc.get('observed_d_peak'), 2)} "
             f"({_v(fc.get('observed_gold_peak'))}) | "
-            + (f"{_v(fc['d_peak'], 2)} ({_v(fc['d_peak_error'], 2)}, {_v(fc['d_peak_rel_error'], 2)}×) "
+            + (f"{_v(fc['d_peak'], 2)} ({fc['d_peak_error']:+.2f}, {fc['d_peak_rel_error']:+.0%}) "
                f"from {fc['n_points']} points with d ≤ {_v(fc['d_cut'], 2)}"
                if not fc.get("error") else f"– ({fc['error']})") + " |"
         )  # fmt: skip
@@ -106,7 +107,7 @@ def fits_section(args: Args) -> str:
         "bound on its KL). Fits through the origin on (d, gold − gold at the first evaluation) of every seed; "
         "brackets: 95 % percentile bootstrap over seeds (with 3 seeds, at most 10 distinct resamples: coarse). "
         "Forecast: the fit on the evaluations with d ≤ half the observed peak's d, its predicted peak, and its "
-        "error against the observed peak of the mean curve (difference, ratio − 1).",
+        "error against the observed peak of the mean curve (difference, relative).",
         "",
         "| method | form | α | β | R² | d* predicted | gold gain at d* | observed peak d (gain) "
         "| forecast d* (error, relative) |",
@@ -124,7 +125,9 @@ def fits_section(args: Args) -> str:
 
 def scaling_section(args: Args) -> str:
     cmd = ["overopt", "scaling", "--preset", "default", "--seeds", str(args.seeds), "--out", str(args.scaling_out)]
+    start = time.perf_counter()
     subprocess.run([sys.executable, "-m", *cmd], check=True)
+    wall = time.perf_counter() - start
     result = json.loads((args.scaling_out / "scaling.json").read_text())
     rows = []
     for c in result["cells"]:
@@ -157,7 +160,8 @@ def scaling_section(args: Args) -> str:
         "One axis at a time around the preset's cell (`base`: policy and RM 64×2×4, 12000 pairs). RM cells: the RM "
         "starts from an SFT model of its own size; policy cells keep the RM at 64×2×4, trained on pairs from that "
         f"policy. {args.seeds} seeds per method; brackets: 95 % bootstrap intervals over seeds. Parameters: every "
-        "tensor of the saved model (embeddings and head included).",
+        f"tensor of the saved model (embeddings and head included). Wall time of `overopt scaling`: {wall / 60:.1f} "
+        "min (finished cells and stages in OUT are reused: a rerun is faster).",
         "",
         "| cell | axis | RM params | pairs | policy params | RM accuracy | bon α | bon β | bon d* "
         "| RL α | RL β | RL d* |",

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from overopt.cli import main
+from overopt.config import EvalConfig, RLConfig, load_config
 from overopt.laws import kl_bon_bound
 from overopt.report.summary import method_fit
 
@@ -76,9 +77,17 @@ def test_method_fit_recovers_a_known_curve_from_rows():
     assert rl["form"] == "rl" and "at least 3 points" in rl["error"]  # a one-line reason, not an exception
 
 
-def test_bon_runs_ignore_rl_settings_but_not_their_own(bon_out, capsys):
-    main(["run", "--preset", "smoke", "--methods", "bon", "--seeds", "2", "--out", str(bon_out), "--rl.lr", "0.1"])
-    with pytest.raises(SystemExit):
-        main(["run", "--preset", "smoke", "--methods", "bon", "--seeds", "2", "--out", str(bon_out),
-              "--bon.n_samples", "8"])  # fmt: skip
-    assert "runs/bon/seed0 was built from a different configuration" in capsys.readouterr().err
+def test_bon_runs_ignore_rl_settings_but_not_their_own():
+    """A best-of-n run's fingerprint: changing rl.* keeps it (nothing is trained), bon.* or eval.* changes it."""
+    from overopt.pipeline import _run_fingerprint, resolve_plans
+
+    def fingerprint(**sections) -> str:
+        cfg = load_config("smoke")
+        cfg = cfg.model_validate({**cfg.model_dump(), "methods": "bon", **sections})
+        plan, variant = resolve_plans(cfg)["bon"]
+        return _run_fingerprint("rm", plan, variant, 0)
+
+    base = fingerprint()
+    assert fingerprint(rl={**RLConfig().model_dump(), "lr": 0.1}) == base
+    assert fingerprint(bon={"n_samples": 8}) != base
+    assert fingerprint(eval={**EvalConfig().model_dump(), "n_prompts": 16}) != base

@@ -154,8 +154,11 @@ def _run_stage(out: Path, name: str, fp: str, build, every_s: float) -> Path:
 Plans = dict[str, tuple[MethodPlan, ExperimentConfig]]  # run name -> (method, its configuration)
 
 
-def run_experiment(cfg: ExperimentConfig, variants: list[tuple[str, str, ExperimentConfig]] | None = None) -> dict:
-    """Run (or resume) every stage and every method × seed, then build the report.
+def run_experiment(
+    cfg: ExperimentConfig, variants: list[tuple[str, str, ExperimentConfig]] | None = None, report: bool = True
+) -> dict:
+    """Run (or resume) every stage and every method × seed, then build the report (without `report`: only
+    summary.json; overopt.scaling's cells, whose report is the grid's).
 
     `variants` (run name, method, configuration) replaces `cfg.method_variants()` (the frontier
     comparison of overopt.compare runs each method over its own grid)."""
@@ -170,7 +173,7 @@ def run_experiment(cfg: ExperimentConfig, variants: list[tuple[str, str, Experim
         done = launch.run_jobs(lab, plans, named, jobs(cfg, plans), testbed.precision)
         if distributed.is_main():
             launch.log_invocation(Path(cfg.out) / RUN_TIMING_FILE, **done)
-        return finish(cfg)
+        return finish(cfg, report)
 
 
 RUN_TIMING_FILE = "run_timing.json"  # every invocation: runs, runs it ran, jobs, threads per run, wall time of the runs
@@ -380,14 +383,18 @@ def run_job(lab: Lab, plans: Plans, name: str, seed: int) -> None:
     distributed.barrier()
 
 
-def finish(cfg: ExperimentConfig) -> dict:
-    """Every stage and run is done: drop the checkpoints, build the report (main process only)."""
-    from overopt.report import build_report  # the report reads outputs only; imported at the end
+def finish(cfg: ExperimentConfig, report: bool = True) -> dict:
+    """Every stage and run is done: drop the checkpoints, build the report (main process only); without
+    `report`, only summary.json (`overopt report OUT` builds the rest later)."""
+    from overopt.report import build_report, write_summary  # the report reads outputs only; imported at the end
 
     if not distributed.is_main():
         return {}
     out = Path(cfg.out)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    if not report:
+        write_summary(out)
+        return {}
     return build_report(out, console=console)
 
 

@@ -8,7 +8,8 @@ The grid (presets/scaling.yaml, or `--grid FILE`) varies one axis at a time arou
 - RM data: the number of gold-labelled pairs (pairs.n_prompts), at the preset's RM size;
 - policy size: the policy (model.*), with the RM at the preset's size, trained on pairs sampled from that policy.
 Each cell is an `overopt run` of best-of-n and one RL method (default `bon,none`: RLOO with no KL) in
-OUT/cells/<cell>/, whose summary holds each method's fit. A cell reuses any finished stage of another cell
+OUT/cells/<cell>/, whose summary.json holds each method's fit (its plots and page: `overopt report <cell dir>`).
+A cell reuses any finished stage of another cell
 built from the same configuration (the same fingerprint), so the preset's SFT policy is trained once.
 OUT/scaling_plan.json lists the cells; the analysis (overopt.report.scaling) writes OUT/scaling.json, the plots
 and OUT/scaling.html. Rerunning the same command resumes: finished cells and runs are reused.
@@ -106,7 +107,7 @@ def run_scaling(base: ExperimentConfig, grid_file: Path | None = None, quick: bo
             cell_out = out / "cells" / name
             cfg = cfg.model_copy(update={"out": cell_out})
             _reuse_stages(out / "cells", cell_out, cfg)
-            run_experiment(cfg)
+            run_experiment(cfg, report=False)  # each cell's summary.json; its report: `overopt report <cell>`
             plan["cells"][name] = {"axis": axis, "value": value, "out": str(cell_out.relative_to(out))}
             atomic_write_text(out / PLAN_FILE, json.dumps(plan, indent=2) + "\n")  # partial grids are reported too
         return build_scaling(out, console=console)
