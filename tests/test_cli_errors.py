@@ -1,5 +1,5 @@
 """Bad command lines and config files end with one line on stderr and exit status 2, never a traceback
-(property-based: 300 command lines + 250 YAML files)."""
+(property-based: 100 command lines + 250 YAML files)."""
 
 from __future__ import annotations
 
