@@ -8,6 +8,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# As the CLI does (overopt.cli.main), before torch loads: idle OpenMP threads sleep instead of spinning, so
+# that the test processes sharing the cores (pytest -n 2, the tests' own workers) do not slow each other down.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="module")

@@ -243,7 +243,7 @@ class HingeConfig(_Frozen):
 
 
 class BoNConfig(_Frozen):
-    """Best-of-n from π_SFT (Gao et al., arXiv 2210.10760): N samples per held-out prompt; n = 1, 2, 4, ..., N."""
+    """Best-of-n from π_SFT (Gao et al., arXiv 2210.10760): N samples per held-out prompt, n on a half-octave grid."""
 
     n_samples: int = Field(256, ge=2, description="N: samples per held-out prompt (T = 1) for best-of-n.")
 

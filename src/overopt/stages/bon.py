@@ -2,7 +2,7 @@
 
 For every held-out prompt, N completions are sampled from π_SFT at T = 1 and scored by the run's reward
 source (the proxy RM, an ensemble's mean / WCO / UWO, or a testbed's rule) and by the gold reward. The
-unbiased estimator (overopt.laws.best_of_n) then gives, for every n of the log grid 1, 2, 4, ..., N, the
+unbiased estimator (overopt.laws.best_of_n) then gives, for every n of the half-octave grid 1, 2, 3, 4, 6, ..., N, the
 expected proxy reward, gold reward (and its components) and length of the best of n, averaged over the
 prompts: one metrics.jsonl row per n, with `step` = n so that the report's step-indexed code reads it.
 Every sample's scores are kept in bon_scores.npz (prompts × N arrays) for other estimates offline.
