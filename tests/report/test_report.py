@@ -315,3 +315,16 @@ def test_sweep_variants_follow_their_method_in_sweep_order():
         "kl@rl.kl.coef=0.05",
         "extra",
     ]
+
+
+def test_fit_rows_say_when_there_is_no_fit_no_peak_or_a_peak_beyond_the_data():
+    from overopt.report.table import FIT_HEADER, fit_row
+
+    base = {"form": "rl", "alpha": 0.2, "beta": 0.25, "r2": 0.99, "d_max": 3.0, "error": None,
+            "ci": {"alpha": [0.19, 0.21], "beta": None}, "forecast": {"error": "too few points"}}  # fmt: skip
+    row = fit_row("none", {**base, "d_peak": 0.72, "gold_peak": 0.18})
+    assert len(row) == len(FIT_HEADER) and row[2] == "0.200 [0.190, 0.210]" and row[3] == "0.250"
+    assert row[5] == "0.72 (0.180)" and row[6] == "– (too few points)"
+    assert fit_row("none", {**base, "d_peak": None, "gold_peak": None})[5] == "no peak (β ≤ 0)"
+    assert fit_row("dpo", {**base, "d_peak": 3.5e5, "gold_peak": 4e3})[5].startswith("beyond the data")
+    assert "no fit: fit rl: every d is 0" in fit_row("x", {"form": "rl", "error": "fit rl: every d is 0"})[2]

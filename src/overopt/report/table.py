@@ -49,8 +49,13 @@ def fit_row(name: str, fit: dict | None) -> list[str]:
     if fit.get("error"):
         return [name, str(fit.get("form", "–")), f"no fit: {fit['error']}", "", "", "", ""]
     ci = fit.get("ci") or {}
-    peak = "no peak (β ≤ 0)" if fit.get("d_peak") is None else (
-        f"{_with_ci(fit['d_peak'], ci.get('d_peak'), 2)} ({format_value(fit.get('gold_peak'))})")  # fmt: skip
+    d_peak, d_max = fit.get("d_peak"), fit.get("d_max")
+    if d_peak is None:
+        peak = "no peak (β ≤ 0)"
+    elif isinstance(d_max, (int, float)) and d_peak > 2 * d_max:  # an extrapolation, not a prediction
+        peak = f"beyond the data (d* {d_peak:.3g} > 2 × d_max {d_max:.2f})"
+    else:
+        peak = f"{_with_ci(d_peak, ci.get('d_peak'), 2)} ({format_value(fit.get('gold_peak'))})"
     fc = fit.get("forecast") or {}
     forecast = (f"{format_value(fc.get('d_peak_error'), 2)} ({format_value(fc.get('gold_peak_error'))})"
                 if not fc.get("error") else f"– ({fc['error']})")  # fmt: skip
