@@ -1,12 +1,12 @@
 """Direct alignment overoptimizes too (Rafailov et al., arXiv 2406.02900): DPO over β, IPO, SimPO, RPO and hinge
 on the `default` preset's pairs, side by side with RL (`kl`, `none`) at matched KL; a RESULTS.md section.
 
-    python benchmarks/direct_alignment.py                  # about 25 minutes on 2 CPU cores
+    python benchmarks/direct_alignment.py                  # about an hour on 2 CPU cores (a DAA run: 110 s)
     python benchmarks/direct_alignment.py --seeds 1 --betas 0.1   # a quick look
 
 Two `overopt run` invocations into one OUT (the shared stages are trained once, or reused): DPO swept over
 `dpo.beta`, then the other losses at their defaults with the RL baselines. Every run is evaluated every
-`eval.every` = 10 optimiser steps over `daa.epochs` = 2 epochs (169 steps each), so each curve shows both.
+`eval.every` = 10 optimiser steps over `daa.epochs` = 2 epochs (166 steps each), so each curve shows both.
 Read from OUT: each run's gold final, gold peak and its step, KL final, hacked seeds, the RL form fitted to
 gold against √KL (R²) and gold along each run's own path at matched KL budgets (report.frontier.path_gold_at_kl,
 mean and 95 % bootstrap CI over seeds; "–" where a run never reaches the budget).
@@ -83,7 +83,7 @@ def main(args: Args) -> None:
         f"Date: {datetime.date.today().isoformat()}  ",
         f"Machine: {machine()}",
         "",
-        f"SFT gold {sft:.3f}. DAAs: 2 epochs of the 10 800 training pairs (169 steps each, batch 64, lr 1e-4), "
+        f"SFT gold {sft:.3f}. DAAs: 2 epochs of the training pairs (166 steps each, batch 64, lr 3e-4), "
         f"evaluated every 10 steps; RL: 200 updates. Mean ± std over {args.seeds} seeds; gold peak (step) and "
         "hacked seeds as in every table here. Fit: the RL form d(α − β log d) to gold gain against √KL (α, β, R²). "
         "Matched KL: gold along each run's own path where its KL first reaches the budget (linear interpolation "

@@ -206,7 +206,7 @@ class DAAConfig(_Frozen):
 
     epochs: int = Field(2, gt=0, description="Passes over the training pairs.")
     batch_size: int = Field(64, gt=0, description="Pairs per optimiser step.")
-    lr: float = Field(1e-4, gt=0, description="AdamW learning rate (cosine decay, 5% warm-up).")
+    lr: float = Field(3e-4, gt=0, description="AdamW learning rate (cosine decay, 5% warm-up), rl.lr's default.")
 
 
 class DPOConfig(_Frozen):
