@@ -327,4 +327,6 @@ def test_fit_rows_say_when_there_is_no_fit_no_peak_or_a_peak_beyond_the_data():
     assert row[5] == "0.72 (0.180)" and row[6] == "– (too few points)"
     assert fit_row("none", {**base, "d_peak": None, "gold_peak": None})[5] == "no peak (β ≤ 0)"
     assert fit_row("dpo", {**base, "d_peak": 3.5e5, "gold_peak": 4e3})[5].startswith("beyond the data")
+    far = {"error": None, "d_peak": 6165.9, "d_peak_error": 6164.0, "gold_peak_error": 130.8}
+    assert fit_row("kl", {**base, "d_peak": 2.3, "forecast": far})[6] == "beyond the data (d* 6.17e+03)"
     assert "no fit: fit rl: every d is 0" in fit_row("x", {"form": "rl", "error": "fit rl: every d is 0"})[2]

@@ -57,8 +57,12 @@ def fit_row(name: str, fit: dict | None) -> list[str]:
     else:
         peak = f"{_with_ci(d_peak, ci.get('d_peak'), 2)} ({format_value(fit.get('gold_peak'))})"
     fc = fit.get("forecast") or {}
-    forecast = (f"{format_value(fc.get('d_peak_error'), 2)} ({format_value(fc.get('gold_peak_error'))})"
-                if not fc.get("error") else f"– ({fc['error']})")  # fmt: skip
+    if fc.get("error"):
+        forecast = f"– ({fc['error']})"
+    elif isinstance(d_max, (int, float)) and (fc.get("d_peak") or 0) > 2 * d_max:
+        forecast = f"beyond the data (d* {fc['d_peak']:.3g})"
+    else:
+        forecast = f"{format_value(fc.get('d_peak_error'), 2)} ({format_value(fc.get('gold_peak_error'))})"
     return [name, "d(α − β log d)" if fit["form"] == "rl" else "d(α − β d)",
             _with_ci(fit.get("alpha"), ci.get("alpha")), _with_ci(fit.get("beta"), ci.get("beta")),
             format_value(fit.get("r2")), peak, forecast]  # fmt: skip
