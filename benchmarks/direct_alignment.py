@@ -27,6 +27,8 @@ from compare_methods import machine, write_section
 
 from overopt.report.frontier import bootstrap_ci, format_ci, path_gold_at_kl
 from overopt.report.summary import load_runs
+from overopt.report.table import format_mean_std as _ms
+from overopt.report.table import format_value as _v
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,16 +43,6 @@ class Args:
     out: Path = Path("runs/daa-default")
     stages_from: Path | None = None
     """A finished `default` OUT whose shared stages (SFT, pairs, RM) to copy in first (same configuration)."""
-
-
-def _v(x, digits: int = 3) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
-
-
-def _ms(stat: dict, digits: int = 3) -> str:
-    if not stat or stat.get("mean") is None:
-        return "–"
-    return f"{stat['mean']:.{digits}f}" + (f" ± {stat['std']:.{digits}f}" if stat.get("n", 0) > 1 else "")
 
 
 def main(args: Args) -> None:

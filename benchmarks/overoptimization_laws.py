@@ -27,6 +27,8 @@ from compare_methods import machine, write_section
 from overopt.laws import Fit
 from overopt.report.scaling import mean_curve
 from overopt.report.summary import load_runs
+from overopt.report.table import format_value as _v
+from overopt.report.table import format_with_ci as _ci
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,14 +38,6 @@ class Args:
     """Seeds per method (fits and every scaling cell)."""
     fits_out: Path = Path("runs/law-default")
     scaling_out: Path = Path("runs/scaling-summarize-default")
-
-
-def _v(x, digits: int = 3) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
-
-
-def _ci(value, ci, digits: int = 3) -> str:
-    return _v(value, digits) + (f" [{_v(ci[0], digits)}, {_v(ci[1], digits)}]" if ci and None not in ci else "")
 
 
 def d_to_reach(fit: dict, target: float, d_max: float = 20.0) -> float | None:

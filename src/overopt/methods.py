@@ -36,6 +36,7 @@ from overopt.mitigations.rewards import (
     RewardClip,
 )
 from overopt.mitigations.signcert import SignCertAdvantages, fisher_metric
+from overopt.ops import DAA_LOSSES
 from overopt.registry import Registry, source_version
 from overopt.testbeds.base import Testbed
 
@@ -144,7 +145,7 @@ _BUILTIN_PARTS: dict[str, Part] = {
     # best-of-n from the SFT policy, no training (bon.*); with an ensemble part, against the ensemble
     "bon": Part(best_of_n=True),
     # direct alignment on the proxy RM's gold-labelled pairs, no reward model (daa.* and the loss's section)
-    **{loss: Part(daa=loss, needs="pairs") for loss in ("dpo", "ipo", "simpo", "rpo", "hinge")},
+    **{loss: Part(daa=loss, needs="pairs") for loss in DAA_LOSSES},
     # KL penalty to the reference policy (rl.kl.*)
     "kl": Part(kl=True, strength="kl/reward_share"),
     # KL penalty whose reference is reset to the policy (ref_reset.*)

@@ -74,6 +74,17 @@ def _check_lengths(*named: tuple[str, torch.Tensor]) -> None:
             raise ValueError(f"{name} must be >= 1 token, got min {lengths.min().item()}")
 
 
+def _check_lengths_of(chosen_logps, rejected_logps, chosen_lengths, rejected_lengths) -> None:
+    """Both completions' log-probs and lengths: (B,) alike, lengths >= 1."""
+    _check_pairs(
+        ("chosen_logps", chosen_logps),
+        ("rejected_logps", rejected_logps),
+        ("chosen_lengths", chosen_lengths),
+        ("rejected_lengths", rejected_lengths),
+    )
+    _check_lengths(("chosen_lengths", chosen_lengths), ("rejected_lengths", rejected_lengths))
+
+
 def _check_beta(beta: float) -> None:
     if not (beta > 0 and math.isfinite(beta)):
         raise ValueError(f"beta must be > 0 and finite, got {beta}")
@@ -190,13 +201,7 @@ def simpo_loss(
     _check_beta(beta)
     if not math.isfinite(gamma):
         raise ValueError(f"gamma must be finite, got {gamma}")
-    _check_pairs(
-        ("chosen_logps", chosen_logps),
-        ("rejected_logps", rejected_logps),
-        ("chosen_lengths", chosen_lengths),
-        ("rejected_lengths", rejected_lengths),
-    )
-    _check_lengths(("chosen_lengths", chosen_lengths), ("rejected_lengths", rejected_lengths))
+    _check_lengths_of(chosen_logps, rejected_logps, chosen_lengths, rejected_lengths)
     chosen = beta * chosen_logps / chosen_lengths.to(chosen_logps.dtype)
     rejected = beta * rejected_logps / rejected_lengths.to(rejected_logps.dtype)
     losses = -F.logsigmoid(chosen - rejected - gamma)
@@ -290,13 +295,7 @@ def daa_loss(
     if loss not in DAA_LOSSES:
         raise ValueError(f"unknown DAA loss {loss!r}; valid choices: {list(DAA_LOSSES)}")
     _check_beta(beta)
-    _check_pairs(
-        ("chosen_logps", chosen_logps),
-        ("rejected_logps", rejected_logps),
-        ("chosen_lengths", chosen_lengths),
-        ("rejected_lengths", rejected_lengths),
-    )
-    _check_lengths(("chosen_lengths", chosen_lengths), ("rejected_lengths", rejected_lengths))
+    _check_lengths_of(chosen_logps, rejected_logps, chosen_lengths, rejected_lengths)
     if loss in _NEEDS_REFERENCE and (ref_chosen_logps is None or ref_rejected_logps is None):
         raise ValueError(f"DAA loss {loss!r} needs ref_chosen_logps and ref_rejected_logps (got None)")
     if loss == "simpo":

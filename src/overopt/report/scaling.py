@@ -21,7 +21,7 @@ from safetensors import safe_open
 
 from overopt.laws import Fit
 
-from .summary import _json_safe, _num, load_runs
+from .summary import _json_safe, _num, gain_curve, load_runs
 
 PLAN_FILE = "scaling_plan.json"
 RESULT_FILE = "scaling.json"
@@ -40,19 +40,14 @@ def parameter_count(model_dir: Path) -> int | None:
 
 
 def mean_curve(seeds: dict[int, list[dict]]) -> dict[str, list[float]]:
-    """Mean over seeds, per evaluation index, of d = sqrt(max(KL, 0)) and the gold gain over the first evaluation."""
-    curves = []
-    for rows in seeds.values():
-        base = _num(rows[0].get("gold_reward"))
-        kl = [_num(r.get("kl_sft")) for r in rows]
-        gold = [_num(r.get("gold_reward")) for r in rows]
-        if base is not None and all(v is not None for v in kl + gold):
-            curves.append([(math.sqrt(max(k, 0.0)), g - base) for k, g in zip(kl, gold)])
+    """Mean over seeds, per evaluation index, of the runs' gain curves (summary.gain_curve); a seed with an
+    evaluation missing its KL or gold is left out, so that the indices of the others line up."""
+    curves = [curve for rows in seeds.values() if len((curve := gain_curve(rows))[0]) == len(rows)]
     if not curves:
         return {"d": [], "gain": []}
-    length = min(len(c) for c in curves)
-    points = np.array([c[:length] for c in curves], dtype=float)  # (seeds, evals, 2)
-    return {"d": points[:, :, 0].mean(0).tolist(), "gain": points[:, :, 1].mean(0).tolist()}
+    length = min(len(d) for d, _ in curves)
+    points = np.array([[d[:length], gain[:length]] for d, gain in curves], dtype=float)  # (seeds, 2, evals)
+    return {"d": points[:, 0].mean(0).tolist(), "gain": points[:, 1].mean(0).tolist()}
 
 
 def _cell(out: Path, name: str, entry: dict) -> dict:
@@ -202,13 +197,13 @@ def plot_scaling(out: Path, result: dict) -> list[Path]:
 
 
 def _fit_cells(fit: dict | None) -> list[str]:
-    from .table import _with_ci, format_value
+    from .table import format_value, format_with_ci
 
     if not fit or fit.get("error"):
         return ["–", "–", "–"]
     ci = fit.get("ci") or {}
     peak = "no peak" if fit.get("d_peak") is None else format_value(fit["d_peak"], 2)
-    return [_with_ci(fit["alpha"], ci.get("alpha")), _with_ci(fit["beta"], ci.get("beta")), peak]
+    return [format_with_ci(fit["alpha"], ci.get("alpha")), format_with_ci(fit["beta"], ci.get("beta")), peak]
 
 
 def scaling_rows(result: dict) -> tuple[list[str], list[list[str]]]:

@@ -26,6 +26,7 @@ __all__ = [
     "FINAL_KEYS",
     "STAT_KEYS",
     "build_summary",
+    "gain_curve",
     "hacking_check",
     "is_best_of_n",
     "method_fit",
@@ -288,6 +289,16 @@ def is_best_of_n(seeds: dict[int, list[dict]]) -> bool:
     return any("n" in rows[0] for rows in seeds.values() if rows)
 
 
+def gain_curve(rows: list[dict]) -> tuple[list[float], list[float]]:
+    """One run's (d, R): d = sqrt(KL to SFT), estimates below 0 read as 0, and R = gold − gold at the first
+    evaluation, over the evaluations with a finite KL and gold (none when the first has no gold)."""
+    base = _num(rows[0].get("gold_reward")) if rows else None
+    points = [(_num(r.get("kl_sft")), _num(r.get("gold_reward"))) for r in rows]
+    points = [(math.sqrt(max(kl, 0.0)), gold - base) for kl, gold in points
+              if kl is not None and gold is not None and base is not None]  # fmt: skip
+    return [d for d, _ in points], [gain for _, gain in points]
+
+
 def method_fit(seeds: dict[int, list[dict]]) -> dict[str, Any]:
     """Gao et al.'s functional form (arXiv 2210.10760) fitted to one method's seeds (overopt.laws.fit_curves):
     R = gold − gold at the first evaluation (the SFT policy, or best-of-1) against d = sqrt(KL to SFT), KL
@@ -296,13 +307,10 @@ def method_fit(seeds: dict[int, list[dict]]) -> dict[str, Any]:
     form = "bon" if is_best_of_n(seeds) else "rl"
     curves, bases = [], []
     for rows in seeds.values():
-        base = _num(rows[0].get("gold_reward"))
-        points = [(_num(r.get("kl_sft")), _num(r.get("gold_reward"))) for r in rows]
-        points = [(math.sqrt(max(kl, 0.0)), gold - base) for kl, gold in points
-                  if kl is not None and gold is not None and base is not None]  # fmt: skip
-        if points:
-            curves.append(tuple(map(list, zip(*points))))
-            bases.append(base)
+        curve = gain_curve(rows)
+        if curve[0]:
+            curves.append(curve)
+            bases.append(_num(rows[0].get("gold_reward")))
     try:
         fit = fit_curves(curves, form)
     except ValueError as err:

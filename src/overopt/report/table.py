@@ -8,7 +8,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-__all__ = ["FIT_HEADER", "fit_row", "format_mean_std", "format_value", "print_summary_table", "rm_heldout_accuracy"]
+__all__ = [
+    "FIT_HEADER", "fit_row", "format_mean_std", "format_value", "format_with_ci", "print_summary_table",
+    "rm_heldout_accuracy",
+]  # fmt: skip
 
 
 def format_value(x: Any, digits: int = 3) -> str:
@@ -32,7 +35,7 @@ def format_mean_std(d: dict | None, digits: int = 3) -> str:
     return f"{mean} ± {format_value(d['std'], digits)}"
 
 
-def _with_ci(value: Any, ci: Any, digits: int = 3) -> str:
+def format_with_ci(value: Any, ci: Any, digits: int = 3) -> str:
     """``"v [lo, hi]"``, or the value alone without an interval."""
     if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(format_value(c) != "–" for c in ci):
         return f"{format_value(value, digits)} [{format_value(ci[0], digits)}, {format_value(ci[1], digits)}]"
@@ -55,7 +58,7 @@ def fit_row(name: str, fit: dict | None) -> list[str]:
     elif isinstance(d_max, (int, float)) and d_peak > 2 * d_max:  # an extrapolation, not a prediction
         peak = f"beyond the data (d* {d_peak:.3g} > 2 × d_max {d_max:.2f})"
     else:
-        peak = f"{_with_ci(d_peak, ci.get('d_peak'), 2)} ({format_value(fit.get('gold_peak'))})"
+        peak = f"{format_with_ci(d_peak, ci.get('d_peak'), 2)} ({format_value(fit.get('gold_peak'))})"
     fc = fit.get("forecast") or {}
     if fc.get("error"):
         forecast = f"– ({fc['error']})"
@@ -64,7 +67,7 @@ def fit_row(name: str, fit: dict | None) -> list[str]:
     else:
         forecast = f"{format_value(fc.get('d_peak_error'), 2)} ({format_value(fc.get('gold_peak_error'))})"
     return [name, "d(α − β log d)" if fit["form"] == "rl" else "d(α − β d)",
-            _with_ci(fit.get("alpha"), ci.get("alpha")), _with_ci(fit.get("beta"), ci.get("beta")),
+            format_with_ci(fit.get("alpha"), ci.get("alpha")), format_with_ci(fit.get("beta"), ci.get("beta")),
             format_value(fit.get("r2")), peak, forecast]  # fmt: skip
 
 

@@ -73,20 +73,21 @@ def run_best_of_n(lab: Lab, plan: MethodPlan, cfg: ExperimentConfig, seed: int, 
                 tokens = rollout.completion_ids.masked_fill(cmask == 0, -1)
                 completions.append(torch.nn.functional.pad(tokens, (0, budget - width), value=-1).cpu())
                 masks.append(torch.nn.functional.pad(cmask, (0, budget - width)).cpu())
-            scores.append(torch.cat(proxy))
+            prompt_scores, tokens, mask = torch.cat(proxy), torch.cat(completions), torch.cat(masks)
+            prompt_stats = {key: torch.cat(chunks) for key, chunks in stats.items()}
             if p < cfg.eval.n_logged_samples:
-                best = int(scores[-1].argmax())
-                completion, mask = torch.cat(completions)[best], torch.cat(masks)[best]
+                best = int(prompt_scores.argmax())
                 logged.append({
                     "prompt": tok.decode(lab.eval_ids[p][lab.eval_mask[p].bool()]),
-                    "completion": tok.decode(completion[mask.bool()]),
-                    "gold_reward": torch.cat(stats["gold_reward"])[best].item(),
-                    "proxy_reward": scores[-1][best].item(),
+                    "completion": tok.decode(tokens[best][mask[best].bool()]),
+                    "gold_reward": prompt_stats["gold_reward"][best].item(),
+                    "proxy_reward": prompt_scores[best].item(),
                 })  # fmt: skip
-            ids.append(torch.unique(torch.cat(completions), dim=0, return_inverse=True)[1])
-            for key, chunks in stats.items():
-                columns.setdefault(key, []).append(torch.cat(chunks))
-            progress.advance(proxy=scores[-1].mean().item())
+            scores.append(prompt_scores)
+            ids.append(torch.unique(tokens, dim=0, return_inverse=True)[1])
+            for key, value in prompt_stats.items():
+                columns.setdefault(key, []).append(value)
+            progress.advance(proxy=prompt_scores.mean().item())
     proxy_scores = torch.stack(scores).numpy()
     sample_ids = torch.stack(ids).numpy()
     keys = ["proxy_reward", *columns]

@@ -32,10 +32,11 @@ from overopt.io import fsync_size, save_weights
 from overopt.methods import MethodPlan
 from overopt.mitigations.ocrm import completion_loglik
 from overopt.models.policy import completion_logprobs
-from overopt.ops import DAALoss, daa_loss, pairwise_accuracy, sequence_logprobs
+from overopt.ops import DAALoss, daa_loss, sequence_logprobs
 from overopt.progress import StageProgress
 from overopt.sampling import rollout_from_tokens
 from overopt.stages.method_run import LOGS, SAMPLE_BATCH, Lab, _truncate_logs, evaluation, log_evaluation, reward_source
+from overopt.stages.rm import margin_gold_accuracy
 from overopt.stages.supervised import fit_minibatches
 
 
@@ -76,9 +77,8 @@ def heldout_figures(
     logp_r = completion_loglik(policy, pairs["prompt_ids"], pairs["rejected_ids"], pad_id, SAMPLE_BATCH)
     out = _loss(loss, knobs, logp_c, logp_r, _lengths(pairs["chosen_ids"]), _lengths(pairs["rejected_ids"]), *ref)
     margin = out.chosen_rewards - out.rejected_rewards
-    gold = torch.sign(torch.tensor(pairs["gold_chosen"], dtype=torch.float64) - torch.tensor(pairs["gold_rejected"]))
     return {
-        "daa/implicit_accuracy": pairwise_accuracy(margin * gold, torch.zeros_like(margin)).item(),
+        "daa/implicit_accuracy": margin_gold_accuracy(margin, pairs),
         "daa/chosen_logratio": (logp_c - ref[0]).mean().item(),
         "daa/rejected_logratio": (logp_r - ref[1]).mean().item(),
         "daa/margin": margin.mean().item(),

@@ -34,10 +34,14 @@ def pair_margins(model: PreTrainedModel, pairs: Dataset, pad_id: int, batch_size
 
 def gold_order_accuracy(model: PreTrainedModel, pairs: Dataset, pad_id: int, batch_size: int) -> float:
     """Share of pairs where the RM orders the completions as the gold reward does (ties count 1/2)."""
-    proxy = pair_margins(model, pairs, pad_id, batch_size)
+    return margin_gold_accuracy(pair_margins(model, pairs, pad_id, batch_size), pairs)
+
+
+def margin_gold_accuracy(margins: torch.Tensor, pairs: Dataset) -> float:
+    """Share of pairs whose margins (N,) (chosen minus rejected, float64) order them as gold does (ties 1/2)."""
     gold = torch.tensor(pairs["gold_chosen"], dtype=torch.float64) - torch.tensor(pairs["gold_rejected"])
     sign = torch.sign(gold)  # orient every pair so that the gold-preferred completion comes first
-    return pairwise_accuracy(proxy * sign, torch.zeros_like(proxy)).item()
+    return pairwise_accuracy(margins * sign, torch.zeros_like(margins)).item()
 
 
 def train_reward_model(
