@@ -38,6 +38,8 @@ class Args:
     """dpo.beta values of the sweep."""
     others: str = "ipo,simpo,rpo,hinge,kl,none"
     """Methods run at their defaults beside the sweep."""
+    epochs: str = "1,4"
+    """daa.epochs values of a second sweep, DPO at the smallest β (into OUT-epochs); "" skips it."""
     budgets: str = "0.5,1,2,4"
     """KL budgets (nats) of the matched-KL table."""
     out: Path = Path("runs/daa-default")
@@ -45,28 +47,46 @@ class Args:
     """A finished `default` OUT whose shared stages (SFT, pairs, RM) to copy in first (same configuration)."""
 
 
-def main(args: Args) -> None:
-    base = [sys.executable, "-m", "overopt", "run", "--preset", "default", "--seeds", str(args.seeds),
-            "--out", str(args.out)]  # fmt: skip
-    commands = [[*base, "--methods", "dpo", "--sweep", f"dpo.beta={args.betas}"], [*base, "--methods", args.others]]
-    if args.stages_from is not None and not (args.out / "artifacts").exists():
-        shutil.copytree(args.stages_from / "artifacts", args.out / "artifacts")  # refused at once if stale
-    for cmd in commands:
-        subprocess.run(cmd, check=True)
-    summary = json.loads((args.out / "summary.json").read_text())  # the last invocation's report: every run
-    runs = load_runs(args.out)
-    budgets = [float(b) for b in args.budgets.split(",")]
+def table_rows(out: Path, budgets: list[float], suffix: str = "") -> list[str]:
+    """One row per method of OUT's summary.json (its last invocation's report covers every run in OUT)."""
+    summary = json.loads((out / "summary.json").read_text())
+    runs = load_runs(out)
     rows = []
     for name, m in summary["methods"].items():
         fit = m.get("fit") or {}
         matched = [format_ci(bootstrap_ci([path_gold_at_kl(r, b) for r in runs[name].values()])) for b in budgets]
         rows.append(
-            f"| `{name}` | {_ms(m['gold_final'])} | {_ms(m['gold_peak'])} (@{_ms(m['gold_peak_step'], 0)}) "
+            f"| `{name}`{suffix} | {_ms(m['gold_final'])} | {_ms(m['gold_peak'])} (@{_ms(m['gold_peak_step'], 0)}) "
             f"| {_ms(m['kl_final'], 2)} | {m['hacked_seeds']}/{m['n_seeds']} | "
             + ("–" if fit.get("error") else f"{_v(fit['alpha'])}, {_v(fit['beta'])}, {_v(fit['r2'], 2)}")
             + " | " + " | ".join(matched) + " |"
         )  # fmt: skip
-    sft = summary["sft"]["gold_reward"]
+    return rows
+
+
+def main(args: Args) -> None:
+    base = [sys.executable, "-m", "overopt", "run", "--preset", "default", "--seeds", str(args.seeds),
+            "--out", str(args.out)]  # fmt: skip
+    commands = [[*base, "--methods", "dpo", "--sweep", f"dpo.beta={args.betas}"], [*base, "--methods", args.others]]
+    outs = [args.out]
+    if args.epochs:
+        # Epochs are a sweep of their own: the cosine schedule makes epoch 1 of a 2-epoch run a different run
+        # from a 1-epoch run. Another OUT, since a run's name carries only the field it sweeps.
+        smallest = min(args.betas.split(","), key=float)
+        outs.append(args.out.with_name(args.out.name + "-epochs"))
+        commands.append([*base[:-1], str(outs[-1]), "--methods", "dpo", "--dpo.beta", smallest,
+                         "--sweep", f"daa.epochs={args.epochs}"])  # fmt: skip
+    for out in outs:
+        source = args.stages_from if out == args.out else args.out
+        if source is not None and not (out / "artifacts").exists():
+            shutil.copytree(source / "artifacts", out / "artifacts")  # refused at once if stale
+    for cmd in commands:
+        subprocess.run(cmd, check=True)
+    budgets = [float(b) for b in args.budgets.split(",")]
+    rows = []
+    for out in outs:
+        rows += table_rows(out, budgets, suffix="" if out == args.out else f" (β {smallest})")
+    sft = json.loads((args.out / "summary.json").read_text())["sft"]["gold_reward"]
     cmds = "; ".join(f"`{' '.join(c[2:])}`" for c in commands)
     body = "\n".join([
         "## Direct alignment on the lab's pairs: `default` preset, testbed `summarize`",
