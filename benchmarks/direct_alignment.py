@@ -22,10 +22,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import tyro
 from compare_methods import machine, write_section
+from matplotlib import colormaps
 
 from overopt.report.frontier import bootstrap_ci, format_ci, path_gold_at_kl
+from overopt.report.plots import _new_figure, _save, _style, aggregate
 from overopt.report.summary import load_runs
 from overopt.report.table import format_mean_std as _ms
 from overopt.report.table import format_value as _v
@@ -62,6 +65,34 @@ def table_rows(out: Path, budgets: list[float], suffix: str = "") -> list[str]:
             + " | " + " | ".join(matched) + " |"
         )  # fmt: skip
     return rows
+
+
+def plot_curves(outs: list[Path], path: Path) -> Path:
+    """Gold against √KL, mean over seeds at each evaluation: (a) DPO over β and epochs, (b) the other losses at
+    their defaults beside DPO β 0.1; RL `kl` and `none` in both."""
+    runs = {}
+    for out in outs:
+        suffix = "" if out == outs[0] else " (β 0.01)"
+        runs.update({name + suffix: seeds for name, seeds in load_runs(out).items()})
+    dpo = sorted((n for n in runs if n.startswith("dpo@dpo.beta=")), key=lambda n: float(n.split("=")[1]))
+    panels = [
+        ("DPO over β (and epochs at β 0.01)", dpo + [n for n in runs if n.startswith("dpo@daa.epochs")]),
+        ("The other losses at their defaults", ["ipo", "simpo", "rpo", "hinge", "dpo@dpo.beta=0.1"]),
+    ]
+    fig = _new_figure(12, 4.8)
+    cmap = colormaps["viridis"]
+    for ax, (title, names) in zip(fig.subplots(1, 2), panels):
+        for i, name in enumerate([n for n in names if n in runs] + ["kl", "none"]):
+            kl, gold = aggregate(runs[name], "kl_sft"), aggregate(runs[name], "gold_reward")
+            style = {"color": "0.2" if name == "none" else "0.55", "linestyle": "--"} if name in ("kl", "none") else (
+                {"color": cmap(i / max(1, len(names) - 1))} if names is panels[0][1] else {})
+            ax.plot(np.sqrt(np.maximum(kl["mean"], 0)), gold["mean"], marker=".", label=name, **style)
+        _style(ax, title, "√KL(π ‖ π_SFT)", "gold reward")
+        ax.set_xlim(0, 2.5)
+        ax.set_ylim(0.25, None)  # none falls far below: the DAAs are what this figure is about
+        ax.legend(fontsize=8, frameon=False)
+    fig.suptitle("Direct alignment on the lab's pairs (default preset, mean of 3 seeds; RL kl and none in grey)")
+    return _save(fig, path)
 
 
 def main(args: Args) -> None:
@@ -108,6 +139,7 @@ def main(args: Args) -> None:
     ])  # fmt: skip
     print(body)
     write_section("daa-summarize-default", body)
+    print(plot_curves(outs, Path(__file__).parent.parent / "docs" / "img" / "daa_gold_vs_kl.png"))
 
 
 if __name__ == "__main__":
