@@ -158,6 +158,7 @@ class AlarmConfig(_Frozen):
     drift: float = Field(0.5, ge=0, description="k of CUSUM, S_t = max(0, S_(t-1) + z_t - k): shifts below k fade.")
     min_std: float = Field(1e-3, gt=0, description="Floor of the warm-up std, relative to max(1, |warm-up mean|).")
     pairs: int = Field(256, ge=0, description="RM training pairs whose importance-weight ESS is measured (0 = off).")
+    heads: int = Field(3, ge=0, description="Extra linear heads on the RM's features for head_std (0 = off).")
     radius_quantile: float = Field(
         0.1, gt=0, lt=1, description="low_radius: share of samples below this quantile of the SFT samples' radii."
     )

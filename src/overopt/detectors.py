@@ -24,6 +24,8 @@ Signals (`SIGNALS`; the RM ones are measured at each evaluation by overopt.stage
   grad_norm      the last update's gradient norm (GR, arXiv 2602.18037: tied to the RM's accuracy where
                  the policy is); either direction warns
   ensemble_std   mean std of the ensemble members' scores on the current samples (needs an ensemble)
+  head_std       the same for `alarm.heads` extra linear heads fitted on the RM's frozen features, each to a
+                 bootstrap resample of the RM's own pairs (an ensemble at no extra data, and no extra RM)
   pairs_ess      ESS/N of the importance weights π/π_SFT of the RM's own training pairs (OCRM's weights,
                  arXiv 2507.15507, from log-likelihoods only: how far the policy left the RM's data); a
                  fall warns
@@ -96,6 +98,7 @@ SIGNALS: dict[str, Signal] = {
         Signal("proxy_accel", +1, lambda rows: _diff(_column(rows, "proxy_reward"), 2)),
         Signal("grad_norm", 0, lambda rows: _column(rows, "train/grad_norm")),
         Signal("ensemble_std", +1, _logged("ensemble_std"), measured=True),
+        Signal("head_std", +1, _logged("head_std"), measured=True),
         Signal("pairs_ess", -1, _logged("pairs_ess"), measured=True),
         Signal("low_radius", +1, _logged("low_radius"), measured=True),
         Signal("proxy_tail", +1, _logged("proxy_tail"), measured=True),

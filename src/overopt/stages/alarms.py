@@ -12,7 +12,9 @@ from overopt import detectors
 from overopt.config import AlarmConfig
 from overopt.mitigations.ocrm import ocrm_pair_log_ratios
 from overopt.mitigations.protocols import Figures
-from overopt.ops import ensemble_std, ess_from_log_weights, sign_radii
+from overopt.models.reward import reward_forward
+from overopt.ops import bradley_terry_loss, ensemble_std, ess_from_log_weights, sign_radii
+from overopt.sampling import rollout_from_tokens
 from overopt.stages.evaluate import EvalSamples
 
 # The row fields the trajectory signals read (never gold: a practitioner has none).
@@ -38,6 +40,42 @@ def sft_reference(samples: EvalSamples, cfg: AlarmConfig) -> dict[str, float]:
 
 
 @torch.no_grad()
+def pair_feature_differences(model: PreTrainedModel, pairs: Dataset, pad_id: int, batch_size: int) -> torch.Tensor:
+    """(N, H) h(x, y_c) − h(x, y_r): the RM's head inputs of every pair's two completions, float64 on the CPU."""
+    model.eval()
+    diffs = []
+    for start in range(0, len(pairs), batch_size):
+        batch = pairs[start : start + batch_size]
+        n = len(batch["prompt_ids"])
+        r = rollout_from_tokens(batch["prompt_ids"] * 2, batch["chosen_ids"] + batch["rejected_ids"], pad_id)
+        chosen, rejected = reward_forward(model, r.input_ids, r.attention_mask).hidden.double().cpu().split([n, n])
+        diffs.append(chosen - rejected)
+    return torch.cat(diffs)
+
+
+def fit_heads(diffs: torch.Tensor, k: int, seed: int, steps: int = 300, lr: float = 0.05, l2: float = 1e-3):
+    """(k, H) extra linear heads on the RM's frozen features, each a Bradley-Terry fit (overopt.ops) to a
+    bootstrap resample of the same pairs (multinomial counts as weights): an ensemble at no extra data whose
+    disagreement on the current samples (`head_std`) grows where the pairs leave the heads unconstrained.
+    Full-batch Adam from 0 with an L2 penalty l2·‖w‖², the same for every head, float64."""
+    g = torch.Generator().manual_seed(seed)
+    n = len(diffs)
+    heads = []
+    for _ in range(k):
+        counts = torch.bincount(torch.randint(n, (n,), generator=g), minlength=n).double()
+        w = torch.zeros(diffs.shape[1], dtype=torch.float64, requires_grad=True)
+        optimizer = torch.optim.Adam([w], lr=lr)
+        for _ in range(steps):
+            optimizer.zero_grad()
+            margins = diffs @ w
+            loss = bradley_terry_loss(margins, torch.zeros_like(margins), weights=counts) + l2 * w.square().sum()
+            loss.backward()
+            optimizer.step()
+        heads.append(w.detach())
+    return torch.stack(heads)
+
+
+@torch.no_grad()
 def measured_figures(
     samples: EvalSamples,
     reference: dict | None,
@@ -47,15 +85,20 @@ def measured_figures(
     pairs: Dataset | None,
     pad_id: int,
     truncate_tokens: int | None,
+    rm0_features: bool = True,
 ) -> Figures:
     """`alarm/<name>` of the measured signals (overopt.detectors.SIGNALS) that this run's reward source allows.
-    `pairs`: the RM's training pairs whose ESS is measured (None: no pairs_ess)."""
+    `pairs`: the RM's training pairs whose ESS is measured (None: no pairs_ess). `rm0_features`: the samples'
+    hidden states are RM_0's (not an OCRM refit's), which the extra heads were fitted on."""
     reference = reference or {}
     figures: Figures = {}
     if "alarm_proxy_max" in reference:
         figures["alarm/proxy_tail"] = (samples.proxy > reference["alarm_proxy_max"]).double().mean().item()
     if samples.members is not None:
         figures["alarm/ensemble_std"] = ensemble_std(samples.members).mean().item()
+    heads = reference.get("alarm_heads")
+    if heads is not None and samples.hidden is not None and rm0_features and heads.shape[1] == samples.hidden.shape[1]:
+        figures["alarm/head_std"] = (samples.hidden @ heads.T).std(1, correction=0).mean().item()
     radii = _pair_radii(samples)
     if radii is not None and "alarm_radius_q" in reference:
         figures["alarm/low_radius"] = (radii < reference["alarm_radius_q"]).double().mean().item()

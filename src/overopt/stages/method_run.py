@@ -218,17 +218,21 @@ def evaluation(
         temperature=cfg.eval.temperature, seed=10_000 + seed, batch_size=SAMPLE_BATCH,
         n_logged_samples=cfg.eval.n_logged_samples, pairs=cfg.eval.mechanisms,
     )  # fmt: skip
+    pad = lab.testbed.tokenizer.pad_token_id
+    labelled = lab.pairs["train"] if lab.pairs is not None and "chosen_ids" in lab.pairs["train"].column_names else None
     if step == 0:
         mech_reference = alarms.sft_reference(scored, cfg.alarm)
         if cfg.eval.mechanisms:
             mech_reference.update(mechanisms.sft_reference(scored))
+        if cfg.alarm.heads and labelled is not None and scored.hidden is not None:
+            diffs = alarms.pair_feature_differences(lab.reward_models(1)[0], labelled, pad, SAMPLE_BATCH)
+            mech_reference["alarm_heads"] = alarms.fit_heads(diffs, cfg.alarm.heads, seed=lab.cfg.seed)
     if cfg.eval.mechanisms:
         metrics.update(mechanisms.evaluation_figures(scored, mech_reference, rm0))
-    labelled = lab.pairs["train"] if lab.pairs is not None and "chosen_ids" in lab.pairs["train"].column_names else None
     metrics.update(alarms.measured_figures(
-        scored, mech_reference, policy=policy, sft_policy=lab.sft_policy, pad_id=lab.testbed.tokenizer.pad_token_id,
+        scored, mech_reference, policy=policy, sft_policy=lab.sft_policy, pad_id=pad,
         pairs=labelled.select(range(min(cfg.alarm.pairs, len(labelled)))) if labelled is not None else None,
-        truncate_tokens=cfg.ocrm.truncate_tokens,
+        truncate_tokens=cfg.ocrm.truncate_tokens, rm0_features=rm0 is None,
     ))  # fmt: skip
     return metrics, samples, mech_reference
 
