@@ -18,7 +18,8 @@ Signals (`SIGNALS`; the RM ones are measured at each evaluation by overopt.stage
 
   kl             KL(π ‖ π_SFT) on the held-out samples
   kl_accel       its second difference between evaluations (KL acceleration)
-  entropy_drop   the fall of the policy's entropy since the previous evaluation (collapse rate)
+  entropy        the policy's mean token entropy on the held-out samples; a fall warns
+  entropy_drop   the fall of the entropy since the previous evaluation (the rate of collapse)
   length_drift   |mean length − mean length at step 0| / mean length at step 0
   proxy_accel    second difference of the proxy reward (a proxy that speeds up while the policy drifts)
   grad_norm      the last update's gradient norm (GR, arXiv 2602.18037: tied to the RM's accuracy where
@@ -93,6 +94,7 @@ SIGNALS: dict[str, Signal] = {
     for s in (
         Signal("kl", +1, lambda rows: _column(rows, "kl_sft")),
         Signal("kl_accel", +1, lambda rows: _diff(_column(rows, "kl_sft"), 2)),
+        Signal("entropy", -1, lambda rows: _column(rows, "entropy")),
         Signal("entropy_drop", +1, lambda rows: -_diff(_column(rows, "entropy"), 1)),
         Signal("length_drift", +1, _length_drift),
         Signal("proxy_accel", +1, lambda rows: _diff(_column(rows, "proxy_reward"), 2)),
