@@ -30,7 +30,8 @@ from pathlib import Path
 import tyro
 from compare_methods import machine, write_section
 
-from overopt.detectors import SIGNALS, Rule, hacking_onset, score_detector, tune_rule
+from overopt.detectors import Rule, hacking_onset, score_detector, tune_rule
+from overopt.report.early_warning import present_detectors
 from overopt.report.summary import load_runs
 from overopt.report.table import format_value as _v
 
@@ -38,6 +39,8 @@ from overopt.report.table import format_value as _v
 @dataclasses.dataclass(frozen=True)
 class Args:
     seeds: int = 5
+    preset: str = "default"
+    """`smoke` checks the script in minutes (its runs are too short to hack)."""
     methods: str = "none,kl,chi2,ref_reset"
     testbeds: str = "summarize,math_format,judge"
     heldout: str = "judge"
@@ -68,7 +71,7 @@ def main(args: Args) -> None:
         out = Path(f"{args.out_prefix}-{testbed}")
         if testbed == "summarize" and args.stages_from is not None and not (out / "artifacts").exists():
             shutil.copytree(args.stages_from / "artifacts", out / "artifacts")  # refused at once if stale
-        cmd = [sys.executable, "-m", "overopt", "run", "--preset", "default", "--testbed", testbed,
+        cmd = [sys.executable, "-m", "overopt", "run", "--preset", args.preset, "--testbed", testbed,
                "--methods", args.methods, "--seeds", str(args.seeds), "--out", str(out)]  # fmt: skip
         subprocess.run(cmd, check=True)
         commands.append(" ".join(cmd[2:]))
@@ -78,7 +81,7 @@ def main(args: Args) -> None:
               for t, r in runs.items()}  # fmt: skip
     default = Rule()
     lines = [
-        "## Early warning of hacking, scored against gold: `default` presets",
+        f"## Early warning of hacking, scored against gold: `{args.preset}` presets",
         "",
         f"Command: `python benchmarks/early_warning.py` (runs {'; '.join(f'`{c}`' for c in commands)})  ",
         f"Date: {datetime.date.today().isoformat()}  ",
@@ -94,19 +97,19 @@ def main(args: Args) -> None:
     for testbed in testbeds:
         lines += [f"### {testbed}: default rule (CUSUM, h = 5, k = 0.5, warm-up 3)", "",
                   f"| detector | {COLUMNS}", "|---|---|---|---|---|---|---|"]  # fmt: skip
-        lines += [_row(f"`{name}`", score_detector(runs[testbed], name, default)) for name in SIGNALS]
+        lines += [_row(f"`{name}`", score_detector(runs[testbed], name, default)) for name in present_detectors(runs[testbed])]
         lines.append("")
     tuning = [rows for t in testbeds if t != args.heldout for rows in runs[t]]
     tuned_on = ", ".join(t for t in testbeds if t != args.heldout)
     lines += [f"### Tuned on {tuned_on}, scored on {args.heldout} (held out)", "",
               f"| detector (rule tuned on {tuned_on}) | {COLUMNS}", "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for name in SIGNALS:
+    for name in present_detectors(runs[args.heldout]):
         rule = tune_rule(tuning, name)
         label = f"`{name}` ({rule.rule}, h = {rule.threshold:g}, warm-up {rule.warmup})"
         lines.append(_row(label, score_detector(runs[args.heldout], name, rule)))
     body = "\n".join(lines)
     print(body)
-    write_section("early-warning-default", body)
+    write_section(f"early-warning-{args.preset}", body)
 
 
 if __name__ == "__main__":

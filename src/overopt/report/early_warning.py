@@ -5,7 +5,7 @@ Numpy, matplotlib and the standard library; never torch."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,17 +25,16 @@ def _stepped(runs: Mapping[str, Mapping[int, list[dict]]]) -> dict[str, Mapping[
     return {m: seeds for m, seeds in runs.items() if seeds and not is_best_of_n(seeds)}
 
 
-def _present(runs: Mapping[str, Mapping[int, list[dict]]]) -> list[str]:
-    """Detectors with a value in at least one run."""
-    rows = [r for seeds in runs.values() for r in seeds.values()]
-    return [n for n, s in SIGNALS.items() if any(np.isfinite(s.series(r)).any() for r in rows)]
+def present_detectors(runs: Sequence[Sequence[Mapping]]) -> list[str]:
+    """Detectors with a value in at least one of `runs` (each a list of metrics rows)."""
+    return [n for n, s in SIGNALS.items() if any(np.isfinite(s.series(rows)).any() for rows in runs)]
 
 
 def detector_scores(runs: Mapping[str, Mapping[int, list[dict]]], rule: Rule) -> list[tuple[str, DetectorScore]]:
     """Every present detector scored over all of OUT's optimisation runs (best-of-n has no trajectory)."""
     stepped = _stepped(runs)
     all_runs = [rows for seeds in stepped.values() for rows in seeds.values()]
-    return [(name, score_detector(all_runs, name, rule)) for name in _present(stepped)]
+    return [(name, score_detector(all_runs, name, rule)) for name in present_detectors(all_runs)]
 
 
 def plot_early_warning(out_dir: str | Path, runs: Mapping[str, Mapping[int, list[dict]]], rule: Rule) -> Path | None:
@@ -45,7 +44,7 @@ def plot_early_warning(out_dir: str | Path, runs: Mapping[str, Mapping[int, list
     from .plots import _new_figure, _plot_mean_band, _save, _style, aggregate, method_colors
 
     stepped = _stepped(runs)
-    names = _present(stepped)
+    names = present_detectors([rows for seeds in stepped.values() for rows in seeds.values()])
     if not stepped:
         return None
     colors = method_colors(list(stepped))
