@@ -97,7 +97,8 @@ def main(args: Args) -> None:
     for testbed in testbeds:
         lines += [f"### {testbed}: default rule (CUSUM, h = 5, k = 0.5, warm-up 3)", "",
                   f"| detector | {COLUMNS}", "|---|---|---|---|---|---|---|"]  # fmt: skip
-        lines += [_row(f"`{name}`", score_detector(runs[testbed], name, default)) for name in present_detectors(runs[testbed])]
+        for name in present_detectors(runs[testbed]):
+            lines.append(_row(f"`{name}`", score_detector(runs[testbed], name, default)))
         lines.append("")
     tuning = [rows for t in testbeds if t != args.heldout for rows in runs[t]]
     tuned_on = ", ".join(t for t in testbeds if t != args.heldout)

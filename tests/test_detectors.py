@@ -143,7 +143,8 @@ def test_bad_knobs_are_one_line_errors(tmp_path):
     with pytest.raises(ValueError, match="warm-up"):
         Rule(warmup=1)
     out = subprocess.run(
-        [sys.executable, "-m", "overopt", "run", "--preset", "smoke", "--out", str(tmp_path), "--rl.stop-on-alarm", "klx"],
+        [sys.executable, "-m", "overopt", "run", "--preset", "smoke", "--out", str(tmp_path),
+         "--rl.stop-on-alarm", "klx"],
         capture_output=True, text=True,
     )  # fmt: skip
     assert out.returncode != 0
@@ -170,4 +171,3 @@ def test_smoke_run_logs_alarms_and_an_alarm_stops_it(tmp_path):
     assert (run / "policy.safetensors").is_file() and (run / "policy_last_good.safetensors").is_file()
     summary = json.loads((tmp_path / "b/summary.json").read_text())
     assert summary["methods"]["none"]["seeds"][0]["alarm_stop"] == stop
-

@@ -153,7 +153,9 @@ class AlarmConfig(_Frozen):
     rule: Literal["cusum", "zscore"] = Field(
         "cusum", description="Firing rule on the warm-up z-score: Page's CUSUM of z, or z itself above threshold."
     )
-    warmup: int = Field(3, ge=2, description="First defined values of a signal (from step 0) whose mean and std standardise it.")
+    warmup: int = Field(
+        3, ge=2, description="First defined values of a signal (from step 0) whose mean and std standardise it."
+    )
     threshold: float = Field(5.0, gt=0, description="h: fire when the rule's statistic (CUSUM S or z) exceeds it.")
     drift: float = Field(0.5, ge=0, description="k of CUSUM, S_t = max(0, S_(t-1) + z_t - k): shifts below k fade.")
     min_std: float = Field(1e-3, gt=0, description="Floor of the warm-up std, relative to max(1, |warm-up mean|).")

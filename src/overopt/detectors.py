@@ -125,7 +125,8 @@ class Rule:
             raise ValueError(f"alarm warm-up must be >= 2 evaluations (a std needs two), got {self.warmup}")
         if not (self.threshold > 0 and self.drift >= 0 and self.min_std > 0):
             raise ValueError(
-                f"alarm threshold > 0, drift >= 0, min_std > 0 needed, got {self.threshold}, {self.drift}, {self.min_std}"
+                "alarm threshold > 0, drift >= 0, min_std > 0 needed, "
+                f"got {self.threshold}, {self.drift}, {self.min_std}"
             )
 
 
@@ -190,7 +191,8 @@ def alarm_figures(rows: Sequence[Mapping], rule: Rule, names: Sequence[str] | No
             continue
         if np.isfinite(x[-1]):
             out[f"alarm/{name}"] = float(x[-1])
-        out[f"alarm/{name}/fired"] = float(first_alarm(statistic(x, signal.direction, rule), rule.threshold) is not None)
+        fired = first_alarm(statistic(x, signal.direction, rule), rule.threshold)
+        out[f"alarm/{name}/fired"] = float(fired is not None)
     return out
 
 

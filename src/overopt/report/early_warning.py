@@ -70,8 +70,10 @@ def plot_early_warning(out_dir: str | Path, runs: Mapping[str, Mapping[int, list
         ax = fig.add_subplot(grid[1 + i // cols, i % cols])
         signal = SIGNALS[name]
         for m, seeds in stepped.items():
-            series = {s: [{"step": r["step"], "stat": v} for r, v in
-                          zip(rows, statistic(signal.series(rows), signal.direction, rule))] for s, rows in seeds.items()}  # fmt: skip
+            series = {}  # the statistic as rows, so that aggregate() aligns the seeds by step
+            for seed, rows in seeds.items():
+                stat = statistic(signal.series(rows), signal.direction, rule)
+                series[seed] = [{"step": r["step"], "stat": v} for r, v in zip(rows, stat)]
             _plot_mean_band(ax, aggregate(series, "stat"), colors[m], m)
         ax.axhline(rule.threshold, color="0.3", linestyle=":", linewidth=1.1)
         ax.set_yscale("symlog", linthresh=rule.threshold)  # a statistic runs from 0 to hundreds

@@ -346,9 +346,10 @@ def _early_warning_section(early: tuple | None) -> str:
         "Onset: the last evaluation near the gold peak before the run loses ≥ 30 % of its gain. detected / early: "
         "share of hacked runs where the detector fires at all / at or before the onset; lead: median evaluations "
         "from alarm to onset (> 0 early); false alarms: share of never-hacking runs where it fires; AUROC of the "
-        "warm-up z-score for \"the onset has passed\"; gold regret: gold peak − gold where the first alarm would "
+        'warm-up z-score for "the onset has passed"; gold regret: gold peak − gold where the first alarm would '
         "stop the run. The rule is not tuned on these runs; on a few runs these numbers are noisy.</p>"
-        + table(header, rows) + "".join(figures([plot] if plot else []))
+        + table(header, rows)
+        + "".join(figures([plot] if plot else []))
     )
 
 

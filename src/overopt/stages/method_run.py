@@ -28,7 +28,6 @@ from datasets import DatasetDict
 from transformers import AutoModelForTokenClassification, PreTrainedModel
 
 from overopt import distributed, faults, mechanisms, trackers
-from overopt.stages import alarms
 from overopt.checkpoint import Checkpoint, Checkpointer, CheckpointError
 from overopt.config import ExperimentConfig
 from overopt.io import append_jsonl, fsync_size, save_tensors, save_weights, trainable_tensors, write_json
@@ -40,6 +39,7 @@ from overopt.models.policy import merged_copy
 from overopt.models.reward import reward_model_from_backbone
 from overopt.ops import beta_for_target_ess, ess_from_log_weights, order_disagreement
 from overopt.progress import StageProgress
+from overopt.stages import alarms
 from overopt.stages.evaluate import evaluate_policy
 from overopt.stages.rl import train_policy
 from overopt.stages.rm import pair_margins, train_reward_model
