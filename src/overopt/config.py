@@ -159,8 +159,9 @@ class AlarmConfig(_Frozen):
     threshold: float = Field(5.0, gt=0, description="h: fire when the rule's statistic (CUSUM S or z) exceeds it.")
     drift: float = Field(0.5, ge=0, description="k of CUSUM, S_t = max(0, S_(t-1) + z_t - k): shifts below k fade.")
     min_std: float = Field(1e-3, gt=0, description="Floor of the warm-up std, relative to max(1, abs(warm-up mean)).")
-    pairs: int = Field(256, ge=0, description="RM training pairs whose importance-weight ESS is measured (0 = off).")
+    pairs: int = Field(128, ge=0, description="RM training pairs whose importance-weight ESS is measured (0 = off).")
     heads: int = Field(3, ge=0, description="Extra linear heads on the RM's features for head_std (0 = off).")
+    head_pairs: int = Field(1024, gt=0, description="RM training pairs the extra heads are fitted to (bootstraps).")
     radius_quantile: float = Field(
         0.1, gt=0, lt=1, description="low_radius: share of samples below this quantile of the SFT samples' radii."
     )

@@ -64,6 +64,8 @@ class Lab:
     eval_ids: torch.Tensor
     eval_mask: torch.Tensor
     run_fingerprints: dict[Path, str] = field(default_factory=dict)  # run directory -> configuration it needs
+    # (alarm.heads, alarm.head_pairs) -> the extra heads of head_std: fitted on RM_0 and its pairs, once per lab
+    alarm_heads: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
 
 
 def phase_steps(total: int, phases: int) -> list[int]:
@@ -224,9 +226,13 @@ def evaluation(
         mech_reference = alarms.sft_reference(scored, cfg.alarm)
         if cfg.eval.mechanisms:
             mech_reference.update(mechanisms.sft_reference(scored))
-        if cfg.alarm.heads and labelled is not None and scored.hidden is not None:
-            diffs = alarms.pair_feature_differences(lab.reward_models(1)[0], labelled, pad, SAMPLE_BATCH)
-            mech_reference["alarm_heads"] = alarms.fit_heads(diffs, cfg.alarm.heads, seed=lab.cfg.seed)
+        key = (cfg.alarm.heads, cfg.alarm.head_pairs)
+        if key[0] and labelled is not None and scored.hidden is not None:
+            if key not in lab.alarm_heads:
+                subset = labelled.select(range(min(key[1], len(labelled))))
+                diffs = alarms.pair_feature_differences(lab.reward_models(1)[0], subset, pad, SAMPLE_BATCH)
+                lab.alarm_heads[key] = alarms.fit_heads(diffs, key[0], seed=lab.cfg.seed)
+            mech_reference["alarm_heads"] = lab.alarm_heads[key]
     if cfg.eval.mechanisms:
         metrics.update(mechanisms.evaluation_figures(scored, mech_reference, rm0))
     metrics.update(alarms.measured_figures(
