@@ -106,10 +106,27 @@ class RLConfig(_Frozen):
         "stop", description="A NaN/Inf reward or gradient: stop the run, or skip that update and count it."
     )
     kl: KLConfig = KLConfig()
+    stop_on_alarm: str = Field(
+        "", description="Stop when one of these alarms fires (comma-separated detector names, see README)."
+    )
     gamma: float = Field(1.0, ge=0, le=1, description="PPO: discount.")
     lam: float = Field(0.95, ge=0, le=1, description="PPO: GAE λ.")
     vf_coef: float = Field(0.1, ge=0, description="PPO: value-loss coefficient.")
     vf_clip: float = Field(0.2, gt=0, description="PPO: value clipping range.")
+
+    @field_validator("stop_on_alarm")
+    @classmethod
+    def _known_alarms(cls, value: str) -> str:
+        from overopt.detectors import SIGNALS
+
+        unknown = [n for n in value.split(",") if n.strip() and n.strip() not in SIGNALS]
+        if unknown:
+            raise ValueError(f"unknown alarm {unknown[0]!r}; detectors: {', '.join(SIGNALS)}")
+        return ",".join(n.strip() for n in value.split(",") if n.strip())
+
+    @property
+    def stop_alarms(self) -> list[str]:
+        return [n for n in self.stop_on_alarm.split(",") if n]
 
     @property
     def aggregation(self) -> str:
@@ -127,6 +144,26 @@ class EvalConfig(_Frozen):
     n_logged_samples: int = Field(6, ge=0, description="Decoded samples written to samples.jsonl per evaluation.")
     mechanisms: bool = Field(
         True, description="Log mech/* (the papers' mechanisms against gold; scores training rollouts with gold)."
+    )
+
+
+class AlarmConfig(_Frozen):
+    """Early warning of hacking from gold-free signals, logged as alarm/* at every evaluation (overopt.detectors)."""
+
+    rule: Literal["cusum", "zscore"] = Field(
+        "cusum", description="Firing rule on the warm-up z-score: Page's CUSUM of z, or z itself above threshold."
+    )
+    warmup: int = Field(
+        3, ge=2, description="First defined values of a signal (from step 0) whose mean and std standardise it."
+    )
+    threshold: float = Field(5.0, gt=0, description="h: fire when the rule's statistic (CUSUM S or z) exceeds it.")
+    drift: float = Field(0.5, ge=0, description="k of CUSUM, S_t = max(0, S_(t-1) + z_t - k): shifts below k fade.")
+    min_std: float = Field(1e-3, gt=0, description="Floor of the warm-up std, relative to max(1, abs(warm-up mean)).")
+    pairs: int = Field(128, ge=0, description="RM training pairs whose importance-weight ESS is measured (0 = off).")
+    heads: int = Field(3, ge=0, description="Extra linear heads on the RM's features for head_std (0 = off).")
+    head_pairs: int = Field(1024, gt=0, description="RM training pairs the extra heads are fitted to (bootstraps).")
+    radius_quantile: float = Field(
+        0.1, gt=0, lt=1, description="low_radius: share of samples below this quantile of the SFT samples' radii."
     )
 
 
@@ -415,6 +452,7 @@ class ExperimentConfig(_Frozen):
     rm: RMConfig = RMConfig()
     rl: RLConfig = RLConfig()
     eval: EvalConfig = EvalConfig()
+    alarm: AlarmConfig = AlarmConfig()
     bon: BoNConfig = BoNConfig()
     daa: DAAConfig = DAAConfig()
     dpo: DPOConfig = DPOConfig()

@@ -41,12 +41,22 @@ def fsync_size(path: Path) -> int:
     return path.stat().st_size
 
 
-def save_weights(model: torch.nn.Module, path: Path) -> None:
-    """The trained parameters of `model` (under LoRA: the adapters) as safetensors, written atomically."""
+def trainable_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of the trained parameters of `model` (under LoRA: the adapters), by name."""
+    return {name: p.detach().clone().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Named tensors as safetensors, written atomically."""
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file({name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}, tmp)
+    save_file(tensors, tmp)
     fsync(tmp)
     os.replace(tmp, path)
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    """The trained parameters of `model` (under LoRA: the adapters) as safetensors, written atomically."""
+    save_tensors(trainable_tensors(model), path)
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -89,8 +89,10 @@ def _run_fingerprint(rm_fp: str, plan, variant: ExperimentConfig, seed: int) -> 
         sections["ensemble"] = variant.ensemble.model_dump()
     if plan.daa:
         sections["daa"] = variant.daa.model_dump()
-    # Best-of-n and direct alignment do no RL: rl.* cannot make them stale.
-    rl = {} if plan.best_of_n or plan.daa else plan.rl.model_dump()
+    # Best-of-n and direct alignment do no RL: rl.* cannot make them stale. A run without a stop alarm is
+    # the run it was before rl.stop_on_alarm existed, so the empty field leaves finished runs valid.
+    unset = {"stop_on_alarm"} if not plan.rl.stop_on_alarm else None
+    rl = {} if plan.best_of_n or plan.daa else plan.rl.model_dump(exclude=unset)
     return fingerprint(rm_fp, plan.name, rl, variant.eval.model_dump(), sections, seed)
 
 

@@ -301,7 +301,7 @@ def test_build_report_with_plan(tmp_path):
     assert "<h2>Frontier at matched KL</h2>" in html
     assert "none stopped early" in html and "up moves the frontier up" in html
     assert "0.810 [0.800, 0.820]" in html and "loso.x=A ★" not in html and "up.x=1 ★" in html
-    assert html.count('src="data:image/png;base64,') == 6  # 4 standard plots + 2 frontier plots
+    assert html.count('src="data:image/png;base64,') == 7  # 4 standard plots + 2 frontier plots + early warning
     assert "<script" not in html and "Mechanisms" not in html
     extra = [line for line in buf.getvalue().splitlines() if line.startswith("frontier:")]
     assert len(extra) == 1 and "frontier.json" in extra[0]

@@ -147,8 +147,8 @@ def test_plots_and_report_section(tmp_path):
     assert "OCRM — the RM gets worse off-policy: supported" in html
     assert "Ensembles — disagreement marks error: supported" in html
     assert "Frontier at matched KL" not in html
-    # 4 standard plots (one frontier.png) + 4 mechanism plots.
-    assert html.count('src="data:image/png;base64,') == 8
+    # 4 standard plots (one frontier.png) + 4 mechanism plots + early warning.
+    assert html.count('src="data:image/png;base64,') == 9
     # Rows without mech/* keys: no section, no plots.
     assert plot_mechanisms(out, {"none": {0: [{"step": 0, "gold_reward": 0.0}]}}) == []
 

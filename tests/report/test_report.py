@@ -180,7 +180,8 @@ def test_build_report_end_to_end(tmp_path):
     html = (out / "report.html").read_text()
     assert html.startswith("<!DOCTYPE html>")
     assert "none" in html and "kl" in html
-    assert html.count('src="data:image/png;base64,') == 4
+    assert html.count('src="data:image/png;base64,') == 5  # 4 standard plots + early warning
+    assert "<h2>Early warning</h2>" in html and (out / "plots" / "early_warning.png").read_bytes()[:8] == PNG_MAGIC
     assert "&lt;b&gt;bold&lt;/b&gt; &amp; co" in html
     assert "sft answer none &lt;b&gt;x&lt;/b&gt;" in html
     assert "<b>bold</b>" not in html and "<b>x</b>" not in html

@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import torch
 
+from overopt import stats
 from overopt.ops.masked import _check_groups, _check_ndim, _check_same_shape
 
 __all__ = ["SignFlips", "auroc", "order_accuracy", "pearson", "sign_flips"]
@@ -70,26 +71,13 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
 
     Formula: ``P(s_pos > s_neg) + ½ P(s_pos = s_neg)`` over all positive-negative pairs, computed
     from average ranks: ``(Σ_{pos} rank − n₊(n₊+1)/2) / (n₊ n₋)``. 0.5 is chance, 1 a perfect
-    ranking. NaN when either class is empty (undefined).
+    ranking. NaN when either class is empty (undefined). The tensor face of :func:`overopt.stats.auroc`.
 
     Shapes: ``scores`` (N,) finite, ``labels`` (N,) bool/0-1. Returns a float.
     """
     _check_ndim("scores", scores, 1, "(N,)")
     _check_same_shape("scores", scores, "labels", labels)
-    s, y = scores.detach().double().cpu(), labels.bool().cpu()
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = torch.argsort(s, stable=True)
-    sorted_s = s[order]
-    ranks = torch.empty_like(s)
-    ranks[order] = torch.arange(1, len(s) + 1, dtype=torch.float64)
-    # Average ranks over ties: every member of a tie block gets the block's mean rank.
-    _, inverse, counts = torch.unique_consecutive(sorted_s, return_inverse=True, return_counts=True)
-    ends = counts.cumsum(0).double()
-    mean_rank = ends - (counts.double() - 1) / 2
-    ranks[order] = mean_rank[inverse]
-    return ((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)).item()
+    return stats.auroc(scores.detach().double().cpu().numpy(), labels.bool().cpu().numpy())
 
 
 def order_accuracy(proxy_a: torch.Tensor, proxy_b: torch.Tensor, gold_a: torch.Tensor, gold_b: torch.Tensor):

@@ -30,6 +30,7 @@ def build_report(out_dir: str | Path, console=None) -> dict:
     # Imported lazily: matplotlib/rich are only needed when a report is built.
     from rich.console import Console
 
+    from .early_warning import configured_rule, detector_scores, plot_early_warning
     from .frontier import PLAN_FILE, RESULT_FILE, plot_frontier, write_frontier
     from .html import write_report
     from .mechanisms import mechanism_verdicts, plot_mechanisms
@@ -46,8 +47,11 @@ def build_report(out_dir: str | Path, console=None) -> dict:
         frontier = write_frontier(out_dir, runs=runs)
         frontier_plots = plot_frontier(out_dir, frontier)
     mech_plots = plot_mechanisms(out_dir, runs)
+    rule = configured_rule(summary.get("config") or {})
+    scores = detector_scores(runs, rule)
+    early = (rule, scores, plot_early_warning(out_dir, runs, rule)) if scores else None
     write_report(out_dir, summary, plot_paths, frontier=frontier, frontier_plots=frontier_plots,
-                 mechanisms=mechanism_verdicts(summary), mech_plots=mech_plots)  # fmt: skip
+                 mechanisms=mechanism_verdicts(summary), mech_plots=mech_plots, early=early)  # fmt: skip
     console = console or Console()
     print_summary_table(summary, console=console)
     if frontier is not None:

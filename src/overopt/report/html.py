@@ -327,6 +327,32 @@ def _frontier_section(result: dict | None, plot_paths: list[Path]) -> str:
     )
 
 
+def _early_warning_section(early: tuple | None) -> str:
+    """The "Early warning" section: the detectors' statistics under the gold curve and their scores here."""
+    if not early:
+        return ""
+    rule, scores, plot = early
+
+    def pct(x: float) -> str:
+        return "–" if x != x else f"{100 * x:.0f} %"
+
+    rows = [[name, f"{s.hacked}/{s.runs}", pct(s.detected), pct(s.early), _fmt(s.lead, 1), pct(s.false_alarm),
+             _fmt(s.auroc, 2), f"{_fmt(s.regret)} ({_fmt(s.regret_none)})"] for name, s in scores]  # fmt: skip
+    header = ["detector", "hacked runs", "detected", "early", "lead (evals)", "false alarms", "AUROC",
+              "gold regret (run to end)"]  # fmt: skip
+    return (
+        "<h2>Early warning</h2><p class='sub'>Gold-free detectors (README \"Early warning\"), scored against gold on "
+        f"these runs with the configured rule ({escape(rule.rule)}, h = {rule.threshold:g}, warm-up {rule.warmup}). "
+        "Onset: the last evaluation near the gold peak before the run loses ≥ 30 % of its gain. detected / early: "
+        "share of hacked runs where the detector fires at all / at or before the onset; lead: median evaluations "
+        "from alarm to onset (> 0 early); false alarms: share of never-hacking runs where it fires; AUROC of the "
+        'warm-up z-score for "the onset has passed"; gold regret: gold peak − gold where the first alarm would '
+        "stop the run. The rule is not tuned on these runs; on a few runs these numbers are noisy.</p>"
+        + table(header, rows)
+        + "".join(figures([plot] if plot else []))
+    )
+
+
 def _mechanisms_section(verdicts: list[dict] | None, plot_paths: list[Path]) -> str:
     """The "Mechanisms" section: one verdict line per claim with data, then the mech_* plots."""
     figs = figures(plot_paths)
@@ -412,6 +438,7 @@ def write_report(
     frontier_plots: list[Path] = (),
     mechanisms: list[dict] | None = None,
     mech_plots: list[Path] = (),
+    early: tuple | None = None,
 ) -> Path:
     """Write ``OUT/report.html`` (one self-contained page) and return its path.
 
@@ -419,7 +446,8 @@ def write_report(
     details), pipeline stage metrics, embedded plots, "Frontier at matched KL"
     (when ``frontier``, the output of :func:`overopt.report.frontier.analyze_frontier`,
     is given), "Mechanisms" (verdicts of :func:`overopt.report.mechanisms.mechanism_verdicts`
-    and their plots, when any), example completions from the first seed's
+    and their plots, when any), "Early warning" (`early` = (rule, detector scores, plot) of
+    overopt.report.early_warning), example completions from the first seed's
     ``samples.jsonl`` of each method (step 0 next to the final step) when
     present, and the resolved config.
     """
@@ -438,6 +466,7 @@ def write_report(
             _fits_section(summary),
             _frontier_section(frontier, list(frontier_plots)),
             _mechanisms_section(mechanisms, list(mech_plots)),
+            _early_warning_section(early),
             _samples_section(out_dir, summary),
             _config_section(out_dir, summary),
         ]

@@ -362,7 +362,8 @@ def build_summary(
              "hacked_seeds": int,
              "mech": {name: {"mean", "std", "n"}},   # see report.mechanisms
              "fit": method_fit(seeds),               # Gao et al.'s functional form, bootstrap CIs, forecast
-             "seeds": [per-seed dicts, each with "mech": run_mechanisms(rows)]}}}
+             "seeds": [per-seed dicts, each with "mech": run_mechanisms(rows) and, for a run an alarm
+                       stopped, "alarm_stop": {"alarm", "step", "last_good_step", "gold_reward"}]}}}
 
     ``sft`` is the mean of the first (step-0) row over all runs of all methods.
     Finals are read from the last row of each run; ``wall_s`` is the last row's
@@ -386,6 +387,10 @@ def build_summary(
     methods: dict[str, Any] = {}
     for name in order_methods(runs, config):
         seeds = [_seed_summary(seed, rows, min_drop_frac) for seed, rows in runs[name].items()]
+        for s in seeds:  # a run stopped by an alarm (rl.stop_on_alarm): where, why, gold there, last-good step
+            stop = out_dir / "runs" / name / f"seed{s['seed']}" / "alarm_stop.json"
+            if stop.is_file():
+                s["alarm_stop"] = json.loads(stop.read_text())
         entry: dict[str, Any] = {k: mean_std(s[k] for s in seeds) for k in STAT_KEYS}
         entry["hacked_seeds"] = sum(1 for s in seeds if s["hacked"])
         entry["mech"] = {k: mean_std(s["mech"][k] for s in seeds) for k in MECH_KEYS}

@@ -24,6 +24,8 @@ class EvalSamples(NamedTuple):
     proxy: torch.Tensor  # (2N,) or (N,) reward-source scores
     gold: torch.Tensor  # (2N,) or (N,)
     members: torch.Tensor | None  # (k, 2N) per-member scores of an ensemble
+    hidden: torch.Tensor | None = None  # (2N, H) the proxy's linear-head input (an RM source)
+    head_weight: torch.Tensor | None = None  # (H,) its head's weights
 
 
 @torch.no_grad()
@@ -53,6 +55,17 @@ def evaluate_policy(
     parts: dict[str, list[torch.Tensor]] = {}
     rollouts: list[Rollout] = []
     members: list[torch.Tensor] = []
+    hidden: list[torch.Tensor] = []
+    head_weight = None
+
+    def keep(scored) -> None:  # what the mechanism and alarm figures read besides the rewards
+        nonlocal head_weight
+        if scored.members is not None:
+            members.append(scored.members.double().cpu())
+        if scored.hidden is not None and scored.head_weight is not None:
+            hidden.append(scored.hidden.double().cpu())
+            head_weight = scored.head_weight.double().cpu()
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for start in range(0, prompt_ids.shape[0], batch_size):
@@ -71,8 +84,7 @@ def evaluate_policy(
             cmask = rollout.completion_mask
             gold_terms = testbed.gold_components(rollout.prompt_ids, rollout.completion_ids, cmask)
             scored = reward_source(rollout)
-            if scored.members is not None:
-                members.append(scored.members.double().cpu())
+            keep(scored)
             values = {
                 "proxy_reward": scored.rewards,
                 "gold_reward": testbed.gold_from_components(gold_terms),
@@ -93,14 +105,14 @@ def evaluate_policy(
                 testbed.max_completion_tokens, temperature, tok.eos_token_id, tok.pad_token_id,
             )  # fmt: skip
             scored = reward_source(rollout)
-            if scored.members is not None:
-                members.append(scored.members.double().cpu())
+            keep(scored)
             proxy.append(scored.rewards.double().cpu())
             gold_terms = testbed.gold_components(rollout.prompt_ids, rollout.completion_ids, rollout.completion_mask)
             gold.append(testbed.gold_from_components(gold_terms).double().cpu())
             rollouts.append(rollout)
     all_members = torch.cat(members, 1) if members else None
-    scored_samples = EvalSamples(rollouts, torch.cat(proxy), torch.cat(gold), all_members)
+    all_hidden = torch.cat(hidden) if len(hidden) == len(rollouts) else None  # every batch had a head
+    scored_samples = EvalSamples(rollouts, torch.cat(proxy), torch.cat(gold), all_members, all_hidden, head_weight)
     metrics = {name: torch.cat(chunks).mean().item() for name, chunks in parts.items()}
     first = rollouts[0]
     samples = [

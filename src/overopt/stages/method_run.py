@@ -30,7 +30,7 @@ from transformers import AutoModelForTokenClassification, PreTrainedModel
 from overopt import distributed, faults, mechanisms, trackers
 from overopt.checkpoint import Checkpoint, Checkpointer, CheckpointError
 from overopt.config import ExperimentConfig
-from overopt.io import append_jsonl, fsync_size, save_weights
+from overopt.io import append_jsonl, fsync_size, save_tensors, save_weights, trainable_tensors, write_json
 from overopt.methods import MethodContext, MethodPlan
 from overopt.mitigations.ocrm import ocrm_pair_log_ratios
 from overopt.mitigations.protocols import Figures, RewardSource
@@ -39,6 +39,7 @@ from overopt.models.policy import merged_copy
 from overopt.models.reward import reward_model_from_backbone
 from overopt.ops import beta_for_target_ess, ess_from_log_weights, order_disagreement
 from overopt.progress import StageProgress
+from overopt.stages import alarms
 from overopt.stages.evaluate import evaluate_policy
 from overopt.stages.rl import train_policy
 from overopt.stages.rm import pair_margins, train_reward_model
@@ -63,6 +64,8 @@ class Lab:
     eval_ids: torch.Tensor
     eval_mask: torch.Tensor
     run_fingerprints: dict[Path, str] = field(default_factory=dict)  # run directory -> configuration it needs
+    # (alarm.heads, alarm.head_pairs) -> the extra heads of head_std: fitted on RM_0 and its pairs, once per lab
+    alarm_heads: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
 
 
 def phase_steps(total: int, phases: int) -> list[int]:
@@ -114,15 +117,29 @@ def run_method(
     phase = run_state["phase"]
     mech_reference: dict | None = run_state.get("mech_reference")  # proxy and gold on SFT samples (step 0)
     rm0 = ProxyRewardModel(lab.reward_models(1)[0]) if plan.ocrm and mech_on else None
+    # Alarms (overopt.detectors): every evaluation logs alarm/*; with rl.stop_on_alarm the run stops when
+    # one fires, keeping the policy of the last calm evaluation (trainable tensors) for the roll-back.
+    monitor = alarms.AlarmMonitor(cfg.alarm, rl.stop_alarms, run_state.get("alarms"))
+    last_good: dict[str, torch.Tensor] | None = run_state.get("last_good")
+    stop: dict | None = None
 
-    def on_eval(step: int, train_figures: Figures) -> None:
-        nonlocal mech_reference
+    def on_eval(step: int, train_figures: Figures) -> bool:
+        nonlocal mech_reference, last_good, stop
         metrics, samples, mech_reference = evaluation(
             lab, cfg, seed, policy, source, step, mech_reference, rm0 if phase > 0 else None
         )
         row = {"step": step, **metrics, "wall_s": time.perf_counter() - start, **train_figures, **extra}
+        row.update(monitor.update(row))
         if writes:
             log_evaluation(run_dir, tracking, row, samples)
+        if not rl.stop_alarms:
+            return False
+        if monitor.calm():
+            last_good = trainable_tensors(policy)
+        stop = monitor.stopped()
+        if stop is not None:
+            stop["gold_reward"] = row.get("gold_reward")
+        return stop is not None
 
     def on_step_end(step: int, loop_state: Callable[[], dict]) -> None:
         if not (writes and checkpoints.due()):
@@ -136,7 +153,8 @@ def run_method(
             models["ocrm_rm"] = source.models()[0]
         logs = {log: fsync_size(run_dir / log) for log in LOGS}
         run = {"phase": phase, "extra": extra, "elapsed_s": time.perf_counter() - start, "logs": logs,
-               "mech_reference": mech_reference, "trackers": tracking.state()}  # fmt: skip
+               "mech_reference": mech_reference, "trackers": tracking.state(), "alarms": monitor.state_dict(),
+               **({"last_good": last_good} if last_good is not None else {})}  # fmt: skip
         checkpoints.save(step, {"run": run, "loop": loop_state()}, models)
 
     # 3. Phases (OCRM: rounds + 1 of them).
@@ -174,8 +192,13 @@ def run_method(
                 lr_decay=plan.ocrm and cfg.ocrm.phase_lr_decay, train_mechanisms=train_mechanisms,
             )  # fmt: skip
         loop = None
+        if stop is not None:
+            break
     if writes:
-        save_weights(policy, run_dir / "policy.safetensors")
+        save_weights(policy, run_dir / "policy.safetensors")  # at a stop: the policy where the alarm fired
+        if stop is not None:
+            save_tensors(last_good, run_dir / "policy_last_good.safetensors")
+            write_json(run_dir / "alarm_stop.json", stop)
     tracking.finish()
 
 
@@ -189,17 +212,34 @@ def evaluation(
     mech_reference: dict | None,
     rm0: RewardSource | None = None,
 ) -> tuple[Figures, list[dict], dict | None]:
-    """One held-out evaluation on the lab's contract, with the mechanism figures when eval.mechanisms is on:
-    its metrics, its logged samples, and the mechanisms' reference (the SFT policy's, set at step 0)."""
+    """One held-out evaluation on the lab's contract, with the mechanism figures when eval.mechanisms is on
+    and the measured alarm signals: its metrics, its logged samples, and the reference of both (the SFT
+    policy's samples, set at step 0)."""
     metrics, samples, scored = evaluate_policy(
         policy, lab.sft_policy, source, lab.testbed, lab.eval_ids, lab.eval_mask,
         temperature=cfg.eval.temperature, seed=10_000 + seed, batch_size=SAMPLE_BATCH,
         n_logged_samples=cfg.eval.n_logged_samples, pairs=cfg.eval.mechanisms,
     )  # fmt: skip
+    pad = lab.testbed.tokenizer.pad_token_id
+    labelled = lab.pairs["train"] if lab.pairs is not None and "chosen_ids" in lab.pairs["train"].column_names else None
+    if step == 0:
+        mech_reference = alarms.sft_reference(scored, cfg.alarm)
+        if cfg.eval.mechanisms:
+            mech_reference.update(mechanisms.sft_reference(scored))
+        key = (cfg.alarm.heads, cfg.alarm.head_pairs)
+        if key[0] and labelled is not None and scored.hidden is not None:
+            if key not in lab.alarm_heads:
+                subset = labelled.select(range(min(key[1], len(labelled))))
+                diffs = alarms.pair_feature_differences(lab.reward_models(1)[0], subset, pad, SAMPLE_BATCH)
+                lab.alarm_heads[key] = alarms.fit_heads(diffs, key[0], seed=lab.cfg.seed)
+            mech_reference["alarm_heads"] = lab.alarm_heads[key]
     if cfg.eval.mechanisms:
-        if step == 0:
-            mech_reference = mechanisms.sft_reference(scored)
         metrics.update(mechanisms.evaluation_figures(scored, mech_reference, rm0))
+    metrics.update(alarms.measured_figures(
+        scored, mech_reference, policy=policy, sft_policy=lab.sft_policy, pad_id=pad,
+        pairs=labelled.select(range(min(cfg.alarm.pairs, len(labelled)))) if labelled is not None else None,
+        truncate_tokens=cfg.ocrm.truncate_tokens, rm0_features=rm0 is None,
+    ))  # fmt: skip
     return metrics, samples, mech_reference
 
 

@@ -139,7 +139,7 @@ def train_policy(
     train_prompts: list[list[int]],
     seed: int,
     eval_every: int,
-    on_eval: Callable[[int, Figures], None],
+    on_eval: Callable[[int, Figures], bool | None],
     progress: StageProgress,
     mitigations: Mitigations | None = None,
     steps: int | None = None,
@@ -154,7 +154,8 @@ def train_policy(
 
     `on_eval(step, train_figures)` is called at step_offset (before any update, if `evaluate_first`), every
     `eval_every` updates and after the last one; steps are numbered from `step_offset` so that
-    consecutive calls (OCRM rounds) continue one curve.
+    consecutive calls (OCRM rounds) continue one curve. When it returns True (an alarm's stop) the loop ends
+    there, without the step's checkpoint.
     `on_step_end(step, loop_state)` is called after every update; `loop_state()` is everything this loop
     needs, besides the models, to continue from that step when passed back as `resume`.
     `lr_decay`: the learning rate falls linearly from cfg.lr at the first update to cfg.lr/steps at the
@@ -193,15 +194,18 @@ def train_policy(
         start_time -= resume["elapsed_s"]
         progress.advance(done - step_offset)
 
-    def maybe_evaluate(step: int) -> None:
+    def maybe_evaluate(step: int) -> bool:
         if (step - step_offset) % eval_every == 0 or step == step_offset + steps:
-            on_eval(step, {**log.flush(), "train/wall_s": time.perf_counter() - start_time})
+            return bool(on_eval(step, {**log.flush(), "train/wall_s": time.perf_counter() - start_time}))
+        return False
 
-    def end_step(step: int, **figures: float) -> None:
+    def end_step(step: int, **figures: float) -> bool:
         progress.advance(**figures)
-        maybe_evaluate(step)
+        if maybe_evaluate(step):
+            return True
         if on_step_end is not None:
             on_step_end(step, loop_state)
+        return False
 
     def loop_state() -> dict:
         return {
@@ -211,8 +215,8 @@ def train_policy(
             **({"schedule": schedule.state_dict()} if schedule is not None else {}),
         }  # fmt: skip
 
-    if evaluate_first and resume is None:
-        on_eval(step_offset, {})
+    if evaluate_first and resume is None and on_eval(step_offset, {}):
+        return
     for step in range(done + 1, step_offset + steps + 1):
         # 1. Rollouts: K completions for each of the step's prompts. Several processes draw the same
         # prompts and each samples its share, whole groups, with the noise of those rows (overopt.distributed).
@@ -243,7 +247,8 @@ def train_policy(
             if not torch.isfinite(scores).all():
                 _nonfinite(cfg, step, "rewards")
                 log.add({"train/skipped_nonfinite": 1.0})
-                end_step(step)
+                if end_step(step):
+                    return
                 continue
             # 3. Old and reference log-probs; KL to the reference (the estimator that is optimised). With
             # one epoch of one minibatch, the update's own forward at θ gives the old log-probs: it runs
@@ -321,7 +326,8 @@ def train_policy(
 
         # 7. Held-out evaluation (when due), then the checkpoint hook.
         kl_figure = {} if seq_kl is None else {"kl": seq_kl.mean().item()}
-        end_step(step, proxy=scored.rewards.mean().item(), **kl_figure)
+        if end_step(step, proxy=scored.rewards.mean().item(), **kl_figure):
+            return
 
 
 def _check_processes(cfg: RLConfig) -> None:

@@ -1,0 +1,117 @@
+"""Early warning of reward hacking, scored against gold (issue 16; overopt.detectors): every detector over
+many runs of three testbeds, its firing rule tuned on two testbeds and scored on the third.
+
+    python benchmarks/early_warning.py                         # default presets; about an hour on 2 CPU cores
+    python benchmarks/early_warning.py --seeds 2 --testbeds summarize,math_format --heldout math_format
+
+For each testbed one `overopt run --preset default --testbed T --methods none,kl,chi2,ref_reset --seeds N`
+into runs/alarms-T (finished runs are reused; `--stages-from` copies summarize's shared stages). Runs that
+hack and runs that do not come from the same command: `none` hacks, KL and χ² mostly do not. Then, from the
+runs' metrics.jsonl (the detectors are causal functions of what a run logged, so scoring them offline gives
+what the run computed online):
+  1. every detector at the config's default rule (CUSUM, h = 5, warm-up 3, k = 0.5), per testbed;
+  2. each detector's rule tuned (min. gold regret over overopt.detectors.RULE_GRID) on the tuning testbeds
+     and scored on the held-out testbed, which the tuning never saw.
+Scores (overopt.detectors.score_detector): detected (share of hacked runs it fires on), early (share where it
+fires at or before the onset), lead (median evaluations from alarm to onset, > 0 early), false alarms (share
+of never-hacking runs it fires on), AUROC (of its warm-up z-score for "the onset has passed", every evaluation
+after warm-up), gold regret of stopping at its first alarm against the regret of running to the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import tyro
+from compare_methods import machine, write_section
+
+from overopt.detectors import Rule, hacking_onset, score_detector, tune_rule
+from overopt.report.early_warning import present_detectors
+from overopt.report.summary import load_runs
+from overopt.report.table import format_value as _v
+
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+    seeds: int = 5
+    preset: str = "default"
+    """`smoke` checks the script in minutes (its runs are too short to hack)."""
+    methods: str = "none,kl,chi2,ref_reset"
+    testbeds: str = "summarize,math_format,judge"
+    heldout: str = "judge"
+    """The testbed whose runs the tuned rules are scored on (never tuned on)."""
+    out_prefix: str = "runs/alarms"
+    stages_from: Path | None = None
+    """A finished summarize `default` OUT whose shared stages to copy into runs/alarms-summarize first."""
+
+
+def _pct(x: float) -> str:
+    return "–" if x != x else f"{100 * x:.0f} %"
+
+
+def _row(label: str, s) -> str:
+    return (f"| {label} | {_pct(s.detected)} | {_pct(s.early)} | {_v(s.lead, 1)} | {_pct(s.false_alarm)} "
+            f"| {_v(s.auroc, 2)} | {_v(s.regret)} (end: {_v(s.regret_none)}) |")  # fmt: skip
+
+
+COLUMNS = "detected | early | lead (evals) | false alarms | AUROC | gold regret (run to end) |"
+
+
+def main(args: Args) -> None:
+    testbeds = args.testbeds.split(",")
+    if args.heldout not in testbeds:
+        raise SystemExit(f"--heldout {args.heldout} is not one of --testbeds {args.testbeds}")
+    commands = []
+    for testbed in testbeds:
+        out = Path(f"{args.out_prefix}-{testbed}")
+        if testbed == "summarize" and args.stages_from is not None and not (out / "artifacts").exists():
+            shutil.copytree(args.stages_from / "artifacts", out / "artifacts")  # refused at once if stale
+        cmd = [sys.executable, "-m", "overopt", "run", "--preset", args.preset, "--testbed", testbed,
+               "--methods", args.methods, "--seeds", str(args.seeds), "--out", str(out)]  # fmt: skip
+        subprocess.run(cmd, check=True)
+        commands.append(" ".join(cmd[2:]))
+    runs = {t: [rows for seeds in load_runs(f"{args.out_prefix}-{t}").values() for rows in seeds.values()]
+            for t in testbeds}  # fmt: skip
+    counts = {t: (len(r), sum(hacking_onset([row.get("gold_reward") for row in rows]) is not None for rows in r))
+              for t, r in runs.items()}  # fmt: skip
+    default = Rule()
+    lines = [
+        f"## Early warning of hacking, scored against gold: `{args.preset}` presets",
+        "",
+        f"Command: `python benchmarks/early_warning.py` (runs {'; '.join(f'`{c}`' for c in commands)})  ",
+        f"Date: {datetime.date.today().isoformat()}  ",
+        f"Machine: {machine()}",
+        "",
+        "Runs (hacked by the onset rule: gold loses ≥ 30 % of its gain): "
+        + ", ".join(f"{t} {n} ({h} hacked)" for t, (n, h) in counts.items())
+        + f"; methods {args.methods}, seeds 0–{args.seeds - 1}. Onset: the last evaluation within 10 % of the gain "
+        "of the running gold peak before that loss. Columns as in benchmarks/early_warning.py's docstring; "
+        "lead in evaluations (10 updates each), – where undefined (no hacked run fired, or no never-hacking run).",
+        "",
+    ]
+    for testbed in testbeds:
+        lines += [f"### {testbed}: default rule (CUSUM, h = 5, k = 0.5, warm-up 3)", "",
+                  f"| detector | {COLUMNS}", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for name in present_detectors(runs[testbed]):
+            lines.append(_row(f"`{name}`", score_detector(runs[testbed], name, default)))
+        lines.append("")
+    tuning = [rows for t in testbeds if t != args.heldout for rows in runs[t]]
+    tuned_on = ", ".join(t for t in testbeds if t != args.heldout)
+    lines += [f"### Tuned on {tuned_on}, scored on {args.heldout} (held out)", "",
+              f"| detector (rule tuned on {tuned_on}) | {COLUMNS}", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name in present_detectors(runs[args.heldout]):
+        rule = tune_rule(tuning, name)
+        label = f"`{name}` ({rule.rule}, h = {rule.threshold:g}, warm-up {rule.warmup})"
+        lines.append(_row(label, score_detector(runs[args.heldout], name, rule)))
+    body = "\n".join(lines)
+    print(body)
+    write_section(f"early-warning-{args.preset}", body)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
