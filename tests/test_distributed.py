@@ -72,7 +72,10 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
             assert r1.keys() == r2.keys(), run
             for key in r1:
                 if "wall" not in key and isinstance(r1[key], float):
-                    assert r2[key] == pytest.approx(r1[key], rel=1e-4, abs=1e-6), (run, r1["step"], key)
+                    # alarm/*: differences of logged figures (kl_accel: KL_t − 2 KL_{t−1} + KL_{t−2}) carry the
+                    # figures' absolute error several times over
+                    tol = 1e-5 if key.startswith("alarm/") else 1e-6
+                    assert r2[key] == pytest.approx(r1[key], rel=1e-4, abs=tol), (run, r1["step"], key)
         assert _completions(one / run) == _completions(two / run), run
         weights = [load_file(out / run / "policy.safetensors") for out in (one, two)]
         assert _max_diff(*weights) < 1e-4, run
