@@ -48,6 +48,8 @@ class Args:
     out_prefix: str = "runs/alarms"
     stages_from: Path | None = None
     """A finished summarize `default` OUT whose shared stages to copy into runs/alarms-summarize first."""
+    score_only: bool = False
+    """Score the runs that exist (e.g. of an unfinished invocation) without starting any."""
 
 
 def _pct(x: float) -> str:
@@ -73,7 +75,8 @@ def main(args: Args) -> None:
             shutil.copytree(args.stages_from / "artifacts", out / "artifacts")  # refused at once if stale
         cmd = [sys.executable, "-m", "overopt", "run", "--preset", args.preset, "--testbed", testbed,
                "--methods", args.methods, "--seeds", str(args.seeds), "--out", str(out)]  # fmt: skip
-        subprocess.run(cmd, check=True)
+        if not args.score_only:
+            subprocess.run(cmd, check=True)
         commands.append(" ".join(cmd[2:]))
     runs = {t: [rows for seeds in load_runs(f"{args.out_prefix}-{t}").values() for rows in seeds.values()]
             for t in testbeds}  # fmt: skip
