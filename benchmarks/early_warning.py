@@ -48,6 +48,8 @@ class Args:
     out_prefix: str = "runs/alarms"
     stages_from: Path | None = None
     """A finished summarize `default` OUT whose shared stages to copy into runs/alarms-summarize first."""
+    score_only: bool = False
+    """Score the runs that exist (e.g. of an unfinished invocation) without starting any."""
 
 
 def _pct(x: float) -> str:
@@ -62,6 +64,12 @@ def _row(label: str, s) -> str:
 COLUMNS = "detected | early | lead (evals) | false alarms | AUROC | gold regret (run to end) |"
 
 
+def finished_runs(out: Path) -> list[list[dict]]:
+    """The metrics rows of every finished run in OUT (its policy saved), unfinished ones left out."""
+    return [rows for method, seeds in load_runs(out).items() for seed, rows in seeds.items()
+            if (out / "runs" / method / f"seed{seed}" / "policy.safetensors").is_file()]  # fmt: skip
+
+
 def main(args: Args) -> None:
     testbeds = args.testbeds.split(",")
     if args.heldout not in testbeds:
@@ -73,10 +81,10 @@ def main(args: Args) -> None:
             shutil.copytree(args.stages_from / "artifacts", out / "artifacts")  # refused at once if stale
         cmd = [sys.executable, "-m", "overopt", "run", "--preset", args.preset, "--testbed", testbed,
                "--methods", args.methods, "--seeds", str(args.seeds), "--out", str(out)]  # fmt: skip
-        subprocess.run(cmd, check=True)
+        if not args.score_only:
+            subprocess.run(cmd, check=True)
         commands.append(" ".join(cmd[2:]))
-    runs = {t: [rows for seeds in load_runs(f"{args.out_prefix}-{t}").values() for rows in seeds.values()]
-            for t in testbeds}  # fmt: skip
+    runs = {t: finished_runs(Path(f"{args.out_prefix}-{t}")) for t in testbeds}
     counts = {t: (len(r), sum(hacking_onset([row.get("gold_reward") for row in rows]) is not None for rows in r))
               for t, r in runs.items()}  # fmt: skip
     default = Rule()
