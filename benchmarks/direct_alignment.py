@@ -84,8 +84,11 @@ def plot_curves(outs: list[Path], path: Path) -> Path:
     for ax, (title, names) in zip(fig.subplots(1, 2), panels):
         for i, name in enumerate([n for n in names if n in runs] + ["kl", "none"]):
             kl, gold = aggregate(runs[name], "kl_sft"), aggregate(runs[name], "gold_reward")
-            style = {"color": "0.2" if name == "none" else "0.55", "linestyle": "--"} if name in ("kl", "none") else (
-                {"color": cmap(i / max(1, len(names) - 1))} if names is panels[0][1] else {})
+            style = (
+                {"color": "0.2" if name == "none" else "0.55", "linestyle": "--"}
+                if name in ("kl", "none")
+                else ({"color": cmap(i / max(1, len(names) - 1))} if names is panels[0][1] else {})
+            )
             ax.plot(np.sqrt(np.maximum(kl["mean"], 0)), gold["mean"], marker=".", label=name, **style)
         _style(ax, title, "√KL(π ‖ π_SFT)", "gold reward")
         ax.set_xlim(0, 2.5)
