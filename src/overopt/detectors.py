@@ -56,12 +56,8 @@ RULES = ("cusum", "zscore")
 
 def _column(rows: Sequence[Mapping], key: str) -> np.ndarray:
     """(T,) float64 of rows[t][key], NaN where missing or not a finite number."""
-    out = np.full(len(rows), np.nan)
-    for t, row in enumerate(rows):
-        v = row.get(key)
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            out[t] = float(v)
-    return out
+    values = [stats.finite_float(row.get(key)) for row in rows]
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
 def _diff(x: np.ndarray, order: int) -> np.ndarray:

@@ -1,8 +1,21 @@
-"""Rank statistics with numpy only, shared by the torch side (overopt.ops) and the torch-free report."""
+"""Numbers and rank statistics with numpy only, shared by the torch side (overopt.ops) and the torch-free report."""
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
+
+
+def finite_float(x: Any) -> float | None:
+    """``x`` as a finite float (numpy scalars included), else None (missing, non-numeric, bool, NaN, inf)."""
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
 
 
 def auroc(scores, labels) -> float:

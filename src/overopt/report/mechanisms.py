@@ -22,12 +22,13 @@ numpy, matplotlib (plots) and the standard library; never torch/transformers.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from overopt.stats import finite_float as _f
 
 __all__ = ["MECH_KEYS", "grad_norm", "mechanism_verdicts", "pearson", "plot_mechanisms", "run_mechanisms"]
 
@@ -51,16 +52,6 @@ MECH_KEYS = (
     "disagreement_error_corr_mean",
     "ocrm_refit_gain",
 )
-
-
-def _f(x: Any) -> float | None:
-    """``x`` as a finite float (numpy scalars included), else None."""
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 def _mean(xs: Iterable[Any]) -> float | None:

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from overopt.laws import fit_curves
+from overopt.stats import finite_float as _num
 
 from .mechanisms import MECH_KEYS, run_mechanisms
 
@@ -55,14 +56,6 @@ _SEED_RE = re.compile(r"^seed(\d+)$")
 # --------------------------------------------------------------------------- #
 # small numeric helpers
 # --------------------------------------------------------------------------- #
-def _num(x: Any) -> float | None:
-    """``x`` as a finite float, or None (missing, non-numeric, bool, NaN, inf)."""
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
 def mean_std(values: Iterable[Any]) -> dict[str, Any]:
     """Mean and spread of the finite numbers in ``values``.
 
