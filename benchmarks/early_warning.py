@@ -31,9 +31,8 @@ import tyro
 from compare_methods import machine, write_section
 
 from overopt.detectors import Rule, hacking_onset, score_detector, tune_rule
-from overopt.report.early_warning import present_detectors
+from overopt.report.early_warning import SCORE_HEADER, present_detectors, score_cells
 from overopt.report.summary import load_runs
-from overopt.report.table import format_value as _v
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,16 +51,11 @@ class Args:
     """Score the runs that exist (e.g. of an unfinished invocation) without starting any."""
 
 
-def _pct(x: float) -> str:
-    return "–" if x != x else f"{100 * x:.0f} %"
+def _row(label: str, score) -> str:
+    return f"| {label} | " + " | ".join(score_cells(score)) + " |"
 
 
-def _row(label: str, s) -> str:
-    return (f"| {label} | {_pct(s.detected)} | {_pct(s.early)} | {_v(s.lead, 1)} | {_pct(s.false_alarm)} "
-            f"| {_v(s.auroc, 2)} | {_v(s.regret)} (end: {_v(s.regret_none)}) |")  # fmt: skip
-
-
-COLUMNS = "detected | early | lead (evals) | false alarms | AUROC | gold regret (run to end) |"
+COLUMNS = " | ".join(SCORE_HEADER) + " |"
 
 
 def finished_runs(out: Path) -> list[list[dict]]:

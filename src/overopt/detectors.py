@@ -78,7 +78,6 @@ class Signal:
     name: str
     direction: int  # +1: a rise warns, −1: a fall warns, 0: either
     series: Callable[[Sequence[Mapping]], np.ndarray]  # rows -> (T,), element t from rows[: t + 1] only
-    measured: bool = False  # measured by overopt.stages.alarms at each evaluation (else computed from the rows)
 
 
 def _logged(name: str) -> Callable[[Sequence[Mapping]], np.ndarray]:
@@ -95,11 +94,11 @@ SIGNALS: dict[str, Signal] = {
         Signal("length_drift", +1, _length_drift),
         Signal("proxy_accel", +1, lambda rows: _diff(_column(rows, "proxy_reward"), 2)),
         Signal("grad_norm", 0, lambda rows: _column(rows, "train/grad_norm")),
-        Signal("ensemble_std", +1, _logged("ensemble_std"), measured=True),
-        Signal("head_std", +1, _logged("head_std"), measured=True),
-        Signal("pairs_ess", -1, _logged("pairs_ess"), measured=True),
-        Signal("low_radius", +1, _logged("low_radius"), measured=True),
-        Signal("proxy_tail", +1, _logged("proxy_tail"), measured=True),
+        Signal("ensemble_std", +1, _logged("ensemble_std")),
+        Signal("head_std", +1, _logged("head_std")),
+        Signal("pairs_ess", -1, _logged("pairs_ess")),
+        Signal("low_radius", +1, _logged("low_radius")),
+        Signal("proxy_tail", +1, _logged("proxy_tail")),
     )
 }
 
@@ -175,13 +174,12 @@ def last_good(stat: np.ndarray, fired: int) -> int:
     return int(calm[-1]) if len(calm) else 0
 
 
-def alarm_figures(rows: Sequence[Mapping], rule: Rule, names: Sequence[str] | None = None) -> dict[str, float]:
+def alarm_figures(rows: Sequence[Mapping], rule: Rule) -> dict[str, float]:
     """The detectors' figures of the latest row: `alarm/<name>` (signal) and `alarm/<name>/fired` (1.0 from
     the first firing on). Signals without a value in the rows (e.g. ensemble_std without an ensemble) are
     left out. Causal: depends on rows[: T] only."""
     out: dict[str, float] = {}
-    for name in names or SIGNALS:
-        signal = SIGNALS[name]
+    for name, signal in SIGNALS.items():
         x = signal.series(rows)
         if not len(x) or not np.isfinite(x).any():
             continue

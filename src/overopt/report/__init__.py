@@ -49,7 +49,7 @@ def build_report(out_dir: str | Path, console=None) -> dict:
     mech_plots = plot_mechanisms(out_dir, runs)
     rule = configured_rule(summary.get("config") or {})
     scores = detector_scores(runs, rule)
-    early = (rule, scores, plot_early_warning(out_dir, runs, rule)) if scores else None
+    early = (rule, scores, plot_early_warning(out_dir, runs, rule, summary)) if scores else None
     write_report(out_dir, summary, plot_paths, frontier=frontier, frontier_plots=frontier_plots,
                  mechanisms=mechanism_verdicts(summary), mech_plots=mech_plots, early=early)  # fmt: skip
     console = console or Console()

@@ -13,6 +13,20 @@ import numpy as np
 from overopt.detectors import SIGNALS, DetectorScore, Rule, hacking_onset, score_detector, statistic
 
 from .summary import is_best_of_n
+from .table import format_value
+
+SCORE_HEADER = ["detected", "early", "lead (evals)", "false alarms", "AUROC", "gold regret (run to end)"]
+
+
+def score_cells(score: DetectorScore) -> list[str]:
+    """A detector's scores as the cells under SCORE_HEADER ("–" where undefined)."""
+
+    def pct(x: float) -> str:
+        return "–" if x != x else f"{100 * x:.0f} %"
+
+    regret = f"{format_value(score.regret)} (end: {format_value(score.regret_none)})"
+    return [pct(score.detected), pct(score.early), format_value(score.lead, 1), pct(score.false_alarm),
+            format_value(score.auroc, 2), regret]  # fmt: skip
 
 
 def configured_rule(config: Mapping) -> Rule:
@@ -37,10 +51,12 @@ def detector_scores(runs: Mapping[str, Mapping[int, list[dict]]], rule: Rule) ->
     return [(name, score_detector(all_runs, name, rule)) for name in present_detectors(all_runs)]
 
 
-def plot_early_warning(out_dir: str | Path, runs: Mapping[str, Mapping[int, list[dict]]], rule: Rule) -> Path | None:
+def plot_early_warning(
+    out_dir: str | Path, runs: Mapping[str, Mapping[int, list[dict]]], rule: Rule, summary: Mapping
+) -> Path | None:
     """``OUT/plots/early_warning.png``: gold against step per method (× at each seed's onset of hacking, ▼ where
-    an alarm stopped a run), then one panel per detector with its rule's statistic (mean over seeds) and the
-    threshold. None when no optimisation run exists."""
+    an alarm stopped a run: summary.json's `alarm_stop`), then one panel per detector with its rule's statistic
+    (mean over seeds) and the threshold. None when no optimisation run exists."""
     from .plots import _new_figure, _plot_mean_band, _save, _style, aggregate, method_colors
 
     stepped = _stepped(runs)
@@ -48,6 +64,7 @@ def plot_early_warning(out_dir: str | Path, runs: Mapping[str, Mapping[int, list
     if not stepped:
         return None
     colors = method_colors(list(stepped))
+    stopped = {(m, s["seed"]) for m, entry in summary["methods"].items() for s in entry["seeds"] if "alarm_stop" in s}
     cols = 2
     panels = 1 + math.ceil(len(names) / cols)
     fig = _new_figure(12, 2.7 * panels)
@@ -60,8 +77,7 @@ def plot_early_warning(out_dir: str | Path, runs: Mapping[str, Mapping[int, list
             onset = hacking_onset(gold)
             if onset is not None:
                 top.plot(rows[onset]["step"], gold[onset], "x", color=colors[m], markersize=7)
-            stop = Path(out_dir) / "runs" / m / f"seed{seed}" / "alarm_stop.json"
-            if stop.is_file():
+            if (m, seed) in stopped:
                 top.plot(rows[-1]["step"], gold[-1], "v", color=colors[m], markersize=8)
     _style(top, "Gold reward (× onset of hacking per seed, ▼ stopped by an alarm)", "step", "gold reward")
     top.legend(fontsize=8, frameon=False, ncol=3)

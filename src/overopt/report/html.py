@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from .early_warning import SCORE_HEADER, score_cells
 from .table import FIT_HEADER, fit_row, format_mean_std, format_value, rm_heldout_accuracy
 
 __all__ = ["figures", "load_samples", "page", "table", "write_report"]
@@ -332,14 +333,8 @@ def _early_warning_section(early: tuple | None) -> str:
     if not early:
         return ""
     rule, scores, plot = early
-
-    def pct(x: float) -> str:
-        return "–" if x != x else f"{100 * x:.0f} %"
-
-    rows = [[name, f"{s.hacked}/{s.runs}", pct(s.detected), pct(s.early), _fmt(s.lead, 1), pct(s.false_alarm),
-             _fmt(s.auroc, 2), f"{_fmt(s.regret)} ({_fmt(s.regret_none)})"] for name, s in scores]  # fmt: skip
-    header = ["detector", "hacked runs", "detected", "early", "lead (evals)", "false alarms", "AUROC",
-              "gold regret (run to end)"]  # fmt: skip
+    rows = [[name, f"{s.hacked}/{s.runs}", *score_cells(s)] for name, s in scores]
+    header = ["detector", "hacked runs", *SCORE_HEADER]
     return (
         "<h2>Early warning</h2><p class='sub'>Gold-free detectors (README \"Early warning\"), scored against gold on "
         f"these runs with the configured rule ({escape(rule.rule)}, h = {rule.threshold:g}, warm-up {rule.warmup}). "
