@@ -48,6 +48,13 @@ class GradientRegularization:
         self.target, self.rate, self.bf16_roundtrip = target_correction, controller_rate, bf16_roundtrip
         self.perturbed = {id(p) for name, p in named_parameters if not is_gr_excluded(name, exclude)}
 
+    def active(self, step: int) -> bool:
+        """Whether update `step` (1-based) is a GR step: past the warm-up, with γ > 0."""
+        return step > self.warmup_steps and self.gamma != 0
+
+    def off_figures(self) -> Figures:
+        return {"gr/correction_ratio": 0.0, "gr/cos_g_g1": 1.0, "gr/gamma": self.gamma}
+
     def __call__(
         self,
         loss_fn: Callable[[], torch.Tensor],
@@ -56,12 +63,20 @@ class GradientRegularization:
         step: int,
         max_grad_norm: float,
     ) -> Figures:
-        if step <= self.warmup_steps or self.gamma == 0:
-            off = {"gr/correction_ratio": 0.0, "gr/cos_g_g1": 1.0, "gr/gamma": self.gamma}
-            return {**plain_step(loss_fn, params, optimizer, step, max_grad_norm), **off}
+        if not self.active(step):
+            return {**plain_step(loss_fn, params, optimizer, step, max_grad_norm), **self.off_figures()}
         # 1. g1 at θ.
         optimizer.zero_grad(set_to_none=True)
         loss_fn().backward()
+        figures = self.regularize(lambda: loss_fn().backward(), params)
+        return {**apply_gradients(params, optimizer, max_grad_norm), **figures}
+
+    def regularize(self, backward: Callable[[], None], params: list[torch.nn.Parameter]) -> Figures:
+        """Steps 1-4 with g1 = ∇L(θ) already in `p.grad` (unclipped): leaves the GR gradient g in `p.grad`.
+
+        `backward()` must accumulate ∇L into `p.grad` again on the same inputs (here at θ' = θ + ε·g1): one
+        loss, or every micro-batch of a gradient-accumulation window (overopt.integrations.trl). The caller
+        clips by its own max norm and steps, as after any backward pass."""
         g1, g1_norm = clip_by_global_norm([p.grad for p in params], self.grad_clip)
         # 2. Ascent step on the loss, in float32, on the perturbed parameters only.
         backup = {}
@@ -71,8 +86,9 @@ class GradientRegularization:
                     backup[id(p)] = p.detach().clone()
                     p.copy_((p.float() + self.eps * g.float()).to(p.dtype))
         # 3. g2 at θ' on the same inputs.
-        optimizer.zero_grad(set_to_none=True)
-        loss_fn().backward()
+        for p in params:
+            p.grad = None
+        backward()
         g2, g2_norm = clip_by_global_norm([p.grad for p in params], self.grad_clip)
         # 4. Restore θ and combine.
         with torch.no_grad():
@@ -87,7 +103,6 @@ class GradientRegularization:
                     p.copy_(p.to(torch.bfloat16).to(p.dtype))
         correction = gr_correction(g1, [p.grad for p in params])
         figures = {
-            **apply_gradients(params, optimizer, max_grad_norm),
             "gr/grad_norm": g1_norm,
             "gr/grad_norm_ratio": g2_norm / max(g1_norm, 1e-12),
             "gr/correction_ratio": correction.ratio,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import torch
-from transformers import PreTrainedModel
+from collections.abc import Callable
 
-from overopt.mitigations.protocols import RewardScores
-from overopt.models.reward import reward_forward, score_head
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from overopt.mitigations.protocols import RewardScores, RewardSource
+from overopt.models.reward import conversation_batch, reward_forward, score_head
 from overopt.ops import aggregate_ensemble, ensemble_penalty_share, ensemble_std, par_reward, par_saturation
 from overopt.sampling import Rollout, pad_left, sample_completions
 from overopt.testbeds.base import RuleRewardTestbed
@@ -22,6 +24,49 @@ class ProxyRewardModel:
     def __call__(self, rollout: Rollout) -> RewardScores:
         out = reward_forward(self.model, rollout.input_ids, rollout.attention_mask)
         return RewardScores(out.rewards.float(), out.hidden.float(), score_head(self.model).weight[0].float())
+
+    def models(self) -> list[PreTrainedModel]:
+        return [self.model]
+
+
+class TextRewardModel:
+    """r_φ(x, y) of a reward model with its own tokenizer (a Skywork RM on a Qwen policy): the rollout's
+    completion decoded without special tokens and scored as the conversation [user: x, assistant: y] the RM's
+    chat template renders (models.reward.conversation_text). x is the raw prompt `prompt_of` holds for the
+    rollout's prompt ids (text, or a list of messages), else the prompt ids decoded. Like ProxyRewardModel it
+    reads the head's input, so SignCert-PO and the radius alarms work on it."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        policy_tokenizer: PreTrainedTokenizerBase,
+        prompt_of: dict[tuple[int, ...], object] | None = None,
+        batch_size: int = 16,
+    ):
+        self.model, self.tokenizer, self.policy_tokenizer = model.eval(), tokenizer, policy_tokenizer
+        self.prompt_of = {} if prompt_of is None else prompt_of
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def __call__(self, rollout: Rollout) -> RewardScores:
+        decode = self.policy_tokenizer.decode
+        prompts, completions = [], []
+        for ids, mask, cids, cmask in zip(
+            rollout.prompt_ids.tolist(), rollout.prompt_mask.tolist(),
+            rollout.completion_ids.tolist(), rollout.completion_mask.tolist(),
+        ):  # fmt: skip
+            key = tuple(t for t, m in zip(ids, mask) if m)
+            prompts.append(self.prompt_of.get(key) or decode(list(key), skip_special_tokens=True))
+            completions.append(decode([t for t, m in zip(cids, cmask) if m], skip_special_tokens=True))
+        rewards, hidden = [], []
+        for start in range(0, len(prompts), self.batch_size):
+            end = start + self.batch_size
+            batch = conversation_batch(self.tokenizer, prompts[start:end], completions[start:end])
+            out = reward_forward(self.model, batch["input_ids"], batch["attention_mask"])
+            rewards.append(out.rewards.float())
+            hidden.append(out.hidden.float())
+        return RewardScores(torch.cat(rewards), torch.cat(hidden), score_head(self.model).weight[0].float())
 
     def models(self) -> list[PreTrainedModel]:
         return [self.model]
@@ -75,10 +120,17 @@ class EnsembleRewardModel:
     SignCert-PO needs one linear head: it falls back to member 0's hidden state and head.
     """
 
-    def __init__(self, models: list[PreTrainedModel], mode: str, uwo_lambda: float, ddof: int):
+    def __init__(
+        self,
+        models: list[PreTrainedModel],
+        mode: str,
+        uwo_lambda: float,
+        ddof: int,
+        member: Callable[[PreTrainedModel], RewardSource] = ProxyRewardModel,
+    ):
         if not models:
             raise ValueError("an ensemble needs at least one reward model")
-        self.members = [ProxyRewardModel(m) for m in models]
+        self.members = [member(m) for m in models]  # ProxyRewardModel, or a TextRewardModel per RM
         self.mode, self.uwo_lambda, self.ddof = mode, uwo_lambda, ddof
 
     @torch.no_grad()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from transformers import AutoModelForSequenceClassification, PreTrainedModel
+from transformers import AutoModelForSequenceClassification, BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 
 from overopt.models.policy import SAFE_LOADING, position_ids_from_mask
 
@@ -65,6 +65,38 @@ def reward_forward(model: PreTrainedModel, input_ids: torch.Tensor, attention_ma
     rows = torch.arange(input_ids.shape[0], device=input_ids.device)
     h = hidden_states[rows, last_token_index(attention_mask)]  # (B, H)
     return RewardOutput(score_head(model)(h).squeeze(-1), h)
+
+
+def conversation_text(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict], completion: str) -> str:
+    """The text an RM scores for (x, y): the conversation [user: x, assistant: y] through the RM tokenizer's
+    chat template when it has one (a conversational prompt, a list of messages, keeps its own turns), else x + y."""
+    if tokenizer.chat_template:
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        return tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": completion}], tokenize=False)
+    if not isinstance(prompt, str):
+        raise ValueError("a conversational prompt (a list of messages) needs a reward tokenizer with a chat template")
+    return prompt + completion
+
+
+def conversation_batch(tokenizer: PreTrainedTokenizerBase, prompts: list, completions: list[str]) -> BatchEncoding:
+    """Padded ids and mask of `conversation_text` for each (prompt, completion); a chat template writes its own
+    special tokens, plain text gets the tokenizer's."""
+    texts = [conversation_text(tokenizer, p, c) for p, c in zip(prompts, completions, strict=True)]
+    return tokenizer(texts, padding=True, add_special_tokens=not tokenizer.chat_template, return_tensors="pt")
+
+
+@torch.no_grad()
+def score_texts(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list, completions: list[str], batch_size: int
+) -> torch.Tensor:
+    """A sequence-classification RM's scores (its own forward, logits[:, 0]) of (prompt, completion) texts:
+    (B,) float64 on the CPU."""
+    scores = []
+    for start in range(0, len(prompts), batch_size):
+        end = start + batch_size
+        batch = conversation_batch(tokenizer, prompts[start:end], completions[start:end]).to(model.device)
+        scores.append(model(**batch).logits[:, 0].double().cpu())
+    return torch.cat(scores) if scores else torch.zeros(0, dtype=torch.float64)
 
 
 class RewardHead(torch.nn.Module):

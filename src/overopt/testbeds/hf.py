@@ -44,6 +44,7 @@ from transformers.models.auto.modeling_auto import (
 
 from overopt.config import HFConfig
 from overopt.models.policy import SAFE_LOADING, with_lora
+from overopt.models.reward import score_texts
 from overopt.testbeds.base import SFTExample, TestbedDefaults
 
 _LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -351,27 +352,9 @@ class HFTestbed(TestbedDefaults):
         start = next((i for i, t in enumerate(ids) if t != pad), len(ids))
         return tuple(ids[start:])
 
-    def _gold_text(self, prompt: str, completion: str) -> str:
-        tok = self.gold_tokenizer
-        if tok.chat_template:
-            chat = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
-            return tok.apply_chat_template(chat, tokenize=False)
-        return prompt + completion
-
-    @torch.no_grad()
     def score_texts(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
         """Gold RM scores of (prompt, completion) texts: (B,) float64 on the CPU."""
-        texts = [self._gold_text(p, c) for p, c in zip(prompts, completions, strict=True)]
-        scores = []
-        for start in range(0, len(texts), self.cfg.gold_batch_size):
-            batch = self.gold_tokenizer(
-                texts[start : start + self.cfg.gold_batch_size],
-                padding=True,
-                add_special_tokens=not self.gold_tokenizer.chat_template,  # a template writes its own
-                return_tensors="pt",
-            ).to(self.gold_model.device)
-            scores.append(self.gold_model(**batch).logits[:, 0].double().cpu())
-        return torch.cat(scores)
+        return score_texts(self.gold_model, self.gold_tokenizer, prompts, completions, self.cfg.gold_batch_size)
 
     def gold_reward(
         self, prompt_ids: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor
