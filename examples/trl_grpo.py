@@ -29,7 +29,7 @@ import torch
 import tyro
 from datasets import Dataset, load_dataset
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-from trl import GRPOConfig, GRPOTrainer
+from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from overopt.config import AlarmConfig, Chi2Config, GRConfig, RefResetConfig, SignCertConfig
 from overopt.integrations.trl import (
@@ -46,6 +46,12 @@ from overopt.integrations.trl import (
 )
 
 MIXINS = {"gr": GradientRegularizationMixin, "signcert": SignCertMixin, "chi2": Chi2Mixin}
+SIZES = {  # mode -> eval_prompts, steps, every, prompts_per_step, group_size, max_completion_length, lr, beta
+    "smoke": (32, 6, 2, 4, 4, 8, 3e-3, 0.04),
+    "real": (256, 200, 10, 16, 8, 128, 1e-6, 0.04),
+}
+SIZE_FIELDS = ("eval_prompts", "steps", "every", "prompts_per_step", "group_size", "max_completion_length",
+               "learning_rate", "beta")  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -67,16 +73,19 @@ class Args:
     dataset: str = ""
     """Real models: a prompt dataset (Hub id or local file) with a `prompt` column."""
     dataset_split: str = "train"
-    eval_prompts: int = 256
-    """Held-out prompts the monitor evaluates (the dataset's last ones, never trained on)."""
-    steps: int = 200
-    every: int = 10
+    trainer: Literal["grpo", "rloo"] = "grpo"
+    """TRL's GRPOTrainer or RLOOTrainer (KL in the reward, k1, as the lab's default RL)."""
+    # Sizes: None takes the mode's value (SIZES; --lab: the lab's own rl.* and eval.*).
+    eval_prompts: int | None = None
+    """Held-out prompts the monitor evaluates (real models: the dataset's last ones, never trained on)."""
+    steps: int | None = None
+    every: int | None = None
     """Evaluate every this many optimiser steps."""
-    prompts_per_step: int = 16
-    group_size: int = 8
-    max_completion_length: int = 128
-    learning_rate: float = 1e-6
-    beta: float = 0.04
+    prompts_per_step: int | None = None
+    group_size: int | None = None
+    max_completion_length: int | None = None
+    learning_rate: float | None = None
+    beta: float | None = None
     """KL coefficient of kl and ref_reset."""
     seed: int = 0
     bf16: bool = False
@@ -99,6 +108,13 @@ class Setup:
     train_prompts: list
     eval_prompts: list
     gold: object
+    sizes: dict  # the mode's defaults of SIZE_FIELDS
+
+
+def sized(args: Args, defaults: tuple | dict) -> Args:
+    """Fill the size fields the user left at None from the mode's defaults."""
+    defaults = dict(zip(SIZE_FIELDS, defaults)) if isinstance(defaults, tuple) else defaults
+    return dataclasses.replace(args, **{f: defaults[f] for f in SIZE_FIELDS if getattr(args, f) is None})
 
 
 def smoke_setup(args: Args) -> Setup:
@@ -114,7 +130,7 @@ def smoke_setup(args: Args) -> Setup:
     )
     testbed.tokenizer.save_pretrained(path)
     reward_model_from_backbone(path, seed=0).save_pretrained(args.out / "smoke-models" / "rm")
-    return _lab_models(args, testbed, path, args.out / "smoke-models" / "rm", n_train=64, n_eval=32)
+    return _lab_models(testbed, path, args.out / "smoke-models" / "rm", n_train=64, args=sized(args, SIZES["smoke"]))
 
 
 def lab_setup(args: Args) -> Setup:
@@ -125,12 +141,15 @@ def lab_setup(args: Args) -> Setup:
 
     cfg = ExperimentConfig.model_validate(yaml.safe_load((args.lab / "config.yaml").read_text()))
     testbed = make_testbed(cfg)
-    n_train = max(4 * cfg.rl.prompts_per_step, cfg.pairs.n_prompts)
-    return _lab_models(args, testbed, args.lab / "artifacts/sft", args.lab / "artifacts/rm", n_train, args.eval_prompts,
+    rl = cfg.rl
+    lab = (cfg.eval.n_prompts, rl.steps, cfg.eval.every, rl.prompts_per_step, rl.group_size,
+           testbed.max_completion_tokens, rl.lr, rl.kl.coef)  # fmt: skip
+    n_train = max(4 * rl.prompts_per_step, cfg.pairs.n_prompts)  # the lab's RL prompts (pipeline._rl_prompts)
+    return _lab_models(testbed, args.lab / "artifacts/sft", args.lab / "artifacts/rm", n_train, sized(args, lab),
                        seed=cfg.seed)  # fmt: skip
 
 
-def _lab_models(args: Args, testbed, sft: Path, rm: Path, n_train: int, n_eval: int, seed: int = 0) -> Setup:
+def _lab_models(testbed, sft: Path, rm: Path, n_train: int, args: Args, seed: int = 0) -> Setup:
     tok = AutoTokenizer.from_pretrained(sft)
     policy = AutoModelForCausalLM.from_pretrained(sft)
     reward_model = AutoModelForSequenceClassification.from_pretrained(rm, num_labels=1).eval()
@@ -138,7 +157,8 @@ def _lab_models(args: Args, testbed, sft: Path, rm: Path, n_train: int, n_eval: 
     return Setup(
         policy, tok, [proxy_reward(reward_model, tok)],
         [decode(p) for p in testbed.prompts("train", n_train, seed + 2)],
-        [decode(p) for p in testbed.prompts("eval", n_eval, seed)], lab_gold(testbed),
+        [decode(p) for p in testbed.prompts("eval", args.eval_prompts, seed)], lab_gold(testbed),
+        {f: getattr(args, f) for f in SIZE_FIELDS},
     )  # fmt: skip
 
 
@@ -154,33 +174,36 @@ def real_setup(args: Args) -> Setup:
     rm = AutoModelForSequenceClassification.from_pretrained(args.reward_model, num_labels=1, dtype=dtype).to(device)
     gold_tok = AutoTokenizer.from_pretrained(args.gold_model)
     gold = AutoModelForSequenceClassification.from_pretrained(args.gold_model, num_labels=1, dtype=dtype).to(device)
+    args = sized(args, SIZES["real"])
     data = load_dataset(args.dataset, split=args.dataset_split)
     prompts = list(data["prompt"])
     if len(prompts) <= args.eval_prompts:
         raise SystemExit(f"--dataset has {len(prompts)} prompts; it needs more than --eval-prompts {args.eval_prompts}")
     return Setup(policy, tok, [proxy_reward(rm, tok, rm_tokenizer=rm_tok)], prompts[: -args.eval_prompts],
-                 prompts[-args.eval_prompts :], reward_model_gold(gold, gold_tok))  # fmt: skip
+                 prompts[-args.eval_prompts :], reward_model_gold(gold, gold_tok),
+                 {f: getattr(args, f) for f in SIZE_FIELDS})  # fmt: skip
 
 
 def main(args: Args) -> None:
-    if args.smoke:
-        args = dataclasses.replace(args, steps=6, every=2, prompts_per_step=4, group_size=4, max_completion_length=8,
-                                   learning_rate=3e-3, eval_prompts=32)  # fmt: skip
     setup = smoke_setup(args) if args.smoke else lab_setup(args) if args.lab else real_setup(args)
+    args = sized(args, setup.sizes)
     random.Random(args.seed).shuffle(setup.train_prompts)
     m = args.mitigation
-    config = GRPOConfig(
+    common = dict(
         output_dir=str(args.out / "trl"), max_steps=args.steps, learning_rate=args.learning_rate,
-        per_device_train_batch_size=args.prompts_per_step * args.group_size, num_generations=args.group_size,
-        max_completion_length=args.max_completion_length, temperature=1.0, top_k=0, top_p=1.0,
-        beta=args.beta if m in ("kl", "ref_reset") else 0.0, seed=args.seed, bf16=args.bf16,
+        lr_scheduler_type="constant", per_device_train_batch_size=args.prompts_per_step * args.group_size,
+        num_generations=args.group_size, max_completion_length=args.max_completion_length, temperature=1.0, top_k=0,
+        top_p=1.0, beta=args.beta if m in ("kl", "ref_reset") else 0.0, seed=args.seed, bf16=args.bf16,
         use_cpu=not torch.cuda.is_available(), use_vllm=args.use_vllm, vllm_mode="colocate",
         logging_steps=args.every, save_strategy="no", report_to=[], disable_tqdm=args.smoke,
-        # SignCert-PO's paper runs Dr.GRPO: unnormalised advantages, the constant-length loss normaliser.
-        **({"scale_rewards": "none", "loss_type": "dr_grpo"} if m == "signcert" else {}),
         **(ref_reset_args(args.ref_reset) if m == "ref_reset" else {}),
     )  # fmt: skip
-    trainer_cls = with_mitigations(GRPOTrainer, MIXINS[m]) if m in MIXINS else GRPOTrainer
+    if args.trainer == "rloo":
+        base, config = RLOOTrainer, RLOOConfig(**common, normalize_advantages=False)
+    else:  # SignCert-PO's paper runs Dr.GRPO: unnormalised advantages, the constant-length loss normaliser
+        dr_grpo = {"scale_rewards": "none", "loss_type": "dr_grpo"} if m == "signcert" else {}
+        base, config = GRPOTrainer, GRPOConfig(**common, **dr_grpo)
+    trainer_cls = with_mitigations(base, MIXINS[m]) if m in MIXINS else base
     knobs = {"gr": {"gr": args.gr}, "signcert": {"signcert": args.signcert}, "chi2": {"chi2": args.chi2}}.get(m, {})
     trainer = trainer_cls(
         model=setup.policy, reward_funcs=setup.reward_funcs, args=config, processing_class=setup.tokenizer,

@@ -191,6 +191,7 @@ class GoldRewardCallback(TrainerCallback):
             self.eval_ids, self.eval_mask, temperature=self.temperature, seed=10_000 + self.seed,
             batch_size=self.batch_size, n_logged_samples=self.n_logged_samples, pairs=bool(self.listeners),
         )  # fmt: skip
+        metrics.pop("gold/reward", None)  # the one gold component is gold_reward itself
         if self.gold is None:
             metrics.pop("gold_reward", None)
             for sample in samples:

@@ -1,0 +1,115 @@
+"""The lab through TRL: TRL's RLOOTrainer on an overopt lab (its SFT policy, proxy RM, prompts and known gold),
+with overopt's monitor, alarms and mitigations plugged in (overopt.integrations.trl), next to the lab's own
+runs of the same methods on the same lab.
+
+    python benchmarks/trl_lab.py --lab runs/alarms-summarize      # default preset lab; ~20 min on 2 CPU cores
+    python benchmarks/trl_lab.py --lab runs/alarms-summarize --score-only
+
+Each (method, seed) is `python examples/trl_grpo.py --lab LAB --trainer rloo --mitigation M --seed S --out OUT`:
+TRL's RLOO with the lab's rl.* (steps, prompts × group, lr constant, KL β in the reward with the k1 estimator
+as the lab's `kl`), evaluated every eval.every steps on the lab's held-out prompts by GoldRewardCallback.
+Finished runs are reused. The table gives TRL's runs and, for the methods the lab ran in LAB, the lab's own
+(`overopt run`, RLOO from overopt's loop): mean ± std over seeds of gold final, gold peak (step), KL final,
+and hacked seeds (gold falls ≥ 30 % of its gain from the peak: report.summary.hacking_check).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import tyro
+from compare_methods import machine, write_section
+
+from overopt.report.summary import build_summary
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+    lab: Path = Path("runs/alarms-summarize")
+    """An `overopt run` OUT: its artifacts are the lab TRL trains on, its runs the lab's own side."""
+    out: Path = Path("runs/trl-lab")
+    methods: str = "none,kl,chi2,ref_reset,gr,signcert"
+    seeds: int = 3
+    score_only: bool = False
+    """Tabulate the runs that exist without starting any."""
+    write: bool = True
+
+
+def finished(run: Path, steps: int) -> bool:
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return False
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return bool(rows) and rows[-1]["step"] == steps
+
+
+def _stat(entry: dict, key: str, digits: int = 3) -> str:
+    s = entry.get(key) or {}
+    if s.get("mean") is None:
+        return "–"
+    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+
+
+def rows(summary: dict, side: str, methods: list[str]) -> list[str]:
+    out = []
+    for name in methods:
+        entry = summary["methods"].get(name)
+        if entry is None:
+            continue
+        peak = f"{_stat(entry, 'gold_peak')} (@{entry['gold_peak_step']['mean']:.0f})"
+        cells = [side, name, _stat(entry, "gold_final"), peak, _stat(entry, "kl_final", 2),
+                 f"{entry['hacked_seeds']}/{entry['n_seeds']}", _stat(entry, "wall_s", 0)]  # fmt: skip
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def main(args: Args) -> None:
+    methods = [m for m in args.methods.split(",") if m]
+    lab_cfg = json.loads((args.lab / "summary.json").read_text())["config"]
+    steps = lab_cfg["rl"]["steps"]
+    commands = []
+    for method in methods:
+        for seed in range(args.seeds):
+            cmd = [sys.executable, str(ROOT / "examples/trl_grpo.py"), "--lab", str(args.lab), "--trainer", "rloo",
+                   "--mitigation", method, "--seed", str(seed), "--out", str(args.out)]  # fmt: skip
+            commands.append(cmd)
+            if args.score_only or finished(args.out / "runs" / method / f"seed{seed}", steps):
+                continue
+            print(" ".join(cmd[1:]), flush=True)
+            subprocess.run(cmd, check=True)
+    subprocess.run([sys.executable, "-m", "overopt", "report", str(args.out)], check=True)
+    trl, lab = build_summary(args.out), build_summary(args.lab)
+    header = ("| side | method | gold final | gold peak (step) | KL final | hacked | wall s |\n"
+              "|---|---|---|---|---|---|---|")  # fmt: skip
+    body = "\n".join([
+        "## The lab through TRL: RLOOTrainer with overopt's monitor and mitigations, `default` summarize lab",
+        "",
+        f"Command: `python benchmarks/trl_lab.py --lab {args.lab}` (each run: `{' '.join(commands[0][1:])}` "
+        "with its method and seed)  ",
+        f"Date: {datetime.date.today().isoformat()}  ",
+        f"Machine: {machine()}",
+        "",
+        f"SFT gold {lab['sft']['gold_reward']:.3f} (lab), {trl['sft']['gold_reward']:.3f} (TRL's step-0 "
+        f"evaluation). TRL: RLOOTrainer, {steps} updates of {lab_cfg['rl']['prompts_per_step']} prompts × "
+        f"{lab_cfg['rl']['group_size']}, lr {lab_cfg['rl']['lr']} constant, `kl`/`ref_reset` β = "
+        f"{lab_cfg['rl']['kl']['coef']} (k1, in the reward), mitigations at the lab's default knobs; lab: `overopt "
+        "run` RLOO on the same artifacts. Mean ± std over seeds; hacked = gold falls ≥ 30 % of its gain.",
+        "",
+        header,
+        *rows(trl, "TRL", methods),
+        *rows(lab, "overopt", methods),
+    ])  # fmt: skip
+    print(body)
+    if args.write:
+        write_section("trl-lab", body)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
