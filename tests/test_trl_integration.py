@@ -323,22 +323,22 @@ def test_reward_functions_score_what_the_lab_scores(world):
     completions = _completions(world, 2 * K)
     prompts = [p for p in world["prompts"][:2] for _ in range(K)]
     rollout = rollout_from_tokens(prompts, completions, tok.pad_token_id)
-    got = (_call_as_trl(proxy_reward(rm, tok), world, completions))
+    got = _call_as_trl(proxy_reward(rm, tok), world, completions)
     torch.testing.assert_close(got, ProxyRewardModel(rm)(rollout).rewards.double(), rtol=0, atol=1e-7)
     members = [rm, reward_model_from_backbone(world["path"], seed=1).eval()]
     for mode in ("mean", "wco", "uwo"):
-        got = (_call_as_trl(ensemble_reward(members, tok, mode=mode), world, completions))
+        got = _call_as_trl(ensemble_reward(members, tok, mode=mode), world, completions)
         want = EnsembleRewardModel(members, mode, 0.1, 0)(rollout).rewards.double()
         torch.testing.assert_close(got, want, rtol=0, atol=1e-7)
     par = par_reward(proxy_reward(rm, tok), world["policy"], max_new_tokens=LENGTH, cfg=PARConfig(references=3), seed=5)
-    got = (_call_as_trl(par, world, completions))
+    got = _call_as_trl(par, world, completions)
     lab = PreferenceAsReward(world["policy"], ProxyRewardModel(rm), 3, 1.0, LENGTH, tok.eos_token_id,
                              tok.pad_token_id, seed=5)  # fmt: skip
     scores = ProxyRewardModel(rm)(rollout)
     torch.testing.assert_close(got, lab(scores.rewards, rollout, scores)[0].double(), rtol=0, atol=1e-7)
     # Its own tokenizer: the RM reads the decoded conversation, re-tokenised (here: the same vocabulary, no EOS).
     text = proxy_reward(rm, tok, rm_tokenizer=tok)
-    got = (_call_as_trl(text, world, completions))
+    got = _call_as_trl(text, world, completions)
     texts = [world["texts"][i // K] + tok.decode(c, skip_special_tokens=True) for i, c in enumerate(completions)]
     batch = tok(texts, padding=True, return_tensors="pt")
     torch.testing.assert_close(got, reward_forward(rm, batch["input_ids"], batch["attention_mask"]).rewards.double(),
@@ -470,3 +470,31 @@ def test_example_smoke_runs_and_overopt_report_reads_it(tmp_path, mitigation):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["testbed"] == "trl" and mitigation in summary["methods"]
     assert (out / "report.html").is_file()
+
+
+# -- DDP -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_gr_under_ddp_is_the_labs_gr_step_on_both_processes_batches(world, tmp_path):
+    """Two processes (accelerate, gloo): the GR gradient after DDP's all-reduce of g1 and of the replayed g2 is
+    overopt's GR step on the mean of the two processes' losses (what DDP averages)."""
+    from safetensors.torch import load_file
+
+    tok = world["testbed"].tokenizer
+    policy_dir, rm_dir = tmp_path / "policy", tmp_path / "rm"
+    world["policy"].save_pretrained(policy_dir)
+    tok.save_pretrained(policy_dir)
+    world["reward_model"].save_pretrained(rm_dir)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "accelerate/ddp.yaml"),
+              "--num_processes", "2", str(ROOT / "tests/scripts/trl_gr_ddp.py"), str(policy_dir), str(rm_dir),
+              str(tmp_path), *world["texts"][:2]]  # fmt: skip
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(launch, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    batches = [load_file(tmp_path / f"batch{rank}.safetensors") for rank in (0, 1)]
+    assert not torch.equal(batches[0]["completion_ids"], batches[1]["completion_ids"])  # each its own rows
+    initial = copy.deepcopy(world["policy"]).double().train()
+    lab = _lab_gr_gradient(initial, _lab_loss(initial, batches), GRConfig(gamma=1.0, eps=0.1))
+    grads = load_file(tmp_path / "grads.safetensors")
+    _assert_grads_close([grads[n] for n, _ in initial.named_parameters()], lab)

@@ -30,6 +30,7 @@ import yaml
 from accelerate.utils import DistributedType
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
 
+from overopt import detectors
 from overopt.config import AlarmConfig
 from overopt.integrations.trl.rewards import pad_id, prompt_token_ids, trainer_proxy
 from overopt.integrations.trl.trainers import unpatched_copy
@@ -270,8 +271,6 @@ class AlarmCallback(TrainerCallback):
     that last calm evaluation (kept on the CPU between evaluations)."""
 
     def __init__(self, monitor: GoldRewardCallback, stop: Sequence[str] = (), cfg: AlarmConfig = AlarmConfig()):
-        from overopt import detectors
-
         unknown = [name for name in stop if name not in detectors.SIGNALS]
         if unknown:
             raise ValueError(f"unknown alarm {unknown[0]!r}; valid choices: {sorted(detectors.SIGNALS)}")
