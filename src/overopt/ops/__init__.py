@@ -11,6 +11,8 @@ By file:
   KL-coefficient controller ``adaptive_kl_coef`` (Ziegler et al. 2019).
 * ``advantages``  - ``rloo_advantages``, ``grpo_advantages`` (GRPO / Dr.GRPO),
   ``gae`` returning ``GAE(advantages, returns)``.
+* ``aggregation`` - Recursive Reward Aggregation (arXiv 2507.08537): ``aggregate`` and
+  ``returns_to_go`` of step rewards under ``REWARD_AGGREGATIONS`` "sum" / "max" / "min" / "mean" / "sharpe".
 * ``policy_loss`` - ``clipped_surrogate`` returning ``PolicyLoss(loss,
   clip_frac, approx_kl)`` with the ``AGGREGATIONS`` "seq_mean" / "token_mean" /
   "token_sum_norm"; ``clipped_value_loss``.
@@ -66,6 +68,7 @@ from overopt.laws import (
     log_grid,
 )
 from overopt.ops.advantages import GAE, gae, grpo_advantages, rloo_advantages
+from overopt.ops.aggregation import REWARD_AGGREGATIONS, aggregate, returns_to_go
 from overopt.ops.chi2 import Chi2, chi2_estimate
 from overopt.ops.daa import DAA_LOSSES, DAALoss, daa_loss, dpo_loss, hinge_loss, ipo_loss, rpo_loss, simpo_loss
 from overopt.ops.ensemble import ENSEMBLE_MODES, aggregate_ensemble, ensemble_penalty_share, ensemble_std
@@ -141,6 +144,10 @@ __all__ = [
     "grpo_advantages",
     "GAE",
     "gae",
+    # aggregation
+    "REWARD_AGGREGATIONS",
+    "aggregate",
+    "returns_to_go",
     # policy_loss
     "AGGREGATIONS",
     "PolicyLoss",
