@@ -90,7 +90,8 @@ def test_one_update_equals_the_step_written_out(tiny_world):
     logprobs, _ = completion_logprobs(policy, roll.input_ids, roll.attention_mask, roll.prompt_len)
     cmask = roll.completion_mask
     pg = clipped_surrogate(logprobs, logprobs.detach(), advantages, cmask, clip_eps=cfg.clip_eps,
-                           aggregation=cfg.aggregation, norm_const=float(testbed.max_completion_tokens))  # fmt: skip
+                           aggregation=cfg.token_aggregation,
+                           norm_const=float(testbed.max_completion_tokens))  # fmt: skip
     loss = pg.loss + 0.1 * masked_mean(kl_estimate(logprobs, ref, "k3"), cmask)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
     loss.backward()

@@ -106,10 +106,13 @@ class RLConfig(_Frozen):
         "stop", description="A NaN/Inf reward or gradient: stop the run, or skip that update and count it."
     )
     kl: KLConfig = KLConfig()
+    aggregation: Literal["sum", "discounted_sum", "max", "min", "mean", "sharpe"] = Field(
+        "sum", description="Return of step rewards (process testbed): ops.aggregate; discounted_sum uses rl.gamma."
+    )
     stop_on_alarm: str = Field(
         "", description="Stop when one of these alarms fires (comma-separated detector names, see README)."
     )
-    gamma: float = Field(1.0, ge=0, le=1, description="PPO: discount.")
+    gamma: float = Field(1.0, ge=0, le=1, description="PPO: discount; the step discount of discounted_sum.")
     lam: float = Field(0.95, ge=0, le=1, description="PPO: GAE λ.")
     vf_coef: float = Field(0.1, ge=0, description="PPO: value-loss coefficient.")
     vf_clip: float = Field(0.2, gt=0, description="PPO: value clipping range.")
@@ -129,7 +132,8 @@ class RLConfig(_Frozen):
         return [n for n in self.stop_on_alarm.split(",") if n]
 
     @property
-    def aggregation(self) -> str:
+    def token_aggregation(self) -> str:
+        """The policy loss's token aggregation (loss_aggregation with auto resolved)."""
         if self.loss_aggregation != "auto":
             return self.loss_aggregation
         return "token_sum_norm" if self.algo == "dr_grpo" else "seq_mean"
@@ -208,6 +212,38 @@ class JudgeConfig(_Frozen):
     batch_size: int = Field(64, gt=0, description="Answers per optimiser step.")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate (cosine decay, 5% warm-up).")
     heldout_fraction: float = Field(0.1, gt=0, lt=1, description="Answers held out to measure judge accuracy.")
+
+
+class ProcessConfig(_Frozen):
+    """The `process` testbed: sums scored step by step by a learned PRM (see overopt.testbeds.process)."""
+
+    min_terms: int = Field(3, ge=2, description="Fewest terms in a problem.")
+    max_terms: int = Field(6, ge=2, description="Most terms in a problem.")
+    max_completion_tokens: int = Field(30, gt=0, description="Generation budget (chain 4·terms − 3, answer 3).")
+    p_slip: float = Field(0.05, ge=0, le=1, description="SFT writers' slip rate per step (at skill 0).")
+    p_recheck: float = Field(0.15, ge=0, le=1, description="SFT writers restate a partial sum with this probability.")
+    p_overcheck: float = Field(0.05, ge=0, le=1, description="Share of SFT writers who re-check until out of budget.")
+
+    @model_validator(mode="after")
+    def _fits(self) -> ProcessConfig:
+        if self.min_terms > self.max_terms:
+            raise ValueError(f"process.min_terms={self.min_terms} must not exceed process.max_terms={self.max_terms}")
+        if self.max_completion_tokens < 4 * self.max_terms:
+            raise ValueError(
+                f"process.max_completion_tokens={self.max_completion_tokens} cannot hold a chain and an answer to "
+                f"{self.max_terms} terms (needs at least {4 * self.max_terms})"
+            )
+        return self
+
+
+class PRMConfig(_Frozen):
+    """The `process` testbed's PRM: SFT backbone + linear head read at each step end, BCE on gold step labels."""
+
+    n_prompts: int = Field(8000, gt=0, description="Training prompts; one SFT answer (T=1) each, step-labelled.")
+    epochs: int = Field(3, gt=0, description="Passes over the labelled answers.")
+    batch_size: int = Field(64, gt=0, description="Answers per optimiser step.")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate (cosine decay, 5% warm-up).")
+    heldout_fraction: float = Field(0.1, gt=0, lt=1, description="Answers held out to measure step accuracy.")
 
 
 class HFConfig(_Frozen):
@@ -445,6 +481,8 @@ class ExperimentConfig(_Frozen):
     summarize: SummarizeConfig = SummarizeConfig()
     math: MathConfig = MathConfig()
     judge: JudgeConfig = JudgeConfig()
+    process: ProcessConfig = ProcessConfig()
+    prm: PRMConfig = PRMConfig()
     hf: HFConfig = HFConfig()
     model: ModelConfig = ModelConfig()
     sft: SFTConfig = SFTConfig()

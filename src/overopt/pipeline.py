@@ -40,6 +40,7 @@ from overopt.stages.daa import run_daa
 from overopt.stages.judge import ANSWER_COLUMNS, sample_and_label_answers, train_judge
 from overopt.stages.method_run import SAMPLE_BATCH, Lab, run_method
 from overopt.stages.pairs import PAIR_COLUMNS, sample_and_label_pairs
+from overopt.stages.prm import STEP_COLUMNS, sample_and_label_steps, train_prm
 from overopt.stages.rm import train_reward_model
 from overopt.stages.sft import train_sft
 from overopt.testbeds import TESTBEDS, make_testbed
@@ -66,8 +67,8 @@ def _stage_fingerprints(cfg: ExperimentConfig, proxy: str) -> dict[str, str]:
     sft = fingerprint(world, cfg.model.model_dump(), cfg.sft.model_dump())
     if proxy == "rule":
         return {"sft": sft, "data": sft, "rm": sft}
-    labelled = fingerprint(sft, (cfg.judge if proxy == "judge" else cfg.pairs).model_dump())
-    if proxy == "judge":
+    labelled = fingerprint(sft, {"judge": cfg.judge, "process": cfg.prm}.get(proxy, cfg.pairs).model_dump())
+    if proxy in ("judge", "process"):
         return {"sft": sft, "data": labelled, "rm": labelled}
     # An RM of its own size starts from an SFT model of that size ("rm_backbone"); the size knobs enter the
     # RM's fingerprint through that stage only, so an RM on the policy's backbone keeps its fingerprint.
@@ -207,6 +208,11 @@ def open_testbed(cfg: ExperimentConfig, plans: Plans):
         )
     for plan, _ in plans.values():
         plan.check_proxy(testbed.proxy, testbed.name)
+    if testbed.proxy != "process" and any(variant.rl.aggregation != "sum" for _, variant in plans.values()):
+        raise ValueError(
+            f"rl.aggregation: testbed {testbed.name!r} scores whole completions; aggregating step rewards needs "
+            "a process reward (testbed process)"
+        )
     return testbed
 
 
@@ -281,12 +287,14 @@ def build_lab(cfg: ExperimentConfig, testbed, plans: Plans, publish: bool = True
         data_stage, train_member = "pairs", _pairs_and_rm(cfg, testbed, sft_policy, rm_backbone)
     elif testbed.proxy == "judge":
         data_stage, train_member = "judge_data", _answers_and_judge(cfg, testbed, sft_policy, sft_dir)
+    elif testbed.proxy == "process":
+        data_stage, train_member = "prm_data", _steps_and_prm(cfg, testbed, sft_policy, sft_dir)
     else:
         data_stage, train_member = None, None
     labelled = None
     if data_stage is not None:
         data_dir = stage(data_stage, fps["data"], train_member.build_data)
-        columns = ANSWER_COLUMNS if testbed.proxy == "judge" else PAIR_COLUMNS
+        columns = {"judge": ANSWER_COLUMNS, "process": STEP_COLUMNS}.get(testbed.proxy, PAIR_COLUMNS)
         labelled = _load_artifact(data_dir, _load_labelled, columns=columns)
     reward_models: list = []
 
@@ -335,7 +343,7 @@ def _rl_prompts(cfg: ExperimentConfig, testbed: Testbed) -> list[list[int]]:
 
 def _labelled_prompts(cfg: ExperimentConfig, testbed: Testbed) -> list[list[int]]:
     """The prompts of the proxy's labelled data: preference pairs, or the judge's answers."""
-    n = cfg.judge.n_prompts if testbed.proxy == "judge" else cfg.pairs.n_prompts
+    n = {"judge": cfg.judge.n_prompts, "process": cfg.prm.n_prompts}.get(testbed.proxy, cfg.pairs.n_prompts)
     return testbed.prompts("train", n, cfg.seed + 1)
 
 
@@ -485,6 +493,33 @@ def _answers_and_judge(cfg: ExperimentConfig, testbed, sft_policy, sft_dir: Path
             pad_id=tok.pad_token_id, seed=seed, progress=progress, checkpoints=checkpoints,
         )  # fmt: skip
         judge.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        return metrics
+
+    return _ProxyTraining(build_data, build_model)
+
+
+def _steps_and_prm(cfg: ExperimentConfig, testbed, sft_policy, sft_dir: Path) -> _ProxyTraining:
+    """SFT answers labelled step by step by gold; PRMs (SFT backbone, fresh head) trained with BCE per step."""
+    tok, c = testbed.tokenizer, cfg.prm
+
+    def build_data(tmp: Path, progress: StageProgress, checkpoints: Checkpointer) -> dict:
+        torch.manual_seed(cfg.seed)
+        answers, stats = sample_and_label_steps(
+            sft_policy, testbed, _labelled_prompts(cfg, testbed), batch_size=SAMPLE_BATCH, progress=progress
+        )
+        answers.train_test_split(test_size=c.heldout_fraction, seed=cfg.seed).save_to_disk(str(tmp / "data"))
+        return stats
+
+    def build_model(
+        answers: DatasetDict, seed: int, tmp: Path, progress: StageProgress, checkpoints: Checkpointer
+    ) -> dict:
+        prm = reward_model_from_backbone(sft_dir, seed=seed)
+        metrics = train_prm(
+            prm, answers["train"], answers["test"], epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
+            pad_id=tok.pad_token_id, seed=seed, progress=progress, checkpoints=checkpoints,
+        )  # fmt: skip
+        prm.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         return metrics
 

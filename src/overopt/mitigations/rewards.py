@@ -9,7 +9,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from overopt.mitigations.protocols import RewardScores, RewardSource
 from overopt.models.reward import conversation_batch, reward_forward, score_head
-from overopt.ops import aggregate_ensemble, ensemble_penalty_share, ensemble_std, par_reward, par_saturation
+from overopt.ops import aggregate, aggregate_ensemble, ensemble_penalty_share, ensemble_std, par_reward, par_saturation
 from overopt.sampling import Rollout, pad_left, sample_completions
 from overopt.testbeds.base import RuleRewardTestbed
 
@@ -67,6 +67,44 @@ class TextRewardModel:
             rewards.append(out.rewards.float())
             hidden.append(out.hidden.float())
         return RewardScores(torch.cat(rewards), torch.cat(hidden), score_head(self.model).weight[0].float())
+
+    def models(self) -> list[PreTrainedModel]:
+        return [self.model]
+
+
+class ProcessRewardModel:
+    """A PRM's step rewards σ(wᵀh_t + b) at each step end of the `process` testbed, aggregated into one return
+    (ops.aggregate: `aggregation` with discount `gamma`; Tang, Zhang, Ackermann et al., arXiv 2507.08537). A
+    completion without its final step (no EOS: out of budget) gets a final step reward of 0."""
+
+    def __init__(self, model: PreTrainedModel, testbed, aggregation: str, gamma: float = 1.0):
+        self.model, self.testbed = model.eval(), testbed
+        self.aggregation, self.gamma = aggregation, gamma
+
+    def step_rewards(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S) step rewards and mask, the unfinished completions' final 0 included."""
+        from overopt.stages.prm import prm_step_logits  # stages import the mitigations, not the other way
+
+        r = rollout.index(slice(None))
+        prompts = [row[m.bool()].tolist() for row, m in zip(r.prompt_ids.cpu(), r.prompt_mask.cpu())]
+        completions = [row[m.bool()].tolist() for row, m in zip(r.completion_ids.cpu(), r.completion_mask.cpu())]
+        steps = [self.testbed.steps(p, c) for p, c in zip(prompts, completions)]
+        out = prm_step_logits(self.model, prompts, completions, [s.positions for s in steps],
+                              self.testbed.tokenizer.pad_token_id)  # fmt: skip
+        rewards = torch.sigmoid(out.logits.float()) * out.mask
+        extra = torch.tensor([[0.0 if s.final else 1.0] for s in steps], device=rewards.device)
+        counts = out.mask.sum(1, keepdim=True).long()
+        rewards = torch.cat([rewards, torch.zeros_like(extra)], 1)
+        mask = torch.cat([out.mask.float(), torch.zeros_like(extra)], 1)
+        mask.scatter_(1, counts, extra)  # after each row's steps: the unfinished rows' final step, reward 0
+        return rewards, mask
+
+    @torch.no_grad()
+    def __call__(self, rollout: Rollout) -> RewardScores:
+        rewards, mask = self.step_rewards(rollout)
+        name = "sum" if self.aggregation == "discounted_sum" else self.aggregation
+        gamma = self.gamma if self.aggregation == "discounted_sum" else 1.0
+        return RewardScores(aggregate(rewards, mask, name, gamma))
 
     def models(self) -> list[PreTrainedModel]:
         return [self.model]

@@ -34,7 +34,7 @@ from overopt.io import append_jsonl, fsync_size, save_tensors, save_weights, tra
 from overopt.methods import MethodContext, MethodPlan
 from overopt.mitigations.ocrm import ocrm_pair_log_ratios
 from overopt.mitigations.protocols import Figures, RewardSource
-from overopt.mitigations.rewards import EnsembleRewardModel, ProxyRewardModel, RuleReward
+from overopt.mitigations.rewards import EnsembleRewardModel, ProcessRewardModel, ProxyRewardModel, RuleReward
 from overopt.models.policy import merged_copy
 from overopt.models.reward import reward_model_from_backbone
 from overopt.ops import beta_for_target_ess, ess_from_log_weights, order_disagreement
@@ -255,10 +255,13 @@ def reward_source(lab: Lab, plan: MethodPlan, cfg: ExperimentConfig) -> RewardSo
     """What the method optimises: the testbed's rule, an ensemble of the first k proxy RMs, or the proxy RM."""
     if lab.testbed.proxy == "rule":
         return RuleReward(lab.testbed)
+    member = ProxyRewardModel
+    if lab.testbed.proxy == "process":  # a PRM: its step rewards aggregated into the return (rl.aggregation)
+        member = partial(ProcessRewardModel, testbed=lab.testbed, aggregation=cfg.rl.aggregation, gamma=cfg.rl.gamma)
     if plan.ensemble is not None:
         e = cfg.ensemble
-        return EnsembleRewardModel(lab.reward_models(e.k), plan.ensemble, e.uwo_lambda, e.ddof)
-    return ProxyRewardModel(lab.reward_models(1)[0])
+        return EnsembleRewardModel(lab.reward_models(e.k), plan.ensemble, e.uwo_lambda, e.ddof, member=member)
+    return member(lab.reward_models(1)[0])
 
 
 def _truncate_logs(run_dir: Path, sizes: dict[str, int], checkpoint: Path) -> None:

@@ -410,10 +410,10 @@ def _minibatch_loss(
         batch.advantages[rows],
         cmask,
         clip_eps=cfg.clip_eps,
-        aggregation=cfg.aggregation,
+        aggregation=cfg.token_aggregation,
         norm_const=float(max_completion_tokens),
     )
-    loss = pg.loss * (token_share if cfg.aggregation == "token_mean" else 1.0)
+    loss = pg.loss * (token_share if cfg.token_aggregation == "token_mean" else 1.0)
     figures = {"train/pg_loss": pg.loss.item(), "train/clip_frac": pg.clip_frac.item()}
     penalties: dict[str, torch.Tensor] = {}
     if cfg.kl.placement == "loss" and kl_coef > 0:

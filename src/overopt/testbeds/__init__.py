@@ -18,6 +18,7 @@ from overopt.errors import validation_line
 from overopt.registry import Registry, source_version
 from overopt.testbeds.arithmetic import ArithmeticSpec, ArithmeticTestbed, JudgeTestbed
 from overopt.testbeds.base import SFTExample, Testbed, check_testbed
+from overopt.testbeds.process import ProcessSpec, ProcessTestbed
 from overopt.testbeds.summarize import SummarizeSpec, SummarizeTestbed
 
 if TYPE_CHECKING:
@@ -89,6 +90,11 @@ def _arithmetic(cls: type[ArithmeticTestbed]) -> Callable[[ExperimentConfig], Te
 TESTBEDS.register("summarize", TestbedEntry("summarize", _summarize, section="summarize"))
 TESTBEDS.register("math_format", TestbedEntry("math_format", _arithmetic(ArithmeticTestbed), section="math"))
 TESTBEDS.register("judge", TestbedEntry("judge", _arithmetic(JudgeTestbed), section="math"))
+def _process(cfg: ExperimentConfig) -> Testbed:
+    return ProcessTestbed(ProcessSpec(**cfg.process.model_dump()))
+
+
+TESTBEDS.register("process", TestbedEntry("process", _process, section="process"))
 TESTBEDS.register("hf", TestbedEntry("hf", _hf, section="hf"))
 
 
@@ -99,6 +105,7 @@ def make_testbed(cfg: ExperimentConfig) -> Testbed:
 
 
 __all__ = [
-    "TESTBEDS", "ArithmeticSpec", "ArithmeticTestbed", "JudgeTestbed", "SFTExample", "SummarizeSpec",
+    "TESTBEDS", "ArithmeticSpec", "ArithmeticTestbed", "JudgeTestbed", "ProcessSpec", "ProcessTestbed", "SFTExample",
+    "SummarizeSpec",
     "SummarizeTestbed", "Testbed", "TestbedEntry", "make_testbed",
 ]  # fmt: skip

@@ -101,7 +101,7 @@ class TestbedDefaults:
         return policy
 
 
-PROXIES = ("preference", "judge", "rule")
+PROXIES = ("preference", "judge", "process", "rule")
 _REQUIRED = ("name", "proxy", "tokenizer", "max_completion_tokens", "sft_corpus", "prompts", "gold_reward",
              "gold_components", "gold_from_components")  # fmt: skip
 
