@@ -22,10 +22,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import tyro
 from compare_methods import machine, write_section
 
-from overopt.report.summary import build_summary
+from overopt.report.plots import _new_figure, _save, _style, aggregate
+from overopt.report.summary import build_summary, load_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,29 +72,46 @@ def rows(summary: dict, side: str, methods: list[str]) -> list[str]:
     return out
 
 
+def plot(trl: Path, lab: Path, methods: list[str], path: Path) -> Path:
+    """Gold against √KL, mean over seeds at each evaluation: one panel per method, TRL beside the lab."""
+    runs = {"TRL": load_runs(trl), "overopt": load_runs(lab)}
+    shown = [m for m in methods if m in runs["TRL"]]
+    fig = _new_figure(3.2 * len(shown), 3.4)
+    for ax, method in zip(np.atleast_1d(fig.subplots(1, len(shown), sharey=True)), shown):
+        for side, style in (("overopt", {"color": "0.55", "linestyle": "--"}), ("TRL", {"color": "C0"})):
+            if method in runs[side]:
+                kl, gold = aggregate(runs[side][method], "kl_sft"), aggregate(runs[side][method], "gold_reward")
+                ax.plot(np.sqrt(np.maximum(kl["mean"], 0)), gold["mean"], marker=".", label=side, **style)
+        _style(ax, method, "√KL(π ‖ π_SFT)", "gold reward")
+        ax.legend(fontsize=8, frameon=False)
+    fig.suptitle("The lab through TRL's RLOOTrainer (blue) and overopt's own loop (grey), mean over seeds")
+    return _save(fig, path)
+
+
 def main(args: Args) -> None:
     methods = [m for m in args.methods.split(",") if m]
-    lab_cfg = json.loads((args.lab / "summary.json").read_text())["config"]
+    lab_cfg = json.loads((ROOT / args.lab / "summary.json").read_text())["config"]
     steps = lab_cfg["rl"]["steps"]
     commands = []
     for method in methods:
         for seed in range(args.seeds):
-            cmd = [sys.executable, str(ROOT / "examples/trl_grpo.py"), "--lab", str(args.lab), "--trainer", "rloo",
+            cmd = [sys.executable, "examples/trl_grpo.py", "--lab", str(args.lab), "--trainer", "rloo",
                    "--mitigation", method, "--seed", str(seed), "--out", str(args.out)]  # fmt: skip
             commands.append(cmd)
-            if args.score_only or finished(args.out / "runs" / method / f"seed{seed}", steps):
+            if args.score_only or finished(ROOT / args.out / "runs" / method / f"seed{seed}", steps):
                 continue
             print(" ".join(cmd[1:]), flush=True)
-            subprocess.run(cmd, check=True)
-    subprocess.run([sys.executable, "-m", "overopt", "report", str(args.out)], check=True)
-    trl, lab = build_summary(args.out), build_summary(args.lab)
+            subprocess.run(cmd, check=True, cwd=ROOT)
+    subprocess.run([sys.executable, "-m", "overopt", "report", str(args.out)], check=True, cwd=ROOT)
+    figure = plot(ROOT / args.out, ROOT / args.lab, methods, ROOT / "docs/img/trl_lab_gold_vs_kl.png")
+    trl, lab = build_summary(ROOT / args.out), build_summary(ROOT / args.lab)
     header = ("| side | method | gold final | gold peak (step) | KL final | hacked | wall s |\n"
               "|---|---|---|---|---|---|---|")  # fmt: skip
     body = "\n".join([
         "## The lab through TRL: RLOOTrainer with overopt's monitor and mitigations, `default` summarize lab",
         "",
-        f"Command: `python benchmarks/trl_lab.py --lab {args.lab}` (each run: `{' '.join(commands[0][1:])}` "
-        "with its method and seed)  ",
+        f"Command: `python benchmarks/trl_lab.py --lab {args.lab} --out {args.out}` (each run: "
+        f"`python {' '.join(commands[0][1:])}` with its method and seed)  ",
         f"Date: {datetime.date.today().isoformat()}  ",
         f"Machine: {machine()}",
         "",
@@ -105,6 +124,8 @@ def main(args: Args) -> None:
         header,
         *rows(trl, "TRL", methods),
         *rows(lab, "overopt", methods),
+        "",
+        f"![gold against KL, TRL beside the lab](../{figure.relative_to(ROOT)})",
     ])  # fmt: skip
     print(body)
     if args.write:

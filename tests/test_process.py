@@ -33,14 +33,16 @@ def _completion(testbed, words):
         ([3, "+", 5, "=", 8, "+", 7, "=", 15, "<answer>", 15, "<eos>"], [4, 8, 11], [1, 1, 1], True),
         # a re-check of a right sum is a right step
         ([3, "+", 5, "=", 8, "=", 8, "+", 7, "=", 15, "<answer>", 15, "<eos>"], [4, 6, 10, 13], [1, 1, 1, 1], True),
-        # a slip: that step and every later partial sum are wrong (they add to the wrong total); wrong answer
-        ([3, "+", 5, "=", 9, "+", 7, "=", 16, "<answer>", 16, "<eos>"], [4, 8, 11], [0, 0, 0], True),
-        # a term that is not the problem's
-        ([3, "+", 6, "=", 9, "+", 7, "=", 16, "<answer>", 16, "<eos>"], [4, 8, 11], [0, 0, 0], True),
+        # a slip: that step is wrong, the next one adds right to it, the answer is the last sum (gold: wrong)
+        ([3, "+", 5, "=", 9, "+", 7, "=", 16, "<answer>", 16, "<eos>"], [4, 8, 11], [0, 1, 1], True),
+        # a miscopied term: every step right in its chain, the answer wrong against the problem
+        ([3, "+", 6, "=", 9, "+", 7, "=", 16, "<answer>", 16, "<eos>"], [4, 8, 11], [1, 1, 1], True),
+        # a wrong re-check, and an answer that is not the last sum
+        ([3, "+", 5, "=", 8, "=", 9, "+", 7, "=", 16, "<answer>", 15, "<eos>"], [4, 6, 10, 13], [1, 0, 1, 0], True),
         # out of budget before answering: no final step
         ([3, "+", 5, "=", 8, "=", 8, "=", 8, "=", 8], [4, 6, 8, 10], [1, 1, 1, 1], False),
-        # an answer without a chain: only the final step
-        (["<answer>", 15, "<eos>"], [2], [1], True),
+        # an answer without a chain: only the final step, with no sum to be
+        (["<answer>", 15, "<eos>"], [2], [0], True),
     ],
 )
 def test_steps_and_their_gold_labels(testbed, words, positions, labels, final):
@@ -59,7 +61,7 @@ def test_gold_is_the_answer_and_components_count_steps(testbed):
     r = rollout_from_tokens([prompt] * 3, [_completion(testbed, w) for w in rows], testbed.tokenizer.pad_token_id)
     c = testbed.gold_components(r.prompt_ids, r.completion_ids, r.completion_mask)
     assert c["correct"].tolist() == [1.0, 0.0, 0.0] and c["answered"].tolist() == [1.0, 0.0, 1.0]
-    assert c["steps"].tolist() == [2.0, 4.0, 2.0] and c["right_steps"].tolist() == [1.0, 1.0, 0.0]
+    assert c["steps"].tolist() == [2.0, 4.0, 2.0] and c["right_steps"].tolist() == [1.0, 1.0, 0.5]
     assert torch.equal(testbed.gold_reward(r.prompt_ids, r.completion_ids, r.completion_mask), c["correct"])
 
 
@@ -74,8 +76,8 @@ def test_sft_writers_recheck_and_some_never_answer(testbed):
 
 @pytest.mark.parametrize("name", ["sum", "discounted_sum", "min", "max", "mean", "sharpe"])
 def test_prm_reward_is_the_aggregate_of_each_steps_prefix_score(testbed, tmp_path, name):
-    """The reward source's return is ops.aggregate of σ(head) read at each step end, each step scored here
-    independently by running the RM on that step's prefix alone (causal: the same hidden state), plus a 0
+    """The reward source's return is ops.aggregate of 2σ(head) − 1 read at each step end, each step scored here
+    independently by running the RM on that step's prefix alone (causal: the same hidden state), plus a −1
     final step for the unfinished completion."""
     policy = tiny_llama(testbed.tokenizer, hidden_size=16, num_layers=1, num_heads=2, max_positions=40, seed=0)
     policy.save_pretrained(tmp_path)
@@ -93,11 +95,11 @@ def test_prm_reward_is_the_aggregate_of_each_steps_prefix_score(testbed, tmp_pat
     for b, completion in enumerate(completions):
         steps = testbed.steps(prompt, completion)
         with torch.no_grad():
-            scores = [torch.sigmoid(reward_forward(prm, torch.tensor([prompt + completion[: p + 1]]),
-                                                   torch.ones(1, len(prompt) + p + 1, dtype=torch.long)).rewards)[0]
-                      for p in steps.positions]  # fmt: skip
+            scores = [2 * torch.sigmoid(reward_forward(prm, torch.tensor([prompt + completion[: p + 1]]),
+                                                       torch.ones(1, len(prompt) + p + 1, dtype=torch.long)).rewards)[0]
+                      - 1 for p in steps.positions]  # fmt: skip
         if not steps.final:
-            scores.append(torch.tensor(0.0))
+            scores.append(torch.tensor(-1.0))
         values = torch.stack(scores).double().unsqueeze(0)
         want = aggregate(values, torch.ones_like(values), "sum" if name == "discounted_sum" else name, gamma)
         assert got[b].item() == pytest.approx(want.item(), rel=1e-5, abs=1e-6)

@@ -73,9 +73,12 @@ class TextRewardModel:
 
 
 class ProcessRewardModel:
-    """A PRM's step rewards σ(wᵀh_t + b) at each step end of the `process` testbed, aggregated into one return
-    (ops.aggregate: `aggregation` with discount `gamma`; Tang, Zhang, Ackermann et al., arXiv 2507.08537). A
-    completion without its final step (no EOS: out of budget) gets a final step reward of 0."""
+    """A PRM's step rewards at each step end of the `process` testbed, aggregated into one return
+    (ops.aggregate: `aggregation` with discount `gamma`; Tang, Zhang, Ackermann et al., arXiv 2507.08537).
+
+    A step's reward is the PRM's signed confidence that it is right, 2σ(wᵀh_t + b) − 1 ∈ (−1, 1): a step it
+    believes wrong costs reward instead of adding a little. A completion without its final step (no EOS: out
+    of budget) gets a final step reward of −1, "certainly not a solution"."""
 
     def __init__(self, model: PreTrainedModel, testbed, aggregation: str, gamma: float = 1.0):
         self.model, self.testbed = model.eval(), testbed
@@ -91,12 +94,13 @@ class ProcessRewardModel:
         steps = [self.testbed.steps(p, c) for p, c in zip(prompts, completions)]
         out = prm_step_logits(self.model, prompts, completions, [s.positions for s in steps],
                               self.testbed.tokenizer.pad_token_id)  # fmt: skip
-        rewards = torch.sigmoid(out.logits.float()) * out.mask
+        rewards = (2 * torch.sigmoid(out.logits.float()) - 1) * out.mask
         extra = torch.tensor([[0.0 if s.final else 1.0] for s in steps], device=rewards.device)
         counts = out.mask.sum(1, keepdim=True).long()
         rewards = torch.cat([rewards, torch.zeros_like(extra)], 1)
         mask = torch.cat([out.mask.float(), torch.zeros_like(extra)], 1)
-        mask.scatter_(1, counts, extra)  # after each row's steps: the unfinished rows' final step, reward 0
+        mask.scatter_(1, counts, extra)  # after each row's steps: the unfinished rows' final step, reward −1
+        rewards.scatter_(1, counts, -extra)
         return rewards, mask
 
     @torch.no_grad()

@@ -4,17 +4,17 @@ A problem is `a1 + … + an = ?`. A worked answer is the running-sum chain, then
 
     3 + 5 = 8 + 7 = 15 = 15 <answer> 15 <eos>
 
-Each number after `=` ends a **step**, whose gold label says whether the partial sum is right (the terms
-written so far are the problem's, in order, and add up to it; a re-check `= s` restates the last sum and is
-right when that sum is). The EOS ends the **final step**, labelled by the final answer. The gold reward is
-the final answer's correctness, as in `math_format`.
+Each number after `=` ends a **step**, whose gold label says whether the step is right in its chain: the new
+partial sum is the last one plus the term added (a re-check `= s` restates the last sum). The EOS ends the
+**final step**, right when the answer is the last sum. The gold reward is the final answer's correctness
+against the problem, as in `math_format`: a chain of right steps on a miscopied term is still wrong.
 
 The proxy is a PRM (overopt.stages.prm): the SFT backbone with a linear head read at every step end, trained
-with binary cross-entropy on SFT chains labelled step by step by gold; a step's reward is its probability of
-being right. The RL stage aggregates the step rewards into one return (`rl.aggregation`, overopt.ops.
-aggregate: sum, max, min, mean, Sharpe; Tang, Zhang, Ackermann et al., arXiv 2507.08537). A completion that
-runs out of budget before its EOS has no final step to score: its final step reward is 0, the usual PRM
-convention for unfinished solutions.
+with binary cross-entropy on SFT chains labelled step by step by gold; a step's reward is its signed
+confidence of being right, 2p − 1. The RL stage aggregates the step rewards into one return
+(`rl.aggregation`, overopt.ops.aggregate: sum, max, min, mean, Sharpe; Tang, Zhang, Ackermann et al., arXiv
+2507.08537). A completion that runs out of budget before its EOS has no final step to score: its final step
+reward is −1, the lowest a step gets (an unfinished solution is not a solution).
 
 The SFT writers slip now and then, and some re-check a step by restating its sum; a few re-check so often
 that they run out of budget before answering. Re-checks of right sums are right steps, so the PRM scores
@@ -89,29 +89,36 @@ class ProcessTestbed(ArithmeticTestbed):
 
     # -- steps and gold --------------------------------------------------------------------------
     def steps(self, prompt_ids: list[int], completion_ids: list[int]) -> Steps:
-        """The step ends of a completion (token ids up to and including EOS) and their gold labels."""
-        terms = self._terms(prompt_ids)
+        """The step ends of a completion (token ids up to and including EOS) and their gold labels.
+
+        A step is judged in its context, as a grader reads a chain: `+ a = s` is right when s is the last
+        sum written plus a, a re-check `= s` when it restates that sum, the final step when the answer is the
+        last sum. Whether the chain's terms are the problem's is not a step's label: the final answer's
+        correctness, the gold reward, is where that counts."""
         words = [self._words[i] for i in completion_ids]
         positions: list[int] = []
         labels: list[float] = []
-        consumed, written, ok = 0, 0, True
+        last: int | None = None  # the last sum written (the chain's first term to begin with)
+        term: int | None = None  # a term added since
         answer: int | None = None
         for i, word in enumerate(words):
             previous = words[i - 1] if i else None
             if word == EOS:
                 positions.append(i)
-                labels.append(float(answer is not None and answer == sum(terms)))
+                labels.append(float(answer is not None and answer == last))
                 return Steps(positions, labels, True)
             if not word.isdigit():
                 continue
             value = int(word)
-            if previous is None or previous == "+":  # a term: the chain's first, or one it adds
-                consumed += 1
-                ok = ok and consumed <= len(terms) and value == terms[consumed - 1]
-                written += value
-            elif previous == "=":  # a step end (or a re-check): is the partial sum right?
+            if previous is None:
+                last = value
+            elif previous == "+":
+                term = value
+            elif previous == "=":  # a step end, or a re-check
+                expected = last if term is None or last is None else last + term
                 positions.append(i)
-                labels.append(float(ok and value == written))
+                labels.append(float(expected is not None and value == expected))
+                last, term = value, None
             elif previous == "<answer>" and answer is None:
                 answer = value
         return Steps(positions, labels, False)
