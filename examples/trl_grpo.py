@@ -64,6 +64,8 @@ class Args:
     """An `overopt run` output directory: its SFT policy, proxy RM, prompts and the testbed's gold reward."""
     mitigation: Literal["none", "kl", "gr", "signcert", "chi2", "ref_reset"] = "gr"
     """What the run adds to plain GRPO (kl and ref_reset use beta; signcert runs Dr.GRPO as in its paper)."""
+    name: str = ""
+    """The run's name in OUT/runs/ (default: the mitigation), e.g. to keep two strengths of one method apart."""
     policy: str = ""
     """Real models: the policy (the SFT model), a Hub id or directory."""
     reward_model: str = ""
@@ -210,13 +212,13 @@ def main(args: Args) -> None:
         train_dataset=Dataset.from_dict({"prompt": setup.train_prompts}), **knobs,
     )  # fmt: skip
     monitor = GoldRewardCallback(trainer, setup.eval_prompts, gold=setup.gold, out_dir=args.out, every=args.every,
-                                 method=m, seed=args.seed)  # fmt: skip
+                                 method=args.name or m, seed=args.seed)  # fmt: skip
     alarms = AlarmCallback(monitor, stop=args.stop_on_alarm, cfg=args.alarm)
     trainer.add_callback(monitor)
     trainer.add_callback(alarms)
     trainer.train()
     last = monitor.rows[-1]
-    print(f"{m}: step {last['step']}, gold {last.get('gold_reward', float('nan')):.3f}, proxy "
+    print(f"{args.name or m}: step {last['step']}, gold {last.get('gold_reward', float('nan')):.3f}, proxy "
           f"{last['proxy_reward']:.3f}, KL {last['kl_sft']:.3f} -> {args.out} (overopt report {args.out})")  # fmt: skip
     if alarms.stop is not None:
         print(f"stopped by alarm {alarms.stop['alarm']} at step {alarms.stop['step']}")

@@ -52,6 +52,9 @@ LOGGED = {  # metrics.jsonl key -> the key the trainer's logger receives
 }
 
 
+MITIGATION_FIGURES = ("gr/", "signcert/", "chi2/", "ensemble/", "par/")  # logged by the mixins / reward functions
+
+
 def reward_model_gold(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 16) -> Gold:
     """A gold reward from a sequence-classification RM (e.g. Skywork-Reward): its score of the conversation
     [user: prompt, assistant: completion] rendered by its chat template (as the hf testbed scores)."""
@@ -198,9 +201,12 @@ class GoldRewardCallback(TrainerCallback):
             for sample in samples:
                 sample.pop("gold_reward", None)
         row = {"step": step, **metrics, "wall_s": time.perf_counter() - self.start}
-        grad_norms = [log["grad_norm"] for log in self.trainer.state.log_history if "grad_norm" in log]
-        if grad_norms:  # the last one TRL logged (every logging_steps, after this step's callbacks)
-            row["train/grad_norm"] = grad_norms[-1]
+        # What TRL last logged (every logging_steps, after this step's callbacks): the gradient norm the
+        # grad_norm alarm reads, and the mitigations' own figures (their effective strengths among them).
+        logged = [log for log in self.trainer.state.log_history if "grad_norm" in log]
+        if logged:
+            row["train/grad_norm"] = logged[-1]["grad_norm"]
+            row.update({k: v for k, v in logged[-1].items() if k.startswith(MITIGATION_FIGURES)})
         for listener in self.listeners:
             row.update(listener.observe(row, scored, policy))
         self.rows.append(row)
@@ -208,7 +214,8 @@ class GoldRewardCallback(TrainerCallback):
             self.run_dir.mkdir(parents=True, exist_ok=True)
             append_jsonl(self.run_dir / "metrics.jsonl", row)
             append_jsonl(self.run_dir / "samples.jsonl", {"step": step, "samples": samples})
-        logs = {LOGGED.get(k, k): v for k, v in row.items() if k not in ("step", "wall_s", "train/grad_norm")}
+        logs = {LOGGED.get(k, k): v for k, v in row.items()
+                if k not in ("step", "wall_s", "train/grad_norm") and not k.startswith(MITIGATION_FIGURES)}  # fmt: skip
         # The base log (TRL's own pending metrics stay for its logging step); it clears should_log, which
         # TRL's logging of this step still needs.
         control = self.trainer.control
