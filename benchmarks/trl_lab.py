@@ -104,7 +104,8 @@ def main(args: Args) -> None:
         for seed in range(args.seeds):
             mitigation, flags = ARMS.get(method, (method, []))
             cmd = [sys.executable, "examples/trl_grpo.py", "--lab", str(args.lab), "--trainer", "rloo",
-                   "--mitigation", mitigation, "--name", method, *flags, "--seed", str(seed), "--out", str(args.out)]  # fmt: skip
+                   "--mitigation", mitigation, "--name", method, *flags, "--seed", str(seed),
+                   "--out", str(args.out)]  # fmt: skip
             commands.append(cmd)
             if args.score_only or finished(ROOT / args.out / "runs" / method / f"seed{seed}", steps):
                 continue
