@@ -66,7 +66,17 @@ def _stat(entry: dict, key: str, digits: int = 3) -> str:
     return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
 
 
-def rows(summary: dict, side: str, methods: list[str]) -> list[str]:
+STRENGTH = {"gr": "gr/correction_ratio", "signcert": "signcert/adv_mass_removed"}  # README glossary
+
+
+def strength(seeds: dict[int, list[dict]], method: str) -> str:
+    """The method's effective strength: its mean over every evaluation after step 0 and every seed."""
+    key = STRENGTH.get(method.split("@")[0])
+    values = [row[key] for rows in seeds.values() for row in rows[1:] if key and key in row]
+    return f"{key} {np.mean(values):.2f}" if values else "–"
+
+
+def rows(summary: dict, side: str, methods: list[str], runs: dict) -> list[str]:
     out = []
     for name in methods:
         entry = summary["methods"].get(name)
@@ -74,7 +84,8 @@ def rows(summary: dict, side: str, methods: list[str]) -> list[str]:
             continue
         peak = f"{_stat(entry, 'gold_peak')} (@{entry['gold_peak_step']['mean']:.0f})"
         cells = [side, name, _stat(entry, "gold_final"), peak, _stat(entry, "kl_final", 2),
-                 f"{entry['hacked_seeds']}/{entry['n_seeds']}", _stat(entry, "wall_s", 0)]  # fmt: skip
+                 f"{entry['hacked_seeds']}/{entry['n_seeds']}", strength(runs.get(name, {}), name),
+                 _stat(entry, "wall_s", 0)]  # fmt: skip
         out.append("| " + " | ".join(cells) + " |")
     return out
 
@@ -114,8 +125,8 @@ def main(args: Args) -> None:
     subprocess.run([sys.executable, "-m", "overopt", "report", str(args.out)], check=True, cwd=ROOT)
     figure = plot(ROOT / args.out, ROOT / args.lab, methods, ROOT / "docs/img/trl_lab_gold_vs_kl.png")
     trl, lab = build_summary(ROOT / args.out), build_summary(ROOT / args.lab)
-    header = ("| side | method | gold final | gold peak (step) | KL final | hacked | wall s |\n"
-              "|---|---|---|---|---|---|---|")  # fmt: skip
+    header = ("| side | method | gold final | gold peak (step) | KL final | hacked | effective strength | wall s |\n"
+              "|---|---|---|---|---|---|---|---|")  # fmt: skip
     body = "\n".join([
         "## The lab through TRL: RLOOTrainer with overopt's monitor and mitigations, `default` summarize lab",
         "",
@@ -131,8 +142,8 @@ def main(args: Args) -> None:
         "run` RLOO on the same artifacts. Mean ± std over seeds; hacked = gold falls ≥ 30 % of its gain.",
         "",
         header,
-        *rows(trl, "TRL", methods),
-        *rows(lab, "overopt", methods),
+        *rows(trl, "TRL", methods, load_runs(ROOT / args.out)),
+        *rows(lab, "overopt", methods, load_runs(ROOT / args.lab)),
         "",
         f"![gold against KL, TRL beside the lab](../{figure.relative_to(ROOT)})",
     ])  # fmt: skip

@@ -220,7 +220,7 @@ class ProcessConfig(_Frozen):
     min_terms: int = Field(3, ge=2, description="Fewest terms in a problem.")
     max_terms: int = Field(6, ge=2, description="Most terms in a problem.")
     max_completion_tokens: int = Field(30, gt=0, description="Generation budget (chain 4·terms − 3, answer 3).")
-    p_slip: float = Field(0.05, ge=0, le=1, description="SFT writers' slip rate per step (at skill 0).")
+    p_slip: float = Field(0.2, ge=0, le=1, description="SFT writers' slip rate per step (at skill 0).")
     p_recheck: float = Field(0.15, ge=0, le=1, description="SFT writers restate a partial sum with this probability.")
     p_overcheck: float = Field(0.05, ge=0, le=1, description="Share of SFT writers who re-check until out of budget.")
 
@@ -240,7 +240,7 @@ class PRMConfig(_Frozen):
     """The `process` testbed's PRM: SFT backbone + linear head read at each step end, BCE on gold step labels."""
 
     n_prompts: int = Field(8000, gt=0, description="Training prompts; one SFT answer (T=1) each, step-labelled.")
-    epochs: int = Field(3, gt=0, description="Passes over the labelled answers.")
+    epochs: int = Field(20, gt=0, description="Passes over the labelled answers (step accuracy 0.81 at 10, 0.96 at 25).")
     batch_size: int = Field(64, gt=0, description="Answers per optimiser step.")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate (cosine decay, 5% warm-up).")
     heldout_fraction: float = Field(0.1, gt=0, lt=1, description="Answers held out to measure step accuracy.")

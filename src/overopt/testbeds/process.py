@@ -39,7 +39,7 @@ class ProcessSpec(ArithmeticSpec):
     """The problems and the SFT writers (defaults: the presets' values)."""
 
     max_completion_tokens: int = 30
-    p_slip: float = 0.05  # per step, of a writer of skill 0 (2·p_slip·(1 − skill))
+    p_slip: float = 0.2  # per step, of a writer of skill 0 (2·p_slip·(1 − skill))
     p_recheck: float = 0.15  # per step: restate the partial sum once
     p_overcheck: float = 0.05  # writers who re-check every step until the budget runs out
 
