@@ -33,16 +33,16 @@ def _completion(testbed, words):
         ([3, "+", 5, "=", 8, "+", 7, "=", 15, "<answer>", 15, "<eos>"], [4, 8, 11], [1, 1, 1], True),
         # a re-check of a right sum is a right step
         ([3, "+", 5, "=", 8, "=", 8, "+", 7, "=", 15, "<answer>", 15, "<eos>"], [4, 6, 10, 13], [1, 1, 1, 1], True),
-        # a slip: that step is wrong, the next one adds right to it, the answer is the last sum (gold: wrong)
-        ([3, "+", 5, "=", 9, "+", 7, "=", 16, "<answer>", 16, "<eos>"], [4, 8, 11], [0, 1, 1], True),
+        # a slip: that step is wrong, the next one adds right to it, the answer is wrong
+        ([3, "+", 5, "=", 9, "+", 7, "=", 16, "<answer>", 16, "<eos>"], [4, 8, 11], [0, 1, 0], True),
         # a miscopied term: every step right in its chain, the answer wrong against the problem
-        ([3, "+", 6, "=", 9, "+", 7, "=", 16, "<answer>", 16, "<eos>"], [4, 8, 11], [1, 1, 1], True),
-        # a wrong re-check, and an answer that is not the last sum
-        ([3, "+", 5, "=", 8, "=", 9, "+", 7, "=", 16, "<answer>", 15, "<eos>"], [4, 6, 10, 13], [1, 0, 1, 0], True),
+        ([3, "+", 6, "=", 9, "+", 7, "=", 16, "<answer>", 16, "<eos>"], [4, 8, 11], [1, 1, 0], True),
+        # a wrong re-check, and a right answer that is not the last sum
+        ([3, "+", 5, "=", 8, "=", 9, "+", 7, "=", 16, "<answer>", 15, "<eos>"], [4, 6, 10, 13], [1, 0, 1, 1], True),
         # out of budget before answering: no final step
         ([3, "+", 5, "=", 8, "=", 8, "=", 8, "=", 8], [4, 6, 8, 10], [1, 1, 1, 1], False),
         # an answer without a chain: only the final step, with no sum to be
-        (["<answer>", 15, "<eos>"], [2], [0], True),
+        (["<answer>", 15, "<eos>"], [2], [1], True),
     ],
 )
 def test_steps_and_their_gold_labels(testbed, words, positions, labels, final):

@@ -286,9 +286,13 @@ def build_lab(cfg: ExperimentConfig, testbed, plans: Plans, publish: bool = True
     if testbed.proxy == "preference":
         data_stage, train_member = "pairs", _pairs_and_rm(cfg, testbed, sft_policy, rm_backbone)
     elif testbed.proxy == "judge":
-        data_stage, train_member = "judge_data", _answers_and_judge(cfg, testbed, sft_policy, sft_dir)
+        data_stage = "judge_data"
+        train_member = _answers_and_classifier(cfg, testbed, sft_policy, sft_dir, cfg.judge,
+                                               sample_and_label_answers, train_judge)  # fmt: skip
     elif testbed.proxy == "process":
-        data_stage, train_member = "prm_data", _steps_and_prm(cfg, testbed, sft_policy, sft_dir)
+        data_stage = "prm_data"
+        train_member = _answers_and_classifier(cfg, testbed, sft_policy, sft_dir, cfg.prm,
+                                               sample_and_label_steps, train_prm)  # fmt: skip
     else:
         data_stage, train_member = None, None
     labelled = None
@@ -471,55 +475,31 @@ def _pairs_and_rm(cfg: ExperimentConfig, testbed, sft_policy, backbone: Path) ->
     return _ProxyTraining(build_data, build_model)
 
 
-def _answers_and_judge(cfg: ExperimentConfig, testbed, sft_policy, sft_dir: Path) -> _ProxyTraining:
-    """Gold-labelled (right/wrong) SFT answers; judges (SFT backbone, fresh head) trained with BCE."""
-    tok, j = testbed.tokenizer, cfg.judge
+def _answers_and_classifier(
+    cfg: ExperimentConfig, testbed, sft_policy, sft_dir: Path, knobs, sample: Callable, train: Callable
+) -> _ProxyTraining:
+    """One T=1 SFT answer per labelled prompt, gold-labelled by `sample` (a judge: right/wrong; a PRM: each
+    step); classifiers (SFT backbone, fresh head) trained by `train` with BCE on those labels. `knobs`: the
+    judge or prm section (epochs, batch_size, lr, heldout_fraction)."""
+    tok = testbed.tokenizer
 
     def build_data(tmp: Path, progress: StageProgress, checkpoints: Checkpointer) -> dict:
         torch.manual_seed(cfg.seed)
-        answers, stats = sample_and_label_answers(
-            sft_policy, testbed, _labelled_prompts(cfg, testbed), batch_size=SAMPLE_BATCH,
-            progress=progress,
-        )  # fmt: skip
-        answers.train_test_split(test_size=j.heldout_fraction, seed=cfg.seed).save_to_disk(str(tmp / "data"))
-        return stats
-
-    def build_model(
-        answers: DatasetDict, seed: int, tmp: Path, progress: StageProgress, checkpoints: Checkpointer
-    ) -> dict:
-        judge = reward_model_from_backbone(sft_dir, seed=seed)
-        metrics = train_judge(
-            judge, answers["train"], answers["test"], epochs=j.epochs, batch_size=j.batch_size, lr=j.lr,
-            pad_id=tok.pad_token_id, seed=seed, progress=progress, checkpoints=checkpoints,
-        )  # fmt: skip
-        judge.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        return metrics
-
-    return _ProxyTraining(build_data, build_model)
-
-
-def _steps_and_prm(cfg: ExperimentConfig, testbed, sft_policy, sft_dir: Path) -> _ProxyTraining:
-    """SFT answers labelled step by step by gold; PRMs (SFT backbone, fresh head) trained with BCE per step."""
-    tok, c = testbed.tokenizer, cfg.prm
-
-    def build_data(tmp: Path, progress: StageProgress, checkpoints: Checkpointer) -> dict:
-        torch.manual_seed(cfg.seed)
-        answers, stats = sample_and_label_steps(
+        answers, stats = sample(
             sft_policy, testbed, _labelled_prompts(cfg, testbed), batch_size=SAMPLE_BATCH, progress=progress
         )
-        answers.train_test_split(test_size=c.heldout_fraction, seed=cfg.seed).save_to_disk(str(tmp / "data"))
+        answers.train_test_split(test_size=knobs.heldout_fraction, seed=cfg.seed).save_to_disk(str(tmp / "data"))
         return stats
 
     def build_model(
         answers: DatasetDict, seed: int, tmp: Path, progress: StageProgress, checkpoints: Checkpointer
     ) -> dict:
-        prm = reward_model_from_backbone(sft_dir, seed=seed)
-        metrics = train_prm(
-            prm, answers["train"], answers["test"], epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
-            pad_id=tok.pad_token_id, seed=seed, progress=progress, checkpoints=checkpoints,
+        model = reward_model_from_backbone(sft_dir, seed=seed)
+        metrics = train(
+            model, answers["train"], answers["test"], epochs=knobs.epochs, batch_size=knobs.batch_size,
+            lr=knobs.lr, pad_id=tok.pad_token_id, seed=seed, progress=progress, checkpoints=checkpoints,
         )  # fmt: skip
-        prm.save_pretrained(tmp)
+        model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         return metrics
 

@@ -6,8 +6,8 @@ A problem is `a1 + … + an = ?`. A worked answer is the running-sum chain, then
 
 Each number after `=` ends a **step**, whose gold label says whether the step is right in its chain: the new
 partial sum is the last one plus the term added (a re-check `= s` restates the last sum). The EOS ends the
-**final step**, right when the answer is the last sum. The gold reward is the final answer's correctness
-against the problem, as in `math_format`: a chain of right steps on a miscopied term is still wrong.
+**final step**, right when the answer is the problem's sum: the gold reward, the final answer's
+correctness as in `math_format`. A chain of right steps on a miscopied term is wrong only there.
 
 The proxy is a PRM (overopt.stages.prm): the SFT backbone with a linear head read at every step end, trained
 with binary cross-entropy on SFT chains labelled step by step by gold; a step's reward is its signed
@@ -92,9 +92,9 @@ class ProcessTestbed(ArithmeticTestbed):
         """The step ends of a completion (token ids up to and including EOS) and their gold labels.
 
         A step is judged in its context, as a grader reads a chain: `+ a = s` is right when s is the last
-        sum written plus a, a re-check `= s` when it restates that sum, the final step when the answer is the
-        last sum. Whether the chain's terms are the problem's is not a step's label: the final answer's
-        correctness, the gold reward, is where that counts."""
+        sum written plus a, a re-check `= s` when it restates that sum. The final step is judged as the
+        solution: right when its answer is the problem's sum (the gold reward). Whether the chain copied the
+        problem's terms is therefore only in the final step's label."""
         words = [self._words[i] for i in completion_ids]
         positions: list[int] = []
         labels: list[float] = []
@@ -103,9 +103,9 @@ class ProcessTestbed(ArithmeticTestbed):
         answer: int | None = None
         for i, word in enumerate(words):
             previous = words[i - 1] if i else None
-            if word == EOS:
+            if word == EOS:  # the final step: is the solution's answer right?
                 positions.append(i)
-                labels.append(float(answer is not None and answer == last))
+                labels.append(float(answer is not None and answer == sum(self._terms(prompt_ids))))
                 return Steps(positions, labels, True)
             if not word.isdigit():
                 continue
