@@ -90,6 +90,8 @@ def _arithmetic(cls: type[ArithmeticTestbed]) -> Callable[[ExperimentConfig], Te
 TESTBEDS.register("summarize", TestbedEntry("summarize", _summarize, section="summarize"))
 TESTBEDS.register("math_format", TestbedEntry("math_format", _arithmetic(ArithmeticTestbed), section="math"))
 TESTBEDS.register("judge", TestbedEntry("judge", _arithmetic(JudgeTestbed), section="math"))
+
+
 def _process(cfg: ExperimentConfig) -> Testbed:
     return ProcessTestbed(ProcessSpec(**cfg.process.model_dump()))
 
