@@ -95,9 +95,6 @@ class RewardSourceFunc:
     def __call__(self, prompts, completions, completion_ids, log_metric=None, **kwargs) -> list[float]:
         return self.score(self.rollout(prompts, completion_ids), log_metric).rewards.double().cpu().tolist()
 
-    def models(self) -> list[PreTrainedModel]:
-        return self.source.models()
-
 
 def _member(tokenizer: PreTrainedTokenizerBase, rm_tokenizer: PreTrainedTokenizerBase | None, prompt_of: dict):
     if rm_tokenizer is None:
