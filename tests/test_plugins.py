@@ -156,7 +156,7 @@ def test_the_lab_checks_a_testbed_and_fills_in_optional_members(tiny_world):
     with pytest.raises(ValueError, match=r"lacks rule_reward \(its proxy is 'rule'\)"):
         check_testbed(Structural(), "x")
     Structural.proxy = "vibes"
-    with pytest.raises(ValueError, match="proxy must be one of preference, judge, rule"):
+    with pytest.raises(ValueError, match="proxy must be one of preference, judge, process, rule"):
         check_testbed(Structural(), "x")
 
 
