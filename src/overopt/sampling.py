@@ -35,6 +35,14 @@ class Rollout:
     def prompt_len(self) -> int:
         return self.prompt_ids.shape[1]
 
+    def token_lists(self) -> tuple[list[list[int]], list[list[int]]]:
+        """Each row's prompt and completion as unpadded token lists (the completion up to and including EOS)."""
+
+        def rows(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
+            return [row[m.bool()].tolist() for row, m in zip(ids.cpu(), mask.cpu())]
+
+        return rows(self.prompt_ids, self.prompt_mask), rows(self.completion_ids, self.completion_mask)
+
     def index(self, rows: torch.Tensor | slice) -> Rollout:
         return Rollout(
             self.prompt_ids[rows], self.prompt_mask[rows], self.completion_ids[rows], self.completion_mask[rows]

@@ -85,12 +85,10 @@ class ProcessRewardModel:
         self.aggregation, self.gamma = aggregation, gamma
 
     def step_rewards(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, S) step rewards and mask, the unfinished completions' final 0 included."""
+        """(B, S) step rewards and mask, the unfinished completions' final −1 included."""
         from overopt.stages.prm import prm_step_logits  # stages import the mitigations, not the other way
 
-        r = rollout.index(slice(None))
-        prompts = [row[m.bool()].tolist() for row, m in zip(r.prompt_ids.cpu(), r.prompt_mask.cpu())]
-        completions = [row[m.bool()].tolist() for row, m in zip(r.completion_ids.cpu(), r.completion_mask.cpu())]
+        prompts, completions = rollout.token_lists()
         steps = [self.testbed.steps(p, c) for p, c in zip(prompts, completions)]
         out = prm_step_logits(self.model, prompts, completions, [s.positions for s in steps],
                               self.testbed.tokenizer.pad_token_id)  # fmt: skip

@@ -1,10 +1,10 @@
 """The `process` testbed's proxy: a process reward model (PRM) that scores every step of a solution.
 
 1. sample one T=1 answer per training prompt from the SFT policy and label each of its steps with gold
-   (testbed.steps: is this partial sum right; the final step: is the answer right);
+   (testbed.steps: is the step right in its chain; the final step: is the answer right);
 2. train a sequence classifier (SFT backbone + fresh linear head, saved and loaded like the lab's RMs)
-   whose head is read at every step end, with binary cross-entropy over the labelled steps; the step
-   reward is its probability of "right", σ(wᵀh_t + b).
+   whose head is read at every step end, with binary cross-entropy over the labelled steps; its
+   probability of "right", σ(wᵀh_t + b), gives the step reward (mitigations.rewards.ProcessRewardModel).
 
 As in PRM training on math (Lightman et al., arXiv 2305.20050; PURE, arXiv 2504.15275), the PRM sees
 solutions like the policy's, labelled step by step, and reads each step from the solution's prefix.
@@ -55,6 +55,11 @@ def prm_step_logits(
     index = (index + r.prompt_len).to(device)
     gathered = hidden.gather(1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # (B, S, H)
     return StepOutput(score_head(model)(gathered).squeeze(-1), step_mask.to(device), gathered)
+
+
+def step_labels(rows: list[list[float]]) -> torch.Tensor:
+    """(B, S) gold step labels, padded to the most steps (as prm_step_logits pads its mask)."""
+    return pad_right([row if row else [0.0] for row in rows], 0)[0]
 
 
 class StepHead(torch.nn.Module):
@@ -108,7 +113,7 @@ def step_accuracy(model: PreTrainedModel, data: Dataset, pad_id: int, batch_size
     for start in range(0, len(data), batch_size):
         b = data[start : start + batch_size]
         out = prm_step_logits(model, b["prompt_ids"], b["completion_ids"], b["step_positions"], pad_id)
-        labels, _ = pad_right([row if row else [0.0] for row in b["step_labels"]], 0)
+        labels = step_labels(b["step_labels"])
         valid = out.mask.bool().cpu()
         hits += ((out.logits.cpu() > 0) == labels.bool())[valid].sum().item()
         total += valid.sum().item()
@@ -133,8 +138,7 @@ def train_prm(
     def batch_loss(head: torch.nn.Module, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         b = train[rows]
         out = head(b["prompt_ids"], b["completion_ids"], b["step_positions"])
-        labels, _ = pad_right([row if row else [0.0] for row in b["step_labels"]], 0)
-        labels = labels.to(out.logits)
+        labels = step_labels(b["step_labels"]).to(out.logits)
         bce = torch.nn.functional.binary_cross_entropy_with_logits(out.logits, labels, reduction="none")
         return (bce * out.mask).sum(), out.mask.sum().to(bce.dtype)
 

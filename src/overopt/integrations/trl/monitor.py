@@ -76,13 +76,6 @@ def lab_gold(testbed) -> Gold:
     return gold
 
 
-def _decode(tokenizer: PreTrainedTokenizerBase, rollout: Rollout) -> tuple[list[list[int]], list[list[int]], list[str]]:
-    """Prompt ids, completion ids (up to and including EOS) and completions decoded without special tokens."""
-    prompts = [r[m.bool()].tolist() for r, m in zip(rollout.prompt_ids.cpu(), rollout.prompt_mask.cpu())]
-    completions = [r[m.bool()].tolist() for r, m in zip(rollout.completion_ids.cpu(), rollout.completion_mask.cpu())]
-    return prompts, completions, tokenizer.batch_decode(completions, skip_special_tokens=True)
-
-
 class _Testbed:
     """What evaluate_policy reads of a testbed, for a TRL run: the tokenizer, the budget and the gold."""
 
@@ -94,20 +87,22 @@ class _Testbed:
         )  # fmt: skip
 
     def gold_components(self, prompt_ids, completion_ids, completion_mask) -> dict[str, torch.Tensor]:
-        self._rows = completion_ids.shape[0]  # no gold: NaN for each, dropped from the row
+        """{"reward": gold}; NaN without a gold (the monitor drops it from the row). Prompts come left-padded
+        without their mask: the pads before the first other token are the padding (a chat prompt may hold
+        the pad token itself, e.g. EOS standing in for it)."""
         if self.gold is None:
-            return {}
-        rollout = Rollout(prompt_ids, torch.ones_like(prompt_ids), completion_ids, completion_mask)
-        prompt_rows = [[t for t in row if t != pad_id(self.tokenizer)] for row in prompt_ids.cpu().tolist()]
-        _, completions, texts = _decode(self.tokenizer, rollout)
+            return {"reward": torch.full((completion_ids.shape[0],), float("nan"), dtype=torch.float64)}
+        prompt_mask = (prompt_ids != pad_id(self.tokenizer)).long().cummax(1).values
+        prompt_rows, completions = Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask).token_lists()
         values = self.gold(
-            prompts=[self.prompt_of[tuple(p)] for p in prompt_rows], completions=texts,
+            prompts=[self.prompt_of[tuple(p)] for p in prompt_rows],
+            completions=self.tokenizer.batch_decode(completions, skip_special_tokens=True),
             completion_ids=completions, prompt_ids=prompt_rows,
         )  # fmt: skip
         return {"reward": torch.as_tensor(list(values), dtype=torch.float64)}
 
     def gold_from_components(self, components: dict[str, torch.Tensor]) -> torch.Tensor:
-        return components.get("reward", torch.full((self._rows,), float("nan"), dtype=torch.float64))
+        return components["reward"]
 
 
 class _TrainerProxy:
@@ -117,7 +112,8 @@ class _TrainerProxy:
         self.trainer, self.tokenizer, self.prompt_of = trainer, tokenizer, prompt_of
 
     def __call__(self, rollout: Rollout) -> RewardScores:
-        prompt_rows, _, texts = _decode(self.tokenizer, rollout)
+        prompt_rows, completions = rollout.token_lists()
+        texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
         return trainer_proxy(self.trainer, rollout, [self.prompt_of[tuple(p)] for p in prompt_rows], texts)
 
     def models(self) -> list[PreTrainedModel]:

@@ -164,12 +164,12 @@ def trainer_proxy(trainer, rollout: Rollout, prompts: Sequence, completions: Seq
     """What the trainer's reward functions say of a rollout, as the lab's evaluation reads a reward source: the
     weighted sum of the functions, an overopt reward source's score before its transforms (PAR, ...) as the
     lab logs proxy_reward; with a single overopt reward source, also its hidden state, head and members."""
-    completion_ids = [row[m.bool()].tolist() for row, m in zip(rollout.completion_ids, rollout.completion_mask)]
+    prompt_ids, completion_ids = rollout.token_lists()
     total = torch.zeros(len(completions), dtype=torch.float64)
     scores = None
     for weight, func in zip(trainer.reward_weights.tolist(), trainer.reward_funcs, strict=True):
         if isinstance(func, RewardSourceFunc):
-            func.remember([row[m.bool()].tolist() for row, m in zip(rollout.prompt_ids, rollout.prompt_mask)], prompts)
+            func.remember(prompt_ids, prompts)
             scores = func.source(rollout)
             values = scores.rewards.double().cpu()
         elif isinstance(func, torch.nn.Module):
