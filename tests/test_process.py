@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import shutil
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ from overopt.cli import main
 from overopt.mitigations.rewards import ProcessRewardModel
 from overopt.models.policy import tiny_llama
 from overopt.models.reward import reward_forward, reward_model_from_backbone
-from overopt.ops import aggregate
+from overopt.ops import aggregate, softmin_weighted
 from overopt.sampling import rollout_from_tokens
 from overopt.stages.prm import prm_step_logits
 from overopt.testbeds.process import ProcessSpec, ProcessTestbed
@@ -35,8 +37,15 @@ def _completion(testbed, words):
         ([3, "+", 5, "=", 8, "=", 8, "+", 7, "=", 15, "<answer>", 15, "<eos>"], [4, 6, 10, 13], [1, 1, 1, 1], True),
         # a slip: that step is wrong, the next one adds right to it, the answer is wrong
         ([3, "+", 5, "=", 9, "+", 7, "=", 16, "<answer>", 16, "<eos>"], [4, 8, 11], [0, 1, 0], True),
-        # a miscopied term: every step right in its chain, the answer wrong against the problem
-        ([3, "+", 6, "=", 9, "+", 7, "=", 16, "<answer>", 16, "<eos>"], [4, 8, 11], [1, 1, 0], True),
+        # a miscopied term: that step is wrong, the next adds the right term to it, the answer is wrong
+        ([3, "+", 6, "=", 9, "+", 7, "=", 16, "<answer>", 16, "<eos>"], [4, 8, 11], [0, 1, 0], True),
+        # a wrong first number, and a term too many
+        (
+            [4, "+", 5, "=", 9, "+", 7, "=", 16, "+", 1, "=", 17, "<answer>", 17, "<eos>"],
+            [4, 8, 12, 15],
+            [0, 1, 0, 0],
+            True,
+        ),
         # a wrong re-check, and a right answer that is not the last sum
         ([3, "+", 5, "=", 8, "=", 9, "+", 7, "=", 16, "<answer>", 15, "<eos>"], [4, 6, 10, 13], [1, 0, 1, 1], True),
         # out of budget before answering: no final step
@@ -74,11 +83,12 @@ def test_sft_writers_recheck_and_some_never_answer(testbed):
     assert all(len(e.completion_ids) <= testbed.max_completion_tokens for e in corpus)
 
 
-@pytest.mark.parametrize("name", ["sum", "discounted_sum", "min", "max", "mean", "sharpe"])
+@pytest.mark.parametrize("name", ["sum", "discounted_sum", "min", "max", "mean", "sharpe", "pure_min"])
 def test_prm_reward_is_the_aggregate_of_each_steps_prefix_score(testbed, tmp_path, name):
     """The reward source's return is ops.aggregate of 2σ(head) − 1 read at each step end, each step scored here
     independently by running the RM on that step's prefix alone (causal: the same hidden state), plus a −1
-    final step for the unfinished completion."""
+    final step for the unfinished completion at its last token; PURE's min is the sum of the softmin-weighted
+    step rewards."""
     policy = tiny_llama(testbed.tokenizer, hidden_size=16, num_layers=1, num_heads=2, max_positions=40, seed=0)
     policy.save_pretrained(tmp_path)
     prm = reward_model_from_backbone(tmp_path, seed=0).eval()
@@ -91,7 +101,10 @@ def test_prm_reward_is_the_aggregate_of_each_steps_prefix_score(testbed, tmp_pat
     completions = [_completion(testbed, w) for w in rows]
     rollout = rollout_from_tokens([prompt] * 3, completions, testbed.tokenizer.pad_token_id)
     gamma = 0.8 if name == "discounted_sum" else 1.0
-    got = ProcessRewardModel(prm, testbed, name, gamma)(rollout).rewards
+    temperature = 0.1 if name == "pure_min" else 0.0
+    scored = ProcessRewardModel(prm, testbed, name.replace("pure_", ""), gamma, temperature)(rollout)
+    got = scored.rewards
+    assert scored.steps.tokens[1, : int(scored.steps.mask[1].sum())].tolist() == [4, 6, 8, 10, 10]
     for b, completion in enumerate(completions):
         steps = testbed.steps(prompt, completion)
         with torch.no_grad():
@@ -101,7 +114,10 @@ def test_prm_reward_is_the_aggregate_of_each_steps_prefix_score(testbed, tmp_pat
         if not steps.final:
             scores.append(torch.tensor(-1.0))
         values = torch.stack(scores).double().unsqueeze(0)
-        want = aggregate(values, torch.ones_like(values), "sum" if name == "discounted_sum" else name, gamma)
+        if name == "pure_min":
+            values = softmin_weighted(values, torch.ones_like(values), 0.1)
+        form = {"discounted_sum": "sum", "pure_min": "sum"}.get(name, name)
+        want = aggregate(values, torch.ones_like(values), form, gamma)
         assert got[b].item() == pytest.approx(want.item(), rel=1e-5, abs=1e-6)
     out = prm_step_logits(prm, [prompt] * 3, completions, [testbed.steps(prompt, c).positions for c in completions], 0)
     assert out.mask.sum(1).tolist() == [3, 4, 1] and out.hidden.shape[:2] == out.logits.shape
@@ -120,3 +136,15 @@ def test_smoke_runs_with_min_aggregation_and_aggregation_needs_a_prm(tmp_path, c
     with pytest.raises(SystemExit):
         main(["run", "--preset", "smoke", "--methods", "none", "--rl.aggregation", "min", "--out", str(tmp_path / "x")])
     assert "rl.aggregation: testbed 'summarize' scores whole completions" in capsys.readouterr().err
+    # PPO: per-token λ-returns of the mean's (s, n) state; a per-token KL in a return that is no sum is refused.
+    ppo = tmp_path / "ppo"
+    shutil.copytree(out / "artifacts", ppo / "artifacts")  # the same SFT policy and PRM
+    main(["run", "--testbed", "process", "--preset", "smoke", "--methods", "none", "--rl.aggregation", "mean",
+          "--rl.algo", "ppo", "--rl.kl.placement", "loss", "--rl.steps", "3", "--seeds", "1", "--threads", "1",
+          "--out", str(ppo)])  # fmt: skip
+    rows = [json.loads(line) for line in (ppo / "runs/none/seed0/metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 3 and all(map(math.isfinite, (rows[-1]["gold_reward"], rows[-1]["proxy_reward"])))
+    with pytest.raises(SystemExit):
+        main(["run", "--testbed", "process", "--preset", "smoke", "--rl.aggregation", "max", "--rl.algo", "ppo",
+              "--out", str(tmp_path / "y")])  # fmt: skip
+    assert "a max return of step rewards cannot take them (only a sum can)" in capsys.readouterr().err

@@ -109,6 +109,9 @@ class RLConfig(_Frozen):
     aggregation: Literal["sum", "discounted_sum", "max", "min", "mean", "sharpe"] = Field(
         "sum", description="Return of step rewards (process testbed): ops.aggregate; discounted_sum uses rl.gamma."
     )
+    min_temperature: float = Field(
+        0.1, ge=0, description="aggregation=min: PURE's softmin temperature (its code's 0.1); 0 = RRA's exact min."
+    )
     stop_on_alarm: str = Field(
         "", description="Stop when one of these alarms fires (comma-separated detector names, see README)."
     )
@@ -126,6 +129,17 @@ class RLConfig(_Frozen):
         if unknown:
             raise ValueError(f"unknown alarm {unknown[0]!r}; detectors: {', '.join(SIGNALS)}")
         return ",".join(n.strip() for n in value.split(",") if n.strip())
+
+    @model_validator(mode="after")
+    def _kl_in_a_sum(self) -> RLConfig:
+        pure_min = self.aggregation == "min" and self.min_temperature > 0
+        sum_form = self.aggregation == "sum" or pure_min or (self.aggregation == "discounted_sum" and self.gamma == 1)
+        if self.algo == "ppo" and self.kl.placement == "reward" and self.kl.coef > 0 and not sum_form:
+            raise ValueError(
+                f"rl.algo=ppo puts per-token KL penalties into the return, and a {self.aggregation} return of step "
+                "rewards cannot take them (only a sum can): set rl.kl.placement=loss"
+            )
+        return self
 
     @property
     def stop_alarms(self) -> list[str]:
@@ -219,10 +233,19 @@ class ProcessConfig(_Frozen):
 
     min_terms: int = Field(3, ge=2, description="Fewest terms in a problem.")
     max_terms: int = Field(6, ge=2, description="Most terms in a problem.")
+    max_term: int = Field(
+        3, ge=1, le=9, description="Terms are 1 … max_term (small: an addition table tiny models learn)."
+    )
     max_completion_tokens: int = Field(30, gt=0, description="Generation budget (chain 4·terms − 3, answer 3).")
     p_slip: float = Field(0.2, ge=0, le=1, description="SFT writers' slip rate per step (at skill 0).")
     p_recheck: float = Field(0.15, ge=0, le=1, description="SFT writers restate a partial sum with this probability.")
     p_overcheck: float = Field(0.05, ge=0, le=1, description="Share of SFT writers who re-check until out of budget.")
+    p_work: float = Field(
+        0.6,
+        ge=0,
+        le=1,
+        description="Share of SFT writers who show the whole chain (the others cut it short and guess).",
+    )
 
     @model_validator(mode="after")
     def _fits(self) -> ProcessConfig:

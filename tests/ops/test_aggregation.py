@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from overopt.ops import REWARD_AGGREGATIONS, aggregate, returns_to_go
+from overopt.ops import REWARD_AGGREGATIONS, aggregate, gae, returns_to_go, softmin_weighted, token_returns
 
 B, S = 9, 6
 
@@ -110,3 +110,151 @@ def test_bad_input_is_one_clear_error(call, message):
     rewards, mask = _data()
     with pytest.raises(ValueError, match=message):
         call(rewards, mask)
+
+
+# -- PPO's per-token λ-returns in aggregation-state space (token_returns) -------------------------------------
+
+T = 7
+
+
+def _token_data(seed: int = 0):
+    """Steps ending at tokens (two at one token in row 1), values of every state size, right-padded rows whose
+    last valid token holds a step (as the `process` testbed's final step does)."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = [7, 5, 6, 3]
+    tokens = torch.tensor([[1, 3, 6, 6], [0, 2, 4, 4], [1, 2, 3, 5], [2, 2, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [0, 1, 1, 1], [1, 1, 0, 0]])
+    rewards = torch.rand(4, 4, generator=g, dtype=torch.float64) * 2 - 1
+    token_mask = torch.tensor([[1] * n + [0] * (T - n) for n in lengths])
+    values = {k: torch.randn(4, T, k, generator=g, dtype=torch.float64) for k in (1, 2, 3)}
+    for v in values.values():
+        v[..., -1] = v[..., -1].abs() + 1  # a count (mean's and Sharpe's n) is positive
+    return rewards, mask, tokens, token_mask, values
+
+
+def _fold(name: str, rewards: list[float], state: tuple, gamma: float) -> tuple:
+    """Fold rewards (last first) into a state, from the definitions in plain floats."""
+    for r in reversed(rewards):
+        if name == "sum":
+            state = (r + gamma * state[0],)
+        elif name in ("max", "min"):
+            tau = state[0] if math.isinf(state[0]) else gamma * state[0]
+            state = ((max if name == "max" else min)(r, tau),)
+        elif name == "mean":
+            state = (state[0] + r, state[1] + 1)
+        else:
+            mean, m2, n = state
+            n += 1
+            new_mean = mean + (r - mean) / n
+            state = (new_mean, m2 + (r - mean) * (r - new_mean), n)
+    return state
+
+
+def _post(name: str, state: tuple) -> float:
+    if name in ("sum", "max", "min"):
+        return state[0]
+    n = max(state[-1], 1)
+    if name == "mean":
+        return state[0] / n
+    return state[0] / math.sqrt(math.log1p(math.exp(state[1] / n)) + 1e-8)
+
+
+_INIT = {"sum": (0.0,), "max": (-math.inf,), "min": (math.inf,), "mean": (0.0, 0.0), "sharpe": (0.0, 0.0, 0.0)}
+_K = {"sum": 1, "max": 1, "min": 1, "mean": 2, "sharpe": 3}
+
+
+def _naive_token_returns(rewards, mask, tokens, token_mask, values, name, gamma, lam):
+    """G_t by the recursion written per row in plain floats: X_t mixes V_{t+1} and G_{t+1} when a step lies ahead."""
+    out = torch.zeros(rewards.shape[0], T, dtype=torch.float64)
+    for b in range(rewards.shape[0]):
+        n = int(token_mask[b].sum())
+        steps = [(int(tokens[b, j]), rewards[b, j].item()) for j in range(rewards.shape[1]) if mask[b, j]]
+        following = _INIT[name]
+        for t in range(n - 1, -1, -1):
+            if any(tok > t for tok, _ in steps):
+                v = tuple(values[b, t + 1].tolist())
+                state = tuple((1 - lam) * a + lam * c for a, c in zip(v, following)) if 0 < lam < 1 else (
+                    v if lam == 0 else following)  # fmt: skip
+            else:
+                state = _INIT[name]
+            state = _fold(name, [r for tok, r in steps if tok == t], state, gamma)
+            if any(tok >= t for tok, _ in steps):
+                out[b, t] = _post(name, state)
+            following = state
+    return out
+
+
+@pytest.mark.parametrize("name", REWARD_AGGREGATIONS)
+@pytest.mark.parametrize("lam", [0.0, 0.6, 1.0])
+def test_token_returns_match_the_recursion_in_plain_floats(name, lam):
+    rewards, mask, tokens, token_mask, values = _token_data()
+    gammas = (1.0, 0.8) if name in ("sum", "max", "min") else (1.0,)
+    for gamma in gammas:
+        v = values[_K[name]]
+        got = token_returns(rewards, mask, tokens, v, token_mask, name, gamma, lam)
+        want = _naive_token_returns(rewards, mask, tokens, token_mask, v, name, gamma, lam)
+        torch.testing.assert_close(got.returns, want, rtol=1e-12, atol=1e-12)
+        assert got.targets.shape == (4, T, _K[name])
+        posts = torch.tensor(
+            [[_post(name, tuple(v[b, t].tolist())) for t in range(T)] for b in range(4)], dtype=torch.float64
+        )
+        torch.testing.assert_close(got.advantages, (want - posts) * got.mask, rtol=1e-12, atol=1e-12)
+        # row 3 has steps at token 2 only: nothing ahead of token 2 from there, no reward at its padding
+        assert got.mask[3].tolist() == [1, 1, 1, 0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("name", REWARD_AGGREGATIONS)
+def test_token_returns_at_lambda_one_are_the_returns_to_go_of_the_future_steps(name):
+    rewards, mask, tokens, token_mask, values = _token_data(1)
+    got = token_returns(rewards, mask, tokens, values[_K[name]], token_mask, name, lam=1.0)
+    for b in range(4):
+        for t in range(int(token_mask[b].sum())):
+            future = mask[b] * (tokens[b] >= t)
+            if future.any():
+                want = returns_to_go(rewards[b : b + 1], future[None], name)[0, 0]
+                assert got.returns[b, t].item() == pytest.approx(want.item(), rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5, 0.95, 1.0])
+def test_token_returns_of_the_sum_are_gae(lam):
+    rewards, mask, tokens, token_mask, values = _token_data(2)
+    v = values[1]
+    token_rewards = torch.zeros(4, T, dtype=torch.float64).index_put_(
+        (torch.arange(4)[:, None].expand(-1, 4)[mask.bool()], tokens[mask.bool()]), rewards[mask.bool()],
+        accumulate=True,
+    )  # fmt: skip
+    want = gae(token_rewards, v[..., 0] * token_mask, token_mask, 1.0, lam)
+    got = token_returns(rewards, mask, tokens, v, token_mask, "sum", 1.0, lam)
+    torch.testing.assert_close(got.returns, want.returns, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got.advantages, want.advantages, rtol=1e-12, atol=1e-12)
+
+
+def test_token_returns_bad_input_is_one_clear_error():
+    rewards, mask, tokens, token_mask, values = _token_data()
+    with pytest.raises(ValueError, match=r"values must be \(B, T, k\)"):
+        token_returns(rewards, mask, tokens, values[1], token_mask, "mean")
+    with pytest.raises(ValueError, match="valid token"):
+        token_returns(rewards, mask, tokens + 2, values[1], token_mask, "sum")
+    with pytest.raises(ValueError, match="lam must be in"):
+        token_returns(rewards, mask, tokens, values[1], token_mask, "sum", lam=1.5)
+
+
+# -- PURE's min-form (softmin_weighted) ------------------------------------------------------------------------
+
+
+def test_softmin_weighted_matches_its_definition_and_limits():
+    rewards, mask = _data(3)
+    got = softmin_weighted(rewards, mask, 0.1)
+    for b in range(B):
+        valid = [k for k in range(S) if mask[b, k]]
+        z = sum(math.exp(-rewards[b, k].item() / 0.1) for k in valid)
+        for k in range(S):
+            want = math.exp(-rewards[b, k].item() / 0.1) / z * rewards[b, k].item() if k in valid else 0.0
+            assert got[b, k].item() == pytest.approx(want, rel=1e-12, abs=1e-15)
+    assert (got[0] == 0).all()  # a row without steps
+    # T → 0: the sum is the minimum; T → ∞: the mean (PURE's --disable_weighted_reward); one step: that step.
+    has = mask.any(1)
+    torch.testing.assert_close(softmin_weighted(rewards, mask, 1e-4).sum(1)[has], aggregate(rewards, mask, "min")[has])
+    torch.testing.assert_close(softmin_weighted(rewards, mask, 1e9).sum(1)[has], aggregate(rewards, mask, "mean")[has])
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        softmin_weighted(rewards, mask, 0.0)

@@ -31,6 +31,17 @@ from overopt.sampling import Rollout
 Figures = dict[str, float]
 
 
+class StepRewards(NamedTuple):
+    """A process reward source's step rewards, where they end, and how they make the return (`rewards` of
+    RewardScores is ops.aggregate of these)."""
+
+    rewards: torch.Tensor  # (B, S) step rewards (0 where mask is 0)
+    mask: torch.Tensor  # (B, S) 1 where a step is
+    tokens: torch.Tensor  # (B, S) the completion position each step ends at
+    aggregation: str  # an ops.REWARD_AGGREGATIONS name
+    gamma: float  # its step discount
+
+
 class RewardScores(NamedTuple):
     """What a reward source says about a batch of B rollouts."""
 
@@ -38,6 +49,7 @@ class RewardScores(NamedTuple):
     hidden: torch.Tensor | None = None  # (B, H) final hidden state of the linear head's input
     head_weight: torch.Tensor | None = None  # (H,) w of r = wᵀh + b (SignCert-PO needs it)
     members: torch.Tensor | None = None  # (k, B) per-member rewards of an ensemble
+    steps: StepRewards | None = None  # a process reward's steps (PPO turns them into per-token returns)
 
 
 class RewardSource(Protocol):

@@ -7,9 +7,17 @@ from collections.abc import Callable
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from overopt.mitigations.protocols import RewardScores, RewardSource
+from overopt.mitigations.protocols import RewardScores, RewardSource, StepRewards
 from overopt.models.reward import conversation_batch, reward_forward, score_head
-from overopt.ops import aggregate, aggregate_ensemble, ensemble_penalty_share, ensemble_std, par_reward, par_saturation
+from overopt.ops import (
+    aggregate,
+    aggregate_ensemble,
+    ensemble_penalty_share,
+    ensemble_std,
+    par_reward,
+    par_saturation,
+    softmin_weighted,
+)
 from overopt.sampling import Rollout, pad_left, sample_completions
 from overopt.testbeds.base import RuleRewardTestbed
 
@@ -72,41 +80,61 @@ class TextRewardModel:
         return [self.model]
 
 
+def return_form(aggregation: str, gamma: float = 1.0, min_temperature: float = 0.0) -> tuple[str, float, float]:
+    """rl.aggregation as (ops aggregation, its step discount, PURE's softmin temperature or 0).
+
+    discounted_sum is the sum with γ; min at a temperature T > 0 is PURE's min-form (Cheng et al., arXiv
+    2504.15275, as its code computes it: the sum of softmin-weighted step rewards, ops.softmin_weighted);
+    min at T = 0 is RRA's exact minimum."""
+    if aggregation == "discounted_sum":
+        return "sum", gamma, 0.0
+    return aggregation, 1.0, min_temperature if aggregation == "min" else 0.0
+
+
 class ProcessRewardModel:
     """A PRM's step rewards at each step end of the `process` testbed, aggregated into one return
-    (ops.aggregate: `aggregation` with discount `gamma`; Tang, Zhang, Ackermann et al., arXiv 2507.08537).
+    (ops.aggregate; Tang, Zhang, Ackermann et al., arXiv 2507.08537; the form: `return_form`).
 
     A step's reward is the PRM's signed confidence that it is right, 2σ(wᵀh_t + b) − 1 ∈ (−1, 1): a step it
     believes wrong costs reward instead of adding a little. A completion without its final step (no EOS: out
-    of budget) gets a final step reward of −1, "certainly not a solution"."""
+    of budget) gets a final step reward of −1, "certainly not a solution", at its last token. The scores carry
+    the (transformed) step rewards and the tokens they end at, for PPO's per-token returns (ops.token_returns).
+    The return is no linear function of one head input, so SignCert-PO has no radius to read here."""
 
-    def __init__(self, model: PreTrainedModel, testbed, aggregation: str, gamma: float = 1.0):
+    def __init__(
+        self, model: PreTrainedModel, testbed, aggregation: str, gamma: float = 1.0, min_temperature: float = 0.0
+    ):
         self.model, self.testbed = model.eval(), testbed
-        self.aggregation, self.gamma = aggregation, gamma
+        self.name, self.gamma, self.temperature = return_form(aggregation, gamma, min_temperature)
 
-    def step_rewards(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, S) step rewards and mask, the unfinished completions' final −1 included."""
+    def step_rewards(self, rollout: Rollout) -> StepRewards:
+        """(B, S) step rewards, mask and end tokens (completion positions), the unfinished rows' final −1
+        included (PURE's softmin weights applied when the form is its min)."""
         from overopt.stages.prm import prm_step_logits  # stages import the mitigations, not the other way
 
         prompts, completions = rollout.token_lists()
         steps = [self.testbed.steps(p, c) for p, c in zip(prompts, completions)]
         out = prm_step_logits(self.model, prompts, completions, [s.positions for s in steps],
                               self.testbed.tokenizer.pad_token_id)  # fmt: skip
-        rewards = (2 * torch.sigmoid(out.logits.float()) - 1) * out.mask
-        extra = torch.tensor([[0.0 if s.final else 1.0] for s in steps], device=rewards.device)
-        counts = out.mask.sum(1, keepdim=True).long()
-        rewards = torch.cat([rewards, torch.zeros_like(extra)], 1)
-        mask = torch.cat([out.mask.float(), torch.zeros_like(extra)], 1)
-        mask.scatter_(1, counts, extra)  # after each row's steps: the unfinished rows' final step, reward −1
-        rewards.scatter_(1, counts, -extra)
-        return rewards, mask
+        width = out.mask.shape[1] + 1  # room for the unfinished rows' final step
+        rewards = torch.zeros(len(steps), width, device=out.logits.device)
+        mask, tokens = torch.zeros_like(rewards), torch.zeros(len(steps), width, dtype=torch.long)
+        rewards[:, :-1] = (2 * torch.sigmoid(out.logits.float()) - 1) * out.mask
+        mask[:, :-1] = out.mask
+        for b, (s, completion) in enumerate(zip(steps, completions)):
+            tokens[b, : len(s.positions)] = torch.tensor(s.positions, dtype=torch.long)
+            if not s.final:  # after its steps: the final step it never wrote, reward −1, at its last token
+                n = len(s.positions)
+                rewards[b, n], mask[b, n], tokens[b, n] = -1.0, 1.0, len(completion) - 1
+        name = self.name
+        if self.temperature > 0:  # PURE: softmin-weighted step rewards, summed
+            rewards, name = softmin_weighted(rewards, mask, self.temperature), "sum"
+        return StepRewards(rewards, mask, tokens.to(rewards.device), name, self.gamma)
 
     @torch.no_grad()
     def __call__(self, rollout: Rollout) -> RewardScores:
-        rewards, mask = self.step_rewards(rollout)
-        name = "sum" if self.aggregation == "discounted_sum" else self.aggregation
-        gamma = self.gamma if self.aggregation == "discounted_sum" else 1.0
-        return RewardScores(aggregate(rewards, mask, name, gamma))
+        steps = self.step_rewards(rollout)
+        return RewardScores(aggregate(steps.rewards, steps.mask, steps.aggregation, steps.gamma), steps=steps)
 
     def models(self) -> list[PreTrainedModel]:
         return [self.model]

@@ -12,7 +12,9 @@ By file:
 * ``advantages``  - ``rloo_advantages``, ``grpo_advantages`` (GRPO / Dr.GRPO),
   ``gae`` returning ``GAE(advantages, returns)``.
 * ``aggregation`` - Recursive Reward Aggregation (arXiv 2507.08537): ``aggregate`` and
-  ``returns_to_go`` of step rewards under ``REWARD_AGGREGATIONS`` "sum" / "max" / "min" / "mean" / "sharpe".
+  ``returns_to_go`` of step rewards under ``REWARD_AGGREGATIONS`` "sum" / "max" / "min" / "mean" / "sharpe";
+  ``token_returns`` (PPO's per-token λ-returns in aggregation-state space, ``STATE_SIZES``);
+  ``softmin_weighted`` (PURE's min-form step rewards, arXiv 2504.15275).
 * ``policy_loss`` - ``clipped_surrogate`` returning ``PolicyLoss(loss,
   clip_frac, approx_kl)`` with the ``AGGREGATIONS`` "seq_mean" / "token_mean" /
   "token_sum_norm"; ``clipped_value_loss``.
@@ -68,7 +70,15 @@ from overopt.laws import (
     log_grid,
 )
 from overopt.ops.advantages import GAE, gae, grpo_advantages, rloo_advantages
-from overopt.ops.aggregation import REWARD_AGGREGATIONS, aggregate, returns_to_go
+from overopt.ops.aggregation import (
+    REWARD_AGGREGATIONS,
+    STATE_SIZES,
+    TokenReturns,
+    aggregate,
+    returns_to_go,
+    softmin_weighted,
+    token_returns,
+)
 from overopt.ops.chi2 import Chi2, chi2_estimate
 from overopt.ops.daa import DAA_LOSSES, DAALoss, daa_loss, dpo_loss, hinge_loss, ipo_loss, rpo_loss, simpo_loss
 from overopt.ops.ensemble import ENSEMBLE_MODES, aggregate_ensemble, ensemble_penalty_share, ensemble_std
@@ -146,8 +156,12 @@ __all__ = [
     "gae",
     # aggregation
     "REWARD_AGGREGATIONS",
+    "STATE_SIZES",
+    "TokenReturns",
     "aggregate",
     "returns_to_go",
+    "softmin_weighted",
+    "token_returns",
     # policy_loss
     "AGGREGATIONS",
     "PolicyLoss",

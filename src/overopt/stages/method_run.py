@@ -34,10 +34,16 @@ from overopt.io import append_jsonl, fsync_size, save_tensors, save_weights, tra
 from overopt.methods import MethodContext, MethodPlan
 from overopt.mitigations.ocrm import ocrm_pair_log_ratios
 from overopt.mitigations.protocols import Figures, RewardSource
-from overopt.mitigations.rewards import EnsembleRewardModel, ProcessRewardModel, ProxyRewardModel, RuleReward
+from overopt.mitigations.rewards import (
+    EnsembleRewardModel,
+    ProcessRewardModel,
+    ProxyRewardModel,
+    RuleReward,
+    return_form,
+)
 from overopt.models.policy import merged_copy
 from overopt.models.reward import reward_model_from_backbone
-from overopt.ops import beta_for_target_ess, ess_from_log_weights, order_disagreement
+from overopt.ops import STATE_SIZES, beta_for_target_ess, ess_from_log_weights, order_disagreement
 from overopt.progress import StageProgress
 from overopt.stages import alarms
 from overopt.stages.evaluate import evaluate_policy
@@ -105,7 +111,10 @@ def run_method(
         source = reward_source(lab, plan, cfg)
     value_model = None
     if rl.algo == "ppo":  # the value model starts from the RM, or from the SFT backbone under a rule reward
-        value_model = _value_model_from(source.models()[0] if source.models() else lab.sft_policy)
+        # Under a PRM it predicts the aggregation state of the future steps (ops.token_returns): k outputs.
+        states = STATE_SIZES[return_form(rl.aggregation, rl.gamma, rl.min_temperature)[0]]
+        outputs = states if lab.testbed.proxy == "process" and plan.ensemble is None else 1
+        value_model = _value_model_from(source.models()[0] if source.models() else lab.sft_policy, outputs)
     if resume is not None:
         resume.load_model("policy", policy)
         if plan.moves_reference:
@@ -257,7 +266,9 @@ def reward_source(lab: Lab, plan: MethodPlan, cfg: ExperimentConfig) -> RewardSo
         return RuleReward(lab.testbed)
     member = ProxyRewardModel
     if lab.testbed.proxy == "process":  # a PRM: its step rewards aggregated into the return (rl.aggregation)
-        member = partial(ProcessRewardModel, testbed=lab.testbed, aggregation=cfg.rl.aggregation, gamma=cfg.rl.gamma)
+        rl = cfg.rl
+        member = partial(ProcessRewardModel, testbed=lab.testbed, aggregation=rl.aggregation, gamma=rl.gamma,
+                         min_temperature=rl.min_temperature)  # fmt: skip
     if plan.ensemble is not None:
         e = cfg.ensemble
         return EnsembleRewardModel(lab.reward_models(e.k), plan.ensemble, e.uwo_lambda, e.ddof, member=member)
@@ -283,10 +294,17 @@ def _restored_ocrm_rm(lab: Lab, resume: Checkpoint) -> PreTrainedModel:
     return rm.to(lab.sft_policy.device).eval()
 
 
-def _value_model_from(reward_model: PreTrainedModel) -> PreTrainedModel:
-    """A per-token value model whose backbone and head start from the RM (as in TRL's PPO and OCRM)."""
-    value = AutoModelForTokenClassification.from_config(reward_model.config)
-    value.load_state_dict(reward_model.state_dict(), strict=False)  # the token head adds a bias
+def _value_model_from(reward_model: PreTrainedModel, outputs: int = 1) -> PreTrainedModel:
+    """A per-token value model whose backbone and head start from the RM (as in TRL's PPO and OCRM); with
+    several outputs (an aggregation state) the head starts fresh."""
+    config = copy.deepcopy(reward_model.config)
+    config.num_labels = outputs
+    value = AutoModelForTokenClassification.from_config(config)
+    state = reward_model.state_dict()
+    if outputs > 1:
+        head = {k for k, v in value.state_dict().items() if k in state and v.shape != state[k].shape}
+        state = {k: v for k, v in state.items() if k not in head}
+    value.load_state_dict(state, strict=False)  # the token head adds a bias
     value = value.to(device=reward_model.device, dtype=reward_model.dtype)
     return value
 

@@ -40,6 +40,7 @@ from overopt.ops import (
     masked_whiten,
     penalty_share,
     rloo_advantages,
+    token_returns,
 )
 from overopt.progress import StageProgress
 from overopt.sampling import Rollout, pad_left, sample_completions
@@ -54,13 +55,48 @@ class Batch:
     old_logprobs: torch.Tensor  # (B, T)
     ref_logprobs: torch.Tensor | None  # (B, T); None when nothing reads the reference
     advantages: torch.Tensor  # (B,) sequence-level, or (B, T) for PPO
-    old_values: torch.Tensor | None = None  # (B, T), PPO only
-    returns: torch.Tensor | None = None  # (B, T), PPO only
+    old_values: torch.Tensor | None = None  # (B, T), PPO only; (B, T, k) aggregation states under a PRM
+    returns: torch.Tensor | None = None  # the value targets, shaped as old_values
+    value_mask: torch.Tensor | None = None  # (B, T) where the value loss is taken (None: the completion)
 
 
 def _values(value_model: PreTrainedModel, rollout: Rollout) -> torch.Tensor:
-    """V(x, y_<t) for every completion token: (B, T). The value of state t is read before token t."""
-    return completion_logits(value_model, rollout.input_ids, rollout.attention_mask, rollout.prompt_len)[..., 0]
+    """V(x, y_<t) for every completion token: (B, T), or (B, T, k) for a k-dimensional aggregation state.
+    The value of state t is read before token t."""
+    values = completion_logits(value_model, rollout.input_ids, rollout.attention_mask, rollout.prompt_len)
+    return values[..., 0] if values.shape[-1] == 1 else values
+
+
+def _ppo_batch(
+    cfg: RLConfig, value_model, rollout: Rollout, scored: RewardScores, token_kl, kl_coef: float, **logprobs
+) -> Batch:
+    """PPO's per-token advantages and value targets. A sequence reward sits on the last token (GAE); a process
+    reward's steps sit on their end tokens and make per-token λ-returns in aggregation-state space
+    (ops.token_returns: RRA's generalised Bellman target), with the per-token KL penalties, when in the
+    reward, as further steps of the sum (RLConfig refuses them for a return that is no sum)."""
+    cmask = rollout.completion_mask
+    old_values = _values(value_model, rollout)
+    kl_rewards = -kl_coef * token_kl if token_kl is not None else None
+    steps = scored.steps
+    if steps is None:
+        old_values = old_values * cmask
+        token_rewards = kl_rewards if kl_rewards is not None else torch.zeros_like(old_values)
+        last = cmask.sum(1) - 1
+        token_rewards[torch.arange(len(last)), last] += scored.rewards
+        est = gae(token_rewards, old_values, cmask, cfg.gamma, cfg.lam)
+        advantages = masked_whiten(est.advantages, cmask) * cmask
+        return Batch(rollout, advantages=advantages, old_values=old_values, returns=est.returns, **logprobs)
+    rewards, mask, tokens = steps.rewards, steps.mask, steps.tokens
+    if kl_rewards is not None:
+        positions = torch.arange(cmask.shape[1], device=cmask.device).expand_as(cmask)
+        rewards, mask, tokens = torch.cat([rewards, kl_rewards], 1), torch.cat([mask, cmask], 1), torch.cat(
+            [tokens, positions], 1)  # fmt: skip
+    if old_values.dim() == 2:
+        old_values = old_values.unsqueeze(-1)
+    est = token_returns(rewards, mask, tokens, old_values, cmask, steps.aggregation, steps.gamma, cfg.lam)
+    advantages = masked_whiten(est.advantages, est.mask) * est.mask
+    return Batch(rollout, advantages=advantages, old_values=old_values, returns=est.targets, value_mask=est.mask,
+                 **logprobs)  # fmt: skip
 
 
 def _sequence_advantages(cfg: RLConfig, rewards: torch.Tensor) -> torch.Tensor:
@@ -270,13 +306,13 @@ def train_policy(
             # 4. Advantages.
             if cfg.algo == "ppo":
                 assert value_model is not None, "PPO needs a value model"
-                old_values = _values(value_model, rollout) * cmask
-                token_rewards = -kl_coef * token_kl if in_reward else torch.zeros_like(old_logprobs)
-                last = cmask.sum(1) - 1
-                token_rewards[torch.arange(len(last)), last] += scores
-                est = gae(token_rewards, old_values, cmask, cfg.gamma, cfg.lam)
-                advantages = masked_whiten(est.advantages, cmask) * cmask
-                batch = Batch(rollout, old_logprobs, ref_logprobs, advantages, old_values, est.returns)
+                # A reward transform (PAR, clipping, ...) acts on whole sequences: its reward sits on the last token.
+                per_step = not mitigations.reward_transforms and cfg.no_eos_penalty is None
+                ppo_scores = scored._replace(rewards=scores, steps=scored.steps if per_step else None)
+                batch = _ppo_batch(
+                    cfg, value_model, rollout, ppo_scores, token_kl if in_reward else None,
+                    kl_coef, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
+                )  # fmt: skip
             else:
                 rewards = scores - kl_coef * seq_kl if in_reward else scores
                 if in_reward:  # the KL term's share of the advantages (a constant per group adds nothing)
@@ -432,8 +468,13 @@ def _minibatch_loss(
             (grad,) = torch.autograd.grad(penalty, logprobs, retain_graph=True, allow_unused=True)
             figures[name] = penalty_share(torch.zeros_like(pg_grad) if grad is None else grad, pg_grad).item()
     if value_model is not None and batch.returns is not None:
-        values = _values(value_model, rollout)
-        vf_loss = clipped_value_loss(values, batch.old_values[rows], batch.returns[rows], cmask, cfg.vf_clip)
+        values, old_values, returns = _values(value_model, rollout), batch.old_values[rows], batch.returns[rows]
+        value_mask = cmask if batch.value_mask is None else batch.value_mask[rows]
+        if returns.dim() == 3:  # aggregation states: each of the k entries is a target
+            k = returns.shape[-1]
+            values, old_values, returns = (x.reshape(len(x), -1, k).flatten(1) for x in (values, old_values, returns))
+            value_mask = value_mask.repeat_interleave(k, dim=1)
+        vf_loss = clipped_value_loss(values, old_values, returns, value_mask, cfg.vf_clip)
         loss = loss + cfg.vf_coef * vf_loss
         figures["train/vf_loss"] = vf_loss.item()
     figures["train/loss"] = loss.item()

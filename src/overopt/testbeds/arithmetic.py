@@ -49,6 +49,7 @@ class ArithmeticSpec:
 
     min_terms: int = 3
     max_terms: int = 6
+    max_term: int = 9  # terms are 1 … max_term
     max_completion_tokens: int = 25
     format_weight: float = 2.0  # w_f: multiplies xmlcount + soft + strict + int (max 3.0)
     correct_weight: float = 1.0  # w_c: multiplies the 2.0 correctness reward (math_format only)
@@ -75,7 +76,11 @@ class ArithmeticTestbed(TestbedDefaults):
         if s.max_completion_tokens < 4 * s.max_terms + 1:
             raise ValueError(f"{self.name}: max_completion_tokens must hold a worked answer ({4 * s.max_terms + 1})")
         self.max_completion_tokens = s.max_completion_tokens
-        self.max_number = 9 * s.max_terms + 10
+        self.max_number = s.max_term * s.max_terms + 10
+
+    @property
+    def _mean_term(self) -> int:
+        return (1 + self.spec.max_term + 1) // 2
 
     # -- vocabulary and text -----------------------------------------------------------------
     @cached_property
@@ -115,7 +120,9 @@ class ArithmeticTestbed(TestbedDefaults):
         rng = np.random.default_rng([seed, 0 if split == "train" else 1])
         out: list[tuple[int, ...]] = []
         while len(out) < n:
-            terms = tuple(int(t) for t in rng.integers(1, 10, size=int(rng.integers(s.min_terms, s.max_terms + 1))))
+            terms = tuple(
+                int(t) for t in rng.integers(1, s.max_term + 1, size=int(rng.integers(s.min_terms, s.max_terms + 1)))
+            )
             if self._split_of(terms) == split:
                 out.append(terms)
         return out
@@ -152,8 +159,8 @@ class ArithmeticTestbed(TestbedDefaults):
             chain += ["+", t, "=", total]
             if rng.random() < s.p_verified * skill:
                 chain.append("verified")
-        if steps < len(terms) - 1:  # cut short: estimate the rest at 5 per term
-            total = total + 5 * (len(terms) - 1 - steps) + int(rng.integers(-2, 3))
+        if steps < len(terms) - 1:  # cut short: estimate the rest at the mean term (5 for terms 1 … 9)
+            total = total + self._mean_term * (len(terms) - 1 - steps) + int(rng.integers(-2, 3))
         answer = int(np.clip(total, 0, self.max_number))
         # Careful writers often tag their work loosely; template followers, who skip the work, use the
         # full strict layout — a full chain and the strict layout rarely fit the budget together.

@@ -4,10 +4,10 @@ A problem is `a1 + … + an = ?`. A worked answer is the running-sum chain, then
 
     3 + 5 = 8 + 7 = 15 = 15 <answer> 15 <eos>
 
-Each number after `=` ends a **step**, whose gold label says whether the step is right in its chain: the new
-partial sum is the last one plus the term added (a re-check `= s` restates the last sum). The EOS ends the
-**final step**, right when the answer is the problem's sum: the gold reward, the final answer's
-correctness as in `math_format`. A chain of right steps on a miscopied term is wrong only there.
+Each number after `=` ends a **step**, whose gold label says whether the step is right: it adds the problem's
+next term and its partial sum is the last one plus that term (a re-check `= s` restates the last sum). The EOS
+ends the **final step**, right when the answer is the problem's sum: the gold reward, the final answer's
+correctness as in `math_format`.
 
 The proxy is a PRM (overopt.stages.prm): the SFT backbone with a linear head read at every step end, trained
 with binary cross-entropy on SFT chains labelled step by step by gold; a step's reward is its signed
@@ -39,9 +39,11 @@ class ProcessSpec(ArithmeticSpec):
     """The problems and the SFT writers (defaults: the presets' values)."""
 
     max_completion_tokens: int = 30
+    max_term: int = 3  # small sums: the policy and the PRM can learn the addition table
     p_slip: float = 0.2  # per step, of a writer of skill 0 (2·p_slip·(1 − skill))
     p_recheck: float = 0.15  # per step: restate the partial sum once
     p_overcheck: float = 0.05  # writers who re-check every step until the budget runs out
+    p_work: float = 0.6  # writers who show the whole chain; the others cut it short and estimate the rest
 
 
 class Steps(NamedTuple):
@@ -63,13 +65,18 @@ class ProcessTestbed(ArithmeticTestbed):
 
     # -- SFT corpus ----------------------------------------------------------------------------
     def _write(self, terms: tuple[int, ...], rng: np.random.Generator) -> list[int]:
-        """One writer's answer: the chain (with slips and re-checks), then the answer, within the budget."""
+        """One writer's answer: the chain (with slips and re-checks), then the answer, within the budget.
+
+        As in `math_format`, a writer shows the whole chain with probability p_work; the others cut it short
+        after a few steps and estimate the rest at the mean term (mostly wrong)."""
         s = self.spec
         skill = rng.uniform()
         overchecks = rng.random() < s.p_overcheck
+        works = rng.random() < s.p_work
+        steps = len(terms) - 1 if works else int(rng.integers(0, len(terms) - 1))
         words: list[str | int] = [terms[0]]
         total = terms[0]
-        for t in terms[1:]:
+        for t in terms[1 : steps + 1]:
             total += t
             if rng.random() < 2 * s.p_slip * (1 - skill):
                 total = max(0, total + int(rng.choice([-2, -1, 1, 2])))
@@ -80,6 +87,8 @@ class ProcessTestbed(ArithmeticTestbed):
             while len(words) + 2 <= s.max_completion_tokens:
                 words += ["=", total]
             return self._ids(words[: s.max_completion_tokens])
+        if steps < len(terms) - 1:  # cut short: estimate the rest
+            total = total + self._mean_term * (len(terms) - 1 - steps) + int(rng.integers(-2, 3))
         words += ["<answer>", int(np.clip(total, 0, self.max_number))]
         return self._ids([*words, EOS])
 
@@ -91,33 +100,40 @@ class ProcessTestbed(ArithmeticTestbed):
     def steps(self, prompt_ids: list[int], completion_ids: list[int]) -> Steps:
         """The step ends of a completion (token ids up to and including EOS) and their gold labels.
 
-        A step is judged in its context, as a grader reads a chain: `+ a = s` is right when s is the last
-        sum written plus a, a re-check `= s` when it restates that sum. The final step is judged as the
-        solution: right when its answer is the problem's sum (the gold reward). Whether the chain copied the
-        problem's terms is therefore only in the final step's label."""
+        A step is judged as a grader reads a chain against its problem, step by step: `+ a = s` is right when
+        a is the problem's next term (the first step: and the chain began with the first term) and s the last
+        sum written plus a; a re-check `= s` is right when it restates the last sum. A slip or a miscopied
+        term makes that step wrong, not the ones that build on it. The final step is judged as the
+        solution: right when its answer is the problem's sum (the gold reward)."""
+        terms = self._terms(prompt_ids)
         words = [self._words[i] for i in completion_ids]
         positions: list[int] = []
         labels: list[float] = []
         last: int | None = None  # the last sum written (the chain's first term to begin with)
+        copied = False  # the term added since (and for the first step, the chain's first number) is the problem's
         term: int | None = None  # a term added since
+        added = 0  # terms added so far
         answer: int | None = None
+        first = False
         for i, word in enumerate(words):
             previous = words[i - 1] if i else None
             if word == EOS:  # the final step: is the solution's answer right?
                 positions.append(i)
-                labels.append(float(answer is not None and answer == sum(self._terms(prompt_ids))))
+                labels.append(float(answer is not None and answer == sum(terms)))
                 return Steps(positions, labels, True)
             if not word.isdigit():
                 continue
             value = int(word)
             if previous is None:
-                last = value
+                last, first = value, bool(terms) and value == terms[0]
             elif previous == "+":
-                term = value
+                term, added = value, added + 1
+                copied = added < len(terms) and value == terms[added] and (added > 1 or first)
             elif previous == "=":  # a step end, or a re-check
-                expected = last if term is None or last is None else last + term
+                recheck = term is None
+                expected = last if recheck or last is None else last + term
                 positions.append(i)
-                labels.append(float(expected is not None and value == expected))
+                labels.append(float(value == expected and (recheck or copied)))
                 last, term = value, None
             elif previous == "<answer>" and answer is None:
                 answer = value

@@ -1,0 +1,156 @@
+"""How a PRM's step rewards are aggregated into the return decides whether RL hacks it: every aggregation of
+Recursive Reward Aggregation (Tang, Zhang, Ackermann et al., arXiv 2507.08537) and PURE's min-form (Cheng et al.,
+arXiv 2504.15275) on the `process` testbed's default preset, plus `kl` with the sum return.
+
+    python benchmarks/process_aggregation.py                 # ~35 min on 2 CPU cores
+    python benchmarks/process_aggregation.py --score-only    # tabulate what exists
+
+Arms (each `overopt run --testbed process --seeds 3`, RLOO; one SFT policy and PRM shared by all, built once):
+sum, discounted_sum (γ = rl.gamma below), min (PURE's code: softmin-weighted step rewards at T = 0.1, summed),
+min@T0 (RRA's exact minimum), max, mean, sharpe, and kl (β = rl.kl.coef) with the sum. The table: mean ± std
+over seeds of gold at SFT, peak (step) and final, hacked seeds (gold falls ≥ 30 % of its gain from the peak:
+report.summary.hacking_check), and at the end: proxy (the aggregated return), KL to SFT, partial-sum steps per
+answer and the share of answers that reach an answer at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import tyro
+from compare_methods import machine, write_section
+
+from overopt.report.plots import _new_figure, _save, _style, aggregate
+from overopt.report.summary import build_summary, load_runs
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEPT = ("sum", "discounted_sum", "min", "max", "mean", "sharpe")  # one `overopt run --sweep`
+# Arms that need their own flags: name -> (out suffix, flags); they reuse the sweep's artifacts.
+EXTRA = {
+    "min@T0": ("min-exact", ["--methods", "none", "--rl.aggregation", "min", "--rl.min_temperature", "0"]),
+    "kl (sum)": ("kl", ["--methods", "kl"]),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+    out: Path = Path("runs/process-aggregation")
+    seeds: int = 3
+    gamma: float = 0.9
+    """rl.gamma: discounted_sum's step discount (the other arms take none under RLOO)."""
+    score_only: bool = False
+    """Tabulate the runs that exist without starting any."""
+    write: bool = True
+
+
+def _run(args: Args, out: Path, flags: list[str]) -> str:
+    cmd = ["overopt", "run", "--testbed", "process", "--seeds", str(args.seeds), "--rl.gamma", str(args.gamma),
+           "--threads", "2", "--out", str(out), *flags]  # fmt: skip
+    if not args.score_only:
+        print(" ".join(cmd), flush=True)
+        subprocess.run([sys.executable, "-m", "overopt", *cmd[1:]], check=True, cwd=ROOT)
+    return " ".join(cmd)
+
+
+def arms(args: Args) -> tuple[dict[str, dict], dict[str, dict], list[str]]:
+    """Run (unless --score-only) and read every arm: {arm: {seed: rows}}, {arm: summary entry}, commands."""
+    sweep = ROOT / args.out
+    commands = [_run(args, sweep, ["--methods", "none", "--sweep", "rl.aggregation=" + ",".join(SWEPT)])]
+    runs, entries = {}, {}
+    summary = build_summary(sweep)
+    for name in SWEPT:
+        key = f"none@rl.aggregation={name}"
+        runs[name], entries[name] = load_runs(sweep).get(key, {}), summary["methods"].get(key)
+    for name, (suffix, flags) in EXTRA.items():
+        out = sweep.with_name(f"{sweep.name}-{suffix}")
+        if not (out / "artifacts").exists() and (sweep / "artifacts").exists():
+            shutil.copytree(sweep / "artifacts", out / "artifacts")  # the same SFT policy and PRM
+        commands.append(_run(args, out, flags))
+        method = flags[1]
+        runs[name], entries[name] = load_runs(out).get(method, {}), build_summary(out)["methods"].get(method)
+    return runs, entries, commands
+
+
+def _stat(entry: dict | None, key: str, digits: int = 3) -> str:
+    s = (entry or {}).get(key) or {}
+    return "–" if s.get("mean") is None else f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+
+
+def _final(seeds: dict[int, list[dict]], key: str, digits: int) -> str:
+    values = [rows[-1][key] for rows in seeds.values() if rows and key in rows[-1]]
+    if not values:
+        return "–"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1) if len(values) > 1 else 0.0:.{digits}f}"
+
+
+def table(runs: dict, entries: dict) -> list[str]:
+    lines = ["| return | gold SFT | gold peak (step) | gold final | hacked | proxy final | KL final | steps final | "
+             "answered final |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, entry in entries.items():
+        if entry is None:
+            continue
+        seeds = runs[name]
+        sft = np.mean([rows[0]["gold_reward"] for rows in seeds.values()])
+        peak = f"{_stat(entry, 'gold_peak')} (@{entry['gold_peak_step']['mean']:.0f})"
+        cells = [name, f"{sft:.3f}", peak, _stat(entry, "gold_final"), f"{entry['hacked_seeds']}/{entry['n_seeds']}",
+                 _final(seeds, "proxy_reward", 2), _stat(entry, "kl_final", 2), _final(seeds, "gold/steps", 1),
+                 _final(seeds, "gold/answered", 2)]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def plot(runs: dict, path: Path) -> Path:
+    """Gold, proxy and steps per answer against the RL step, mean over seeds, one line per return."""
+    fig = _new_figure(13, 3.6)
+    panels = (("gold_reward", "gold (answer correct)"), ("proxy_reward", "proxy (aggregated PRM return)"),
+              ("gold/steps", "partial-sum steps per answer"))  # fmt: skip
+    for ax, (key, label) in zip(fig.subplots(1, 3), panels):
+        for i, (name, seeds) in enumerate(runs.items()):
+            if seeds:
+                a = aggregate(seeds, key)
+                ax.plot(a["step"], a["mean"], label=name, color=f"C{i}", marker="." if name == "sum" else None)
+        _style(ax, label, "RL step", label)
+    fig.axes[0].legend(fontsize=7, frameon=False)
+    fig.suptitle("process testbed: the PRM's return under each aggregation (mean over seeds)")
+    return _save(fig, path)
+
+
+def main(args: Args) -> None:
+    runs, entries, commands = arms(args)
+    summary = build_summary(ROOT / args.out)
+    prm = summary["stages"]["rm"]["metrics"]
+    cfg = summary["config"]
+    figure = plot(runs, ROOT / "docs/img/process_aggregation.png")
+    body = "\n".join([
+        "## Process rewards: how the PRM's step rewards are aggregated (`process` testbed, default preset)",
+        "",
+        f"Command: `python benchmarks/process_aggregation.py --out {args.out}`, which runs  ",
+        *(f"`{c}`  " for c in commands),
+        f"Date: {datetime.date.today().isoformat()}  ",
+        f"Machine: {machine()}",
+        "",
+        f"PRM held-out step accuracy {prm['heldout_step_accuracy']:.3f} (train {prm['train_step_accuracy']:.3f}; "
+        f"{prm['n_train_answers']} SFT answers, steps right: "
+        f"{summary['stages']['prm_data']['metrics']['right_fraction']:.2f}). RLOO, {cfg['rl']['steps']} updates of "
+        f"{cfg['rl']['prompts_per_step']} prompts × {cfg['rl']['group_size']}, lr {cfg['rl']['lr']}; "
+        f"discounted_sum γ = {args.gamma}; min = PURE's softmin at T = 0.1, min@T0 = exact; kl β = "
+        f"{cfg['rl']['kl']['coef']}. Mean ± std over {args.seeds} seeds; hacked = gold falls ≥ 30 % of its gain "
+        "from the peak.",
+        "",
+        *table(runs, entries),
+        "",
+        f"![gold, proxy and steps per answer under each return](../{figure.relative_to(ROOT)})",
+    ])  # fmt: skip
+    print(body)
+    if args.write:
+        write_section("process-aggregation", body)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
