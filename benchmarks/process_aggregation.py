@@ -7,7 +7,8 @@ arXiv 2504.15275) on the `process` testbed's default preset, plus `kl` with the 
 
 Arms (each `overopt run --testbed process --seeds 3`, RLOO; one SFT policy and PRM shared by all, built once):
 sum, discounted_sum (γ = rl.gamma below), min (PURE's code: softmin-weighted step rewards at T = 0.1, summed),
-min@T0 (RRA's exact minimum), max, mean, sharpe, and kl (β = rl.kl.coef) with the sum. The table: mean ± std
+min@T0 (RRA's exact minimum), max, mean, sharpe, kl (β = rl.kl.coef) with the sum, and PPO (per-token λ-returns
+in aggregation-state space, ops.token_returns) with the sum and the exact min. The table: mean ± std
 over seeds of gold at SFT, peak (step) and final, hacked seeds (gold falls ≥ 30 % of its gain from the peak:
 report.summary.hacking_check), and at the end: proxy (the aggregated return), KL to SFT, partial-sum steps per
 answer and the share of answers that reach an answer at all.
@@ -35,6 +36,12 @@ SWEPT = ("sum", "discounted_sum", "min", "max", "mean", "sharpe")  # one `overop
 EXTRA = {
     "min@T0": ("min-exact", ["--methods", "none", "--rl.aggregation", "min", "--rl.min_temperature", "0"]),
     "kl (sum)": ("kl", ["--methods", "kl"]),
+    # PPO with per-token returns through RRA's generalised Bellman target (ops.token_returns).
+    "ppo sum": ("ppo-sum", ["--methods", "none", "--rl.algo", "ppo"]),
+    "ppo min@T0": (
+        "ppo-min",
+        ["--methods", "none", "--rl.algo", "ppo", "--rl.aggregation", "min", "--rl.min_temperature", "0"],
+    ),
 }
 
 
@@ -43,15 +50,15 @@ class Args:
     out: Path = Path("runs/process-aggregation")
     seeds: int = 3
     gamma: float = 0.9
-    """rl.gamma: discounted_sum's step discount (the other arms take none under RLOO)."""
+    """rl.gamma of the sweep: discounted_sum's step discount (no other swept return takes one)."""
     score_only: bool = False
     """Tabulate the runs that exist without starting any."""
     write: bool = True
 
 
 def _run(args: Args, out: Path, flags: list[str]) -> str:
-    cmd = ["overopt", "run", "--testbed", "process", "--seeds", str(args.seeds), "--rl.gamma", str(args.gamma),
-           "--threads", "2", "--out", str(out), *flags]  # fmt: skip
+    cmd = ["overopt", "run", "--testbed", "process", "--seeds", str(args.seeds), "--threads", "2", "--out", str(out),
+           *flags]  # fmt: skip
     if not args.score_only:
         print(" ".join(cmd), flush=True)
         subprocess.run([sys.executable, "-m", "overopt", *cmd[1:]], check=True, cwd=ROOT)
@@ -61,7 +68,8 @@ def _run(args: Args, out: Path, flags: list[str]) -> str:
 def arms(args: Args) -> tuple[dict[str, dict], dict[str, dict], list[str]]:
     """Run (unless --score-only) and read every arm: {arm: {seed: rows}}, {arm: summary entry}, commands."""
     sweep = ROOT / args.out
-    commands = [_run(args, sweep, ["--methods", "none", "--sweep", "rl.aggregation=" + ",".join(SWEPT)])]
+    sweep_flags = ["--methods", "none", "--rl.gamma", str(args.gamma), "--sweep", "rl.aggregation=" + ",".join(SWEPT)]
+    commands = [_run(args, sweep, sweep_flags)]
     runs, entries = {}, {}
     summary = build_summary(sweep)
     for name in SWEPT:
@@ -140,8 +148,8 @@ def main(args: Args) -> None:
         f"{summary['stages']['prm_data']['metrics']['right_fraction']:.2f}). RLOO, {cfg['rl']['steps']} updates of "
         f"{cfg['rl']['prompts_per_step']} prompts × {cfg['rl']['group_size']}, lr {cfg['rl']['lr']}; "
         f"discounted_sum γ = {args.gamma}; min = PURE's softmin at T = 0.1, min@T0 = exact; kl β = "
-        f"{cfg['rl']['kl']['coef']}. Mean ± std over {args.seeds} seeds; hacked = gold falls ≥ 30 % of its gain "
-        "from the peak.",
+        f"{cfg['rl']['kl']['coef']}; PPO: λ = {cfg['rl']['lam']}, the value model from the PRM. Mean ± std over "
+        f"{args.seeds} seeds; hacked = gold falls ≥ 30 % of its gain from the peak.",
         "",
         *table(runs, entries),
         "",

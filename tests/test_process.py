@@ -74,7 +74,9 @@ def test_gold_is_the_answer_and_components_count_steps(testbed):
     assert torch.equal(testbed.gold_reward(r.prompt_ids, r.completion_ids, r.completion_mask), c["correct"])
 
 
-def test_sft_writers_recheck_and_some_never_answer(testbed):
+def test_sft_writers_recheck_and_some_never_answer():
+    testbed = ProcessTestbed(ProcessSpec(min_terms=3, max_terms=3, max_completion_tokens=16, p_recheck=0.15,
+                                         p_overcheck=0.05))  # fmt: skip
     corpus = testbed.sft_corpus(400, 0)
     recheck = sum(any(a == b == testbed._ids(["="])[0] for a, b in zip(e.completion_ids, e.completion_ids[2:]))
                   for e in corpus)  # fmt: skip
@@ -148,3 +150,6 @@ def test_smoke_runs_with_min_aggregation_and_aggregation_needs_a_prm(tmp_path, c
         main(["run", "--testbed", "process", "--preset", "smoke", "--rl.aggregation", "max", "--rl.algo", "ppo",
               "--out", str(tmp_path / "y")])  # fmt: skip
     assert "a max return of step rewards cannot take them (only a sum can)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["run", "--testbed", "process", "--preset", "smoke", "--methods", "signcert", "--out", str(tmp_path / "z")])
+    assert "signcert reads one linear head on the whole completion" in capsys.readouterr().err

@@ -239,7 +239,7 @@ class ProcessConfig(_Frozen):
     max_completion_tokens: int = Field(30, gt=0, description="Generation budget (chain 4·terms − 3, answer 3).")
     p_slip: float = Field(0.2, ge=0, le=1, description="SFT writers' slip rate per step (at skill 0).")
     p_recheck: float = Field(0.05, ge=0, le=1, description="SFT writers restate a partial sum with this probability.")
-    p_overcheck: float = Field(0.05, ge=0, le=1, description="Share of SFT writers who re-check until out of budget.")
+    p_overcheck: float = Field(0.01, ge=0, le=1, description="Share of SFT writers who re-check until out of budget.")
     p_work: float = Field(
         0.6,
         ge=0,

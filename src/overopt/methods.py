@@ -276,6 +276,11 @@ class MethodPlan:
                     f"method {self.name!r}: {needs_rm[0]!r} needs a learned reward model, and testbed "
                     f"{testbed!r} rewards by rule (try the judge or summarize testbeds)"
                 )
+        if proxy == "process" and "signcert" in self.parts:
+            raise ValueError(
+                f"method {self.name!r}: signcert reads one linear head on the whole completion, and testbed "
+                f"{testbed!r} aggregates a PRM's step rewards (its return is no linear function of one head input)"
+            )
         if proxy == "judge" and self.ocrm:
             raise ValueError(
                 f"method {self.name!r}: ocrm re-fits a Bradley-Terry RM on preference pairs; testbed {testbed!r} "
