@@ -151,5 +151,6 @@ def test_smoke_runs_with_min_aggregation_and_aggregation_needs_a_prm(tmp_path, c
               "--out", str(tmp_path / "y")])  # fmt: skip
     assert "a max return of step rewards cannot take them (only a sum can)" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["run", "--testbed", "process", "--preset", "smoke", "--methods", "signcert", "--out", str(tmp_path / "z")])
+        main(["run", "--testbed", "process", "--preset", "smoke", "--methods", "signcert", "--out",
+              str(tmp_path / "z")])  # fmt: skip
     assert "signcert reads one linear head on the whole completion" in capsys.readouterr().err
