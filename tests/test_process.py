@@ -147,8 +147,8 @@ def test_smoke_runs_with_min_aggregation_and_aggregation_needs_a_prm(tmp_path, c
     rows = [json.loads(line) for line in (ppo / "runs/none/seed0/metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 3 and all(map(math.isfinite, (rows[-1]["gold_reward"], rows[-1]["proxy_reward"])))
     with pytest.raises(SystemExit):
-        main(["run", "--testbed", "process", "--preset", "smoke", "--rl.aggregation", "max", "--rl.algo", "ppo",
-              "--out", str(tmp_path / "y")])  # fmt: skip
+        main(["run", "--testbed", "process", "--preset", "smoke", "--methods", "kl", "--rl.aggregation", "max",
+              "--rl.algo", "ppo", "--out", str(tmp_path / "y")])  # fmt: skip
     assert "a max return of step rewards cannot take them (only a sum can)" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["run", "--testbed", "process", "--preset", "smoke", "--methods", "signcert", "--out",

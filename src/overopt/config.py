@@ -130,16 +130,17 @@ class RLConfig(_Frozen):
             raise ValueError(f"unknown alarm {unknown[0]!r}; detectors: {', '.join(SIGNALS)}")
         return ",".join(n.strip() for n in value.split(",") if n.strip())
 
-    @model_validator(mode="after")
-    def _kl_in_a_sum(self) -> RLConfig:
+    def step_return_conflict(self) -> str | None:
+        """Why PPO cannot run this configuration on step rewards, or None: its per-token KL penalties in the
+        reward are further terms of the return, which only a sum (or PURE's reweighted sum) can take."""
         pure_min = self.aggregation == "min" and self.min_temperature > 0
         sum_form = self.aggregation == "sum" or pure_min or (self.aggregation == "discounted_sum" and self.gamma == 1)
         if self.algo == "ppo" and self.kl.placement == "reward" and self.kl.coef > 0 and not sum_form:
-            raise ValueError(
+            return (
                 f"rl.algo=ppo puts per-token KL penalties into the return, and a {self.aggregation} return of step "
                 "rewards cannot take them (only a sum can): set rl.kl.placement=loss"
             )
-        return self
+        return None
 
     @property
     def stop_alarms(self) -> list[str]:

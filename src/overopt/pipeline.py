@@ -213,6 +213,9 @@ def open_testbed(cfg: ExperimentConfig, plans: Plans):
             f"rl.aggregation: testbed {testbed.name!r} scores whole completions; aggregating step rewards needs "
             "a process reward (testbed process)"
         )
+    for name, (plan, _) in plans.items():  # the method's own RL settings (`none` turns the KL off)
+        if testbed.proxy == "process" and (conflict := plan.rl.step_return_conflict()):
+            raise ValueError(f"method {name!r}: {conflict}")
     return testbed
 
 
