@@ -115,16 +115,18 @@ def table(runs: dict, entries: dict) -> list[str]:
 
 def plot(runs: dict, path: Path) -> Path:
     """Gold, proxy and steps per answer against the RL step, mean over seeds, one line per return."""
-    fig = _new_figure(13, 3.6)
+    fig = _new_figure(14, 3.6)
     panels = (("gold_reward", "gold (answer correct)"), ("proxy_reward", "proxy (aggregated PRM return)"),
               ("gold/steps", "partial-sum steps per answer"))  # fmt: skip
-    for ax, (key, label) in zip(fig.subplots(1, 3), panels):
+    *axes, key_ax = fig.subplots(1, 4, gridspec_kw={"width_ratios": [1, 1, 1, 0.3]})
+    for ax, (key, label) in zip(axes, panels):
         for i, (name, seeds) in enumerate(runs.items()):
             if seeds:
                 a = aggregate(seeds, key)
                 ax.plot(a["step"], a["mean"], label=name, color=f"C{i}", marker="." if name == "sum" else None)
         _style(ax, label, "RL step", label)
-    fig.axes[0].legend(fontsize=7, frameon=False)
+    key_ax.axis("off")
+    key_ax.legend(*axes[0].get_legend_handles_labels(), loc="center left", fontsize=8, frameon=False)
     fig.suptitle("process testbed: the PRM's return under each aggregation (mean over seeds)")
     return _save(fig, path)
 
