@@ -1,8 +1,9 @@
 """`process`: RLVR against a learned process reward model (PRM), on the arithmetic world of `math_format`.
 
-A problem is `a1 + … + an = ?`. A worked answer is the running-sum chain, then the answer:
+A problem is `a1 + … + an = ?` with terms 1 … max_term (3: an addition table the lab's tiny models learn). A
+worked answer is the running-sum chain, then the answer:
 
-    3 + 5 = 8 + 7 = 15 = 15 <answer> 15 <eos>
+    2 + 3 = 5 + 1 = 6 = 6 <answer> 6 <eos>
 
 Each number after `=` ends a **step**, whose gold label says whether the step is right: it adds the problem's
 next term and its partial sum is the last one plus that term (a re-check `= s` restates the last sum). The EOS
@@ -16,8 +17,9 @@ confidence of being right, 2p − 1. The RL stage aggregates the step rewards in
 2507.08537). A completion that runs out of budget before its EOS has no final step to score: its final step
 reward is −1, the lowest a step gets (an unfinished solution is not a solution).
 
-The SFT writers slip now and then, and some re-check a step by restating its sum; a few re-check so often
-that they run out of budget before answering. Re-checks of right sums are right steps, so the PRM scores
+The SFT writers show the whole chain or cut it short and estimate the rest, slip now and then, and now and
+then re-check a step by restating its sum; one in a hundred re-checks until the budget runs out and never
+answers. Re-checks of right sums are right steps, so the PRM scores
 them high: under the sum return every re-check adds reward, and the policy learns to restate sums instead
 of answering — PRM training's "thinking, not solving" (Cheng et al., PURE, arXiv 2504.15275).
 """
