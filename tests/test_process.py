@@ -150,6 +150,15 @@ def test_smoke_runs_with_min_aggregation_and_aggregation_needs_a_prm(tmp_path, c
         main(["run", "--testbed", "process", "--preset", "smoke", "--methods", "kl", "--rl.aggregation", "max",
               "--rl.algo", "ppo", "--out", str(tmp_path / "y")])  # fmt: skip
     assert "a max return of step rewards cannot take them (only a sum can)" in capsys.readouterr().err
+    # The mitigations on a PRM: an ensemble of PRMs (each member aggregated), PAR on the return, χ², GR, KL.
+    mixed = tmp_path / "mixed"
+    shutil.copytree(out / "artifacts", mixed / "artifacts")
+    main(["run", "--testbed", "process", "--preset", "smoke", "--methods", "ensemble_mean,par,chi2,gr+kl",
+          "--rl.aggregation", "mean", "--ensemble.k", "2", "--rl.steps", "2", "--seeds", "1", "--threads", "1",
+          "--out", str(mixed)])  # fmt: skip
+    for method in ("ensemble_mean", "par", "chi2", "gr+kl"):
+        last = json.loads((mixed / f"runs/{method}/seed0/metrics.jsonl").read_text().splitlines()[-1])
+        assert last["step"] == 2 and math.isfinite(last["gold_reward"]) and math.isfinite(last["proxy_reward"])
     with pytest.raises(SystemExit):
         main(["run", "--testbed", "process", "--preset", "smoke", "--methods", "signcert", "--out",
               str(tmp_path / "z")])  # fmt: skip
