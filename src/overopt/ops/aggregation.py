@@ -7,7 +7,7 @@ the value of the trajectory from step t on is post(τ_t). The discounted sum is 
   name            init           r ⊳ τ                              post
   sum             0              r + γ·τ                            τ
   max             −∞             max(r, γ·τ)                        τ
-  min             +∞             min(r, γ·τ)                        τ          (PURE's min-form, arXiv 2504.15275)
+  min             +∞             min(r, γ·τ)                        τ    (PURE's min-form exactly, arXiv 2504.15275)
   mean            (0, 0)         (s + r, n + 1)                     s / n
   sharpe          (0, 0, 0)      Welford's (μ, M2, n) with r        μ / sqrt(softplus(M2 / n) + 1e-8)
 
@@ -16,6 +16,11 @@ generalised Bellman equation τ(s, a) = E[r ⊳ τ(s')], Q = post(τ)); ``aggreg
 trajectory, post(τ_1). Steps where ``mask`` is 0 are skipped (τ passes through unchanged), so padding may sit
 anywhere; a trajectory without any valid step is worth ``empty``. γ applies to sum, max and min (as in the
 paper, for max and min it discounts the later rewards' weight in the comparison); mean and Sharpe take none.
+``initial_state`` / ``update_state`` / ``post_map`` are the table's columns on (B, k) states.
+
+``token_returns`` carries this to PPO's tokens: a value model predicts the state of the future steps and its
+targets are λ-returns in state space. ``softmin_weighted`` is PURE's min-form as its code computes it (a sum of
+softmin-weighted step rewards: a soft minimum), next to the table's exact min.
 """
 
 from __future__ import annotations
