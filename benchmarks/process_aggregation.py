@@ -57,7 +57,8 @@ class Args:
 
 
 def _run(args: Args, out: Path, flags: list[str]) -> str:
-    cmd = ["overopt", "run", "--testbed", "process", "--seeds", str(args.seeds), "--threads", "2", "--out", str(out),
+    shown = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
+    cmd = ["overopt", "run", "--testbed", "process", "--seeds", str(args.seeds), "--threads", "2", "--out", str(shown),
            *flags]  # fmt: skip
     if not args.score_only:
         print(" ".join(cmd), flush=True)
