@@ -66,24 +66,32 @@ def _run(args: Args, out: Path, flags: list[str]) -> str:
     return " ".join(cmd)
 
 
-def arms(args: Args) -> tuple[dict[str, dict], dict[str, dict], list[str]]:
-    """Run (unless --score-only) and read every arm: {arm: {seed: rows}}, {arm: summary entry}, commands."""
+def _read(out: Path) -> tuple[dict, dict]:
+    """An OUT's runs ({method: {seed: rows}}) and its summary, each read once."""
+    runs = load_runs(out)
+    return runs, build_summary(out, runs)
+
+
+def arms(args: Args) -> tuple[dict[str, dict], dict[str, dict], list[str], dict]:
+    """Run (unless --score-only) and read every arm: {arm: {seed: rows}}, {arm: summary entry}, the commands,
+    and the sweep's summary (its stages and configuration)."""
     sweep = ROOT / args.out
     sweep_flags = ["--methods", "none", "--rl.gamma", str(args.gamma), "--sweep", "rl.aggregation=" + ",".join(SWEPT)]
     commands = [_run(args, sweep, sweep_flags)]
+    sweep_runs, summary = _read(sweep)
     runs, entries = {}, {}
-    summary = build_summary(sweep)
     for name in SWEPT:
         key = f"none@rl.aggregation={name}"
-        runs[name], entries[name] = load_runs(sweep).get(key, {}), summary["methods"].get(key)
+        runs[name], entries[name] = sweep_runs.get(key, {}), summary["methods"].get(key)
     for name, (suffix, flags) in EXTRA.items():
         out = sweep.with_name(f"{sweep.name}-{suffix}")
         if not (out / "artifacts").exists() and (sweep / "artifacts").exists():
             shutil.copytree(sweep / "artifacts", out / "artifacts")  # the same SFT policy and PRM
         commands.append(_run(args, out, flags))
         method = flags[1]
-        runs[name], entries[name] = load_runs(out).get(method, {}), build_summary(out)["methods"].get(method)
-    return runs, entries, commands
+        arm_runs, arm_summary = _read(out)
+        runs[name], entries[name] = arm_runs.get(method, {}), arm_summary["methods"].get(method)
+    return runs, entries, commands, summary
 
 
 def _stat(entry: dict | None, key: str, digits: int = 3) -> str:
@@ -133,8 +141,7 @@ def plot(runs: dict, path: Path) -> Path:
 
 
 def main(args: Args) -> None:
-    runs, entries, commands = arms(args)
-    summary = build_summary(ROOT / args.out)
+    runs, entries, commands, summary = arms(args)
     prm = summary["stages"]["rm"]["metrics"]
     cfg = summary["config"]
     figure = plot(runs, ROOT / "docs/img/process_aggregation.png")

@@ -83,6 +83,17 @@ class KLConfig(_Frozen):
     horizon: float = Field(10000.0, gt=0, description="Horizon (samples) of the adaptive controller.")
 
 
+def return_form(aggregation: str, gamma: float = 1.0, min_temperature: float = 0.0) -> tuple[str, float, float]:
+    """rl.aggregation as (ops aggregation, its step discount, PURE's softmin temperature or 0).
+
+    discounted_sum is the sum with γ; min at a temperature T > 0 is PURE's min-form (Cheng et al., arXiv
+    2504.15275, as its code computes it: the sum of softmin-weighted step rewards, ops.softmin_weighted);
+    min at T = 0 is RRA's exact minimum."""
+    if aggregation == "discounted_sum":
+        return "sum", gamma, 0.0
+    return aggregation, 1.0, min_temperature if aggregation == "min" else 0.0
+
+
 class RLConfig(_Frozen):
     """Policy optimisation against the proxy RM (METHODS.md §1)."""
 
@@ -130,11 +141,16 @@ class RLConfig(_Frozen):
             raise ValueError(f"unknown alarm {unknown[0]!r}; detectors: {', '.join(SIGNALS)}")
         return ",".join(n.strip() for n in value.split(",") if n.strip())
 
+    @property
+    def step_return(self) -> tuple[str, float, float]:
+        """rl.aggregation as `return_form` reads it: (ops aggregation, step discount, PURE's temperature)."""
+        return return_form(self.aggregation, self.gamma, self.min_temperature)
+
     def step_return_conflict(self) -> str | None:
         """Why PPO cannot run this configuration on step rewards, or None: its per-token KL penalties in the
         reward are further terms of the return, which only a sum (or PURE's reweighted sum) can take."""
-        pure_min = self.aggregation == "min" and self.min_temperature > 0
-        sum_form = self.aggregation == "sum" or pure_min or (self.aggregation == "discounted_sum" and self.gamma == 1)
+        name, gamma, temperature = self.step_return
+        sum_form = (name == "sum" and gamma == 1) or temperature > 0
         if self.algo == "ppo" and self.kl.placement == "reward" and self.kl.coef > 0 and not sum_form:
             return (
                 f"rl.algo=ppo puts per-token KL penalties into the return, and a {self.aggregation} return of step "

@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from overopt import distributed, faults, launch
 from overopt.checkpoint import Checkpointer
-from overopt.config import ExperimentConfig, ModelConfig, to_yaml
+from overopt.config import ExperimentConfig, JudgeConfig, ModelConfig, PairsConfig, PRMConfig, to_yaml
 from overopt.errors import StaleArtifactError
 from overopt.io import atomic_write_text, fingerprint, read_json, replace_dir, write_json
 from overopt.lock import out_lock, run_lock
@@ -67,7 +67,7 @@ def _stage_fingerprints(cfg: ExperimentConfig, proxy: str) -> dict[str, str]:
     sft = fingerprint(world, cfg.model.model_dump(), cfg.sft.model_dump())
     if proxy == "rule":
         return {"sft": sft, "data": sft, "rm": sft}
-    labelled = fingerprint(sft, {"judge": cfg.judge, "process": cfg.prm}.get(proxy, cfg.pairs).model_dump())
+    labelled = fingerprint(sft, _labelled_section(cfg, proxy).model_dump())
     if proxy in ("judge", "process"):
         return {"sft": sft, "data": labelled, "rm": labelled}
     # An RM of its own size starts from an SFT model of that size ("rm_backbone"); the size knobs enter the
@@ -290,12 +290,12 @@ def build_lab(cfg: ExperimentConfig, testbed, plans: Plans, publish: bool = True
         data_stage, train_member = "pairs", _pairs_and_rm(cfg, testbed, sft_policy, rm_backbone)
     elif testbed.proxy == "judge":
         data_stage = "judge_data"
-        train_member = _answers_and_classifier(cfg, testbed, sft_policy, sft_dir, cfg.judge,
-                                               sample_and_label_answers, train_judge)  # fmt: skip
+        train_member = _answers_and_classifier(cfg, testbed, sft_policy, sft_dir, sample_and_label_answers,
+                                               train_judge)  # fmt: skip
     elif testbed.proxy == "process":
         data_stage = "prm_data"
-        train_member = _answers_and_classifier(cfg, testbed, sft_policy, sft_dir, cfg.prm,
-                                               sample_and_label_steps, train_prm)  # fmt: skip
+        train_member = _answers_and_classifier(cfg, testbed, sft_policy, sft_dir, sample_and_label_steps,
+                                               train_prm)  # fmt: skip
     else:
         data_stage, train_member = None, None
     labelled = None
@@ -349,9 +349,13 @@ def _rl_prompts(cfg: ExperimentConfig, testbed: Testbed) -> list[list[int]]:
 
 
 def _labelled_prompts(cfg: ExperimentConfig, testbed: Testbed) -> list[list[int]]:
-    """The prompts of the proxy's labelled data: preference pairs, or the judge's answers."""
-    n = {"judge": cfg.judge.n_prompts, "process": cfg.prm.n_prompts}.get(testbed.proxy, cfg.pairs.n_prompts)
-    return testbed.prompts("train", n, cfg.seed + 1)
+    """The prompts of the proxy's labelled data: preference pairs, the judge's or the PRM's answers."""
+    return testbed.prompts("train", _labelled_section(cfg, testbed.proxy).n_prompts, cfg.seed + 1)
+
+
+def _labelled_section(cfg: ExperimentConfig, proxy: str) -> JudgeConfig | PRMConfig | PairsConfig:
+    """The config section of the proxy's labelled data and its training: judge, prm, or pairs."""
+    return {"judge": cfg.judge, "process": cfg.prm}.get(proxy, cfg.pairs)
 
 
 def _longest_sequence(cfg: ExperimentConfig, testbed: Testbed, corpus: list) -> int:
@@ -479,12 +483,12 @@ def _pairs_and_rm(cfg: ExperimentConfig, testbed, sft_policy, backbone: Path) ->
 
 
 def _answers_and_classifier(
-    cfg: ExperimentConfig, testbed, sft_policy, sft_dir: Path, knobs, sample: Callable, train: Callable
+    cfg: ExperimentConfig, testbed, sft_policy, sft_dir: Path, sample: Callable, train: Callable
 ) -> _ProxyTraining:
     """One T=1 SFT answer per labelled prompt, gold-labelled by `sample` (a judge: right/wrong; a PRM: each
-    step); classifiers (SFT backbone, fresh head) trained by `train` with BCE on those labels. `knobs`: the
-    judge or prm section (epochs, batch_size, lr, heldout_fraction)."""
-    tok = testbed.tokenizer
+    step); classifiers (SFT backbone, fresh head) trained by `train` with BCE on those labels, with the
+    knobs of the judge or prm section (`_labelled_section`)."""
+    tok, knobs = testbed.tokenizer, _labelled_section(cfg, testbed.proxy)
 
     def build_data(tmp: Path, progress: StageProgress, checkpoints: Checkpointer) -> dict:
         torch.manual_seed(cfg.seed)

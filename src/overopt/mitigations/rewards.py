@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from overopt.config import return_form
 from overopt.mitigations.protocols import RewardScores, RewardSource, StepRewards
 from overopt.models.reward import conversation_batch, reward_forward, score_head
 from overopt.ops import (
@@ -78,17 +79,6 @@ class TextRewardModel:
 
     def models(self) -> list[PreTrainedModel]:
         return [self.model]
-
-
-def return_form(aggregation: str, gamma: float = 1.0, min_temperature: float = 0.0) -> tuple[str, float, float]:
-    """rl.aggregation as (ops aggregation, its step discount, PURE's softmin temperature or 0).
-
-    discounted_sum is the sum with γ; min at a temperature T > 0 is PURE's min-form (Cheng et al., arXiv
-    2504.15275, as its code computes it: the sum of softmin-weighted step rewards, ops.softmin_weighted);
-    min at T = 0 is RRA's exact minimum."""
-    if aggregation == "discounted_sum":
-        return "sum", gamma, 0.0
-    return aggregation, 1.0, min_temperature if aggregation == "min" else 0.0
 
 
 class ProcessRewardModel:

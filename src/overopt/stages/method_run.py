@@ -34,13 +34,7 @@ from overopt.io import append_jsonl, fsync_size, save_tensors, save_weights, tra
 from overopt.methods import MethodContext, MethodPlan
 from overopt.mitigations.ocrm import ocrm_pair_log_ratios
 from overopt.mitigations.protocols import Figures, RewardSource
-from overopt.mitigations.rewards import (
-    EnsembleRewardModel,
-    ProcessRewardModel,
-    ProxyRewardModel,
-    RuleReward,
-    return_form,
-)
+from overopt.mitigations.rewards import EnsembleRewardModel, ProcessRewardModel, ProxyRewardModel, RuleReward
 from overopt.models.policy import merged_copy
 from overopt.models.reward import reward_model_from_backbone
 from overopt.ops import STATE_SIZES, beta_for_target_ess, ess_from_log_weights, order_disagreement
@@ -112,7 +106,7 @@ def run_method(
     value_model = None
     if rl.algo == "ppo":  # the value model starts from the RM, or from the SFT backbone under a rule reward
         # Under a PRM it predicts the aggregation state of the future steps (ops.token_returns): k outputs.
-        states = STATE_SIZES[return_form(rl.aggregation, rl.gamma, rl.min_temperature)[0]]
+        states = STATE_SIZES[rl.step_return[0]]
         outputs = states if lab.testbed.proxy == "process" and plan.ensemble is None else 1
         value_model = _value_model_from(source.models()[0] if source.models() else lab.sft_policy, outputs)
     if resume is not None:

@@ -45,7 +45,6 @@ class ProcessSpec(ArithmeticSpec):
     p_slip: float = 0.2  # per step, of a writer of skill 0 (2·p_slip·(1 − skill))
     p_recheck: float = 0.05  # per step: restate the partial sum once
     p_overcheck: float = 0.01  # writers who re-check every step until the budget runs out
-    p_work: float = 0.6  # writers who show the whole chain; the others cut it short and estimate the rest
 
 
 class Steps(NamedTuple):
