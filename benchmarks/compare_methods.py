@@ -181,7 +181,7 @@ def run_frontier(args: Args) -> None:
                     f"{i['threads_per_run']} torch thread, {i['date'][:10]})" for i in invocations) + ".",
         "",
         f"SFT gold {frontier['sft_gold']:.3f}. Seeds {frontier['seeds']}; each method's grid is in "
-        "`src/overopt/presets/frontier.yaml`; 95 % bootstrap CIs over seeds.",
+        "`src/overopt/presets/frontier.yaml`; 95 % Student t intervals over seeds.",
         "",
         frontier_markdown(frontier),
         "**Effective strength per grid point** (run mean of the method's strength figure, [95 % CI]):",
@@ -244,7 +244,7 @@ def run(args: Args) -> None:
         lift = lifts(out, Path(args.baseline), names, args.seeds)
         lift_note = (
             f" *Lift*: final gold minus the gold of `none`'s own trajectory (from `{args.baseline}`, same RM and"
-            " seeds) at the run's final KL, mean [95 % bootstrap CI] over the seeds where none got that far."
+            " seeds) at the run's final KL, mean [95 % Student t interval] over the seeds where none got that far."
         )
     body = "\n".join([
         f"## Mitigation comparison: `{args.preset}` preset, testbed `{summary['testbed']}`"

@@ -9,7 +9,7 @@ Two `overopt run` invocations into one OUT (the shared stages are trained once, 
 `eval.every` = 10 optimiser steps over `daa.epochs` = 2 epochs (166 steps each), so each curve shows both.
 Read from OUT: each run's gold final, gold peak and its step, KL final, hacked seeds, the RL form fitted to
 gold against √KL (R²) and gold along each run's own path at matched KL budgets (report.frontier.path_gold_at_kl,
-mean and 95 % bootstrap CI over seeds; "–" where a run never reaches the budget).
+mean and 95 % Student t interval over seeds; "–" where a run never reaches the budget).
 """
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ import tyro
 from compare_methods import machine, write_section
 from matplotlib import colormaps
 
-from overopt.report.frontier import bootstrap_ci, format_ci, path_gold_at_kl
+from overopt.report.frontier import format_ci, path_gold_at_kl
 from overopt.report.plots import _new_figure, _save, _style, aggregate
 from overopt.report.summary import load_runs
 from overopt.report.table import format_mean_std as _ms
 from overopt.report.table import format_value as _v
+from overopt.stats import interval
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +58,7 @@ def table_rows(out: Path, budgets: list[float], suffix: str = "") -> list[str]:
     rows = []
     for name, m in summary["methods"].items():
         fit = m.get("fit") or {}
-        matched = [format_ci(bootstrap_ci([path_gold_at_kl(r, b) for r in runs[name].values()])) for b in budgets]
+        matched = [format_ci(interval([path_gold_at_kl(r, b) for r in runs[name].values()])) for b in budgets]
         rows.append(
             f"| `{name}`{suffix} | {_ms(m['gold_final'])} | {_ms(m['gold_peak'])} (@{_ms(m['gold_peak_step'], 0)}) "
             f"| {_ms(m['kl_final'], 2)} | {m['hacked_seeds']}/{m['n_seeds']} | "
@@ -133,7 +134,7 @@ def main(args: Args) -> None:
         f"evaluated every 10 steps; RL: 200 updates. Mean ± std over {args.seeds} seeds; gold peak (step) and "
         "hacked seeds as in every table here. Fit: the RL form d(α − β log d) to gold gain against √KL (α, β, R²). "
         "Matched KL: gold along each run's own path where its KL first reaches the budget (linear interpolation "
-        "between evaluations), mean [95 % bootstrap CI] over the seeds that reach it (n=1: one seed did).",
+        "between evaluations), mean [95 % Student t interval] over the seeds that reach it (n=1: one seed did).",
         "",
         "| run | gold final | gold peak (step) | KL final | hacked | fit α, β, R² | "
         + " | ".join(f"gold @ KL {b:g}" for b in budgets) + " |",

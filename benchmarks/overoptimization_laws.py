@@ -99,7 +99,7 @@ def fits_section(args: Args) -> str:
         f"SFT gold {sft:.3f}; proxy RM held-out accuracy {stage:.3f}; {args.seeds} seeds; best-of-n from N = "
         f"{summary['config']['bon']['n_samples']} samples per held-out prompt, d = √(log n − (n−1)/n) (an upper "
         "bound on its KL). Fits through the origin on (d, gold − gold at the first evaluation) of every seed; "
-        "brackets: 95 % percentile bootstrap over seeds (with 3 seeds, at most 10 distinct resamples: coarse). "
+        "brackets: 95 % jackknife t intervals over seeds (leave one seed out, t on seeds − 1 df). "
         "Forecast: the fit on the evaluations with d ≤ half the observed peak's d, its predicted peak, and its "
         "error against the observed peak of the mean curve (difference, relative).",
         "",
@@ -153,7 +153,7 @@ def scaling_section(args: Args) -> str:
         "",
         "One axis at a time around the preset's cell (`base`: policy and RM 64×2×4, 12000 pairs). RM cells: the RM "
         "starts from an SFT model of its own size; policy cells keep the RM at 64×2×4, trained on pairs from that "
-        f"policy. {args.seeds} seeds per method; brackets: 95 % bootstrap intervals over seeds. Parameters: every "
+        f"policy. {args.seeds} seeds per method; brackets: 95 % jackknife t intervals over seeds. Parameters: every "
         f"tensor of the saved model (embeddings and head included). Wall time of `overopt scaling`: {wall / 60:.1f} "
         "min (finished cells and stages in OUT are reused: a rerun is faster).",
         "",

@@ -10,7 +10,8 @@ import shutil
 import pytest
 
 from overopt.cli import main
-from overopt.compare import load_grid, quick_grid
+from overopt.compare import load_grid, quick_grid, variants
+from overopt.config import load_config
 
 QUICK = ["compare", "--preset", "smoke", "--quick", "--seeds", "2"]
 
@@ -105,7 +106,15 @@ def test_grid_files_are_checked(tmp_path, capsys):
     assert budgets == [1.0, 2.0, 4.0, 8.0]
     quick_points = quick_grid(grid)
     assert all(len(points) <= 2 and any(p.published for p in points) for points in quick_points.values())
+    # A key with a pinned field: its runs carry the pin, and their configurations have it set.
+    clip = grid["signcert+kl@signcert.weighting=shrink_clip"]
+    assert clip[1].run == "signcert+kl@signcert.weighting=shrink_clip@signcert.quantile=0.2"
+    assert clip[1].method == "signcert+kl" and clip[1].published
+    named = {run: variant for run, _, variant in variants(load_config("smoke"), {"x": clip})}
+    chosen = named["signcert+kl@signcert.weighting=shrink_clip@signcert.quantile=0.2"].signcert
+    assert (chosen.weighting, chosen.quantile) == ("shrink_clip", 0.2)
     cases = {
+        "methods: {'kl@rl.kl.coef': {field: rl.kl.coef, values: [1]}}\n": "pin fields as method@field=value",
         "methods: [kl]\n": "expected a 'methods' mapping",
         "methods: {kl: {values: [1]}}\n": "each axis is {field, values, published}",
         "methods: {kl: {field: rl.kl.coef, values: []}}\n": "needs a non-empty list of values",

@@ -118,14 +118,20 @@ def test_signcert_with_everything_certified_is_plain_dr_grpo(tiny_world):
     dr_grpo = BASE.model_copy(update={"algo": "dr_grpo"})
 
     def signcert(q, weighting):
-        return Mitigations(advantage_transform=SignCertAdvantages(q, "radius", "batch", weighting))
+        return Mitigations(advantage_transform=SignCertAdvantages(q, "batch", weighting))
 
     # q = 0: ε is the smallest radius, so every completion is certified and nothing is dropped.
     plain = _train(tiny_world, dr_grpo)
     assert torch.equal(_train(tiny_world, dr_grpo, signcert(0.0, "drop")), plain)
     assert not torch.equal(_train(tiny_world, dr_grpo, signcert(0.9, "drop")), plain)
-    # The paper's worst-case advantages shift every advantage by ε‖d‖: a different update at any q.
-    assert not torch.equal(_train(tiny_world, dr_grpo, signcert(0.2, "shrink")), plain)
+    # The paper's worst-case advantages shift every advantage by ε‖d‖: a different update at any q,
+    # and flooring them at 0 (no sign reversal) is a different update again.
+    shrink = _train(tiny_world, dr_grpo, signcert(0.2, "shrink"))
+    assert not torch.equal(shrink, plain)
+    assert not torch.equal(_train(tiny_world, dr_grpo, signcert(0.2, "shrink_clip")), shrink)
+    assert torch.equal(
+        _train(tiny_world, dr_grpo, signcert(0.0, "shrink_clip")), _train(tiny_world, dr_grpo, signcert(0.0, "shrink"))
+    )
 
 
 def test_signcert_worst_case_advantages_in_the_loop(tiny_world):
@@ -139,7 +145,7 @@ def test_signcert_worst_case_advantages_in_the_loop(tiny_world):
             return new, figures
 
     no_kl = BASE.model_copy(update={"algo": "dr_grpo", "kl": KLConfig(coef=0.0)})  # A = r − mean r exactly
-    _train(tiny_world, no_kl, Mitigations(advantage_transform=Spy(0.2, "radius", "batch", "shrink")))
+    _train(tiny_world, no_kl, Mitigations(advantage_transform=Spy(0.2, "batch", "shrink")))
     grouped = seen["rewards"].view(-1, BASE.group_size)
     assert torch.allclose(seen["before"], (grouped - grouped.mean(1, keepdim=True)).flatten())
     assert (seen["after"].abs() <= seen["before"].abs() + 1e-6).logical_or(seen["after"] * seen["before"] <= 0).all()
@@ -444,6 +450,6 @@ def test_signcert_fisher_ellipsoid_from_the_rm_training_pairs(tiny_world):
     hidden = tiny_world["reward_model"].config.hidden_size
     assert metric.shape == (hidden, hidden) and torch.linalg.eigvalsh(metric).min() > 0
     dr_grpo = BASE.model_copy(update={"algo": "dr_grpo"})
-    ellipsoid = Mitigations(advantage_transform=SignCertAdvantages(0.2, "radius", "batch", "shrink", metric))
-    ball = Mitigations(advantage_transform=SignCertAdvantages(0.2, "radius", "batch", "shrink"))
+    ellipsoid = Mitigations(advantage_transform=SignCertAdvantages(0.2, "batch", "shrink", metric))
+    ball = Mitigations(advantage_transform=SignCertAdvantages(0.2, "batch", "shrink"))
     assert not torch.equal(_train(tiny_world, dr_grpo, ellipsoid), _train(tiny_world, dr_grpo, ball))

@@ -286,7 +286,7 @@ def test_signcert_advantages_are_the_labs_on_the_same_completions(world, tmp_pat
     rollout = rollout_from_tokens(prompt_ids, completion_ids, world["testbed"].tokenizer.pad_token_id)
     scores = ProxyRewardModel(world["reward_model"])(rollout)
     advantages = grpo_advantages(scores.rewards.view(-1, K), scale_by_std=False).flatten()
-    expected, _ = SignCertAdvantages(cfg.quantile, cfg.threshold_on, cfg.scope, cfg.weighting)(advantages, scores, K)
+    expected, _ = SignCertAdvantages(cfg.quantile, cfg.scope, cfg.weighting)(advantages, scores, K)
     if base is RLOOTrainer:
         expected = expected * K / (K - 1)
     torch.testing.assert_close(out["advantages"], expected.to(out["advantages"].dtype), rtol=1e-5, atol=1e-6)

@@ -4,7 +4,7 @@ A knob copied from a paper is not a strength (METHODS.md §7), so each method ru
 strengths, from off (`none`) to dominant, each measured by the method's effective-strength figure.
 The grids are `presets/frontier.yaml` (or `--grid FILE`). One output directory holds every run
 (`runs/<method>@<field>=<value>/seed<k>`) and `frontier_plan.json`; the report then adds the
-frontier analysis (overopt.report.frontier): gold-vs-KL frontiers with bootstrap bands, gold at
+frontier analysis (overopt.report.frontier): gold-vs-KL frontiers with t-interval bands, gold at
 matched KL budgets against `kl` and against `none` stopped early, the best point of each method
 chosen leave-one-seed-out, and which methods move the frontier up.
 
@@ -36,16 +36,34 @@ TIMING_FILE = "compare_timing.json"  # every invocation: runs in the plan, runs 
 
 @dataclasses.dataclass(frozen=True)
 class Point:
-    """One grid point: `method` with `field` set to `value` (`field` None: the method as configured)."""
+    """One grid point: `method` with `field` set to `value` (`field` None: the method as configured).
+
+    `label` is the grid's key: the method, or the method with fields pinned for all its points
+    (`signcert+kl@signcert.weighting=shrink_clip`), which `pinned` holds as (field, value) pairs."""
 
     method: str
     field: str | None
     value: Any
     published: bool
+    label: str = ""
+    pinned: tuple[tuple[str, str], ...] = ()
 
     @property
     def run(self) -> str:
-        return self.method if self.field is None else f"{self.method}@{self.field}={self.value}"
+        label = self.label or self.method
+        return label if self.field is None else f"{label}@{self.field}={self.value}"
+
+
+def _grid_key(path: Path, key: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """A grid key `method[@field=value...]` as the method and its pinned fields."""
+    method, *pins = key.split("@")
+    pinned = []
+    for pin in pins:
+        field, sep, value = pin.partition("=")
+        if not sep or not field or not value:
+            raise ValueError(f"{path}: methods.{key}: pin fields as method@field=value, got {pin!r}")
+        pinned.append((field, value))
+    return method, tuple(pinned)
 
 
 def load_grid(path: Path | None = None) -> tuple[dict[str, list[Point]], list[float]]:
@@ -59,7 +77,8 @@ def load_grid(path: Path | None = None) -> tuple[dict[str, list[Point]], list[fl
     if not isinstance(methods, dict) or not methods:
         raise ValueError(f"{path}: expected a 'methods' mapping of method -> grid axes")
     grid: dict[str, list[Point]] = {}
-    for method, axes in methods.items():
+    for key, axes in methods.items():
+        method, pinned = _grid_key(path, key)
         axes = [] if axes in (None, [], {}) else axes
         axes = [axes] if isinstance(axes, dict) else axes
         if not isinstance(axes, list):
@@ -71,8 +90,8 @@ def load_grid(path: Path | None = None) -> tuple[dict[str, list[Point]], list[fl
             values = axis.get("values")
             if not isinstance(values, list) or not values:
                 raise ValueError(f"{path}: methods.{method}: axis {axis['field']!r} needs a non-empty list of values")
-            points += [Point(method, axis["field"], v, v == axis.get("published")) for v in values]
-        grid[method] = points or [Point(method, None, None, True)]
+            points += [Point(method, axis["field"], v, v == axis.get("published"), key, pinned) for v in values]
+        grid[key] = points or [Point(method, None, None, True, key, pinned)]
     return grid, [float(b) for b in budgets]
 
 
@@ -86,7 +105,9 @@ def variants(cfg: ExperimentConfig, grid: dict[str, list[Point]]) -> list[tuple[
     out = []
     for points in grid.values():
         for p in points:
-            variant = cfg if p.field is None else cfg.with_override(p.field, p.value, what=f"grid field of {p.method}")
+            variant = cfg
+            for field, value in p.pinned + (((p.field, p.value),) if p.field is not None else ()):
+                variant = variant.with_override(field, value, what=f"grid field of {p.label or p.method}")
             out.append((p.run, p.method, variant))
     return out
 
@@ -95,7 +116,7 @@ def frontier_plan(cfg: ExperimentConfig, grid: dict[str, list[Point]], budgets: 
     """`OUT/frontier_plan.json`: what overopt.report.frontier reads (see its module docstring)."""
     methods = {
         m: {
-            "method": m,
+            "method": points[0].method,
             "strength_key": plans[points[0].run][0].strength_key,
             "points": [{"run": p.run, "field": p.field, "value": p.value, "published": p.published} for p in points],
         }
@@ -133,11 +154,11 @@ def run_compare(
     testbed = open_testbed(cfg.model_copy(update={"threads": 0}), {})
     for m in list(grid):  # methods this testbed's proxy cannot run are left out, not an error
         try:
-            resolve_method(m, cfg.rl).check_proxy(testbed.proxy, testbed.name)
+            resolve_method(grid[m][0].method, cfg.rl).check_proxy(testbed.proxy, testbed.name)
         except ValueError as err:
             console.print(f"[dim]compare: left out {m}: {err}[/dim]")
             del grid[m]
-    cfg = cfg.model_copy(update={"methods": ",".join(grid), "sweep": ""})
+    cfg = cfg.model_copy(update={"methods": ",".join(dict.fromkeys(p[0].method for p in grid.values())), "sweep": ""})
     named = variants(cfg, grid)
     plans = resolve_plans(cfg, named)
     with out_lock(cfg.out):  # OUT is this command's (overopt.lock); its workers only read the stages

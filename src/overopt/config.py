@@ -180,6 +180,12 @@ class EvalConfig(_Frozen):
     mechanisms: bool = Field(
         True, description="Log mech/* (the papers' mechanisms against gold; scores training rollouts with gold)."
     )
+    heldout_rm_prompts: int = Field(
+        0,
+        ge=0,
+        description="Prompts of a validation RM's own gold-labelled SFT pairs, drawn apart from the proxy's; its "
+        "score of the eval samples is logged as heldout_rm_reward (no-peek checkpoint selection; 0 = off).",
+    )
 
 
 class AlarmConfig(_Frozen):
@@ -314,7 +320,7 @@ class HFConfig(_Frozen):
 
 
 class DAAConfig(_Frozen):
-    """Direct alignment (methods dpo, ipo, simpo, rpo, hinge): the policy trained on the proxy RM's own pairs,
+    """Direct alignment (methods dpo, ipo, simpo, rpo, dpo_nll, hinge): the policy trained on the proxy RM's own pairs,
     from π_SFT with π_ref = π_SFT, no reward model (Rafailov et al., arXiv 2406.02900)."""
 
     epochs: int = Field(2, gt=0, description="Passes over the training pairs.")
@@ -343,14 +349,21 @@ class SimPOConfig(_Frozen):
 
 
 class RPOConfig(_Frozen):
-    """RPO (Liu et al., arXiv 2405.16436): DPO + η·(−log π(y_c)/|y_c|), the SFT loss on the chosen response."""
+    """RPO (Liu et al., arXiv 2405.16436, as their code computes it): DPO − β·η·log π(y_c), log π(y_c) summed."""
+
+    beta: float = Field(0.1, gt=0, description="β of the DPO term (it also scales the SFT term).")
+    eta: float = Field(0.005, ge=0, description="η: the SFT term's weight, times β (the paper's recipes: 0.005).")
+
+
+class DPONLLConfig(_Frozen):
+    """DPO+NLL (Pang et al., arXiv 2404.19733; TRL's "sft" loss type): DPO + α·(−log π(y_c)/|y_c|)."""
 
     beta: float = Field(0.1, gt=0, description="β of the DPO term.")
-    eta: float = Field(1.0, ge=0, description="η: weight of the length-normalised NLL of the chosen response.")
+    alpha: float = Field(1.0, ge=0, description="α: weight of the per-token NLL of the chosen response (paper: 1).")
 
 
 class HingeConfig(_Frozen):
-    """SLiC hinge (Zhao et al., arXiv 2305.10425): max(0, 1 − β·Δ)."""
+    """Hinge on the log-ratios to π_ref, RSO's hinge-norm (Liu et al., arXiv 2309.06657): max(0, 1 − β·Δ)."""
 
     beta: float = Field(0.1, gt=0, description="β: the margin is reached at Δ = 1/β.")
 
@@ -394,12 +407,11 @@ class SignCertConfig(_Frozen):
     """SignCert-PO (arXiv 2604.02986 §3, Algorithm 1): worst-case advantages over a ball of head weights."""
 
     quantile: float = Field(0.2, ge=0, le=1, description="q: ε is this quantile of the radii (paper tunes 0.1-0.5).")
-    threshold_on: Literal["radius", "inverse_radius"] = Field(
-        "radius", description="ε = quantile of Δ (paper App. F.1.2) or of 1/Δ (Algorithm 1 as printed)."
-    )
     scope: Literal["batch", "group"] = Field("batch", description="Quantile over the whole batch (paper) or per group.")
-    weighting: Literal["shrink", "drop", "linear"] = Field(
-        "shrink", description="shrink: Ã = sign(A)(|A| − ε‖d‖) (paper); drop: 0 below ε; linear: Δ/ε below ε."
+    weighting: Literal["shrink", "shrink_clip", "drop", "linear"] = Field(
+        "shrink",
+        description="shrink: Ã = sign(A)(|A| − ε‖d‖) (paper); shrink_clip: the same, floored at 0 (no sign "
+        "reversal); drop: 0 below ε; linear: Δ/ε below ε.",
     )
     metric: Literal["l2", "fisher"] = Field(
         "l2", description="Uncertainty set of the head: ℓ2 ball (paper), or the ellipsoid of its damped Fisher."
@@ -537,6 +549,7 @@ class ExperimentConfig(_Frozen):
     ipo: IPOConfig = IPOConfig()
     simpo: SimPOConfig = SimPOConfig()
     rpo: RPOConfig = RPOConfig()
+    dpo_nll: DPONLLConfig = DPONLLConfig()
     hinge: HingeConfig = HingeConfig()
     ref_reset: RefResetConfig = RefResetConfig()
     gr: GRConfig = GRConfig()
@@ -638,6 +651,7 @@ SWEEPABLE = (
     "ipo",
     "simpo",
     "rpo",
+    "dpo_nll",
     "hinge",
     "ref_reset",
     "gr",

@@ -7,10 +7,10 @@ The gold reward gain R = gold − gold_SFT is a function of d = sqrt(KL(π ‖ �
 * RL:        R_RL(d)  = d(α − β·log d).
 
 This module holds the unbiased best-of-n estimator from N ≥ n samples, the closed-form KL bound and a
-plug-in KL on the empirical distribution, the least-squares fits of both forms, seed-bootstrap confidence
+plug-in KL on the empirical distribution, the least-squares fits of both forms, jackknife t confidence
 intervals, and a forecast of the peak from the early part of a run.
 
-It imports only numpy and the standard library: the report uses it and must never import torch.
+It imports only numpy, overopt.stats and the standard library: the report uses it and must never import torch.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from overopt.stats import interval
 
 FORMS = ("rl", "bon")
 
@@ -246,45 +248,34 @@ def fit_form(d, R, form: str) -> Fit:
     return Fit(form, alpha, beta, r2, int(d.size), float(d.max()))
 
 
-def fit_curves(curves, form: str, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, Any]:
-    """Fit `form` to one method's curves, one (d, R) pair of arrays per seed, with bootstrap CIs over seeds.
+def fit_curves(curves, form: str, level: float = 0.95) -> dict[str, Any]:
+    """Fit `form` to one method's curves, one (d, R) pair of arrays per seed, with intervals over seeds.
 
-    The point fit pools every seed's points (fit_form; its ValueError propagates). The bootstrap resamples
-    the seeds with replacement n_boot times and refits the pooled resample: resamples whose fit fails are
-    skipped and counted (boot_failed); percentile intervals at `level` for alpha and beta come from the rest,
-    and those for d_peak and gold_peak from the resamples whose fit has a peak (boot_with_peak of them). Seeds,
-    not points, are resampled because points of one run are correlated. With one seed there is nothing to
-    resample: every CI is None and n_boot is 0 (it reports the resamples drawn). Deterministic for a given
-    seed (np.random.default_rng(seed)).
+    The point fit pools every seed's points (fit_form; its ValueError propagates). Each coefficient's interval
+    is overopt.stats.interval's jackknife over seeds: the pooled fit refitted with one seed left out, Student t
+    on S − 1 degrees of freedom (seeds, not points, are the units, because points of one run are correlated).
+    An interval is None with one seed, or when a leave-one-out fit fails or (d_peak, gold_peak) has no peak.
+    Deterministic.
 
     Returns a JSON-ready dict: form, alpha, beta, r2, d_peak, gold_peak, n_points, n_seeds,
-    d_max, ci {alpha, beta, d_peak, gold_peak: [lo, hi] or None}, n_boot, boot_failed, boot_with_peak, level,
-    forecast (see `forecast`)."""
+    d_max, ci {alpha, beta, d_peak, gold_peak: [lo, hi] or None}, level, forecast (see `forecast`)."""
     _check_form(form)
-    n_boot = _as_int(n_boot, "fit_curves: n_boot")
-    if n_boot < 0:
-        raise ValueError(f"fit_curves: n_boot must be >= 0, got {n_boot}")
     if not 0 < level < 1:
         raise ValueError(f"fit_curves: level must be in (0, 1), got {level}")
     seeds = _as_curves(curves, f"fit {form}")
     fit = fit_form(np.concatenate([d for d, _ in seeds]), np.concatenate([R for _, R in seeds]), form)
-    S = len(seeds)
-    draws = n_boot if S > 1 else 0
-    rng = np.random.default_rng(seed)
-    alphas, betas, d_peaks, gold_peaks, failed = [], [], [], [], 0
-    for _ in range(draws):
-        pick = rng.integers(0, S, size=S)
-        d, R = np.concatenate([seeds[i][0] for i in pick]), np.concatenate([seeds[i][1] for i in pick])
-        try:
-            boot = fit_form(d, R, form)
-        except ValueError:
-            failed += 1
-            continue
-        alphas.append(boot.alpha)
-        betas.append(boot.beta)
-        if boot.d_peak is not None:
-            d_peaks.append(boot.d_peak)
-            gold_peaks.append(boot.gold_peak)
+
+    def coefficient(name: str):
+        def statistic(subset):
+            try:
+                return getattr(fit_form(np.concatenate([d for d, _ in subset]),
+                                        np.concatenate([R for _, R in subset]), form), name)  # fmt: skip
+            except ValueError:
+                return None
+
+        ci = interval(seeds, statistic=statistic, level=level)
+        return None if ci["lo"] is None else [ci["lo"], ci["hi"]]
+
     return {
         "form": form,
         "alpha": fit.alpha,
@@ -294,16 +285,8 @@ def fit_curves(curves, form: str, n_boot: int = 1000, seed: int = 0, level: floa
         "gold_peak": fit.gold_peak,
         "n_points": fit.n_points,
         "d_max": fit.d_max,
-        "n_seeds": S,
-        "ci": {
-            "alpha": _percentile_ci(alphas, level),
-            "beta": _percentile_ci(betas, level),
-            "d_peak": _percentile_ci(d_peaks, level),
-            "gold_peak": _percentile_ci(gold_peaks, level),
-        },
-        "n_boot": draws,
-        "boot_failed": failed,
-        "boot_with_peak": len(d_peaks),
+        "n_seeds": len(seeds),
+        "ci": {name: coefficient(name) for name in ("alpha", "beta", "d_peak", "gold_peak")},
         "level": float(level),
         "forecast": forecast(curves, form),
     }
@@ -438,10 +421,3 @@ def _finite_mean(x: np.ndarray) -> np.ndarray:
     total = np.where(ok, x, 0.0).sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
-
-
-def _percentile_ci(samples: list[float], level: float) -> list[float] | None:
-    if not samples:
-        return None
-    lo, hi = np.quantile(np.asarray(samples, dtype=np.float64), [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
-    return [float(lo), float(hi)]

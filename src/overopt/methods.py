@@ -98,7 +98,7 @@ def _signcert(ctx: MethodContext, m: Mitigations) -> None:
             raise ValueError("signcert.metric=fisher needs the reward model's training data; this proxy has none")
         rm = ctx.reward_source.models()[0]
         metric = fisher_metric(rm, ctx.labelled, ctx.testbed.tokenizer.pad_token_id, s.fisher_damping)
-    m.advantage_transform = SignCertAdvantages(s.quantile, s.threshold_on, s.scope, s.weighting, metric)
+    m.advantage_transform = SignCertAdvantages(s.quantile, s.scope, s.weighting, metric)
 
 
 def _par(ctx: MethodContext, m: Mitigations) -> None:

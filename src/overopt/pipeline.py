@@ -65,17 +65,31 @@ def _stage_fingerprints(cfg: ExperimentConfig, proxy: str) -> dict[str, str]:
     entry = TESTBEDS.resolve(cfg.testbed)  # a plugin's code version makes its stages stale when it changes
     world = (cfg.testbed, entry.knobs(cfg), cfg.seed, *([entry.version] if entry.version else []))
     sft = fingerprint(world, cfg.model.model_dump(), cfg.sft.model_dump())
+    heldout = _heldout_fingerprints(cfg, sft)
     if proxy == "rule":
-        return {"sft": sft, "data": sft, "rm": sft}
+        return {"sft": sft, "data": sft, "rm": sft, **heldout}
     labelled = fingerprint(sft, _labelled_section(cfg, proxy).model_dump())
     if proxy in ("judge", "process"):
-        return {"sft": sft, "data": labelled, "rm": labelled}
+        return {"sft": sft, "data": labelled, "rm": labelled, **heldout}
     # An RM of its own size starts from an SFT model of that size ("rm_backbone"); the size knobs enter the
     # RM's fingerprint through that stage only, so an RM on the policy's backbone keeps its fingerprint.
     own = _own_rm_backbone(cfg)
     backbone = fingerprint(world, cfg.rm_backbone.model_dump(), cfg.sft.model_dump()) if own else sft
     rm = fingerprint(labelled, cfg.rm.model_dump(exclude=set(ModelConfig.model_fields)), *([backbone] if own else []))
-    return {"sft": sft, "data": labelled, "rm": rm, "rm_backbone": backbone}
+    return {"sft": sft, "data": labelled, "rm": rm, "rm_backbone": backbone, **heldout}
+
+
+def _heldout_fingerprints(cfg: ExperimentConfig, sft: str) -> dict[str, str]:
+    """The validation RM's stages (eval.heldout_rm_prompts > 0): its own pairs and a Bradley-Terry RM on the SFT
+    backbone, trained with the pairs and rm sections whatever the testbed's proxy is."""
+    n = cfg.eval.heldout_rm_prompts
+    if not n:
+        return {}
+    pairs = fingerprint(sft, cfg.pairs.model_dump(), "heldout", n)
+    return {
+        "heldout_pairs": pairs,
+        "rm_heldout": fingerprint(pairs, cfg.rm.model_dump(exclude=set(ModelConfig.model_fields))),
+    }
 
 
 def _own_rm_backbone(cfg: ExperimentConfig) -> bool:
@@ -94,7 +108,9 @@ def _run_fingerprint(rm_fp: str, plan, variant: ExperimentConfig, seed: int) -> 
     # the run it was before rl.stop_on_alarm existed, so the empty field leaves finished runs valid.
     unset = {"stop_on_alarm"} if not plan.rl.stop_on_alarm else None
     rl = {} if plan.best_of_n or plan.daa else plan.rl.model_dump(exclude=unset)
-    return fingerprint(rm_fp, plan.name, rl, variant.eval.model_dump(), sections, seed)
+    # Likewise a run without a validation RM is the run it was before eval.heldout_rm_prompts existed.
+    evaluation = variant.eval.model_dump(exclude=None if variant.eval.heldout_rm_prompts else {"heldout_rm_prompts"})
+    return fingerprint(rm_fp, plan.name, rl, evaluation, sections, seed)
 
 
 def _refuse_stale(out: Path, fps: dict[str, str], runs: dict[Path, str]) -> None:
@@ -103,6 +119,7 @@ def _refuse_stale(out: Path, fps: dict[str, str], runs: dict[Path, str]) -> None
     if "rm_backbone" in fps:
         stages[out / "artifacts" / "rm_backbone"] = fps["rm_backbone"]
     stages.update({out / "artifacts" / data: fps["data"] for data in ("pairs", "judge_data")})
+    stages.update({out / "artifacts" / name: fps[name] for name in ("heldout_pairs", "rm_heldout") if name in fps})
     for member in out.glob("artifacts/rm_*"):  # ensemble members 1..k-1
         if member.name[3:].isdigit():
             stages[member] = fingerprint(fps["rm"], int(member.name[3:]))
@@ -320,13 +337,25 @@ def build_lab(cfg: ExperimentConfig, testbed, plans: Plans, publish: bool = True
     if train_member is not None:
         first_reward_models(1)
 
+    # 4b. The practitioner's validation RM (eval.heldout_rm_prompts): a Bradley-Terry RM on gold-labelled SFT pairs
+    #     of prompts the proxy never saw; the runs log its score of their eval samples, gold stays unseen.
+    heldout_rm = None
+    if cfg.eval.heldout_rm_prompts:
+        validation = _pairs_and_rm(cfg, testbed, sft_policy, sft_dir, prompts=_heldout_prompts(cfg, testbed))
+        pairs_dir = stage("heldout_pairs", fps["heldout_pairs"], validation.build_data)
+        heldout_pairs = _load_artifact(pairs_dir, _load_labelled, columns=PAIR_COLUMNS)
+        rm_dir = stage("rm_heldout", fps["rm_heldout"], partial(validation.build_model, heldout_pairs,
+                                                                 cfg.seed + HELDOUT_RM_SEED))  # fmt: skip
+        heldout_rm = _load_artifact(rm_dir, AutoModelForSequenceClassification.from_pretrained, **SAFE_LOADING)
+        heldout_rm = heldout_rm.to(sft_policy.device).eval()
+
     # The held-out prompts of every evaluation; policy optimisation runs through run_job.
     eval_ids, eval_mask = pad_left(_eval_prompts(cfg, testbed), tok.pad_token_id)
     return Lab(
         cfg=cfg, testbed=testbed, sft_dir=sft_dir, rm_backbone=rm_backbone, sft_policy=sft_policy, pairs=labelled,
         reward_models=first_reward_models,
         train_prompts=_rl_prompts(cfg, testbed),
-        eval_ids=eval_ids, eval_mask=eval_mask, run_fingerprints=runs,
+        eval_ids=eval_ids, eval_mask=eval_mask, run_fingerprints=runs, heldout_rm=heldout_rm,
     )  # fmt: skip
 
 
@@ -348,6 +377,14 @@ def _rl_prompts(cfg: ExperimentConfig, testbed: Testbed) -> list[list[int]]:
     return testbed.prompts("train", max(4 * cfg.rl.prompts_per_step, cfg.pairs.n_prompts), cfg.seed + 2)
 
 
+HELDOUT_RM_SEED = 1000  # the validation RM's head init and data order: cfg.seed + this (no proxy member has it)
+
+
+def _heldout_prompts(cfg: ExperimentConfig, testbed: Testbed) -> list[list[int]]:
+    """The validation RM's prompts: a draw of their own (seed + 3), apart from the proxy's (seed + 1)."""
+    return testbed.prompts("train", cfg.eval.heldout_rm_prompts, cfg.seed + 3)
+
+
 def _labelled_prompts(cfg: ExperimentConfig, testbed: Testbed) -> list[list[int]]:
     """The prompts of the proxy's labelled data: preference pairs, the judge's or the PRM's answers."""
     return testbed.prompts("train", _labelled_section(cfg, testbed.proxy).n_prompts, cfg.seed + 1)
@@ -364,6 +401,8 @@ def _longest_sequence(cfg: ExperimentConfig, testbed: Testbed, corpus: list) -> 
     prompt_sets = [_eval_prompts(cfg, testbed), _rl_prompts(cfg, testbed)]
     if testbed.proxy != "rule":
         prompt_sets.append(_labelled_prompts(cfg, testbed))
+    if cfg.eval.heldout_rm_prompts:
+        prompt_sets.append(_heldout_prompts(cfg, testbed))
     prompts = [p for prompts in prompt_sets for p in prompts]
     vocab = len(testbed.tokenizer)
     bad = next((t for p in [*prompts, *(e.prompt_ids + e.completion_ids for e in corpus)] for t in p
@@ -453,14 +492,17 @@ class _ProxyTraining(NamedTuple):
     build_model: Callable[[DatasetDict, int, Path, StageProgress, Checkpointer], dict]
 
 
-def _pairs_and_rm(cfg: ExperimentConfig, testbed, sft_policy, backbone: Path) -> _ProxyTraining:
-    """Gold-labelled pairs sampled from the SFT policy; Bradley-Terry RMs (`backbone`, fresh head)."""
+def _pairs_and_rm(
+    cfg: ExperimentConfig, testbed, sft_policy, backbone: Path, prompts: list[list[int]] | None = None
+) -> _ProxyTraining:
+    """Gold-labelled pairs sampled from the SFT policy (on `prompts`, else the proxy's labelled prompts);
+    Bradley-Terry RMs (`backbone`, fresh head)."""
     tok = testbed.tokenizer
 
     def build_data(tmp: Path, progress: StageProgress, checkpoints: Checkpointer) -> dict:
         torch.manual_seed(cfg.seed)
         pairs, stats = sample_and_label_pairs(
-            sft_policy, testbed, _labelled_prompts(cfg, testbed),
+            sft_policy, testbed, _labelled_prompts(cfg, testbed) if prompts is None else prompts,
             labeling=cfg.pairs.labeling, bt_temperature=cfg.pairs.bt_temperature, label_noise=cfg.pairs.label_noise,
             drop_ties=cfg.pairs.drop_ties, seed=cfg.seed, batch_size=SAMPLE_BATCH, progress=progress,
         )  # fmt: skip

@@ -1,11 +1,16 @@
-"""Numbers and rank statistics with numpy only, shared by the torch side (overopt.ops) and the torch-free report."""
+"""Numbers, intervals and rank statistics (numpy and scipy), shared by the torch side (overopt.ops), the torch-free
+report and the experiments: every "[lo, hi]" the lab prints comes from :func:`interval`."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
+
+LEVEL = 0.95
+CI = dict[str, Any]  # {"mean", "lo", "hi", "n"}: the estimate, its interval and the number of units
 
 
 def finite_float(x: Any) -> float | None:
@@ -41,3 +46,56 @@ def auroc(scores, labels) -> float:
     ranks = np.empty_like(s)
     ranks[order] = mean_rank[inverse]
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def interval(units: Iterable[Any], statistic: Callable[[Sequence[Any]], Any] | None = None,
+             level: float = LEVEL) -> CI:  # fmt: skip
+    """Confidence interval over a few independent units (seeds, labs): Student t on the units.
+
+    Without ``statistic``, ``units`` are one number per unit (None and non-finite values dropped) and
+    the interval is the Student t interval of their mean, ``x̄ ± t_{n−1, (1+level)/2} · s/√n`` (s with
+    ddof 1), which covers at its level for normal units at any n ≥ 2: at n = 3 a percentile bootstrap
+    of the mean covers about 76 % at a nominal 95 % (it ignores that s underestimates σ and that the
+    resampled mean takes few values), this 95 %.
+
+    With ``statistic`` (a function of a list of units returning a number or None: a pooled fit, an
+    envelope), the estimate is ``statistic(units)`` and its standard error the jackknife's, over the
+    leave-one-unit-out estimates θ₍ᵢ₎: ``SE = sqrt((n−1)/n · Σ (θ₍ᵢ₎ − θ̄₍·₎)²)`` (Efron & Stein 1981),
+    with the same t quantile on n − 1 degrees of freedom. For the mean this is exactly the t interval
+    above; for a smooth statistic it is its delta-method analogue. A leave-one-out estimate that is
+    None makes the interval None (the statistic is not defined on every n − 1 units).
+
+    Returns ``{"mean": estimate, "lo", "hi", "n"}``: n = 0: all None; n = 1: lo and hi None (one unit
+    has no spread to measure); all units equal: lo = hi = the estimate.
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"interval: level must be in (0, 1), got {level}")
+    if statistic is None:
+        units = [v for v in (finite_float(x) for x in units) if v is not None]
+        statistic = _mean
+    else:
+        units = list(units)
+    n = len(units)
+    estimate = finite_float(statistic(units)) if n else None
+    if estimate is None:
+        return {"mean": None, "lo": None, "hi": None, "n": n}
+    if n < 2:
+        return {"mean": estimate, "lo": None, "hi": None, "n": n}
+    leave_out = [finite_float(statistic(units[:i] + units[i + 1 :])) for i in range(n)]
+    if any(v is None for v in leave_out):
+        return {"mean": estimate, "lo": None, "hi": None, "n": n}
+    theta = np.asarray(leave_out, dtype=np.float64)
+    se = math.sqrt((n - 1) / n * float(((theta - theta.mean()) ** 2).sum()))
+    half = t_quantile((1 + level) / 2, n - 1) * se
+    return {"mean": estimate, "lo": estimate - half, "hi": estimate + half, "n": n}
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The p-quantile of Student's t with ``df`` degrees of freedom (scipy.stats.t)."""
+    from scipy.stats import t  # imported where an interval is computed: scipy is slow to import
+
+    return float(t.ppf(p, df))
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return math.fsum(values) / len(values) if values else None

@@ -26,8 +26,9 @@ def _naive(values: list[float], name: str, gamma: float, empty: float) -> float:
     mean = sum(values) / len(values)
     if name == "mean":
         return mean
-    variance = sum((r - mean) ** 2 for r in values) / len(values)
-    return mean / math.sqrt(math.log1p(math.exp(variance)) + 1e-8)
+    # RRA's sharpe_ratio: population variance (sum2/n − mean²), clipped below at 1e-8.
+    variance = sum(r * r for r in values) / len(values) - mean**2
+    return mean / math.sqrt(max(variance, 1e-8))
 
 
 def _data(seed: int = 0):
@@ -65,11 +66,12 @@ def test_identities():
     single[:, 3] = 1
     for name in ("sum", "max", "min", "mean"):
         torch.testing.assert_close(aggregate(rewards, single, name), rewards[:, 3], rtol=0, atol=0)
-    # mean of a constant is the constant; its Sharpe ratio is c / sqrt(log 2 + 1e-8).
+    # mean of a constant is the constant; its Sharpe ratio (variance 0, clipped at 1e-8) is c × 10⁴, and so is
+    # that of a single step.
     constant = torch.full((B, S), 0.37, dtype=torch.float64)
     torch.testing.assert_close(aggregate(constant, ones, "mean"), constant[:, 0], rtol=1e-15, atol=1e-15)
-    want = 0.37 / math.sqrt(math.log(2) + 1e-8)
-    torch.testing.assert_close(aggregate(constant, ones, "sharpe"), torch.full((B,), want, dtype=torch.float64))
+    torch.testing.assert_close(aggregate(constant, ones, "sharpe"), torch.full((B,), 3700.0, dtype=torch.float64))
+    torch.testing.assert_close(aggregate(rewards, single, "sharpe"), rewards[:, 3] * 1e4, rtol=1e-12, atol=0)
     # min ≤ mean ≤ max; γ = 0 leaves the first step of a sum, and compares it with 0 for max and min.
     lo, mid, hi = (aggregate(rewards, ones, n) for n in ("min", "mean", "max"))
     assert bool((lo <= mid).all() and (mid <= hi).all())
@@ -87,6 +89,15 @@ def test_identities():
     for name in REWARD_AGGREGATIONS:
         torch.testing.assert_close(aggregate(rewards, mask, name), aggregate(packed, packed_mask, name), rtol=1e-14,
                                    atol=1e-14)  # fmt: skip
+
+
+def test_sharpe_of_one_two_three_is_mean_over_population_std():
+    # RRA's Sharpe ratio: mean 2 over sqrt((1 + 4 + 9)/3 − 4) = sqrt(2/3), i.e. sqrt(6) = 2.449…; the
+    # softplus form this lab had before (mean/sqrt(softplus(var) + 1e-8)) gives 1.935 and fails here.
+    rewards = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)
+    got = aggregate(rewards, torch.ones_like(rewards), "sharpe")
+    assert got.item() == pytest.approx(math.sqrt(6.0), rel=1e-14)
+    assert abs(got.item() - 2.0 / math.sqrt(math.log1p(math.exp(2.0 / 3.0)) + 1e-8)) > 0.5
 
 
 def test_gradients_flow_to_the_rewards():
@@ -156,7 +167,7 @@ def _post(name: str, state: tuple) -> float:
     n = max(state[-1], 1)
     if name == "mean":
         return state[0] / n
-    return state[0] / math.sqrt(math.log1p(math.exp(state[1] / n)) + 1e-8)
+    return state[0] / math.sqrt(max(state[1] / n, 1e-8))
 
 
 _INIT = {"sum": (0.0,), "max": (-math.inf,), "min": (math.inf,), "mean": (0.0, 0.0), "sharpe": (0.0, 0.0, 0.0)}

@@ -11,12 +11,23 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overopt.ops import DAA_LOSSES, DAALoss, daa_loss, dpo_loss, hinge_loss, ipo_loss, rpo_loss, simpo_loss
+from overopt.ops import (
+    DAA_LOSSES,
+    DAALoss,
+    daa_loss,
+    dpo_loss,
+    dpo_nll_loss,
+    hinge_loss,
+    ipo_loss,
+    rpo_loss,
+    simpo_loss,
+)
 
 B = 9
 BETA = 0.7
 GAMMA = 0.4
 ETA = 0.3
+ALPHA = 0.6
 
 
 def _batch(gen):
@@ -51,7 +62,7 @@ def _rows(batch):
     return zip(*(batch[k].tolist() for k in keys))
 
 
-def ref_daa(name, batch, beta, gamma=0.0, eta=0.0, ipo_length_normalized=False):
+def ref_daa(name, batch, beta, gamma=0.0, eta=0.0, ipo_length_normalized=False, alpha=0.0):
     """Per-pair (losses, chosen_rewards, rejected_rewards) lists, one example at a time."""
     losses, chosen_rewards, rejected_rewards = [], [], []
     for c, r, rc, rr, lc, lr in _rows(batch):
@@ -64,7 +75,11 @@ def ref_daa(name, batch, beta, gamma=0.0, eta=0.0, ipo_length_normalized=False):
             if name == "dpo":
                 loss = _neg_log_sigmoid(beta * delta)
             elif name == "rpo":
-                loss = _neg_log_sigmoid(beta * delta) + eta * (-c / lc)
+                # Liu et al.'s code (alignment-handbook rpo_trainer.py): the DPO loss, then
+                # losses -= policy_chosen_logps * beta * eta, with the chosen log-prob summed.
+                loss = _neg_log_sigmoid(beta * delta) - c * beta * eta
+            elif name == "dpo_nll":
+                loss = _neg_log_sigmoid(beta * delta) + alpha * (-c / lc)
             elif name == "hinge":
                 loss = max(0.0, 1.0 - beta * delta)
             elif name == "ipo":
@@ -79,7 +94,7 @@ def ref_daa(name, batch, beta, gamma=0.0, eta=0.0, ipo_length_normalized=False):
     return losses, chosen_rewards, rejected_rewards
 
 
-def _call(name, batch, beta=BETA, gamma=GAMMA, eta=ETA):
+def _call(name, batch, beta=BETA, gamma=GAMMA, eta=ETA, alpha=ALPHA):
     """The public per-loss function (not the dispatcher), with only the arguments it takes."""
     pol = (batch["chosen_logps"], batch["rejected_logps"])
     ref = (batch["ref_chosen_logps"], batch["ref_rejected_logps"])
@@ -90,7 +105,9 @@ def _call(name, batch, beta=BETA, gamma=GAMMA, eta=ETA):
     if name == "simpo":
         return simpo_loss(*pol, batch["chosen_lengths"], batch["rejected_lengths"], beta, gamma)
     if name == "rpo":
-        return rpo_loss(*pol, *ref, batch["chosen_lengths"], beta, eta)
+        return rpo_loss(*pol, *ref, beta, eta)
+    if name == "dpo_nll":
+        return dpo_nll_loss(*pol, *ref, batch["chosen_lengths"], beta, alpha)
     return hinge_loss(*pol, *ref, beta)
 
 
@@ -100,8 +117,8 @@ def _call(name, batch, beta=BETA, gamma=GAMMA, eta=ETA):
 @pytest.mark.parametrize("name", DAA_LOSSES)
 def test_losses_match_loop(gen, assert_close, name):
     batch = _batch(gen)
-    expected = ref_daa(name, batch, BETA, GAMMA, ETA)
-    for out in (_call(name, batch), daa_loss(name, **batch, beta=BETA, gamma=GAMMA, eta=ETA)):
+    expected = ref_daa(name, batch, BETA, GAMMA, ETA, alpha=ALPHA)
+    for out in (_call(name, batch), daa_loss(name, **batch, beta=BETA, gamma=GAMMA, eta=ETA, alpha=ALPHA)):
         assert isinstance(out, DAALoss)
         assert_close(out.losses, expected[0], rtol=0, atol=1e-12)
         assert_close(out.chosen_rewards, expected[1], rtol=0, atol=1e-12)
@@ -137,12 +154,16 @@ def test_losses_mutations(gen, assert_far):
     unit_lengths = dict(batch, chosen_lengths=torch.ones(B), rejected_lengths=torch.ones(B))
     for name in DAA_LOSSES:
         out = _call(name, batch).losses
-        assert_far(out, ref_daa(name, swapped, BETA, GAMMA, ETA)[0])  # chosen / rejected swapped
-    # IPO on h instead of Δ; SimPO without γ or without the length normalisation; RPO's NLL summed.
+        assert_far(out, ref_daa(name, swapped, BETA, GAMMA, ETA, alpha=ALPHA)[0])  # chosen / rejected swapped
+    # IPO on h instead of Δ; SimPO without γ or without the length normalisation; DPO+NLL's NLL summed.
     assert_far(_call("ipo", batch).losses, [(BETA * d - 0.5 / BETA) ** 2 for d in _deltas(batch)])
     assert_far(_call("simpo", batch).losses, ref_daa("simpo", batch, BETA, 0.0)[0])
     assert_far(_call("simpo", batch).losses, ref_daa("simpo", unit_lengths, BETA, GAMMA)[0])
-    assert_far(_call("rpo", batch).losses, ref_daa("rpo", unit_lengths, BETA, eta=ETA)[0])
+    assert_far(_call("dpo_nll", batch).losses, ref_daa("dpo_nll", unit_lengths, BETA, alpha=ALPHA)[0])
+    # RPO is not the per-token NLL form (the reading of RPO this lab had before): summed, and scaled by β.
+    assert_far(_call("rpo", batch).losses, ref_daa("dpo_nll", batch, BETA, alpha=ETA)[0])
+    unscaled = [_neg_log_sigmoid(BETA * d) - row[0] * ETA for d, row in zip(_deltas(batch), _rows(batch))]
+    assert_far(_call("rpo", batch).losses, unscaled)
     # The reference is used: dropping it changes DPO.
     no_ref = dict(batch, ref_chosen_logps=torch.zeros(B).double(), ref_rejected_logps=torch.zeros(B).double())
     assert_far(_call("dpo", batch).losses, ref_daa("dpo", no_ref, BETA)[0])
@@ -163,13 +184,14 @@ def _deltas(batch):
     st.sampled_from(DAA_LOSSES),
 )
 def test_losses_match_loop_property(logps, chosen_len, rejected_len, beta, gamma, eta, name):
+    # eta serves as RPO's η and DPO+NLL's α.
     batch = {k: torch.tensor([v], dtype=torch.float64) for k, v in zip(("chosen_logps", "rejected_logps"), logps)}
     batch["ref_chosen_logps"] = torch.tensor([logps[2]], dtype=torch.float64)
     batch["ref_rejected_logps"] = torch.tensor([logps[3]], dtype=torch.float64)
     batch["chosen_lengths"] = torch.tensor([chosen_len])
     batch["rejected_lengths"] = torch.tensor([rejected_len])
-    out = daa_loss(name, **batch, beta=beta, gamma=gamma, eta=eta)
-    expected = ref_daa(name, batch, beta, gamma, eta)[0][0]
+    out = daa_loss(name, **batch, beta=beta, gamma=gamma, eta=eta, alpha=eta)
+    expected = ref_daa(name, batch, beta, gamma, eta, alpha=eta)[0][0]
     assert math.isfinite(out.losses.item()) and out.losses.item() >= 0.0
     assert abs(out.losses.item() - expected) <= 1e-12 * max(1.0, abs(expected))
 
@@ -177,12 +199,25 @@ def test_losses_match_loop_property(logps, chosen_len, rejected_len, beta, gamma
 # --- identities -----------------------------------------------------------------------------------
 
 
-def test_rpo_with_eta_zero_is_dpo_exactly(gen):
+@pytest.mark.parametrize("name", ["rpo", "dpo_nll"])
+def test_sft_weight_zero_is_dpo_exactly(gen, name):
     batch = _batch(gen)
-    rpo = _call("rpo", batch, eta=0.0)
+    regularised = _call(name, batch, eta=0.0, alpha=0.0)
     dpo = _call("dpo", batch)
-    for a, b in zip(rpo, dpo):
+    for a, b in zip(regularised, dpo):
         assert torch.equal(a, b)
+
+
+def test_rpo_gradient_is_dpo_plus_beta_eta_per_chosen_logp(gen, assert_close):
+    # d/d log π(y_c) of the SFT term is −β·η for every pair, whatever its length (a sum, not a token mean).
+    batch = _batch(gen)
+    grads = []
+    for eta in (ETA, 0.0):
+        chosen = batch["chosen_logps"].clone().requires_grad_(True)
+        rpo_loss(chosen, batch["rejected_logps"], batch["ref_chosen_logps"], batch["ref_rejected_logps"], BETA,
+                 eta).losses.sum().backward()  # fmt: skip
+        grads.append(chosen.grad)
+    assert_close(grads[0] - grads[1], torch.full((B,), -BETA * ETA, dtype=torch.float64))
 
 
 def test_dpo_gradient_at_zero_margin(assert_close):
@@ -252,7 +287,8 @@ def test_gradcheck_and_detached_outputs(gen, name):
     batch = {k: v[:4] for k, v in batch.items()}
 
     def fn(c, r):
-        return daa_loss(name, **dict(batch, chosen_logps=c, rejected_logps=r), beta=BETA, gamma=GAMMA, eta=ETA).losses
+        return daa_loss(name, **dict(batch, chosen_logps=c, rejected_logps=r), beta=BETA, gamma=GAMMA, eta=ETA,
+                        alpha=ALPHA).losses  # fmt: skip
 
     args = (batch["chosen_logps"].clone().requires_grad_(True), batch["rejected_logps"].clone().requires_grad_(True))
     assert torch.autograd.gradcheck(fn, args)
@@ -279,9 +315,9 @@ def test_dtype_follows_the_logps(gen):
     batch = _batch(gen)
     batch32 = {k: v.float() if v.is_floating_point() else v for k, v in batch.items()}
     for name in DAA_LOSSES:
-        out = daa_loss(name, **batch32, beta=BETA, gamma=GAMMA, eta=ETA)
+        out = daa_loss(name, **batch32, beta=BETA, gamma=GAMMA, eta=ETA, alpha=ALPHA)
         assert all(t.dtype == torch.float32 and t.shape == (B,) for t in out)
-        ref = daa_loss(name, **batch, beta=BETA, gamma=GAMMA, eta=ETA)
+        ref = daa_loss(name, **batch, beta=BETA, gamma=GAMMA, eta=ETA, alpha=ALPHA)
         torch.testing.assert_close(out.losses.double(), ref.losses, rtol=1e-5, atol=1e-5)
 
 
@@ -297,7 +333,7 @@ def test_validation(gen):
             daa_loss("dpo", **batch, beta=beta)
         with pytest.raises(ValueError, match="beta must be > 0"):
             _call("simpo", batch, beta=beta)
-    for name in ("dpo", "ipo", "rpo", "hinge"):
+    for name in ("dpo", "ipo", "rpo", "dpo_nll", "hinge"):
         with pytest.raises(ValueError, match="needs ref_chosen_logps"):
             daa_loss(name, **dict(batch, ref_rejected_logps=None), beta=BETA)
     no_ref = dict(batch, ref_chosen_logps=None, ref_rejected_logps=None)
@@ -319,6 +355,8 @@ def test_validation(gen):
         ipo_loss(*(batch[k] for k in list(batch)[:4]), BETA, length_normalized=True)
     with pytest.raises(ValueError, match="eta must be >= 0"):
         _call("rpo", batch, eta=-0.1)
+    with pytest.raises(ValueError, match="alpha must be >= 0"):
+        _call("dpo_nll", batch, alpha=float("inf"))
     with pytest.raises(ValueError, match="gamma must be finite"):
         _call("simpo", batch, gamma=float("nan"))
 
@@ -328,7 +366,8 @@ def test_validation(gen):
 # Written against TRL 1.16.0. There, DPOTrainer has no ``dpo_loss`` method and no ``rpo_alpha``: the
 # loss is computed inline in ``DPOTrainer._compute_loss(model, inputs, return_outputs)`` for each entry
 # of ``loss_types`` ("sigmoid", "hinge", "ipo", "sft", ...) weighted by ``loss_weights`` and averaged
-# over pairs; RPO is ``loss_types=["sigmoid", "sft"]``, ``loss_weights=[1, η]``. We run that method on
+# over pairs; DPO+NLL is ``loss_types=["sigmoid", "sft"]``, ``loss_weights=[1, α]`` (TRL has no loss of
+# Liu et al.'s RPO, which is tested against its authors' code above). We run that method on
 # ``object.__new__(DPOTrainer)`` with exactly the attributes it reads (precomputed reference log-probs,
 # no ld_alpha / weighting / aux loss, reverse-KL f-divergence) and a stub model whose output carries the
 # per-token log-probs (zero off the completion, as TRL's fused LM head returns them), entropy,
@@ -431,13 +470,13 @@ def _trl_dpo(dpo_trainer_cls, token_logps, mask, ours, loss_types, loss_weights,
         ("dpo", ["sigmoid"], [1.0]),
         ("hinge", ["hinge"], [1.0]),
         ("ipo", ["ipo"], [1.0]),
-        ("rpo", ["sigmoid", "sft"], [1.0, ETA]),
+        ("dpo_nll", ["sigmoid", "sft"], [1.0, ALPHA]),
     ],
 )
 def test_matches_trl_dpo_trainer(gen, assert_close, trl_trainers, name, loss_types, loss_weights):
-    # RPO: TRL's "sft" term is a token mean over all chosen tokens of the batch, equal to the mean of our
+    # DPO+NLL: TRL's "sft" term is a token mean over all chosen tokens of the batch, equal to the mean of our
     # per-pair length-normalised NLLs only when the chosen lengths are equal (the rejected ones vary).
-    token_logps, mask, ours = _trl_batch(gen, equal_chosen_lengths=name == "rpo")
+    token_logps, mask, ours = _trl_batch(gen, equal_chosen_lengths=name == "dpo_nll")
     loss, metrics = _trl_dpo(trl_trainers[0], token_logps, mask, ours, loss_types, loss_weights, BETA)
     if name == "ipo":
         # TRL's IPO averages each log-ratio over its completion tokens: our length_normalized=True.
@@ -445,7 +484,7 @@ def test_matches_trl_dpo_trainer(gen, assert_close, trl_trainers, name, loss_typ
         summed = ipo_loss(**ours, beta=BETA).losses.mean()
         assert abs(summed.item() - loss.item()) > 1e-3  # the paper's summed form is not TRL's
     else:
-        out = daa_loss(name, **ours, beta=BETA, eta=ETA)
+        out = daa_loss(name, **ours, beta=BETA, alpha=ALPHA)
     assert_close(loss, out.losses.mean())
     assert_close(metrics["rewards/chosen"][0], out.chosen_rewards.mean())
     assert_close(metrics["rewards/rejected"][0], out.rejected_rewards.mean())

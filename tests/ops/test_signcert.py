@@ -297,6 +297,26 @@ def test_worst_case_advantage_is_the_minimum_over_the_ball(gen):
     assert torch.equal(worst_case_advantages(out.advantages, out.feature_norms, math.inf), out.advantages)
 
 
+def test_clipped_worst_case_never_reverses_a_sign(gen):
+    from overopt.ops import worst_case_advantages
+
+    hidden, weight = _inputs(gen)
+    out = sign_radii(hidden, weight)
+    eps = torch.quantile(out.radii.flatten(), 0.5).item()  # half of the completions have Δ < ε
+    clipped = worst_case_advantages(out.advantages, out.feature_norms, eps, clip=True)
+    shifted = worst_case_advantages(out.advantages, out.feature_norms, eps)
+    below = out.radii < eps
+    assert below.any() and (~below).any()
+    # Written per completion from the definition: max(0, 1 − ε/Δ)·A.
+    want = [[max(0.0, 1 - eps / r) * a for r, a in zip(rr, aa)] for rr, aa in zip(out.radii.tolist(),
+                                                                             out.advantages.tolist())]  # fmt: skip
+    torch.testing.assert_close(clipped, torch.tensor(want, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+    assert torch.equal(clipped[below], torch.zeros_like(clipped[below]))
+    assert torch.equal(clipped[~below], shifted[~below])  # robust completions: the same as the paper's form
+    assert (shifted[below] * out.advantages[below] < 0).all()  # which reverses the non-robust ones
+    assert torch.equal(worst_case_advantages(out.advantages, out.feature_norms, 0.0, clip=True), out.advantages)
+
+
 def test_head_fisher_matches_loop_and_is_an_ellipsoid(gen):
     from overopt.ops import head_fisher
 

@@ -13,7 +13,6 @@ from rich.console import Console
 from overopt.report import build_report
 from overopt.report.frontier import (
     analyze_frontier,
-    bootstrap_ci,
     early_stop_gold,
     envelope_band,
     format_ci,
@@ -109,28 +108,16 @@ def make_frontier_out(tmp_path: Path) -> Path:
 # --------------------------------------------------------------------------- #
 # pure functions
 # --------------------------------------------------------------------------- #
-def test_bootstrap_ci():
-    assert bootstrap_ci([0.1] * 5) == {"mean": 0.1, "lo": 0.1, "hi": 0.1, "n": 5}
-    assert bootstrap_ci([2.5]) == {"mean": 2.5, "lo": 2.5, "hi": 2.5, "n": 1}
-    assert bootstrap_ci([]) == {"mean": None, "lo": None, "hi": None, "n": 0}
-    assert bootstrap_ci([None, float("nan")])["n"] == 0
-    # Two values: resampled means are 0, 0.5 or 1 (P = 1/4, 1/2, 1/4): the 2.5 % / 97.5 % quantiles are 0 and 1.
-    assert bootstrap_ci([0.0, 1.0, None]) == {"mean": 0.5, "lo": 0.0, "hi": 1.0, "n": 2}
-    xs = [0.3, 0.1, 0.7, 0.2, 0.9, 0.4]
-    a, b = bootstrap_ci(xs), bootstrap_ci(xs)
-    assert a == b  # seeded: deterministic
-    assert a["mean"] == pytest.approx(np.mean(xs))
-    assert a["lo"] < a["mean"] < a["hi"]
-    narrow = bootstrap_ci(xs, level=0.5)
-    assert a["lo"] < narrow["lo"] and narrow["hi"] < a["hi"]
-
-
 def test_paired_diff_ci():
     a = {0: 1.0, 1: 2.0, 2: 3.0, 3: 9.0}
     b = {0: 0.5, 1: 1.5, 2: 2.5, 5: 0.0}
     d = paired_diff_ci(a, b)
     assert d["n"] == 3 and d["seeds"] == [0, 1, 2]
     assert d["mean"] == d["lo"] == d["hi"] == 0.5
+    b[2] = 2.0  # differences 0.5, 0.5, 1.0: the Student t interval of their mean over 3 seeds
+    d = paired_diff_ci(a, b)
+    half = 4.302652729911275 * np.std([0.5, 0.5, 1.0], ddof=1) / np.sqrt(3)
+    assert d["mean"] == pytest.approx(2 / 3) and d["lo"] == pytest.approx(2 / 3 - half)
     assert paired_diff_ci({0: 1.0}, {1: 1.0})["n"] == 0
 
 
@@ -160,10 +147,12 @@ def test_upper_envelope_and_band():
     gold = [{0: 0.5, 1: 0.5}, {0: 0.9, 1: 0.9}]
     lo, hi = envelope_band(kl, gold, grid)
     assert lo == hi == [None, None, 0.5, 0.5, 0.9, 0.9]
-    # Seed 1 of point 2 sits beyond x = 2: some resamples lose the point there, so the band's lower end drops.
+    # Seed 1 of point 2 sits beyond x = 2: the envelope there is 0.5, 0.9 without seed 1; the jackknife's SE is
+    # sqrt(1/2 · ((0.5 − 0.7)² + (0.9 − 0.7)²)) = 0.2, times t_{1, 0.975} = 12.706 around 0.5. At x = 5 the seeds agree.
     kl[1][1] = 2.4
     lo, hi = envelope_band(kl, gold, grid)
-    assert lo[4] == 0.5 and hi[4] == 0.9 and lo[5] == hi[5] == 0.9
+    assert lo[4] == pytest.approx(0.5 - 12.706204736 * 0.2) and hi[4] == pytest.approx(0.5 + 12.706204736 * 0.2)
+    assert lo[5] == hi[5] == pytest.approx(0.9)
 
 
 def test_loso_select_differs_from_in_sample():
@@ -269,7 +258,7 @@ def test_partial_comparison_records_n(tmp_path):
     assert m["vs_kl"]["seeds"] == [0, 1, 2]
     assert m["vs_kl"]["mean"] == pytest.approx((0.1 + 0.1 - 0.2) / 3)
     md = frontier_markdown(res)
-    assert "| up | up.x=1 ★ | 0.400 [0.400, 0.400] (n=2) | 0.905 [0.900, 0.910] (n=2) | 0/2 |" in md
+    assert "| up | up.x=1 ★ | 0.400 [0.400, 0.400] (n=2) | 0.905 [0.841, 0.969] (n=2) | 0/2 |" in md
 
 
 def test_frontier_markdown_and_plots(tmp_path):
@@ -277,10 +266,10 @@ def test_frontier_markdown_and_plots(tmp_path):
     res = analyze_frontier(out)
     md = frontier_markdown(res)
     assert "| method | KL ≤ 0.5 | KL ≤ 1.5 | KL ≤ 2.5 |" in md
-    assert "| kl | – | 0.510 [0.500, 0.520] | 0.810 [0.800, 0.820] |" in md
+    assert "| kl | – | 0.510 [0.485, 0.535] | 0.810 [0.785, 0.835] |" in md
     assert "| none stopped early |" in md
     assert "| up − kl | – | +0.100 [+0.100, +0.100] | +0.100 [+0.100, +0.100] |" in md
-    assert "| loso | loso.x=A | – | 0.333 [0.000, 1.000] | 0/3 | 0.100 [0.000, 0.300] | moves the frontier up |" in md
+    assert "| loso | loso.x=A | – | 0.333 [-1.101, 1.768] | 0/3 | 0.100 [-0.330, 0.530] | moves the frontier up |" in md
     assert "- up moves the frontier up" in md
     paths = plot_frontier(out, res)
     assert [p.name for p in paths] == ["frontier_methods.png", "matched_kl.png"]
@@ -300,7 +289,7 @@ def test_build_report_with_plan(tmp_path):
     html = (out / "report.html").read_text()
     assert "<h2>Frontier at matched KL</h2>" in html
     assert "none stopped early" in html and "up moves the frontier up" in html
-    assert "0.810 [0.800, 0.820]" in html and "loso.x=A ★" not in html and "up.x=1 ★" in html
+    assert "0.810 [0.785, 0.835]" in html and "loso.x=A ★" not in html and "up.x=1 ★" in html
     assert html.count('src="data:image/png;base64,') == 7  # 4 standard plots + 2 frontier plots + early warning
     assert "<script" not in html and "Mechanisms" not in html
     extra = [line for line in buf.getvalue().splitlines() if line.startswith("frontier:")]

@@ -115,7 +115,7 @@ def test_mechanism_verdicts(tmp_path):
     assert o["numbers"]["accuracy_sft"]["mean"] == pytest.approx(0.79)
     assert o["numbers"]["refit_gain"]["mean"] == pytest.approx(0.1) and o["numbers"]["refit_gain"]["n"] == 3
     assert o["status"] == "supported"
-    assert "0.790 [0.780, 0.800] at SFT" in o["verdict"] and "+0.100" in o["verdict"]
+    assert "0.790 [0.765, 0.815] at SFT" in o["verdict"] and "+0.100" in o["verdict"]
     sc = items["signcert"]
     assert sc["numbers"]["change"]["mean"] == pytest.approx(0.3) and sc["status"] == "supported"
     assert sc["numbers"]["radius_auroc"]["mean"] == pytest.approx(0.65) and sc["numbers"]["radius_auroc"]["n"] == 6

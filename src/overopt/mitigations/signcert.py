@@ -6,8 +6,9 @@ From the paper (§3, Theorem 3.2, Algorithm 1; the maths is in `overopt.ops.sign
 r = wᵀh + b; within a group, d_i = h_i − mean_j h_j and A_i = wᵀd_i (Dr.GRPO); certified radius
 Δ_i = |A_i| / ‖d_i‖; ε = the q-quantile of the radii over the batch; the update uses
 Ã_i = sign(A_i)(|A_i| − ε‖d_i‖) = (1 − ε/Δ_i)·A_i. The base algorithm is Dr.GRPO.
-Knobs beyond the paper: ε from 1/Δ (Algorithm 1 as printed), a per-group quantile, the 0/1 and
-linear weights of an earlier reconstruction, and the Fisher ellipsoid instead of the ℓ2 ball.
+Knobs beyond the paper: the worst case floored at 0 (`shrink_clip`: no sign reversal), a per-group
+quantile, the 0/1 and linear weights of an earlier reconstruction, and the Fisher ellipsoid instead of
+the ℓ2 ball.
 """
 
 from __future__ import annotations
@@ -30,12 +31,8 @@ from overopt.sampling import rollout_from_tokens
 
 
 class SignCertAdvantages:
-    def __init__(
-        self, quantile: float, threshold_on: str, scope: str, weighting: str, metric: torch.Tensor | None = None
-    ):
-        if threshold_on == "inverse_radius" and weighting != "shrink":
-            raise ValueError("signcert.threshold_on=inverse_radius only defines ε for weighting=shrink")
-        self.quantile, self.threshold_on, self.scope, self.weighting = quantile, threshold_on, scope, weighting
+    def __init__(self, quantile: float, scope: str, weighting: str, metric: torch.Tensor | None = None):
+        self.quantile, self.scope, self.weighting = quantile, scope, weighting
         self.metric = metric
 
     def __call__(self, advantages: torch.Tensor, scores: RewardScores, group_size: int) -> tuple[torch.Tensor, Figures]:
@@ -45,14 +42,10 @@ class SignCertAdvantages:
         metric = None if self.metric is None else self.metric.to(hidden)
         out = sign_radii(hidden, scores.head_weight.double(), metric)  # each (P, K)
         radii = out.radii
-        if self.threshold_on == "radius":
-            epsilon = certification_threshold(radii, self.quantile, self.scope)
-        else:  # 1/Δ; Δ = 0 (A = 0) and Δ = ∞ (d = 0) both leave the quantile as +∞
-            inverse = torch.where(radii > 0, 1.0 / radii, torch.full_like(radii, float("inf")))
-            epsilon = certification_threshold(inverse, self.quantile, self.scope)
+        epsilon = certification_threshold(radii, self.quantile, self.scope)
         a = advantages.double().view(-1, group_size)
-        if self.weighting == "shrink":
-            new = worst_case_advantages(a, out.feature_norms, epsilon)
+        if self.weighting in ("shrink", "shrink_clip"):
+            new = worst_case_advantages(a, out.feature_norms, epsilon, clip=self.weighting == "shrink_clip")
         else:
             new = certified_weights(radii, epsilon, self.weighting) * a
         finite = radii[torch.isfinite(radii)]

@@ -23,8 +23,9 @@ By file:
 * ``daa``         - direct-alignment losses on sequence log-probs, each returning
   ``DAALoss(losses, chosen_rewards, rejected_rewards)``: ``dpo_loss`` (arXiv
   2305.18290), ``ipo_loss`` (arXiv 2310.12036), ``simpo_loss`` (arXiv
-  2405.14734), ``rpo_loss`` (arXiv 2405.16436), ``hinge_loss`` (SLiC, arXiv
-  2305.10425), and ``daa_loss`` dispatching by name over ``DAA_LOSSES``.
+  2405.14734), ``rpo_loss`` (arXiv 2405.16436), ``dpo_nll_loss`` (arXiv
+  2404.19733), ``hinge_loss`` (RSO's hinge-norm, arXiv 2309.06657), and
+  ``daa_loss`` dispatching by name over ``DAA_LOSSES``.
 * ``ocrm``        - OCRM importance weights (arXiv 2507.15507):
   ``relative_log_density_ratio``, ``ocrm_log_weights``, ``normalize_weights``
   (``WEIGHT_NORMALIZATIONS`` "none" / "batch" / "dataset"),
@@ -54,7 +55,7 @@ By file:
   overoptimization laws (arXiv 2210.10760): the unbiased best-of-n estimator
   ``best_of_n`` (``bon_weights``, ``log_grid``), ``kl_bon_bound`` and
   ``kl_bon_plugin``, the functional-form fits ``fit_form`` (``Fit``, ``FORMS``),
-  ``fit_curves`` (seed bootstrap) and ``forecast``.
+  ``fit_curves`` (jackknife t intervals over seeds) and ``forecast``.
 """
 
 from overopt.laws import (
@@ -80,7 +81,17 @@ from overopt.ops.aggregation import (
     token_returns,
 )
 from overopt.ops.chi2 import Chi2, chi2_estimate
-from overopt.ops.daa import DAA_LOSSES, DAALoss, daa_loss, dpo_loss, hinge_loss, ipo_loss, rpo_loss, simpo_loss
+from overopt.ops.daa import (
+    DAA_LOSSES,
+    DAALoss,
+    daa_loss,
+    dpo_loss,
+    dpo_nll_loss,
+    hinge_loss,
+    ipo_loss,
+    rpo_loss,
+    simpo_loss,
+)
 from overopt.ops.ensemble import ENSEMBLE_MODES, aggregate_ensemble, ensemble_penalty_share, ensemble_std
 from overopt.ops.gr import (
     GR_EXCLUDE_PATTERNS,
@@ -175,6 +186,7 @@ __all__ = [
     "DAA_LOSSES",
     "DAALoss",
     "dpo_loss",
+    "dpo_nll_loss",
     "ipo_loss",
     "simpo_loss",
     "rpo_loss",

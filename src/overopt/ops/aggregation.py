@@ -9,7 +9,7 @@ the value of the trajectory from step t on is post(τ_t). The discounted sum is 
   max             −∞             max(r, γ·τ)                        τ
   min             +∞             min(r, γ·τ)                        τ    (PURE's min-form exactly, arXiv 2504.15275)
   mean            (0, 0)         (s + r, n + 1)                     s / n
-  sharpe          (0, 0, 0)      Welford's (μ, M2, n) with r        μ / sqrt(softplus(M2 / n) + 1e-8)
+  sharpe          (0, 0, 0)      Welford's (μ, M2, n) with r        μ / sqrt(max(M2 / n, 1e-8))
 
 ``returns_to_go`` gives post(τ_t) for every step (what a value target or a per-step advantage needs: the
 generalised Bellman equation τ(s, a) = E[r ⊳ τ(s')], Q = post(τ)); ``aggregate`` the value of the whole
@@ -18,9 +18,19 @@ anywhere; a trajectory without any valid step is worth ``empty``. γ applies to 
 paper, for max and min it discounts the later rewards' weight in the comparison); mean and Sharpe take none.
 ``initial_state`` / ``update_state`` / ``post_map`` are the table's columns on (B, k) states.
 
+Sharpe's post-map is the one of RRA's code (``Tang-Yuting/recursive-reward-aggregation``,
+``recursive_function.py::sharpe_ratio``): the mean over the square root of the population variance (divisor n,
+not n − 1), the variance clipped below at 1e-8. RRA's softplus is on its value network's outputs (the count and
+the sum of squares it predicts), not on the variance. So a trajectory whose step rewards are all equal (one step
+among them: variance 0) is worth its reward × 10⁴, as in RRA's code.
+
 ``token_returns`` carries this to PPO's tokens: a value model predicts the state of the future steps and its
-targets are λ-returns in state space. ``softmin_weighted`` is PURE's min-form as its code computes it (a sum of
-softmin-weighted step rewards: a soft minimum), next to the table's exact min.
+targets are λ-returns in state space. That is this lab's generalisation, not RRA's: RRA's PPO applies GAE to
+TD errors of post-mapped values, which for max and min is not the Monte-Carlo aggregation at λ = 1; here λ = 1
+is exactly ``returns_to_go`` for every aggregation, and the sum with γ = 1 is GAE.
+
+``softmin_weighted`` is PURE's min-form as its code computes it (a sum of softmin-weighted step rewards: a soft
+minimum), next to the table's exact min.
 """
 
 from __future__ import annotations
@@ -29,7 +39,6 @@ import math
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from overopt.ops.masked import _check_ndim, _check_same_shape
 
@@ -39,7 +48,7 @@ __all__ = [
 ]  # fmt: skip
 
 REWARD_AGGREGATIONS: tuple[str, ...] = ("sum", "max", "min", "mean", "sharpe")
-SHARPE_EPS = 1e-8
+SHARPE_VAR_FLOOR = 1e-8  # RRA's clip(min=1e-8) of the variance
 
 
 def _check(rewards: torch.Tensor, mask: torch.Tensor, name: str, gamma: float) -> None:
@@ -87,7 +96,7 @@ def post_map(name: str, state: torch.Tensor) -> torch.Tensor:
     count = state[:, -1].clamp_min(1)
     if name == "mean":
         return state[:, 0] / count
-    return state[:, 0] / torch.sqrt(F.softplus(state[:, 1] / count) + SHARPE_EPS)
+    return state[:, 0] / torch.sqrt((state[:, 1] / count).clamp_min(SHARPE_VAR_FLOOR))
 
 
 def returns_to_go(
@@ -168,7 +177,8 @@ def token_returns(
     gamma: float = 1.0,
     lam: float = 1.0,
 ) -> TokenReturns:
-    """Per-token λ-returns of an aggregated return, for PPO: RRA's generalised Bellman target in state space.
+    """Per-token λ-returns of an aggregated return, for PPO: RRA's generalised Bellman target in state space
+    (this lab's generalisation of it to λ-returns; see the module docstring).
 
     Step j ends at token ``step_tokens[b, j]``. The value model predicts, before token t, the aggregation state
     of the steps from t on: ``values`` (B, T, k), k = STATE_SIZES[name]. Backwards over the tokens,

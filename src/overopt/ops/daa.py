@@ -1,6 +1,6 @@
 """Direct-alignment (DAA) losses on per-pair sequence log-probabilities.
 
-DPO, IPO, SimPO, RPO and hinge (SLiC) train the policy on preference pairs
+DPO, IPO, SimPO, RPO, DPO+NLL and the hinge train the policy on preference pairs
 without a reward model or sampling. Every function here takes, per pair i,
 SEQUENCE log-probabilities ``log π(y)`` (the sum over the completion's tokens,
 see ``sequence_logprobs``) of the chosen (c) and rejected (r) completion under
@@ -12,7 +12,7 @@ and ``h = β · Δ``.
 Each returns ``DAALoss(losses, chosen_rewards, rejected_rewards)`` with per-pair
 ``losses`` (B,) (the caller reduces, usually by the mean) and the loss's
 implicit rewards (B,), detached: ``β · (log π_θ - log π_ref)(y)`` for dpo, ipo,
-rpo and hinge, ``β · log π_θ(y) / |y|`` for simpo. Reference log-probs are
+rpo, dpo_nll and hinge, ``β · log π_θ(y) / |y|`` for simpo. Reference log-probs are
 detached too (the reference is frozen). Everything is computed in the
 log-probs' dtype (integer lengths are cast to it).
 """
@@ -32,16 +32,17 @@ __all__ = [
     "DAALoss",
     "daa_loss",
     "dpo_loss",
+    "dpo_nll_loss",
     "hinge_loss",
     "ipo_loss",
     "rpo_loss",
     "simpo_loss",
 ]
 
-DAA_LOSSES: tuple[str, ...] = ("dpo", "ipo", "simpo", "rpo", "hinge")
+DAA_LOSSES: tuple[str, ...] = ("dpo", "ipo", "simpo", "rpo", "dpo_nll", "hinge")
 
 # The losses whose formula contains π_ref (SimPO is reference-free).
-_NEEDS_REFERENCE = frozenset({"dpo", "ipo", "rpo", "hinge"})
+_NEEDS_REFERENCE = frozenset({"dpo", "ipo", "rpo", "dpo_nll", "hinge"})
 
 
 class DAALoss(NamedTuple):
@@ -88,6 +89,11 @@ def _check_lengths_of(chosen_logps, rejected_logps, chosen_lengths, rejected_len
 def _check_beta(beta: float) -> None:
     if not (beta > 0 and math.isfinite(beta)):
         raise ValueError(f"beta must be > 0 and finite, got {beta}")
+
+
+def _check_weight(name: str, value: float) -> None:
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be >= 0 and finite, got {value}")
 
 
 def _log_ratios(
@@ -213,32 +219,58 @@ def rpo_loss(
     rejected_logps: torch.Tensor,
     ref_chosen_logps: torch.Tensor,
     ref_rejected_logps: torch.Tensor,
-    chosen_lengths: torch.Tensor,
     beta: float,
     eta: float,
 ) -> DAALoss:
-    """RPO loss: DPO plus an SFT term on the chosen response (Liu et al., arXiv 2405.16436).
+    """RPO loss: DPO plus β·η times the SFT loss of the chosen response (Liu et al., arXiv 2405.16436).
 
-    Formula: ``ℓ_i = -log σ(h_i) + η · (-log π_θ(y_c,i) / |y_c,i|)``. The SFT
-    (NLL) term keeps up the likelihood of the preferred data, which DPO alone
-    can push down; the paper derives it as an adversarial regulariser against
-    reward overoptimization. The NLL is length-normalised (a per-token mean)
-    here; TRL's counterpart (DPOTrainer ``loss_type=["sigmoid", "sft"]`` with
-    ``loss_weights=[1, η]``) averages over all chosen tokens of the batch
-    instead, which agrees with the mean of these losses when the chosen
-    lengths are equal. η = 0 gives :func:`dpo_loss` exactly (for finite
-    log-probs). Implicit rewards as for DPO.
+    Formula: ``ℓ_i = -log σ(h_i) - β · η · log π_θ(y_c,i)``, with ``log π_θ(y_c)`` the SUMMED
+    log-likelihood of the chosen completion (no length normalisation). This is the loss of the
+    paper's public code (``YSLIU627/Regularized-Preference-Optimization``,
+    ``alignment-handbook/scripts/rpo_trainer.py``: ``losses -= policy_chosen_logps * self.beta *
+    self.eta`` after the DPO sigmoid loss); its recipes set η = 0.005 with β = 0.01 (Zephyr-7B-β and
+    Gemma, ``recipes/*/rpo/config_full.yaml``), the setting TRL's paper index reproduces. The paper
+    derives the SFT term as the adversarial regulariser that keeps the policy on the preferred data
+    against reward overoptimization. η = 0 gives :func:`dpo_loss` exactly (for finite log-probs).
+    Implicit rewards as for DPO.
 
-    Shapes: log-probs and ``chosen_lengths`` (B,), B >= 1; lengths >= 1;
-    ``beta`` > 0; ``eta`` >= 0. Returns ``DAALoss`` of (B,) tensors.
+    Not to be confused with :func:`dpo_nll_loss` (Pang et al.'s per-token NLL, TRL's "sft" loss type).
+
+    Shapes: log-probs (B,), B >= 1; ``beta`` > 0; ``eta`` >= 0. Returns ``DAALoss`` of (B,) tensors.
     """
-    if not (eta >= 0 and math.isfinite(eta)):
-        raise ValueError(f"eta must be >= 0 and finite, got {eta}")
+    _check_weight("eta", eta)
+    dpo = dpo_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+    return DAALoss(dpo.losses - beta * eta * chosen_logps, dpo.chosen_rewards, dpo.rejected_rewards)
+
+
+def dpo_nll_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    chosen_lengths: torch.Tensor,
+    beta: float,
+    alpha: float,
+) -> DAALoss:
+    """DPO plus a length-normalised NLL of the chosen response (Pang et al., arXiv 2404.19733, "DPO+NLL").
+
+    Formula: ``ℓ_i = -log σ(h_i) + α · (-log π_θ(y_c,i) / |y_c,i|)``: the loss of Iterative Reasoning
+    Preference Optimization, whose NLL term is a per-token mean (Pang et al. normalise by the
+    sequence length; α = 1 there). TRL names this weight ``rpo_alpha`` (older releases) or the
+    ``"sft"`` loss type with ``loss_weights=[1, α]`` (DPOTrainer, 1.x), which averages the NLL over
+    all chosen tokens of the batch: equal to the mean of these losses when the chosen lengths are
+    equal. Liu et al.'s RPO (:func:`rpo_loss`) is a different loss: a summed log-likelihood scaled
+    by β·η. α = 0 gives :func:`dpo_loss` exactly. Implicit rewards as for DPO.
+
+    Shapes: log-probs and ``chosen_lengths`` (B,), B >= 1; lengths >= 1; ``beta`` > 0; ``alpha`` >= 0.
+    Returns ``DAALoss`` of (B,) tensors.
+    """
+    _check_weight("alpha", alpha)
     dpo = dpo_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
     _check_pairs(("chosen_logps", chosen_logps), ("chosen_lengths", chosen_lengths))
     _check_lengths(("chosen_lengths", chosen_lengths))
     nll = -chosen_logps / chosen_lengths.to(chosen_logps.dtype)
-    return DAALoss(dpo.losses + eta * nll, dpo.chosen_rewards, dpo.rejected_rewards)
+    return DAALoss(dpo.losses + alpha * nll, dpo.chosen_rewards, dpo.rejected_rewards)
 
 
 def hinge_loss(
@@ -248,13 +280,13 @@ def hinge_loss(
     ref_rejected_logps: torch.Tensor,
     beta: float,
 ) -> DAALoss:
-    """Hinge (SLiC) loss on the DPO margin (Zhao et al., arXiv 2305.10425).
+    """Reference-normalised hinge loss: RSO's "hinge-norm" (Liu et al., arXiv 2309.06657).
 
-    Formula: ``ℓ_i = max(0, 1 - h_i)``, ``h = β · Δ`` = ``β · max(0, 1/β - Δ)``:
-    SLiC's rank-calibration hinge ``max(0, δ - log π_θ(y_c) + log π_θ(y_r))``
-    with margin ``δ = 1/β``, scaled by β and applied to the reference-normalised
-    log-ratios, as in DPOTrainer ``loss_type="hinge"`` of TRL. Exactly 0 (and no gradient) once
-    ``h >= 1``. Implicit rewards as for DPO.
+    Formula: ``ℓ_i = max(0, 1 - h_i)``, ``h = β · Δ``: a hinge on the log-ratios to π_ref with margin
+    ``1/β``. RSO introduced this normalised form; SLiC's calibration hinge (Zhao et al., arXiv
+    2305.10425), ``max(0, δ - log π_θ(y_c) + log π_θ(y_r))``, has no reference policy. TRL's
+    DPOTrainer ``loss_type="hinge"`` is this loss. Exactly 0 (and no gradient) once ``h >= 1``.
+    Implicit rewards as for DPO.
 
     Shapes: all inputs (B,), B >= 1; ``beta`` > 0. Returns ``DAALoss`` of (B,)
     tensors.
@@ -277,6 +309,7 @@ def daa_loss(
     beta: float,
     gamma: float = 0.0,
     eta: float = 0.0,
+    alpha: float = 0.0,
     length_normalized: bool = False,
 ) -> DAALoss:
     """Dispatch to the DAA loss named ``loss`` (one of ``DAA_LOSSES``).
@@ -284,7 +317,8 @@ def daa_loss(
     ``"dpo"`` -> :func:`dpo_loss`, ``"ipo"`` -> :func:`ipo_loss` (the paper's
     form on summed log-probs unless ``length_normalized``, TRL's), ``"simpo"`` ->
     :func:`simpo_loss` (uses ``gamma``; the reference is ignored), ``"rpo"`` ->
-    :func:`rpo_loss` (uses ``eta``), ``"hinge"`` -> :func:`hinge_loss`.
+    :func:`rpo_loss` (uses ``eta``), ``"dpo_nll"`` -> :func:`dpo_nll_loss` (uses ``alpha``),
+    ``"hinge"`` -> :func:`hinge_loss`.
     Arguments a loss does not use are ignored, but the lengths are always
     validated so one config can switch losses without changing its inputs.
 
@@ -306,5 +340,7 @@ def daa_loss(
     if loss == "ipo":
         return ipo_loss(chosen_logps, rejected_logps, *ref, beta, chosen_lengths, rejected_lengths, length_normalized)
     if loss == "rpo":
-        return rpo_loss(chosen_logps, rejected_logps, *ref, chosen_lengths, beta, eta)
+        return rpo_loss(chosen_logps, rejected_logps, *ref, beta, eta)
+    if loss == "dpo_nll":
+        return dpo_nll_loss(chosen_logps, rejected_logps, *ref, chosen_lengths, beta, alpha)
     return hinge_loss(chosen_logps, rejected_logps, *ref, beta)

@@ -17,16 +17,20 @@ Read from the paper (arXiv 2604.02986v1, §3, Theorem 3.2, Algorithm 1):
   cancels, ``Σ_i A_i = 0``; no std normalisation).
 * Certified sign-preservation radius ``Δ_i = |A_i| / ‖d_i‖₂``
   (:func:`sign_radii`).
-* ε is a q-quantile over the whole batch (§3.2). The paper states it two
-  ways: the quantile of ``1/Δ`` (§3.2, Algorithm 1 line 5, as printed) and the
-  quantile of ``Δ`` (App. F.1.2, Fig. 1, unit-consistent: exactly a share q of
-  completions have ``Δ < ε``). Both are offered (overopt.config
-  ``signcert.threshold_on``); the quantile of Δ is the default.
+* ε is the q-quantile of the radii over the whole batch (§3.2; App. F.1.2,
+  Fig. 1): exactly a share q of completions have ``Δ < ε``. (§3.2 and
+  Algorithm 1 line 5 print the quantile of ``1/Δ``, which has the units of an
+  inverse head-weight norm and cannot be the radius of a ball of head weights;
+  this lab reads it as the quantile of Δ.)
 * The worst-case advantage over the ball is ``Ã_i = ρ_i A_i`` with
   ``ρ_i = 1 - ε/Δ_i``, i.e. ``Ã_i = sign(A_i) (|A_i| - ε ‖d_i‖)``
   (:func:`worst_case_advantages`): every advantage shrinks, and those with
-  ``Δ_i < ε`` flip sign. No clipping at 0 and no renormalisation are stated.
-  The policy-gradient update uses ``Ã`` (Dr.GRPO clipped surrogate).
+  ``Δ_i < ε`` flip sign. The paper's Algorithm 1 was read (v1, 2026-11-27) as
+  using ``Ã`` with no clipping at 0 and no renormalisation; its abstract calls
+  this "down-weighting non-robust completions". ``clip=True`` keeps the other
+  reading, ``Ã_i = sign(A_i) max(0, |A_i| - ε ‖d_i‖)``: non-robust completions
+  are zeroed instead of reversed. The policy-gradient update uses ``Ã``
+  (Dr.GRPO clipped surrogate).
 
 Not from the paper, kept as knobs: the ellipsoid radius (``metric=M``, with M
 from :func:`head_fisher`), a per-group quantile, and the weights of
@@ -225,7 +229,7 @@ def certified_weights(radii: torch.Tensor, threshold: torch.Tensor | float, mode
 
 
 def worst_case_advantages(
-    advantages: torch.Tensor, feature_norms: torch.Tensor, epsilon: torch.Tensor | float
+    advantages: torch.Tensor, feature_norms: torch.Tensor, epsilon: torch.Tensor | float, clip: bool = False
 ) -> torch.Tensor:
     """The worst-case advantage over head perturbations of size ε (SignCert-PO, Theorem 3.2).
 
@@ -237,6 +241,9 @@ def worst_case_advantages(
     the reward): those shift nothing. ``ε = 0`` returns ``advantages`` unchanged; so does
     ``‖d_i‖ = 0`` (no head perturbation moves ``A_i``). Detached.
 
+    ``clip=True``: ``Ã_i = sign(A_i) max(0, |A_i| - ε ‖d_i‖)`` - an advantage shrinks to 0 but never
+    changes sign, so a non-robust completion is down-weighted to nothing rather than pushed the other way.
+
     Shapes: ``advantages``, ``feature_norms`` (P, K) or (B,); ``epsilon`` a float or a tensor
     broadcastable to them (e.g. the (1, 1) / (P, 1) output of :func:`certification_threshold`;
     an infinite ε is treated as "no finite radius in scope": no shift). Returns the same shape.
@@ -247,7 +254,8 @@ def worst_case_advantages(
     eps = torch.where(torch.isfinite(eps), eps, torch.zeros_like(eps))
     if (eps < 0).any():
         raise ValueError("epsilon must be >= 0")
-    return a - eps * n * torch.sign(a)
+    kept = a.abs() - eps * n
+    return torch.sign(a) * (kept.clamp_min(0) if clip else kept)
 
 
 def advantage_mass_removed(advantages: torch.Tensor, new_advantages: torch.Tensor) -> torch.Tensor:

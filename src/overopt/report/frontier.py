@@ -13,8 +13,8 @@ are skipped (every figure records its ``n``).  This module turns them into
 ``OUT/frontier.json`` (:func:`analyze_frontier`), markdown tables
 (:func:`frontier_markdown`) and two plots (:func:`plot_frontier`).
 
-Every uncertainty is a 95 % percentile bootstrap over seeds with a fixed
-generator, so the output is deterministic.  Selections that use the gold reward
+Every uncertainty is a 95 % Student t interval over seeds (overopt.stats.interval:
+the mean's, or the jackknife's for the envelope), so the output is deterministic.  Selections that use the gold reward
 (best point, point at a KL budget) are made leave-one-seed-out, so the
 reported value of a seed never helped choose the point it is read from.
 
@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from overopt.stats import CI, interval
+
 from .summary import _json_safe, _num, _read_jsonl, hacking_check
 
 __all__ = [
@@ -39,7 +41,6 @@ __all__ = [
     "RESULT_FILE",
     "analyze_frontier",
     "best_rows",
-    "bootstrap_ci",
     "early_stop_gold",
     "envelope_band",
     "format_ci",
@@ -60,11 +61,7 @@ __all__ = [
 
 PLAN_FILE = "frontier_plan.json"
 RESULT_FILE = "frontier.json"
-N_BOOT = 2000
-LEVEL = 0.95
 NONE_EARLY = "none stopped early"
-
-CI = dict[str, Any]  # {"mean", "lo", "hi", "n"}
 
 
 # --------------------------------------------------------------------------- #
@@ -77,43 +74,13 @@ def _val(x: Any) -> float | None:
     return _num(x)
 
 
-def _empty_ci() -> CI:
-    return {"mean": None, "lo": None, "hi": None, "n": 0}
+def paired_diff_ci(a: Mapping[int, Any], b: Mapping[int, Any]) -> CI:
+    """Interval (overopt.stats.interval) of the mean per-seed difference ``d_s = a[s] - b[s]``.
 
-
-def bootstrap_ci(values: Iterable[Any], n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0) -> CI:
-    """Percentile bootstrap confidence interval of the mean.
-
-    With the ``n`` finite values x_1..x_n (None/NaN dropped), draw ``n_boot``
-    resamples of size n with replacement (``numpy.random.default_rng(seed)``)
-    and take their means m_b.  Returns ``{"mean": x̄, "lo": q_{α/2}(m_b),
-    "hi": q_{1-α/2}(m_b), "n": n}`` with ``α = 1 - level``.  When n == 1 or all
-    values are equal, ``lo == hi == mean``; when n == 0 all three are None.
-    """
-    xs = np.array([v for v in (_val(x) for x in values) if v is not None], dtype=float)
-    n = len(xs)
-    if n == 0:
-        return _empty_ci()
-    if n == 1 or np.ptp(xs) == 0:
-        m = float(xs[0])
-        return {"mean": m, "lo": m, "hi": m, "n": n}
-    rng = np.random.default_rng(seed)
-    means = xs[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
-    return {"mean": float(xs.mean()), "lo": float(lo), "hi": float(hi), "n": n}
-
-
-def paired_diff_ci(
-    a: Mapping[int, Any], b: Mapping[int, Any], n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0
-) -> CI:
-    """Bootstrap CI of the mean per-seed difference ``d_s = a[s] - b[s]``.
-
-    Only seeds present (and finite) in both ``a`` and ``b`` count; see
-    :func:`bootstrap_ci` for the interval.  Adds ``"seeds"``: the seeds used.
+    Only seeds present (and finite) in both ``a`` and ``b`` count. Adds ``"seeds"``: the seeds used.
     """
     seeds = [s for s in sorted(a) if s in b and _val(a[s]) is not None and _val(b[s]) is not None]
-    out = bootstrap_ci([_val(a[s]) - _val(b[s]) for s in seeds], n_boot=n_boot, level=level, seed=seed)
+    out = interval([_val(a[s]) - _val(b[s]) for s in seeds])
     out["seeds"] = seeds
     return out
 
@@ -180,13 +147,13 @@ def lift_over_path(figs: Mapping[int, Mapping[str, Any]], none_rows: Mapping[int
     """Final gold minus the gold of none's own path at the same final KL, per seed.
 
     ``figs``: seed -> :func:`run_figures` of a run; ``none_rows``: seed -> none's rows. Seeds where
-    none never reached the run's KL are left out. Returns the bootstrap CI plus ``"per_seed"``."""
+    none never reached the run's KL are left out. Returns the interval plus ``"per_seed"``."""
     lifts = {}
     for s, f in figs.items():
         ref = path_gold_at_kl(none_rows[s], f["kl"]) if s in none_rows and f["kl"] is not None else None
         if ref is not None and f["gold"] is not None:
             lifts[s] = f["gold"] - ref
-    return {**bootstrap_ci(lifts.values()), "per_seed": _str_keys(lifts)}
+    return {**interval(lifts.values()), "per_seed": _str_keys(lifts)}
 
 
 def run_figures(rows: list[dict], strength_key: str | None = None) -> dict[str, Any]:
@@ -231,58 +198,34 @@ def upper_envelope(kls: Iterable[Any], golds: Iterable[Any], grid: Iterable[floa
 
 
 def envelope_band(
-    kl_by_seed: list[Mapping[int, float]],
-    gold_by_seed: list[Mapping[int, float]],
-    grid: list[float],
-    n_boot: int = N_BOOT,
-    level: float = LEVEL,
-    seed: int = 0,
+    kl_by_seed: list[Mapping[int, float]], gold_by_seed: list[Mapping[int, float]], grid: list[float]
 ) -> tuple[list[float | None], list[float | None]]:
-    """Bootstrap band of the upper envelope, resampling seeds jointly.
+    """Interval of the upper envelope at each grid value, over seeds (overopt.stats.interval's jackknife).
 
-    Point j has per-seed final KL k_js and gold g_js.  A resample draws S seeds
-    with replacement from the S seeds any point has; point j's coordinates are
-    its means over the drawn seeds it has (multiplicity counted; the point
-    drops out of a resample with none of its seeds).  The envelope of each
-    resample is evaluated on ``grid`` (:func:`upper_envelope`); ``lo``/``hi``
-    are its α/2 and 1-α/2 quantiles per grid value over the resamples where it
-    is defined (None where it never is).
+    Point j has per-seed final KL k_js and gold g_js. On a set of seeds, point j's coordinates are its
+    means over the seeds of the set it has (a point with none of them drops out), and the envelope
+    is :func:`upper_envelope` of those points. Its interval at x is the jackknife's over the S seeds
+    any point has (leave one seed out), on S − 1 degrees of freedom; None where the envelope (or a
+    leave-one-out envelope) is undefined at x, or with fewer than 2 seeds.
     """
     seeds = sorted({s for d in kl_by_seed for s in d} & {s for d in gold_by_seed for s in d})
     if not seeds or not kl_by_seed:
         return [None] * len(grid), [None] * len(grid)
-    col = {s: i for i, s in enumerate(seeds)}
-    shape = (len(kl_by_seed), len(seeds))
-    K, G, M = np.zeros(shape), np.zeros(shape), np.zeros(shape)
-    for j, (kd, gd) in enumerate(zip(kl_by_seed, gold_by_seed)):
-        for s in seeds:
-            k, g = _val(kd.get(s)), _val(gd.get(s))
-            if k is not None and g is not None:
-                K[j, col[s]], G[j, col[s]], M[j, col[s]] = k, g, 1.0
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(seeds), size=(n_boot, len(seeds)))
-    W = np.stack([np.bincount(d, minlength=len(seeds)) for d in draws]).astype(float)  # (B, S)
-    den = W @ M.T  # (B, J)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mk = np.where(den > 0, (W @ (K * M).T) / den, np.inf)
-        mg = np.where(den > 0, (W @ (G * M).T) / den, -np.inf)
-    x = np.asarray(grid, dtype=float)
-    inside = mk[:, :, None] <= x[None, None, :]  # (B, J, X)
-    env = np.where(inside, mg[:, :, None], -np.inf).max(axis=1)  # (B, X)
-    env[~np.isfinite(env)] = np.nan
-    alpha = (1.0 - level) / 2.0
-    lo: list[float | None] = []
-    hi: list[float | None] = []
-    for i in range(len(x)):
-        v = env[:, i][np.isfinite(env[:, i])]
-        if len(v) == 0:
-            lo.append(None)
-            hi.append(None)
-        else:
-            q = np.quantile(v, [alpha, 1.0 - alpha])
-            lo.append(float(q[0]))
-            hi.append(float(q[1]))
-    return lo, hi
+
+    def envelope_at(x: float):
+        def statistic(subset):
+            pts = []
+            for kd, gd in zip(kl_by_seed, gold_by_seed):
+                pairs = [(_val(kd.get(s)), _val(gd.get(s))) for s in subset]
+                pairs = [(k, g) for k, g in pairs if k is not None and g is not None]
+                if pairs:
+                    pts.append((float(np.mean([k for k, _ in pairs])), float(np.mean([g for _, g in pairs]))))
+            return upper_envelope([k for k, _ in pts], [g for _, g in pts], [x])[0]
+
+        return statistic
+
+    bands = [interval(seeds, statistic=envelope_at(x)) for x in grid]
+    return [b["lo"] for b in bands], [b["hi"] for b in bands]
 
 
 def loso_select(
@@ -376,9 +319,9 @@ def _point_entry(point: Mapping, seeds_rows: dict[int, list[dict]], strength_key
         "published": bool(point.get("published", False)),
         "n": len(figs),
         "seeds": sorted(figs),
-        "kl": bootstrap_ci(f["kl"] for f in figs.values()),
-        "gold": bootstrap_ci(f["gold"] for f in figs.values()),
-        "strength": bootstrap_ci(f["strength"] for f in figs.values()),
+        "kl": interval(f["kl"] for f in figs.values()),
+        "gold": interval(f["gold"] for f in figs.values()),
+        "strength": interval(f["strength"] for f in figs.values()),
         "hacked": f"{h}/{len(figs)}",
         "hacked_count": h,
         "per_seed": _str_keys(figs),
@@ -387,7 +330,7 @@ def _point_entry(point: Mapping, seeds_rows: dict[int, list[dict]], strength_key
 
 
 def _none_path(seeds_rows: dict[int, list[dict]]) -> dict[str, list]:
-    """Mean of KL and gold over seeds at each step along none's trajectory (bootstrap CI for gold)."""
+    """Mean of KL and gold over seeds at each step along none's trajectory (interval for gold)."""
     by_step: dict[float, list[tuple[float, float]]] = {}
     for rows in seeds_rows.values():
         for r in rows:
@@ -397,7 +340,7 @@ def _none_path(seeds_rows: dict[int, list[dict]]) -> dict[str, list]:
     out: dict[str, list] = {"step": [], "kl": [], "gold": [], "lo": [], "hi": [], "n": []}
     for step in sorted(by_step):
         ks, gs = zip(*by_step[step])
-        ci = bootstrap_ci(gs)
+        ci = interval(gs)
         for key, v in (("step", step), ("kl", float(np.mean(ks))), ("gold", ci["mean"]), ("lo", ci["lo"]),
                        ("hi", ci["hi"]), ("n", ci["n"])):  # fmt: skip
             out[key].append(v)
@@ -536,7 +479,7 @@ def analyze_frontier(out_dir: str | Path, runs: Mapping[str, Mapping[int, list[d
         kls = {p["run"]: {s: f["kl"] for s, f in p["_figs"].items() if f["kl"] is not None} for p in m["points"]}
         matched_raw[name] = {_bkey(b): loso_select(gold, kls, b) for b in budgets}
         cv = loso_select(gold)
-        m["cv_gold"] = {**bootstrap_ci(v for _, v in cv.values()),
+        m["cv_gold"] = {**interval(v for _, v in cv.values()),
                         "per_seed": _str_keys({s: v for s, (_, v) in cv.items()}),
                         "chosen": _str_keys({s: p for s, (p, _) in cv.items()})}  # fmt: skip
 
@@ -544,7 +487,7 @@ def analyze_frontier(out_dir: str | Path, runs: Mapping[str, Mapping[int, list[d
         m["matched"] = {}
         for bk, sel in matched_raw[name].items():
             vals = {s: v for s, (_, v) in sel.items()}
-            entry = {**bootstrap_ci(vals.values()), "per_seed": _str_keys(vals),
+            entry = {**interval(vals.values()), "per_seed": _str_keys(vals),
                      "chosen": _str_keys({s: p for s, (p, _) in sel.items()})}  # fmt: skip
             kl_vals = {s: v for s, (_, v) in matched_raw[kl_name][bk].items()} if kl_name else None
             entry["vs_kl"] = paired_diff_ci(vals, kl_vals) if kl_vals is not None and name != kl_name else None
@@ -574,7 +517,7 @@ def analyze_frontier(out_dir: str | Path, runs: Mapping[str, Mapping[int, list[d
         )
 
     none_early_out = {
-        bk: {**bootstrap_ci(v.values()), "per_seed": _str_keys(v)} for bk, v in none_early.items()
+        bk: {**interval(v.values()), "per_seed": _str_keys(v)} for bk, v in none_early.items()
     } if none_pt else {}  # fmt: skip
     ranking = {
         "cv_gold": _ranked((n, m["cv_gold"]["mean"]) for n, m in methods.items()),
@@ -667,7 +610,7 @@ def frontier_markdown(result: Mapping) -> str:
     per-seed paired differences vs kl and vs none stopped early; (b) the best
     final gold over the grid (in-sample best point, its strength and hacked
     seeds, leave-one-seed-out CV gold, verdict); then one verdict line per
-    method.  CIs are 95 % bootstrap over seeds; "(n=k)" marks missing seeds."""
+    method.  CIs are 95 % Student t over seeds; "(n=k)" marks missing seeds."""
     header, rows, diffs = matched_rows(result)
     parts = [
         "**Gold at matched KL budgets** (per seed, among the points whose final KL is within the budget, the "
@@ -677,7 +620,7 @@ def frontier_markdown(result: Mapping) -> str:
             if result.get("none_early")
             else ""
         )
-        + "). Mean [95 % bootstrap CI] over seeds.",
+        + "). Mean [95 % Student t interval] over seeds.",
         "",
         _md_table(header, rows),
     ]
@@ -777,7 +720,7 @@ def plot_frontier(out_dir: str | Path, result: Mapping) -> list[Path]:
     KL on a √ axis (ticks in nats): none's mean trajectory (grey dashed, gold
     CI band) and final point, kl's points (light grey squares), the method's
     points with 95 % CI bars in both axes labelled by knob value (published
-    setting a starred, bold label), its upper envelope (step line + bootstrap
+    setting a starred, bold label), its upper envelope (step line + jackknife t
     band) and the SFT gold (dotted).  matched_kl: gold at each KL budget per
     method with CI whiskers; none stopped early (black diamonds) and kl
     (dark grey squares) marked distinctly.  Returns the paths written.
@@ -810,7 +753,7 @@ def plot_frontier(out_dir: str | Path, result: Mapping) -> list[Path]:
             ax.legend(fontsize=7, frameon=False, loc="best")
         for ax in axes[len(names) :]:
             ax.set_visible(False)
-        fig.suptitle("Frontier per method: final gold vs final KL (mean, 95% bootstrap CI over seeds)", fontsize=12)
+        fig.suptitle("Frontier per method: final gold vs final KL (mean, 95% t interval over seeds)", fontsize=12)
         paths.append(_save(fig, plot_dir / "frontier_methods.png"))
 
     budgets = [_bkey(b) for b in result.get("budgets") or []]
@@ -841,8 +784,8 @@ def plot_frontier(out_dir: str | Path, result: Mapping) -> list[Path]:
         ax.set_xticklabels([f"KL ≤ {b}" for b in budgets])
         for j in range(len(budgets) - 1):
             ax.axvline(j + 0.5, color="0.85", linewidth=0.8)
-        _style(ax, "Gold at matched KL budgets (leave-one-seed-out choice; mean, 95% bootstrap CI)", "KL budget (nats)",
-               "gold reward")  # fmt: skip
+        title = "Gold at matched KL budgets (leave-one-seed-out choice; mean, 95% t interval over seeds)"
+        _style(ax, title, "KL budget (nats)", "gold reward")
         ax.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
         paths.append(_save(fig, plot_dir / "matched_kl.png"))
     return paths

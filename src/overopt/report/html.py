@@ -238,11 +238,11 @@ _PLOT_CAPTIONS = {
     "seeds). A sweep (`--sweep field=v1,v2,...`) joins a method's variants into its frontier, labelled by value; "
     "up and to the left is better.",
     "frontier_methods": "One panel per method: final gold against final KL to the SFT policy (√ axis, nats), "
-    "points = strength settings (mean with 95% bootstrap CI over seeds in both axes, labelled by knob value; star = "
-    "published setting), solid step line = the method's upper envelope with its bootstrap band, grey dashed = "
+    "points = strength settings (mean with 95% Student t interval over seeds in both axes, labelled by knob value; "
+    "star = published setting), solid step line = the method's upper envelope with its jackknife t band, grey dashed = "
     "none's own trajectory, grey squares = the kl baseline's points, dotted = SFT gold.",
     "matched_kl": "Gold reward at each KL budget: per seed, the point within the budget chosen on the other seeds "
-    "(mean, 95% bootstrap CI). Black diamonds: none stopped at the budget; grey squares: the kl baseline.",
+    "(mean, 95% t interval over seeds). Black diamonds: none stopped at the budget; grey squares: the kl baseline.",
     "mech_accuracy": "Proxy accuracy on pairs of the current policy's held-out samples vs step (mean ± std over "
     "runs, sweep variants pooled); dashed: OCRM's original RM_0 on the same pairs.",
     "mech_sign_flips": "Left: share of training completions whose proxy and gold advantages differ in sign. Right: "
@@ -286,15 +286,16 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _fits_section(summary: dict) -> str:
-    """Gao et al.'s functional forms fitted to each method (summary "fit"): coefficients with bootstrap CIs
-    over seeds, R², the predicted peak and the forecast made from the first half of the way to the peak."""
+    """Gao et al.'s functional forms fitted to each method (summary "fit"): coefficients with jackknife t
+    intervals over seeds, R², the predicted peak and the forecast made from the first half of the way to the peak."""
     rows = [fit_row(name, m.get("fit")) for name, m in (summary.get("methods") or {}).items()]
     if not rows:
         return ""
     return (
         "<h2>Functional forms (Gao et al. 2022)</h2><p class='sub'>Gold gain over the first evaluation R against "
         "d = √KL, fitted through the origin: d(α − β log d) for RL, d(α − β d) for best-of-n (whose KL is the "
-        "upper bound log n − (n−1)/n). Brackets: 95 % bootstrap intervals over seeds (none with one seed). "
+        "upper bound log n − (n−1)/n). Brackets: 95 % jackknife t intervals over seeds (leave one seed out; none "
+        "with one seed). "
         "d*: predicted peak (none when β ≤ 0: no peak within the form); forecast: the peak predicted from the "
         "evaluations with d ≤ half the observed peak's d, minus the observed peak.</p>" + table(FIT_HEADER, rows)
     )
@@ -313,7 +314,8 @@ def _frontier_section(result: dict | None, plot_paths: list[Path]) -> str:
     return (
         "<h2>Frontier at matched KL</h2>"
         f"<p class='lead'>Every method was run over a grid of its strength knob × {len(seeds)} seeds. Values are "
-        "means over seeds with 95% percentile-bootstrap intervals; (n=k) marks seeds missing. At each KL budget, "
+        "means over seeds with 95% Student t intervals (the unit: an RL seed of this lab); (n=k) marks seeds missing. "
+        "At each KL budget, "
         "each seed's value comes from the point whose final KL is within the budget <em>for that seed</em> and "
         "whose mean gold is best over the <em>other</em> seeds (leave-one-seed-out), so the selection never sees "
         "the gold it reports. <em>none stopped early</em> halts the unmitigated run at its last evaluation before "
@@ -355,8 +357,8 @@ def _mechanisms_section(verdicts: list[dict] | None, plot_paths: list[Path]) -> 
         return ""
     lines = "".join(f"<li>{escape(v['verdict'])}</li>" for v in verdicts or [])
     return (
-        "<h2>Mechanisms</h2><p class='sub'>Does each mitigation's premise show up in these runs? Mean over seeds "
-        "with a 95% bootstrap interval.</p>" + (f"<ul>{lines}</ul>" if lines else "") + "".join(figs)
+        "<h2>Mechanisms</h2><p class='sub'>Does each mitigation's premise show up in these runs? Mean over runs "
+        "with a 95% Student t interval (the unit: a run).</p>" + (f"<ul>{lines}</ul>" if lines else "") + "".join(figs)
     )
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from overopt.stats import finite_float as _f
+from overopt.stats import interval
 
 __all__ = ["MECH_KEYS", "grad_norm", "mechanism_verdicts", "pearson", "plot_mechanisms", "run_mechanisms"]
 
@@ -160,7 +161,7 @@ def mechanism_verdicts(summary: Mapping) -> list[dict[str, Any]]:
     """One verdict per mechanistic claim that has data, from summary's per-seed ``mech`` dicts.
 
     Each item: ``{"claim", "method", "statement", "status", "verdict" (one line
-    quoting mean [95 % bootstrap CI] and n), "numbers": {name: CI}}``.  Claims:
+    quoting mean [95 % Student t interval over runs] and n), "numbers": {name: CI}}``.  Claims:
 
     * ``ocrm`` — "the RM gets worse off-policy": proxy accuracy at SFT vs final
       over the seeds of ``none`` (all runs when there is no ``none``), the
@@ -174,7 +175,7 @@ def mechanism_verdicts(summary: Mapping) -> list[dict[str, Any]]:
     * ``ensemble`` — "disagreement marks error": mean over runs of the
       disagreement–error correlation (supported when above 0).
     """
-    from .frontier import bootstrap_ci, format_ci
+    from .frontier import format_ci
 
     items: list[dict[str, Any]] = []
     has_none = any(n == "none" for n in (summary.get("methods") or {}))
@@ -185,12 +186,12 @@ def mechanism_verdicts(summary: Mapping) -> list[dict[str, Any]]:
     # OCRM: the RM degrades on the policy's own samples; a refit recovers some of it.
     sft, fin = _paired([d for _, d in base], "proxy_accuracy_sft", "proxy_accuracy_final")
     gains = [d.get("ocrm_refit_gain") for d in everyone]
-    gain = bootstrap_ci(gains)
+    gain = interval(gains)
     if sft or gain["n"]:
         nums: dict[str, Any] = {"refit_gain": gain}
         parts, status = [], "inconclusive"
         if sft:
-            a, b, d = bootstrap_ci(sft), bootstrap_ci(fin), bootstrap_ci(y - x for x, y in zip(sft, fin))
+            a, b, d = interval(sft), interval(fin), interval(y - x for x, y in zip(sft, fin))
             nums.update(accuracy_sft=a, accuracy_final=b, change=d)
             status = _status(d, expect_up=False)
             parts.append(f"proxy accuracy on current-policy pairs goes from {format_ci(a)} at SFT to {format_ci(b)} "
@@ -205,11 +206,11 @@ def mechanism_verdicts(summary: Mapping) -> list[dict[str, Any]]:
 
     # SignCert-PO: hacking shows up as proxy/gold advantage sign flips, and a small radius predicts them.
     first, last = _paired([d for _, d in base], "sign_flip_rate_first", "sign_flip_rate_final")
-    auroc = bootstrap_ci(d.get("radius_auroc_mean") for d in everyone)
+    auroc = interval(d.get("radius_auroc_mean") for d in everyone)
     if first or auroc["n"]:
         nums, parts, status = {"radius_auroc": auroc}, [], "inconclusive"
         if first:
-            a, b, d = bootstrap_ci(first), bootstrap_ci(last), bootstrap_ci(y - x for x, y in zip(first, last))
+            a, b, d = interval(first), interval(last), interval(y - x for x, y in zip(first, last))
             nums.update(flip_rate_first=a, flip_rate_final=b, change=d)
             status = _status(d)
             parts.append(f"sign-flip rate goes from {format_ci(a)} at the first evaluation to {format_ci(b)} at the "
@@ -225,8 +226,8 @@ def mechanism_verdicts(summary: Mapping) -> list[dict[str, Any]]:
 
     # GR: gradient norm moves with the proxy's accuracy on the policy's samples. Both drift with training
     # time, so the verdict rests on their changes between evaluations, the levels' r is quoted beside it.
-    corr = bootstrap_ci(d.get("grad_norm_accuracy_corr") for d in everyone)
-    diff = bootstrap_ci(d.get("grad_norm_accuracy_corr_diff") for d in everyone)
+    corr = interval(d.get("grad_norm_accuracy_corr") for d in everyone)
+    diff = interval(d.get("grad_norm_accuracy_corr_diff") for d in everyone)
     if corr["n"] or diff["n"]:
         decisive = diff if diff["n"] else corr
         if decisive["n"] < 2:
@@ -243,7 +244,7 @@ def mechanism_verdicts(summary: Mapping) -> list[dict[str, Any]]:
                       "numbers": {"corr": corr, "corr_diff": diff}})  # fmt: skip
 
     # Ensembles: member disagreement is larger where the proxy is more wrong.
-    dis = bootstrap_ci(d.get("disagreement_error_corr_mean") for d in everyone)
+    dis = interval(d.get("disagreement_error_corr_mean") for d in everyone)
     if dis["n"]:
         status = _status(dis)
         items.append({"claim": "ensemble", "method": "Ensembles", "statement": "disagreement marks error",

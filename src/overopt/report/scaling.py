@@ -3,7 +3,7 @@
 Reads OUT/scaling_plan.json and each cell's summary.json (overopt.report.summary, with each method's fit of
 Gao et al.'s functional form) and stage artifacts. Per cell: the axis and its value, the parameters of the
 proxy RM and of the policy (every tensor in their safetensors files, embeddings and head included), the RM's
-held-out pair accuracy, and per method the fit (α, β with bootstrap CIs over seeds, R², predicted peak) and
+held-out pair accuracy, and per method the fit (α, β with jackknife t intervals over seeds, R², predicted peak) and
 the mean curve (d, gold gain) it was fitted to. Per axis, method and coefficient: the log-linear trend
 coef ≈ a + b·log10(x) by least squares over the axis's cells (Gao et al. find α and β of both forms move
 smoothly, roughly log-linearly, with RM size). Never imports torch.
@@ -166,7 +166,9 @@ def plot_scaling(out: Path, result: dict) -> list[Path]:
             ax.plot(*zip(*acc), color="0.2", marker="o")
         ax.set_xscale("log")
         _style(ax, f"RM held-out accuracy vs {AXIS_LABEL[axis]}", AXIS_LABEL[axis], "pair accuracy")
-    fig.suptitle("Overoptimization coefficients (95 % bootstrap CIs over seeds; dashed: log-linear trend)", fontsize=12)
+    fig.suptitle(
+        "Overoptimization coefficients (95 % jackknife t intervals over seeds; dashed: log-linear trend)", fontsize=12
+    )
     fig.tight_layout()
     paths = [_save(fig, plot_dir / "scaling_coefficients.png")]
 
@@ -250,7 +252,7 @@ def write_scaling_page(out: Path, result: dict, plots: list[Path]) -> Path:
         f"<h1>Overoptimization scaling: {result.get('testbed')} · {result.get('preset')}</h1>"
         "<p class='lead'>Gao et al.'s functional forms fitted per cell (best-of-n: d(α − β d); RL: d(α − β log d); "
         "d = √KL to the SFT policy, R = gold gain over SFT), one axis varied at a time around the preset's cell "
-        f"(<em>base</em>), {result.get('seeds')} seeds per method. Brackets: 95 % bootstrap intervals over seeds.</p>"
+        f"(<em>base</em>), {result.get('seeds')} seeds per method. Brackets: 95 % jackknife t intervals over seeds.</p>"
         "<h2>Cells</h2>" + table(header, rows)
         + "<h2>Log-linear trends</h2><p class='sub'>coefficient ≈ intercept + slope · log10(x) over the cells of "
         "each axis.</p>" + table(t_header, t_rows) + "<h2>Plots</h2>" + "".join(figures(plots))

@@ -354,7 +354,7 @@ def build_summary(
              | "gold_peak_step": {"mean": float, "std": float, "n": int},
              "hacked_seeds": int,
              "mech": {name: {"mean", "std", "n"}},   # see report.mechanisms
-             "fit": method_fit(seeds),               # Gao et al.'s functional form, bootstrap CIs, forecast
+             "fit": method_fit(seeds),               # Gao et al.'s functional form, t intervals, forecast
              "seeds": [per-seed dicts, each with "mech": run_mechanisms(rows) and, for a run an alarm
                        stopped, "alarm_stop": {"alarm", "step", "last_good_step", "gold_reward"}]}}}
 

@@ -1,4 +1,4 @@
-"""Direct alignment in the lab: DPO, IPO, SimPO, RPO and hinge (SLiC) on the proxy RM's own gold-labelled pairs.
+"""Direct alignment in the lab: DPO, IPO, SimPO, RPO, DPO+NLL and the hinge on the proxy RM's own gold-labelled pairs.
 
 The policy starts from π_SFT and is trained on the `pairs` artifact's train split (the pairs the proxy RM
 learned from) with π_ref = π_SFT and no reward model (overopt.ops.daa for the losses). Every `eval.every`
@@ -41,7 +41,7 @@ from overopt.stages.supervised import fit_minibatches
 
 
 def _knobs(cfg: ExperimentConfig, loss: str) -> dict:
-    """The loss's knobs from its config section: β, and SimPO's γ, RPO's η, IPO's length_normalized."""
+    """The loss's knobs from its config section: β, and SimPO's γ, RPO's η, DPO+NLL's α, IPO's length_normalized."""
     return getattr(cfg, loss).model_dump()
 
 

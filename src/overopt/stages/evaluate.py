@@ -42,12 +42,15 @@ def evaluate_policy(
     batch_size: int,
     n_logged_samples: int,
     pairs: bool = False,
+    heldout: RewardSource | None = None,
 ) -> tuple[dict[str, float], list[dict], EvalSamples]:
     """One sample per held-out prompt; returns the contract's metrics, a few decoded samples and every
     scored sample (with `pairs`, plus a second sample per prompt: mechanism figures compare the two).
 
     kl_sft = mean over prompts of Σ_t (log π_θ(y_t|·) − log π_SFT(y_t|·)) with y ~ π_θ: an unbiased
     estimate of the per-sequence KL(π_θ ‖ π_SFT) when temperature = 1.
+    `heldout` (a validation RM the policy is not optimised against) adds heldout_rm_reward, its mean score
+    of the same samples.
     Sampling uses its own seeded RNG stream (common random numbers across evaluations, and the
     training RNG is left untouched so evaluation never changes the training trajectory).
     """
@@ -93,6 +96,8 @@ def evaluate_policy(
                 "mean_length": cmask.sum(1).double(),
                 "eos_rate": (rollout.completion_ids == tok.eos_token_id).any(1).double(),
             }
+            if heldout is not None:
+                values["heldout_rm_reward"] = heldout(rollout).rewards
             for name, term in gold_terms.items():
                 values[f"gold/{name}"] = term
             for name, value in values.items():

@@ -66,6 +66,7 @@ class Lab:
     run_fingerprints: dict[Path, str] = field(default_factory=dict)  # run directory -> configuration it needs
     # (alarm.heads, alarm.head_pairs) -> the extra heads of head_std: fitted on RM_0 and its pairs, once per lab
     alarm_heads: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    heldout_rm: PreTrainedModel | None = None  # the validation RM of eval.heldout_rm_prompts (never optimised)
 
 
 def phase_steps(total: int, phases: int) -> list[int]:
@@ -222,6 +223,7 @@ def evaluation(
         policy, lab.sft_policy, source, lab.testbed, lab.eval_ids, lab.eval_mask,
         temperature=cfg.eval.temperature, seed=10_000 + seed, batch_size=SAMPLE_BATCH,
         n_logged_samples=cfg.eval.n_logged_samples, pairs=cfg.eval.mechanisms,
+        heldout=ProxyRewardModel(lab.heldout_rm) if lab.heldout_rm is not None else None,
     )  # fmt: skip
     pad = lab.testbed.tokenizer.pad_token_id
     labelled = lab.pairs["train"] if lab.pairs is not None and "chosen_ids" in lab.pairs["train"].column_names else None

@@ -171,7 +171,7 @@ class SignCertMixin:
         if normalised:
             raise ValueError(f"SignCert-PO shifts advantages in reward units; use {hint}")
         s = signcert
-        self.signcert = SignCertAdvantages(s.quantile, s.threshold_on, s.scope, s.weighting)
+        self.signcert = SignCertAdvantages(s.quantile, s.scope, s.weighting)
 
     def _generate_and_score_completions(self, inputs):
         out = super()._generate_and_score_completions(inputs)
