@@ -145,7 +145,7 @@ def run_frontier(args: Args) -> None:
     from overopt.report.frontier import frontier_markdown
     from overopt.report.mechanisms import mechanism_verdicts
 
-    key = args.testbed + ("" if args.preset == "default" else f"-{args.preset}")
+    key = args.testbed + ("" if args.preset == "default" else f"-{args.preset}") + (f"-{args.tag}" if args.tag else "")
     out = HERE / "out" / f"frontier-{key}"
     argv = ["compare", "--testbed", args.testbed, "--preset", args.preset, "--out", str(out),
             "--seeds", str(args.seeds), *(f"--{item}" for item in args.extra)]  # fmt: skip
@@ -160,7 +160,7 @@ def run_frontier(args: Args) -> None:
     summary = read_json(out / "summary.json")
     command = f"python benchmarks/compare_methods.py --frontier --testbed {args.testbed} --preset {args.preset} " + (
         f"--seeds {args.seeds}" + "".join(f" --{k.replace('_', '-')} {v}" for k, v in
-        (("jobs", args.jobs), ("grid", args.grid), ("grid_methods", args.grid_methods)) if v)
+        (("jobs", args.jobs), ("grid", args.grid), ("grid_methods", args.grid_methods), ("tag", args.tag)) if v)
     )  # fmt: skip
     strengths = [
         f"| `{name}` | `{m['strength_key'] or '—'}` | "

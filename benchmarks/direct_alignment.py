@@ -1,8 +1,9 @@
-"""Direct alignment overoptimizes too (Rafailov et al., arXiv 2406.02900): DPO over β, IPO, SimPO, RPO and hinge
+"""Direct alignment overoptimizes too (Rafailov et al., arXiv 2406.02900): DPO over β, IPO, SimPO, RPO, DPO+NLL, hinge
 on the `default` preset's pairs, side by side with RL (`kl`, `none`) at matched KL; a RESULTS.md section.
 
     python benchmarks/direct_alignment.py                  # about an hour on 2 CPU cores (a DAA run: 110 s)
     python benchmarks/direct_alignment.py --seeds 1 --betas 0.1   # a quick look
+    python benchmarks/direct_alignment.py --rpo            # RPO over η against DPO at matched KL (25 min)
 
 Two `overopt run` invocations into one OUT (the shared stages are trained once, or reused): DPO swept over
 `dpo.beta`, then the other losses at their defaults with the RL baselines. Every run is evaluated every
@@ -27,7 +28,7 @@ import tyro
 from compare_methods import machine, write_section
 from matplotlib import colormaps
 
-from overopt.report.frontier import format_ci, path_gold_at_kl
+from overopt.report.frontier import format_ci, paired_diff_ci, path_gold_at_kl
 from overopt.report.plots import _new_figure, _save, _style, aggregate
 from overopt.report.summary import load_runs
 from overopt.report.table import format_mean_std as _ms
@@ -40,7 +41,7 @@ class Args:
     seeds: int = 3
     betas: str = "0.01,0.03,0.1,0.3,1"
     """dpo.beta values of the sweep."""
-    others: str = "ipo,simpo,rpo,hinge,kl,none"
+    others: str = "ipo,simpo,rpo,dpo_nll,hinge,kl,none"
     """Methods run at their defaults beside the sweep."""
     epochs: str = "1,4"
     """daa.epochs values of a second sweep, DPO at the smallest β (into OUT-epochs); "" skips it."""
@@ -49,6 +50,12 @@ class Args:
     out: Path = Path("runs/daa-default")
     stages_from: Path | None = None
     """A finished `default` OUT whose shared stages (SFT, pairs, RM) to copy in first (same configuration)."""
+    jobs: int = 1
+    """Runs at once (overopt run --jobs; results do not depend on it)."""
+    rpo: bool = False
+    """Only the RPO study: rpo over `rpo_etas` (rpo.beta = dpo.beta = 0.1) beside DPO and DPO+NLL, into OUT-rpo."""
+    rpo_etas: str = "0.005,0.05,0.5,5,50"
+    """rpo.eta values: from the paper's recipe (0.005) to a chosen-response SFT term that dominates the DPO term."""
 
 
 def table_rows(out: Path, budgets: list[float], suffix: str = "") -> list[str]:
@@ -78,7 +85,7 @@ def plot_curves(outs: list[Path], path: Path) -> Path:
     dpo = sorted((n for n in runs if n.startswith("dpo@dpo.beta=")), key=lambda n: float(n.split("=")[1]))
     panels = [
         ("DPO over β (and epochs at β 0.01)", dpo + [n for n in runs if n.startswith("dpo@daa.epochs")]),
-        ("The other losses at their defaults", ["ipo", "simpo", "rpo", "hinge", "dpo@dpo.beta=0.1"]),
+        ("The other losses at their defaults", ["ipo", "simpo", "rpo", "dpo_nll", "hinge", "dpo@dpo.beta=0.1"]),
     ]
     fig = _new_figure(12, 4.8)
     cmap = colormaps["viridis"]
@@ -99,9 +106,81 @@ def plot_curves(outs: list[Path], path: Path) -> Path:
     return _save(fig, path)
 
 
+def _last(seeds: dict[int, list[dict]], key: str) -> dict:
+    """Interval over seeds of `key` at each run's last evaluation."""
+    return interval(rows[-1].get(key) for rows in seeds.values())
+
+
+def rpo_study(args: Args, budgets: list[float]) -> None:
+    """RPO (Liu et al., arXiv 2405.16436) over η against DPO at the same β, at matched KL along each run's path."""
+    out = args.out.with_name(args.out.name + "-rpo")
+    if args.stages_from is not None and not (out / "artifacts").exists():
+        shutil.copytree(args.stages_from / "artifacts", out / "artifacts")
+    base = [
+        sys.executable,
+        "-m",
+        "overopt",
+        "run",
+        "--preset",
+        "default",
+        "--seeds",
+        str(args.seeds),
+        "--out",
+        str(out),
+    ]
+    commands = [[*base, "--methods", "dpo,dpo_nll"], [*base, "--methods", "rpo", "--sweep", f"rpo.eta={args.rpo_etas}"]]
+    for cmd in commands:
+        subprocess.run(cmd, check=True)
+    runs = load_runs(out)
+    summary = json.loads((out / "summary.json").read_text())
+    dpo = runs["dpo"]
+    names = ["dpo", *(f"rpo@rpo.eta={eta}" for eta in args.rpo_etas.split(",")), "dpo_nll"]
+    rows = []
+    for name in names:
+        m, seeds = summary["methods"][name], runs[name]
+        cells = []
+        for b in budgets:
+            own = {s: path_gold_at_kl(r, b) for s, r in seeds.items()}
+            ref = {s: path_gold_at_kl(r, b) for s, r in dpo.items()}
+            diff = paired_diff_ci({s: v for s, v in own.items() if v is not None},
+                                  {s: v for s, v in ref.items() if v is not None})  # fmt: skip
+            cells.append(format_ci(interval(own.values())) + ("" if name == "dpo" else
+                                                              f" ({format_ci(diff, signed=True)})"))  # fmt: skip
+        rows.append(f"| `{name}` | {_ms(m['gold_final'])} | {_ms(m['gold_peak'])} | {_ms(m['kl_final'], 2)} | "
+                    f"{format_ci(_last(seeds, 'daa/chosen_logratio'), 2)} | "
+                    f"{format_ci(_last(seeds, 'daa/implicit_accuracy'))} | "
+                    f"{m['hacked_seeds']}/{m['n_seeds']} | " + " | ".join(cells) + " |")  # fmt: skip
+    cmds = "; ".join(f"`{' '.join(c[2:])}`" for c in commands)
+    body = "\n".join([
+        "## RPO over η against DPO at matched KL: `default` preset, testbed `summarize`",
+        "",
+        f"Command: `python benchmarks/direct_alignment.py --rpo` (runs {cmds})  ",
+        f"Date: {datetime.date.today().isoformat()}  ",
+        f"Machine: {machine()}",
+        "",
+        f"RPO as its authors' code computes it: DPO − β·η·log π(y_c), the chosen response's summed log-likelihood, "
+        f"β = 0.1 (= DPO's here), η from the paper's recipe (0.005) up; DPO+NLL (Pang et al.) at α = 1 for "
+        f"comparison. SFT gold {summary['sft']['gold_reward']:.3f}. Mean ± std over {args.seeds} seeds (gold final, "
+        "gold peak, KL final); the chosen log-ratio log π(y_c) − log π_ref(y_c) and the implicit reward's accuracy "
+        "on held-out pairs at the end, mean [95 % Student t interval over seeds]. Gold @ KL b: gold along each run's "
+        "own path where its KL first reaches b (interpolated), mean [95 % t interval]; in brackets the paired "
+        "difference to DPO at the same budget and seed.",
+        "",
+        "| run | gold final | gold peak | KL final | chosen log-ratio | implicit accuracy | hacked | "
+        + " | ".join(f"gold @ KL {b:g} (− DPO)" for b in budgets) + " |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(budgets),
+        *rows,
+    ])  # fmt: skip
+    print(body)
+    write_section("daa-rpo-eta", body)
+
+
 def main(args: Args) -> None:
+    if args.rpo:
+        rpo_study(args, [float(b) for b in args.budgets.split(",")])
+        return
     base = [sys.executable, "-m", "overopt", "run", "--preset", "default", "--seeds", str(args.seeds),
-            "--out", str(args.out)]  # fmt: skip
+            "--jobs", str(args.jobs), "--out", str(args.out)]  # fmt: skip
     commands = [[*base, "--methods", "dpo", "--sweep", f"dpo.beta={args.betas}"], [*base, "--methods", args.others]]
     outs = [args.out]
     if args.epochs:

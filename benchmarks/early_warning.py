@@ -49,6 +49,10 @@ class Args:
     """A finished summarize `default` OUT whose shared stages to copy into runs/alarms-summarize first."""
     score_only: bool = False
     """Score the runs that exist (e.g. of an unfinished invocation) without starting any."""
+    jobs: int = 1
+    """Runs at once (overopt run --jobs; results do not depend on it)."""
+    heldout_rm_prompts: int = 4000
+    """eval.heldout_rm_prompts of every run: the validation RM of the no-peek selection baseline (0: none)."""
 
 
 def _row(label: str, score) -> str:
@@ -74,7 +78,8 @@ def main(args: Args) -> None:
         if testbed == "summarize" and args.stages_from is not None and not (out / "artifacts").exists():
             shutil.copytree(args.stages_from / "artifacts", out / "artifacts")  # refused at once if stale
         cmd = [sys.executable, "-m", "overopt", "run", "--preset", args.preset, "--testbed", testbed,
-               "--methods", args.methods, "--seeds", str(args.seeds), "--out", str(out)]  # fmt: skip
+               "--methods", args.methods, "--seeds", str(args.seeds), "--out", str(out),
+               "--eval.heldout_rm_prompts", str(args.heldout_rm_prompts), "--jobs", str(args.jobs)]  # fmt: skip
         if not args.score_only:
             subprocess.run(cmd, check=True)
         commands.append(" ".join(cmd[2:]))
