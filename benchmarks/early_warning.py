@@ -11,7 +11,11 @@ runs' metrics.jsonl (the detectors are causal functions of what a run logged, so
 what the run computed online):
   1. every detector at the config's default rule (CUSUM, h = 5, warm-up 3, k = 0.5), per testbed;
   2. each detector's rule tuned (min. gold regret over overopt.detectors.RULE_GRID) on the tuning testbeds
-     and scored on the held-out testbed, which the tuning never saw.
+     and scored on the held-out testbed, which the tuning never saw;
+  3. every detector as a stopping rule against the gold-free baselines (overopt.detectors.BASELINES: stop at a
+     fixed share of the updates, stop at a fixed KL, keep the checkpoint a validation RM scores best), each
+     testbed in turn held out: rules and knobs tuned on the other two, regrets on its runs, paired per run
+     against the baseline that was best on the tuning testbeds.
 Scores (overopt.detectors.score_detector): detected (share of hacked runs it fires on), early (share where it
 fires at or before the onset), lead (median evaluations from alarm to onset, > 0 early), false alarms (share
 of never-hacking runs it fires on), AUROC (of its warm-up z-score for "the onset has passed", every evaluation
@@ -27,12 +31,25 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import tyro
 from compare_methods import machine, write_section
 
-from overopt.detectors import Rule, hacking_onset, score_detector, tune_rule
+from overopt.detectors import (
+    BASELINES,
+    Rule,
+    baseline_regrets,
+    detector_stop,
+    hacking_onset,
+    regret,
+    score_detector,
+    tune_baseline,
+    tune_rule,
+)
 from overopt.report.early_warning import SCORE_HEADER, present_detectors, score_cells
+from overopt.report.frontier import format_ci
 from overopt.report.summary import load_runs
+from overopt.stats import interval
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,9 +132,60 @@ def main(args: Args) -> None:
         rule = tune_rule(tuning, name)
         label = f"`{name}` ({rule.rule}, h = {rule.threshold:g}, warm-up {rule.warmup})"
         lines.append(_row(label, score_detector(runs[args.heldout], name, rule)))
+    lines += baseline_tables(runs, testbeds)
     body = "\n".join(lines)
     print(body)
     write_section(f"early-warning-{args.preset}", body)
+
+
+BASELINE_LABELS = {
+    "fixed_step": "stop at a fixed share f of the updates",
+    "fixed_kl": "stop at a fixed KL κ to the SFT policy",
+    "heldout_rm": "keep the validation RM's best checkpoint",
+}
+
+
+def _knob(name: str, knob) -> str:
+    return {"fixed_step": f"f = {knob}", "fixed_kl": f"κ = {knob}"}.get(name, "no knob")
+
+
+def baseline_tables(runs: dict[str, list[list[dict]]], testbeds: list[str]) -> list[str]:
+    """Section 3 of the module docstring: regret of every stopping rule, each testbed held out in turn."""
+    lines = ["### Stopping rules against gold-free baselines (each testbed held out in turn)", "",
+             "Gold regret (gold peak − gold of the kept policy), mean [95 % Student t interval] over the held-out "
+             "testbed's runs (the unit: a run; its methods and RL seeds share one lab). Rules and knobs tuned "
+             "(least mean regret) on the other two testbeds; \"− best baseline\": the paired per-run difference to "
+             "the baseline with the least regret on those tuning testbeds (below 0: the detector keeps more gold).",
+             ""]  # fmt: skip
+    beats = {}
+    for held in testbeds:
+        tuning = [rows for t in testbeds if t != held for rows in runs[t]]
+        scored = runs[held]
+        has_rm = any("heldout_rm_reward" in row for rows in scored for row in rows)
+        names = [b for b in BASELINES if b != "heldout_rm" or has_rm]
+        knobs = {b: tune_baseline(tuning, b) for b in names}
+        best = min(names, key=lambda b: float(np.nanmean(baseline_regrets(tuning, b, knobs[b]))))
+        best_regrets = baseline_regrets(scored, best, knobs[best])
+        to_end = format_ci(interval(regret(rows, None) for rows in scored))
+        lines += [f"#### Held out: {held} ({len(scored)} runs; tuned on {', '.join(t for t in testbeds if t != held)})",
+                  "", "| stopping rule | tuned knob | gold regret | − best baseline |", "|---|---|---|---|",
+                  f"| run to the end | – | {to_end} | – |"]  # fmt: skip
+        for b in names:
+            star = " ★ (best on tuning)" if b == best else ""
+            lines.append(f"| {BASELINE_LABELS[b]}{star} | {_knob(b, knobs[b])} | "
+                         f"{format_ci(interval(baseline_regrets(scored, b, knobs[b])))} | – |")  # fmt: skip
+        for name in present_detectors(scored):
+            rule = tune_rule(tuning, name)
+            own = np.array([regret(rows, detector_stop(rows, name, rule)) for rows in scored])
+            diff = interval(own - best_regrets)
+            if diff["hi"] is not None and diff["hi"] < 0:
+                beats.setdefault(held, []).append(name)
+            lines.append(f"| detector `{name}` | {rule.rule}, h = {rule.threshold:g}, warm-up {rule.warmup} | "
+                         f"{format_ci(interval(own))} | {format_ci(diff, signed=True)} |")  # fmt: skip
+        lines.append("")
+    verdict = "; ".join(f"{t}: {', '.join(f'`{n}`' for n in names)}" for t, names in beats.items()) or "none"
+    lines += [f"Detectors whose regret is below the best baseline's with the whole interval: {verdict}.", ""]
+    return lines
 
 
 if __name__ == "__main__":

@@ -108,6 +108,25 @@ def test_scores_of_a_perfect_and_of_a_blind_detector():
     assert blind.detected == 0.0 and math.isnan(blind.lead) and blind.regret == pytest.approx(score.regret_none)
 
 
+def test_baselines_stop_where_they_say_and_are_tuned_on_regret():
+    gold = [0.0, 0.4, 0.8, 1.0, 0.6, 0.2]
+    rows = [{"step": 10 * i, "gold_reward": g, "kl_sft": [0, 0.5, 1, 2, 4, 8][i],
+             "heldout_rm_reward": [0, 1, 3, 2, 2.5, 0.5][i]} for i, g in enumerate(gold)]  # fmt: skip
+    stop = detectors.baseline_stop
+    assert stop(rows, "fixed_step", 0.5) == 3 and stop(rows, "fixed_step", 0.61) == 4  # steps 0..50
+    assert stop(rows, "fixed_step", 1.0) == 5
+    assert stop(rows, "fixed_kl", 2.0) == 3 and stop(rows, "fixed_kl", 1.5) == 3 and stop(rows, "fixed_kl", 9) is None
+    assert stop(rows, "heldout_rm", None) == 2  # the validation RM's best checkpoint
+    assert stop([{k: v for k, v in r.items() if k != "heldout_rm_reward"} for r in rows], "heldout_rm", None) is None
+    assert detectors.regret(rows, 2) == pytest.approx(0.2) and detectors.regret(rows, None) == pytest.approx(0.8)
+    np.testing.assert_allclose(detectors.baseline_regrets([rows, rows], "fixed_kl", 4.0), [0.4, 0.4])
+    # Tuned on these runs: the knobs that stop at the peak (step 30 of 50; KL 2).
+    assert detectors.tune_baseline([rows], "fixed_step") == 0.45  # the first f of the grid past step 20
+    assert detectors.tune_baseline([rows], "fixed_kl") == 1.5  # the first κ of the grid that stops at KL 2
+    with pytest.raises(ValueError, match="unknown baseline"):
+        stop(rows, "oracle", None)
+
+
 def test_signals_are_causal_so_online_equals_offline():
     rng = np.random.default_rng(0)
     rows = [

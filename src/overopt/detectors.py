@@ -39,6 +39,13 @@ first evaluation t_loss where it has lost ≥ `drop` of its gain, g_t ≤ P_t �
 P_t > g_0; the onset is the last evaluation s < t_loss with g_s ≥ P_s − `tol`·(P_{t_loss} − g_0), the last
 one still near the peak. A run with no t_loss never hacks. `score_detector` turns onsets and alarms into
 lead time, detection and false-alarm rates, AUROC and gold regret.
+
+Baselines (`BASELINES`): a detector used as a stopping rule must beat what a practitioner does without one,
+also without gold. `fixed_step` stops at the first evaluation at or past a fraction f of the run's updates;
+`fixed_kl` at the first evaluation whose KL to the SFT policy reaches κ; `heldout_rm` keeps the checkpoint
+(evaluation) a validation RM scores best, an RM trained on the practitioner's own held-out preference pairs,
+which the proxy RM never saw (`heldout_rm_reward`, logged with eval.heldout_rm_prompts). f and κ are tuned
+like a detector's rule (`tune_baseline`: least mean regret on other runs); the validation RM has no knob.
 """
 
 from __future__ import annotations
@@ -226,18 +233,29 @@ class DetectorScore:
     regret_none: float  # the same without a detector (every run to its end)
 
 
+def detector_stop(rows: Sequence[Mapping], name: str, rule: Rule) -> int | None:
+    """The evaluation where detector `name` under `rule` first fires on a run, or None."""
+    signal = SIGNALS[name]
+    return first_alarm(statistic(signal.series(rows), signal.direction, rule), rule.threshold)
+
+
+def regret(rows: Sequence[Mapping], stop: int | None) -> float:
+    """Gold regret of keeping the policy of evaluation `stop` (None: the run's end): gold peak − gold there."""
+    gold = _column(rows, "gold_reward")
+    return float(np.nanmax(gold) - gold[len(gold) - 1 if stop is None else stop])
+
+
 def score_detector(runs: Sequence[Sequence[Mapping]], name: str, rule: Rule, drop: float = 0.3, tol: float = 0.1):
     """Score detector `name` under `rule` over `runs` (each a list of metrics rows) against gold."""
     signal = SIGNALS[name]
-    leads, early, fired_hacked, fired_clean, clean, z_all, passed, regret, regret_none = ([] for _ in range(9))
+    leads, early, fired_hacked, fired_clean, clean, z_all, passed, regrets, regret_none = ([] for _ in range(9))
     for rows in runs:
         gold = _column(rows, "gold_reward")
         onset = hacking_onset(gold, drop, tol)
         x = signal.series(rows)
-        fired = first_alarm(statistic(x, signal.direction, rule), rule.threshold)
-        peak = float(np.nanmax(gold))
-        regret.append(peak - gold[fired if fired is not None else len(gold) - 1])
-        regret_none.append(peak - gold[-1])
+        fired = detector_stop(rows, name, rule)
+        regrets.append(regret(rows, fired))
+        regret_none.append(regret(rows, None))
         z = standardize(x, signal.direction, rule)
         keep = np.isfinite(z)
         z_all.append(z[keep])
@@ -261,7 +279,7 @@ def score_detector(runs: Sequence[Sequence[Mapping]], name: str, rule: Rule, dro
         early=float(np.mean(early)) if early else math.nan,
         false_alarm=float(np.mean(fired_clean)) if fired_clean else math.nan,
         auroc=stats.auroc(z_cat, y_cat) if len(z_cat) else math.nan,
-        regret=float(np.nanmean(regret)) if regret else math.nan,
+        regret=float(np.nanmean(regrets)) if regrets else math.nan,
         regret_none=float(np.nanmean(regret_none)) if regret_none else math.nan,
     )
 
@@ -287,3 +305,44 @@ def tune_rule(runs: Sequence[Sequence[Mapping]], name: str, grid: Sequence[Rule]
         return (s.regret, s.false_alarm if math.isfinite(s.false_alarm) else 0.0)
 
     return min(grid, key=cost)
+
+
+# --------------------------------------------------------------------------- #
+# gold-free baselines: what a stopping rule must beat
+# --------------------------------------------------------------------------- #
+BASELINES = ("fixed_step", "fixed_kl", "heldout_rm")
+BASELINE_GRIDS: dict[str, tuple[float | None, ...]] = {
+    "fixed_step": tuple(round(0.05 * i, 2) for i in range(1, 21)),  # f: a share of the run's updates
+    "fixed_kl": (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0),  # κ: nats
+    "heldout_rm": (None,),  # no knob
+}
+
+
+def baseline_stop(rows: Sequence[Mapping], name: str, knob: float | None) -> int | None:
+    """The evaluation whose policy baseline `name` keeps (module docstring), or None for the run's end.
+
+    fixed_step: the first evaluation whose step is at least knob × the run's last step; fixed_kl: the first
+    whose kl_sft is at least knob (None when none is); heldout_rm: the evaluation with the highest
+    heldout_rm_reward (the first of ties; None when the run logged none)."""
+    if name == "fixed_step":
+        steps = _column(rows, "step")
+        reached = np.flatnonzero(np.isfinite(steps) & (steps >= knob * np.nanmax(steps)))
+        return int(reached[0]) if len(reached) else None
+    if name == "fixed_kl":
+        reached = np.flatnonzero(np.nan_to_num(_column(rows, "kl_sft"), nan=-np.inf) >= knob)
+        return int(reached[0]) if len(reached) else None
+    if name == "heldout_rm":
+        score = _column(rows, "heldout_rm_reward")
+        return int(np.nanargmax(score)) if np.isfinite(score).any() else None
+    raise ValueError(f"unknown baseline {name!r}; baselines: {', '.join(BASELINES)}")
+
+
+def baseline_regrets(runs: Sequence[Sequence[Mapping]], name: str, knob: float | None) -> np.ndarray:
+    """(runs,) gold regret of baseline `name` at `knob` on each run."""
+    return np.array([regret(rows, baseline_stop(rows, name, knob)) for rows in runs], dtype=np.float64)
+
+
+def tune_baseline(runs: Sequence[Sequence[Mapping]], name: str) -> float | None:
+    """The knob of BASELINE_GRIDS[name] with the least mean regret on `runs` (ties: the first). Score the knob it
+    returns on other runs: on these it is fitted."""
+    return min(BASELINE_GRIDS[name], key=lambda knob: float(np.nanmean(baseline_regrets(runs, name, knob))))

@@ -377,6 +377,7 @@ def _rl_prompts(cfg: ExperimentConfig, testbed: Testbed) -> list[list[int]]:
     return testbed.prompts("train", max(4 * cfg.rl.prompts_per_step, cfg.pairs.n_prompts), cfg.seed + 2)
 
 
+MIN_PAIRS = 20  # fewer gold-labelled pairs than this train no RM worth the name (and leave no held-out split)
 HELDOUT_RM_SEED = 1000  # the validation RM's head init and data order: cfg.seed + this (no proxy member has it)
 
 
@@ -506,6 +507,11 @@ def _pairs_and_rm(
             labeling=cfg.pairs.labeling, bt_temperature=cfg.pairs.bt_temperature, label_noise=cfg.pairs.label_noise,
             drop_ties=cfg.pairs.drop_ties, seed=cfg.seed, batch_size=SAMPLE_BATCH, progress=progress,
         )  # fmt: skip
+        if len(pairs) < MIN_PAIRS:
+            asked = len(_labelled_prompts(cfg, testbed) if prompts is None else prompts)
+            raise ValueError(f"{asked} prompts gave {len(pairs)} gold-labelled pairs that are not ties (the SFT "
+                             f"policy's two samples scored alike); an RM needs at least {MIN_PAIRS}: ask for more "
+                             "prompts")  # fmt: skip
         pairs.train_test_split(test_size=cfg.pairs.heldout_fraction, seed=cfg.seed).save_to_disk(str(tmp / "data"))
         return stats
 
