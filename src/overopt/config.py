@@ -530,6 +530,18 @@ class ExperimentConfig(_Frozen):
     checkpoint_every_s: float = Field(
         120.0, ge=0, description="Seconds between checkpoints of a running stage (0 = after every step)."
     )
+    batch_runs: bool = Field(
+        True,
+        description="Train the runs of one process together, their sampling one batched computation over their "
+        "stacked policies (overopt.batching; equal to float rounding, whatever the grouping). False: each run "
+        "samples on its own, as before.",
+    )
+    compute_once: bool = Field(
+        True,
+        description="Compute each forward pass once: a batch's distinct prompts once, their keys and values shared "
+        "by the rows that continue them (RL groups, the RM's pairs); the evaluation's log-probs from the sampler's "
+        "logits. Equal to float rounding; False: every row in full and a second pass, as before.",
+    )
     summarize: SummarizeConfig = SummarizeConfig()
     math: MathConfig = MathConfig()
     judge: JudgeConfig = JudgeConfig()

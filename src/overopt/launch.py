@@ -11,8 +11,10 @@ its own checkpoints. Then `run_jobs` sends the runs not finished yet to:
   (every run at once, each in its own process) where it is not. Knobs: the `slurm` section.
 
 Every worker or job builds the Lab from the finished stages (pipeline.build_lab, publish=False) and
-runs pipeline.run_job, exactly as `--jobs 1` does. A run's randomness depends only on its own seed, so
-its metrics.jsonl rows (every key but the wall times) are the same whatever the number of jobs or the
+runs pipeline.run_job, exactly as `--jobs 1` does. With `batch_runs` (the default) the runs go in groups,
+one group at a time per process (or job): its runs are trained together, their sampling one stacked
+computation (overopt.batching), the long runs spread over the groups. A run's randomness depends only on
+its own seed, so its metrics.jsonl rows (every key but the wall times) are the same whatever the number of jobs or the
 launcher, at the same torch threads (tests/test_compare.py). Resuming is unchanged: re-running the
 command reuses finished runs and resumes interrupted ones from their checkpoints; a Slurm job that
 reaches its time limit is requeued by submitit and resumes the same way.
@@ -41,7 +43,7 @@ from typing import Any
 
 from overopt import preempt
 from overopt.config import ExperimentConfig
-from overopt.progress import StageProgress, console
+from overopt.progress import StageProgress, console, shared_bar
 
 Named = list[tuple[str, str, ExperimentConfig]]  # (run name, method, its configuration), as resolve_plans takes
 
@@ -78,7 +80,7 @@ def run_jobs(lab, plans, named: Named, every: list[tuple[str, int]], precision) 
     import torch
 
     from overopt import distributed
-    from overopt.pipeline import is_finished, run_job
+    from overopt.pipeline import is_finished
 
     cfg = lab.cfg
     todo = [job for job in every if not is_finished(lab, *job)]
@@ -92,23 +94,52 @@ def run_jobs(lab, plans, named: Named, every: list[tuple[str, int]], precision) 
     in_process = cfg.launcher == "local" and min(jobs, len(todo)) <= 1
     if in_process and not cfg.threads and jobs == 1:
         threads = torch.get_num_threads()  # torch's default: the usable cores, or what OMP_NUM_THREADS says
-    record = {"launcher": cfg.launcher, "jobs": jobs, "threads_per_run": threads}
+    groups = run_groups(todo, plans, jobs if not in_process else 1, cfg.batch_runs and distributed.world() == 1)
+    record = {"launcher": cfg.launcher, "jobs": jobs, "threads_per_run": threads,
+              "groups": [len(group) for group in groups]}  # fmt: skip
     start = time.perf_counter()
     if in_process:
         torch.set_num_threads(threads)
         with precision():
-            for name, seed in todo:
-                run_job(lab, plans, name, seed)
+            for group in groups:
+                run_group(lab, plans, group)
     elif todo:
-        todo = sorted(todo, key=lambda job: -_cost(plans[job[0]][0]))  # the long ones first
         worker_cfg = cfg.model_copy(update={"threads": threads})
         with StageProgress(f"runs ({record['jobs']} at once, {cfg.launcher})") as progress:
             progress.start(len(todo))
             if cfg.launcher == "local":
-                _run_pool(worker_cfg, named, todo, min(jobs, len(todo)), progress)
+                _run_pool(worker_cfg, named, groups, min(jobs, len(groups)), progress)
             else:
-                _run_submitit(worker_cfg, named, todo, progress)
+                _run_submitit(worker_cfg, named, groups, progress)
     return {**record, "runs": len(every), "ran": len(todo), "wall_s": time.perf_counter() - start}
+
+
+def run_groups(todo: list[tuple[str, int]], plans, jobs: int, together: bool) -> list[list[tuple[str, int]]]:
+    """The runs as groups, each trained together in one process: one run each without `together`; else at least
+    `jobs` groups of at most batching.MAX_GROUP runs, the long runs (OCRM, GR) dealt out first, one to each."""
+    from overopt.batching import MAX_GROUP
+
+    todo = sorted(todo, key=lambda job: -_cost(plans[job[0]][0]))  # the long ones first
+    if not together:
+        return [[job] for job in todo]
+    n = max(min(jobs, len(todo)), -(-len(todo) // MAX_GROUP))
+    return [group for group in (todo[i::n] for i in range(n)) if group]
+
+
+def run_group(lab, plans, group: list[tuple[str, int]]) -> None:
+    """Train the runs of `group` (lab.cfg.batch_runs: together, overopt.batching; else one after another)."""
+    from functools import partial
+
+    from overopt import distributed
+    from overopt.batching import RunGroup
+    from overopt.pipeline import run_job
+
+    if not lab.cfg.batch_runs or distributed.world() > 1:
+        for name, seed in group:
+            run_job(lab, plans, name, seed)
+        return
+    with StageProgress(f"rl: {len(group)} runs together") as bar, shared_bar(bar):
+        RunGroup().run([partial(run_job, lab, plans, name, seed) for name, seed in group])
 
 
 def log_invocation(path: Path, **entry) -> None:
@@ -139,24 +170,23 @@ def _init_worker(cfg_data: dict, named: list[tuple[str, str, dict]]) -> None:
     _WORKER.update(plans=plans, lab=build_lab(cfg, testbed, plans, publish=False), testbed=testbed)
 
 
-def _run_in_worker(name: str, seed: int) -> None:
-    from overopt.pipeline import run_job
-
+def _run_in_worker(group: list[tuple[str, int]]) -> int:
     with _WORKER["testbed"].precision():
-        run_job(_WORKER["lab"], _WORKER["plans"], name, seed)
+        run_group(_WORKER["lab"], _WORKER["plans"], group)
+    return len(group)
 
 
-def _run_pool(cfg: ExperimentConfig, named: Named, todo: list[tuple[str, int]], workers: int, progress) -> None:
+def _run_pool(cfg: ExperimentConfig, named: Named, groups: list[list], workers: int, progress) -> None:
     context = multiprocessing.get_context("spawn")  # no forked torch state: every worker starts clean
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                              initargs=_payload(cfg, named)) as pool:  # fmt: skip
-        pending = {pool.submit(_run_in_worker, name, seed) for name, seed in todo}
+        pending = {pool.submit(_run_in_worker, group) for group in groups}
         try:
             while pending:
                 done, pending = wait(pending, return_when=FIRST_EXCEPTION)
                 for future in done:
                     _result(future)  # a failed or preempted run ends the command with its error
-                    progress.advance()
+                    progress.advance(future.result())
         except BaseException:
             pool.shutdown(cancel_futures=True)  # start no other run; those under way end or checkpoint
             raise
@@ -174,21 +204,21 @@ def _result(future) -> None:
 
 
 class _SubmititRun:
-    """One run as a submitit job; `checkpoint` lets submitit requeue it at its time limit (it then resumes
-    from its own checkpoints in OUT)."""
+    """One group of runs as a submitit job; `checkpoint` lets submitit requeue it at its time limit (its runs
+    then resume from their own checkpoints in OUT)."""
 
     def __init__(self, cfg_data: dict, named: list[tuple[str, str, dict]]):
         self.cfg_data, self.named = cfg_data, named
 
-    def __call__(self, name: str, seed: int) -> None:
+    def __call__(self, group: list[tuple[str, int]]) -> int:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see cli.main)
         _init_worker(self.cfg_data, self.named)
-        _run_in_worker(name, seed)
+        return _run_in_worker(group)
 
-    def checkpoint(self, name: str, seed: int):
+    def checkpoint(self, group: list[tuple[str, int]]):
         from submitit.helpers import DelayedSubmission
 
-        return DelayedSubmission(self, name, seed)
+        return DelayedSubmission(self, group)
 
 
 def _submitit():
@@ -199,18 +229,18 @@ def _submitit():
     return submitit
 
 
-def _run_submitit(cfg: ExperimentConfig, named: Named, todo: list[tuple[str, int]], progress) -> None:
+def _run_submitit(cfg: ExperimentConfig, named: Named, groups: list[list], progress) -> None:
     submitit = _submitit()
     s = cfg.slurm
     executor = submitit.AutoExecutor(folder=s.folder or Path(cfg.out) / "submitit")
     executor.update_parameters(
         name=f"overopt-{Path(cfg.out).name}", timeout_min=s.timeout_min, cpus_per_task=s.cpus_per_task,
-        slurm_array_parallelism=cfg.jobs or len(todo),
+        slurm_array_parallelism=cfg.jobs or len(groups),
         **({"gpus_per_node": s.gpus_per_task} if s.gpus_per_task else {}),
         **({"mem_gb": s.mem_gb} if s.mem_gb else {}),
         **({"slurm_partition": s.partition} if s.partition else {}),
     )  # fmt: skip
-    submitted = executor.map_array(_SubmititRun(*_payload(cfg, named)), *zip(*todo))
+    submitted = executor.map_array(_SubmititRun(*_payload(cfg, named)), groups)
     console.print(f"[dim]submitit ({executor.cluster}): {len(submitted)} jobs; logs in {executor.folder}[/dim]")
     pending = list(submitted)
     while pending:
@@ -218,7 +248,7 @@ def _run_submitit(cfg: ExperimentConfig, named: Named, todo: list[tuple[str, int
         for job in [job for job in pending if job.done()]:
             _raise_if_failed(job)
             pending.remove(job)
-            progress.advance()
+            progress.advance(job.result())
         time.sleep(1.0 if pending else 0)
 
 

@@ -75,7 +75,8 @@ def _stage_fingerprints(cfg: ExperimentConfig, proxy: str) -> dict[str, str]:
     # RM's fingerprint through that stage only, so an RM on the policy's backbone keeps its fingerprint.
     own = _own_rm_backbone(cfg)
     backbone = fingerprint(world, cfg.rm_backbone.model_dump(), cfg.sft.model_dump()) if own else sft
-    rm = fingerprint(labelled, cfg.rm.model_dump(exclude=set(ModelConfig.model_fields)), *([backbone] if own else []))
+    rm = fingerprint(labelled, cfg.rm.model_dump(exclude=set(ModelConfig.model_fields)), *([backbone] if own else []),
+                     *_computation(cfg))  # fmt: skip
     return {"sft": sft, "data": labelled, "rm": rm, "rm_backbone": backbone, **heldout}
 
 
@@ -86,10 +87,14 @@ def _heldout_fingerprints(cfg: ExperimentConfig, sft: str) -> dict[str, str]:
     if not n:
         return {}
     pairs = fingerprint(sft, cfg.pairs.model_dump(), "heldout", n)
-    return {
-        "heldout_pairs": pairs,
-        "rm_heldout": fingerprint(pairs, cfg.rm.model_dump(exclude=set(ModelConfig.model_fields))),
-    }
+    rm = fingerprint(pairs, cfg.rm.model_dump(exclude=set(ModelConfig.model_fields)), *_computation(cfg))
+    return {"heldout_pairs": pairs, "rm_heldout": rm}
+
+
+def _computation(cfg: ExperimentConfig) -> list:
+    """What changes how a stage computes (not what): compute_once, in the fingerprints of the stages it changes.
+    Only when on: everything built before the knob existed computed every row in full and stays valid off."""
+    return [{"compute_once": True}] if cfg.compute_once else []
 
 
 def _own_rm_backbone(cfg: ExperimentConfig) -> bool:
@@ -110,7 +115,8 @@ def _run_fingerprint(rm_fp: str, plan, variant: ExperimentConfig, seed: int) -> 
     rl = {} if plan.best_of_n or plan.daa else plan.rl.model_dump(exclude=unset)
     # Likewise a run without a validation RM is the run it was before eval.heldout_rm_prompts existed.
     evaluation = variant.eval.model_dump(exclude=None if variant.eval.heldout_rm_prompts else {"heldout_rm_prompts"})
-    return fingerprint(rm_fp, plan.name, rl, evaluation, sections, seed)
+    sampler = [{"batch_runs": True}] if variant.batch_runs else []  # the stacked sampler: see overopt.batching
+    return fingerprint(rm_fp, plan.name, rl, evaluation, sections, seed, *_computation(variant), *sampler)
 
 
 def _refuse_stale(out: Path, fps: dict[str, str], runs: dict[Path, str]) -> None:
@@ -522,6 +528,7 @@ def _pairs_and_rm(
         metrics = train_reward_model(
             rm, pairs["train"], pairs["test"], epochs=cfg.rm.epochs, batch_size=cfg.rm.batch_size,
             lr=cfg.rm.lr, pad_id=tok.pad_token_id, seed=seed, progress=progress, checkpoints=checkpoints,
+            share_prefix=cfg.compute_once,
         )  # fmt: skip
         rm.save_pretrained(tmp)
         tok.save_pretrained(tmp)

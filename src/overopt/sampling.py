@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from transformers import PreTrainedModel
 
-from overopt.models.policy import position_ids_from_mask
+from overopt.models.policy import prefix_cache
+from overopt.ops import entropy_from_logits, selective_log_softmax
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,27 @@ def mask_after_eos(completion_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
     return (~eos_seen_before).long()
 
 
+class SampledLogprobs(NamedTuple):
+    """What the sampler's own logits say about the tokens it drew (sample_completions with_logprobs): the
+    log-probs and entropies that models.policy.completion_logprobs(with_entropy=True) computes in a second pass,
+    to float rounding. (B, T), 0 after each row's EOS."""
+
+    logprobs: torch.Tensor
+    entropy: torch.Tensor
+
+
+# While runs are trained together (overopt.batching), their sampling goes through the group's router, which
+# returns the samples, or None for a call it leaves alone.
+_router = None
+
+
+def set_router(router):
+    """Route sample_completions through `router` (None: sample here); returns the previous router."""
+    global _router
+    previous, _router = _router, router
+    return previous
+
+
 @torch.no_grad()
 def sample_completions(
     model: PreTrainedModel,
@@ -100,7 +123,8 @@ def sample_completions(
     *,
     row_offset: int = 0,
     total_rows: int | None = None,
-) -> Rollout:
+    with_logprobs: bool = False,
+) -> Rollout | tuple[Rollout, SampledLogprobs]:
     """Sample one completion per prompt row at `temperature` (no top-k/top-p truncation; 0 = greedy).
 
     Pure ancestral sampling keeps log π(y|x) exact for KL and importance weights. Each token is drawn
@@ -112,7 +136,17 @@ def sample_completions(
     The KV cache is filled once per distinct prompt and shared by its copies (a group of K), and rows
     leave the batch at their EOS, so the cost follows the tokens generated rather than B × the longest
     completion. The rollout lives on the model's device.
+
+    `with_logprobs` (temperature > 0) also returns each drawn token's log-probability at `temperature` and the
+    entropy there (SampledLogprobs), read off the logits the draw used: no second pass over the completions.
     """
+    if with_logprobs and not temperature > 0:
+        raise ValueError("sample_completions: with_logprobs needs a temperature > 0 (greedy has no distribution)")
+    if _router is not None:  # runs trained together: their policies' samples are drawn stacked (overopt.batching)
+        routed = _router(model, prompt_ids, prompt_mask, max_new_tokens, temperature, eos_id, pad_id,
+                         row_offset=row_offset, total_rows=total_rows, with_logprobs=with_logprobs)  # fmt: skip
+        if routed is not None:
+            return routed
     device = model.device
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     rows = prompt_ids.shape[0]
@@ -121,21 +155,11 @@ def sample_completions(
     was_training = model.training
     model.eval()
     # Prefill each distinct (prompt, mask) once, then copy its cache and last logits to its rows.
-    distinct, copies = torch.unique(torch.cat([prompt_ids, prompt_mask], 1), dim=0, return_inverse=True)
-    distinct_mask = distinct[:, prompt_ids.shape[1] :]
-    out = model(
-        input_ids=distinct[:, : prompt_ids.shape[1]],
-        attention_mask=distinct_mask,
-        position_ids=position_ids_from_mask(distinct_mask),
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    # Recent transformers (5.24) name the KV cache `cache` and warn on `past_key_values`; older releases
-    # only know `past_key_values`. The prefill's output says which (wrappers such as peft hide the signature).
-    cache_kw = "cache" if "cache" in out else "past_key_values"
-    cache, logits = out[cache_kw], out.logits[copies, -1]
-    cache.reorder_cache(copies)
+    prefix = prefix_cache(model, prompt_ids, prompt_mask, logits_to_keep=1)
+    cache_kw, cache, logits = prefix.cache_kw, prefix.cache, prefix.output.logits[prefix.copies, -1]
     completion = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    if with_logprobs:
+        logprobs, entropy = (torch.zeros(rows, max_new_tokens, device=device) for _ in range(2))
     active = torch.arange(rows, device=device)  # rows still generating
     attention_mask, positions = prompt_mask, prompt_mask.sum(1, keepdim=True)
     steps = 0
@@ -143,7 +167,11 @@ def sample_completions(
         if temperature > 0:
             # -log E with E ~ Exp(1) is Gumbel(0, 1) noise; drawn for all rows so that row r's stays r's.
             gumbel = -torch.empty((total_rows, logits.shape[-1]), device=device).exponential_(generator=noise).log()
-            token = (logits.float() / temperature + gumbel[row_offset + active]).argmax(-1)
+            scaled = logits.float() / temperature
+            token = (scaled + gumbel[row_offset + active]).argmax(-1)
+            if with_logprobs:  # as completion_logprobs computes them: ops.selective_log_softmax, entropy_from_logits
+                logprobs[active, t] = selective_log_softmax(scaled[:, None], token[:, None])[:, 0]
+                entropy[active, t] = entropy_from_logits(scaled[:, None])[:, 0]
         else:
             token = logits.argmax(-1)
         completion[active, t] = token
@@ -169,4 +197,7 @@ def sample_completions(
     model.train(was_training)
     completion = completion[:, :steps]
     mask = mask_after_eos(completion, eos_id)
-    return Rollout(prompt_ids, prompt_mask, completion.masked_fill(mask == 0, pad_id), mask)
+    rollout = Rollout(prompt_ids, prompt_mask, completion.masked_fill(mask == 0, pad_id), mask)
+    if not with_logprobs:
+        return rollout
+    return rollout, SampledLogprobs(logprobs[:, :steps] * mask, entropy[:, :steps] * mask)

@@ -43,6 +43,16 @@ def completion_loglik(
     return torch.cat(out)
 
 
+def pair_logliks(
+    model: PreTrainedModel, pairs: Dataset, pad_id: int, truncate_tokens: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log π(y_c|x) and log π(y_r|x) of the stored pairs (N,) each, float64 (completion_loglik)."""
+    return tuple(
+        completion_loglik(model, pairs["prompt_ids"], pairs[f"{side}_ids"], pad_id, truncate_tokens=truncate_tokens)
+        for side in ("chosen", "rejected")
+    )
+
+
 def ocrm_pair_log_ratios(
     policy: PreTrainedModel,
     sft_policy: PreTrainedModel,
@@ -51,20 +61,10 @@ def ocrm_pair_log_ratios(
     alpha: float,
     pad_id: int,
     truncate_tokens: int | None,
+    sft_logliks: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """(N,) S = log ρ_α(y_c|x) + log ρ_α(y_r|x) of the stored pairs under π_k vs π_SFT; log w = β_w·S."""
-    loglik = {
-        (name, side): completion_loglik(
-            model, pairs["prompt_ids"], pairs[f"{side}_ids"], pad_id, truncate_tokens=truncate_tokens
-        )
-        for name, model in (("policy", policy), ("sft", sft_policy))
-        for side in ("chosen", "rejected")
-    }
-    return ocrm_log_weights(
-        loglik["policy", "chosen"],
-        loglik["sft", "chosen"],
-        loglik["policy", "rejected"],
-        loglik["sft", "rejected"],
-        alpha=alpha,
-        beta_w=1.0,
-    )
+    """(N,) S = log ρ_α(y_c|x) + log ρ_α(y_r|x) of the stored pairs under π_k vs π_SFT; log w = β_w·S.
+    `sft_logliks`: π_SFT's `pair_logliks` of the same pairs, when the caller keeps them (they never change)."""
+    chosen, rejected = pair_logliks(policy, pairs, pad_id, truncate_tokens)
+    sft_chosen, sft_rejected = sft_logliks or pair_logliks(sft_policy, pairs, pad_id, truncate_tokens)
+    return ocrm_log_weights(chosen, sft_chosen, rejected, sft_rejected, alpha=alpha, beta_w=1.0)

@@ -26,12 +26,13 @@ from overopt.testbeds.base import RuleRewardTestbed
 class ProxyRewardModel:
     """r_φ(x, y) of one learned reward model (the lab's proxy)."""
 
-    def __init__(self, model: PreTrainedModel):
-        self.model = model.eval()
+    def __init__(self, model: PreTrainedModel, share_prefix: bool = False):
+        self.model, self.share_prefix = model.eval(), share_prefix  # share_prefix: see models.reward.reward_forward
 
     @torch.no_grad()
     def __call__(self, rollout: Rollout) -> RewardScores:
-        out = reward_forward(self.model, rollout.input_ids, rollout.attention_mask)
+        prompt_len = rollout.prompt_len if self.share_prefix else None
+        out = reward_forward(self.model, rollout.input_ids, rollout.attention_mask, prompt_len)
         return RewardScores(out.rewards.float(), out.hidden.float(), score_head(self.model).weight[0].float())
 
     def models(self) -> list[PreTrainedModel]:

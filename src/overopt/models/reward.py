@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 from transformers import AutoModelForSequenceClassification, BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 
-from overopt.models.policy import SAFE_LOADING, position_ids_from_mask
+from overopt.models.policy import SAFE_LOADING, continue_from_prefix, position_ids_from_mask, prefix_cache
 
 
 class RewardOutput(NamedTuple):
@@ -53,17 +53,34 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (positions * attention_mask.long()).argmax(dim=1)
 
 
-def reward_forward(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> RewardOutput:
-    """r(x, y) = wᵀh + b for a batch of full sequences (B, L) -> RewardOutput((B,), (B, H)) on the model's device."""
+def reward_forward(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int | None = None
+) -> RewardOutput:
+    """r(x, y) = wᵀh + b for a batch of full sequences (B, L) -> RewardOutput((B,), (B, H)) on the model's device.
+
+    With `prompt_len` (left-padded prompts, right-padded completions after them), each distinct prompt runs once
+    and the rows that continue it share its keys and values (models.policy.prefix_cache): equal to the full
+    pass to float rounding, the prompt's work done once per distinct prompt."""
     input_ids, attention_mask = input_ids.to(model.device), attention_mask.to(model.device)
-    hidden_states = model.base_model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        use_cache=False,
-    ).last_hidden_state  # (B, L, H)
     rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-    h = hidden_states[rows, last_token_index(attention_mask)]  # (B, H)
+    if prompt_len is None:
+        hidden_states = model.base_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            use_cache=False,
+        ).last_hidden_state  # (B, L, H)
+        h = hidden_states[rows, last_token_index(attention_mask)]  # (B, H)
+    else:
+        prompt_mask, completion_mask = attention_mask[:, :prompt_len], attention_mask[:, prompt_len:]
+        prefix = prefix_cache(model.base_model, input_ids[:, :prompt_len], prompt_mask)
+        h = prefix.output.last_hidden_state[prefix.copies, -1]  # the prompt's last token: rows without completion
+        length = completion_mask.sum(1)
+        if completion_mask.shape[1] and bool((length > 0).any()):
+            rest = continue_from_prefix(
+                model.base_model, prefix, prompt_mask, input_ids[:, prompt_len:], completion_mask
+            ).last_hidden_state  # (B, T, H)
+            h = torch.where((length > 0)[:, None], rest[rows, (length - 1).clamp(min=0)], h)
     return RewardOutput(score_head(model)(h).squeeze(-1), h)
 
 
@@ -107,5 +124,5 @@ class RewardHead(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return reward_forward(self.model, input_ids, attention_mask).rewards
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int | None = None):
+        return reward_forward(self.model, input_ids, attention_mask, prompt_len).rewards

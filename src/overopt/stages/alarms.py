@@ -86,9 +86,11 @@ def measured_figures(
     pad_id: int,
     truncate_tokens: int | None,
     rm0_features: bool = True,
+    sft_logliks: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Figures:
     """`alarm/<name>` of the measured signals (overopt.detectors.SIGNALS) that this run's reward source allows.
-    `pairs`: the RM's training pairs whose ESS is measured (None: no pairs_ess). `rm0_features`: the samples'
+    `pairs`: the RM's training pairs whose ESS is measured (None: no pairs_ess), `sft_logliks` their SFT
+    log-likelihoods when the caller keeps them (mitigations.ocrm.pair_logliks). `rm0_features`: the samples'
     hidden states are RM_0's (not an OCRM refit's), which the extra heads were fitted on."""
     reference = reference or {}
     figures: Figures = {}
@@ -105,7 +107,7 @@ def measured_figures(
     if pairs is not None and len(pairs):
         # log w = S = log π/π_SFT of both completions (OCRM's weights at β_w = 1, α = 0): its Kish ESS / N.
         ratios = ocrm_pair_log_ratios(policy, sft_policy, pairs, alpha=0.0, pad_id=pad_id,
-                                      truncate_tokens=truncate_tokens)  # fmt: skip
+                                      truncate_tokens=truncate_tokens, sft_logliks=sft_logliks)  # fmt: skip
         figures["alarm/pairs_ess"] = ess_from_log_weights(ratios).item() / len(pairs)
     return figures
 

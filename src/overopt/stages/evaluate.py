@@ -43,6 +43,7 @@ def evaluate_policy(
     n_logged_samples: int,
     pairs: bool = False,
     heldout: RewardSource | None = None,
+    compute_once: bool = False,
 ) -> tuple[dict[str, float], list[dict], EvalSamples]:
     """One sample per held-out prompt; returns the contract's metrics, a few decoded samples and every
     scored sample (with `pairs`, plus a second sample per prompt: mechanism figures compare the two).
@@ -50,7 +51,8 @@ def evaluate_policy(
     kl_sft = mean over prompts of Σ_t (log π_θ(y_t|·) − log π_SFT(y_t|·)) with y ~ π_θ: an unbiased
     estimate of the per-sequence KL(π_θ ‖ π_SFT) when temperature = 1.
     `heldout` (a validation RM the policy is not optimised against) adds heldout_rm_reward, its mean score
-    of the same samples.
+    of the same samples. `compute_once`: the policy's log-probs and entropy are the sampler's own (no second
+    pass over the samples; equal to float rounding), and the reward source shares prompts as it was built to.
     Sampling uses its own seeded RNG stream (common random numbers across evaluations, and the
     training RNG is left untouched so evaluation never changes the training trajectory).
     """
@@ -80,9 +82,13 @@ def evaluate_policy(
                 temperature,
                 tok.eos_token_id,
                 tok.pad_token_id,
+                with_logprobs=compute_once,
             )
+            if compute_once:
+                rollout, (logprobs, entropy) = rollout
             ids, mask, plen = rollout.input_ids, rollout.attention_mask, rollout.prompt_len
-            logprobs, entropy = completion_logprobs(policy, ids, mask, plen, temperature, with_entropy=True)
+            if not compute_once:
+                logprobs, entropy = completion_logprobs(policy, ids, mask, plen, temperature, with_entropy=True)
             sft_logprobs, _ = completion_logprobs(sft_policy, ids, mask, plen, temperature)
             cmask = rollout.completion_mask
             gold_terms = testbed.gold_components(rollout.prompt_ids, rollout.completion_ids, cmask)

@@ -32,7 +32,7 @@ from overopt.checkpoint import Checkpoint, Checkpointer, CheckpointError
 from overopt.config import ExperimentConfig
 from overopt.io import append_jsonl, fsync_size, save_tensors, save_weights, trainable_tensors, write_json
 from overopt.methods import MethodContext, MethodPlan
-from overopt.mitigations.ocrm import ocrm_pair_log_ratios
+from overopt.mitigations.ocrm import ocrm_pair_log_ratios, pair_logliks
 from overopt.mitigations.protocols import Figures, RewardSource
 from overopt.mitigations.rewards import EnsembleRewardModel, ProcessRewardModel, ProxyRewardModel, RuleReward
 from overopt.models.policy import merged_copy
@@ -67,6 +67,8 @@ class Lab:
     # (alarm.heads, alarm.head_pairs) -> the extra heads of head_std: fitted on RM_0 and its pairs, once per lab
     alarm_heads: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
     heldout_rm: PreTrainedModel | None = None  # the validation RM of eval.heldout_rm_prompts (never optimised)
+    # (alarm.pairs, ocrm.truncate_tokens) -> π_SFT's log-likelihoods of the pairs pairs_ess reads: once per lab
+    alarm_sft_logliks: dict[tuple[int, int | None], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 def phase_steps(total: int, phases: int) -> list[int]:
@@ -101,7 +103,7 @@ def run_method(
     ref_policy = copy.deepcopy(lab.sft_policy) if plan.moves_reference else lab.sft_policy
     # 2. Reward source (a resumed OCRM round: its refitted RM).
     if run_state["phase"] > 0:
-        source: RewardSource = ProxyRewardModel(_restored_ocrm_rm(lab, resume))
+        source: RewardSource = ProxyRewardModel(_restored_ocrm_rm(lab, resume), cfg.compute_once)
     else:
         source = reward_source(lab, plan, cfg)
     value_model = None
@@ -120,7 +122,7 @@ def run_method(
     extra: Figures = run_state["extra"]
     phase = run_state["phase"]
     mech_reference: dict | None = run_state.get("mech_reference")  # proxy and gold on SFT samples (step 0)
-    rm0 = ProxyRewardModel(lab.reward_models(1)[0]) if plan.ocrm and mech_on else None
+    rm0 = ProxyRewardModel(lab.reward_models(1)[0], cfg.compute_once) if plan.ocrm and mech_on else None
     # Alarms (overopt.detectors): every evaluation logs alarm/*; with rl.stop_on_alarm the run stops when
     # one fires, keeping the policy of the last calm evaluation (trainable tensors) for the roll-back.
     monitor = alarms.AlarmMonitor(cfg.alarm, rl.stop_alarms, run_state.get("alarms"))
@@ -178,7 +180,7 @@ def run_method(
             with StageProgress(f"ocrm round {phase} rm") as progress:
                 rm, figures = _ocrm_refit(lab, cfg, policy, seed, phase, progress, refit)
             refit.clear()
-            source = ProxyRewardModel(rm)
+            source = ProxyRewardModel(rm, cfg.compute_once)
             extra = {**figures, "ocrm/round": phase}
             if plan.uses_kl:
                 ref_policy = merged_copy(policy).eval()  # LoRA: a plain model, like the SFT anchor
@@ -194,6 +196,7 @@ def run_method(
                 on_eval=on_eval, progress=progress, mitigations=plan.mitigations(ctx), steps=steps,
                 step_offset=offset, evaluate_first=phase == 0, resume=loop, on_step_end=on_step_end,
                 lr_decay=plan.ocrm and cfg.ocrm.phase_lr_decay, train_mechanisms=train_mechanisms,
+                share_prefix=cfg.compute_once,
             )  # fmt: skip
         loop = None
         if stop is not None:
@@ -223,7 +226,8 @@ def evaluation(
         policy, lab.sft_policy, source, lab.testbed, lab.eval_ids, lab.eval_mask,
         temperature=cfg.eval.temperature, seed=10_000 + seed, batch_size=SAMPLE_BATCH,
         n_logged_samples=cfg.eval.n_logged_samples, pairs=cfg.eval.mechanisms,
-        heldout=ProxyRewardModel(lab.heldout_rm) if lab.heldout_rm is not None else None,
+        heldout=ProxyRewardModel(lab.heldout_rm, cfg.compute_once) if lab.heldout_rm is not None else None,
+        compute_once=cfg.compute_once,
     )  # fmt: skip
     pad = lab.testbed.tokenizer.pad_token_id
     labelled = lab.pairs["train"] if lab.pairs is not None and "chosen_ids" in lab.pairs["train"].column_names else None
@@ -240,10 +244,16 @@ def evaluation(
             mech_reference["alarm_heads"] = lab.alarm_heads[key]
     if cfg.eval.mechanisms:
         metrics.update(mechanisms.evaluation_figures(scored, mech_reference, rm0))
+    alarm_pairs = labelled.select(range(min(cfg.alarm.pairs, len(labelled)))) if labelled is not None else None
+    sft_logliks = None
+    if alarm_pairs is not None and len(alarm_pairs):
+        key = (cfg.alarm.pairs, cfg.ocrm.truncate_tokens)
+        if key not in lab.alarm_sft_logliks:
+            lab.alarm_sft_logliks[key] = pair_logliks(lab.sft_policy, alarm_pairs, pad, cfg.ocrm.truncate_tokens)
+        sft_logliks = lab.alarm_sft_logliks[key]
     metrics.update(alarms.measured_figures(
-        scored, mech_reference, policy=policy, sft_policy=lab.sft_policy, pad_id=pad,
-        pairs=labelled.select(range(min(cfg.alarm.pairs, len(labelled)))) if labelled is not None else None,
-        truncate_tokens=cfg.ocrm.truncate_tokens, rm0_features=rm0 is None,
+        scored, mech_reference, policy=policy, sft_policy=lab.sft_policy, pad_id=pad, pairs=alarm_pairs,
+        truncate_tokens=cfg.ocrm.truncate_tokens, rm0_features=rm0 is None, sft_logliks=sft_logliks,
     ))  # fmt: skip
     return metrics, samples, mech_reference
 
@@ -260,7 +270,7 @@ def reward_source(lab: Lab, plan: MethodPlan, cfg: ExperimentConfig) -> RewardSo
     """What the method optimises: the testbed's rule, an ensemble of the first k proxy RMs, or the proxy RM."""
     if lab.testbed.proxy == "rule":
         return RuleReward(lab.testbed)
-    member = ProxyRewardModel
+    member = partial(ProxyRewardModel, share_prefix=cfg.compute_once)
     if lab.testbed.proxy == "process":  # a PRM: its step rewards aggregated into the return (rl.aggregation)
         rl = cfg.rl
         member = partial(ProcessRewardModel, testbed=lab.testbed, aggregation=rl.aggregation, gamma=rl.gamma,
@@ -330,10 +340,13 @@ def _ocrm_refit(
     metrics = train_reward_model(
         rm, train, heldout, epochs=r.epochs, batch_size=r.batch_size, lr=r.lr, pad_id=pad, seed=lab.cfg.seed,
         progress=progress, log_weights=log_w, normalization=o.normalization, checkpoints=checkpoints,
+        share_prefix=cfg.compute_once,
     )  # fmt: skip
     # The refit's effective strength: held-out pairs that RM_k orders unlike RM_0 (0 = the same RM again).
+    share = cfg.compute_once
     disagreement = order_disagreement(
-        pair_margins(rm, heldout, pad, SAMPLE_BATCH), pair_margins(lab.reward_models(1)[0], heldout, pad, SAMPLE_BATCH)
+        pair_margins(rm, heldout, pad, SAMPLE_BATCH, share),
+        pair_margins(lab.reward_models(1)[0], heldout, pad, SAMPLE_BATCH, share),
     ).item()
     return rm.eval(), {
         "ocrm/beta_w": beta_w,

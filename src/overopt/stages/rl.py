@@ -185,6 +185,7 @@ def train_policy(
     on_step_end: Callable[[int, Callable[[], dict]], None] | None = None,
     lr_decay: bool = False,
     train_mechanisms: Callable[[Rollout, RewardScores], Figures] | None = None,
+    share_prefix: bool = False,
 ) -> None:
     """Optimise `policy` in place for `steps` (default cfg.steps) updates.
 
@@ -197,12 +198,15 @@ def train_policy(
     `lr_decay`: the learning rate falls linearly from cfg.lr at the first update to cfg.lr/steps at the
     last (OCRM's published PPO phases). `train_mechanisms(rollout, scores)`: figures about the whole
     batch's rollouts and their reward-source scores (mech/*, against gold), averaged like train/*.
+    `share_prefix`: the policy's and the reference's forward passes run each group's prompt once
+    (models.policy.completion_logits); one process only (a wrapped model takes one forward per backward).
     """
     mitigations = mitigations or Mitigations()
     steps = cfg.steps if steps is None else steps
     tok = testbed.tokenizer
     _check_processes(cfg)
     trained = distributed.prepare(policy)  # the update's forward; sampling and scoring use `policy` itself
+    share_prefix = share_prefix and distributed.world() == 1
     torch.manual_seed(seed + step_offset)
     prompts = PromptStream(train_prompts, seed + step_offset)
     models = [policy] if value_model is None else [policy, value_model]
@@ -292,13 +296,16 @@ def train_policy(
             # it: a KL penalty or a loss term.
             if cfg.epochs == 1 and cfg.minibatches == 1:
                 with torch.enable_grad():
-                    grad_logprobs, _ = completion_logprobs(trained, ids, mask, plen, cfg.temperature)
+                    grad_logprobs, _ = completion_logprobs(trained, ids, mask, plen, cfg.temperature,
+                                                           share_prefix=share_prefix)  # fmt: skip
                 old_logprobs = grad_logprobs.detach()
             else:
-                old_logprobs, _ = completion_logprobs(policy, ids, mask, plen, cfg.temperature)
+                old_logprobs, _ = completion_logprobs(policy, ids, mask, plen, cfg.temperature,
+                                                      share_prefix=share_prefix)  # fmt: skip
             ref_logprobs, seq_kl = None, None
             if kl_coef > 0 or mitigations.loss_terms:
-                ref_logprobs, _ = completion_logprobs(ref_policy, ids, mask, plen, cfg.temperature)
+                ref_logprobs, _ = completion_logprobs(ref_policy, ids, mask, plen, cfg.temperature,
+                                                      share_prefix=share_prefix)  # fmt: skip
                 token_kl = kl_estimate(old_logprobs, ref_logprobs, cfg.kl.estimator) * cmask
                 seq_kl = distributed.gather_rows(token_kl.sum(1))
                 log.add({"train/kl_ref": seq_kl.mean()})
@@ -340,7 +347,7 @@ def train_policy(
                     logprobs, grad_logprobs = grad_logprobs, None
                     loss, first = _minibatch_loss(
                         cfg, trained, value_model, batch, rows, kl_coef, mitigations, testbed.max_completion_tokens,
-                        logprobs, share, with_shares=not figures,
+                        logprobs, share, with_shares=not figures, share_prefix=share_prefix,
                     )  # fmt: skip
                     figures.update(first if not figures else {})  # figures of θ, not of a perturbed θ
                     return loss
@@ -430,6 +437,7 @@ def _minibatch_loss(
     logprobs: torch.Tensor | None = None,
     token_share: float = 1.0,
     with_shares: bool = False,
+    share_prefix: bool = False,
 ) -> tuple[torch.Tensor, Figures]:
     """The loss of the minibatch `rows` at the current parameters, and its figures. `logprobs`: the
     minibatch's log-probs at the current parameters with grad, if already computed. `token_share`
@@ -439,7 +447,7 @@ def _minibatch_loss(
     rollout = batch.rollout.index(rows)
     ids, mask, plen, cmask = rollout.input_ids, rollout.attention_mask, rollout.prompt_len, rollout.completion_mask
     if logprobs is None:
-        logprobs, _ = completion_logprobs(policy, ids, mask, plen, cfg.temperature)
+        logprobs, _ = completion_logprobs(policy, ids, mask, plen, cfg.temperature, share_prefix=share_prefix)
     pg = clipped_surrogate(
         logprobs,
         batch.old_logprobs[rows],

@@ -14,27 +14,34 @@ from overopt.sampling import rollout_from_tokens
 from overopt.stages.supervised import fit_minibatches
 
 
-def pair_rewards(head: torch.nn.Module, batch: dict, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rewards of the chosen and rejected completions of a batch of pairs, one forward pass of a RewardHead."""
+def pair_rewards(
+    head: torch.nn.Module, batch: dict, pad_id: int, share_prefix: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards of the chosen and rejected completions of a batch of pairs, one forward pass of a RewardHead
+    (`share_prefix`: each pair's prompt runs once for both, models.reward.reward_forward)."""
     n = len(batch["prompt_ids"])
     r = rollout_from_tokens(batch["prompt_ids"] * 2, batch["chosen_ids"] + batch["rejected_ids"], pad_id)
-    return head(r.input_ids, r.attention_mask).split([n, n])
+    return head(r.input_ids, r.attention_mask, r.prompt_len if share_prefix else None).split([n, n])
 
 
 @torch.no_grad()
-def pair_margins(model: PreTrainedModel, pairs: Dataset, pad_id: int, batch_size: int) -> torch.Tensor:
+def pair_margins(
+    model: PreTrainedModel, pairs: Dataset, pad_id: int, batch_size: int, share_prefix: bool = False
+) -> torch.Tensor:
     """(N,) r(x, y_c) − r(x, y_r) of every pair, float64 on the CPU."""
     model.eval()
     margins = []
     for start in range(0, len(pairs), batch_size):
-        chosen, rejected = pair_rewards(RewardHead(model), pairs[start : start + batch_size], pad_id)
+        chosen, rejected = pair_rewards(RewardHead(model), pairs[start : start + batch_size], pad_id, share_prefix)
         margins.append((chosen - rejected).double().cpu())
     return torch.cat(margins)
 
 
-def gold_order_accuracy(model: PreTrainedModel, pairs: Dataset, pad_id: int, batch_size: int) -> float:
+def gold_order_accuracy(
+    model: PreTrainedModel, pairs: Dataset, pad_id: int, batch_size: int, share_prefix: bool = False
+) -> float:
     """Share of pairs where the RM orders the completions as the gold reward does (ties count 1/2)."""
-    return margin_gold_accuracy(pair_margins(model, pairs, pad_id, batch_size), pairs)
+    return margin_gold_accuracy(pair_margins(model, pairs, pad_id, batch_size, share_prefix), pairs)
 
 
 def margin_gold_accuracy(margins: torch.Tensor, pairs: Dataset) -> float:
@@ -58,18 +65,20 @@ def train_reward_model(
     log_weights: torch.Tensor | None = None,
     normalization: str = "none",
     checkpoints: Checkpointer | None = None,
+    share_prefix: bool = False,
 ) -> dict[str, float]:
     """Bradley-Terry training, (1/B) Σ w_i·(−log σ(r(x, y_c) − r(x, y_r))); returns loss and gold-order accuracies.
 
     `log_weights` (N,) are per-pair log importance weights (OCRM, arXiv 2507.15507); None = plain BT.
     normalization: "none" uses exp(l) as is; "dataset" divides by the dataset mean; "batch" makes
     each minibatch's weights sum to B, so the loss is the weighted mean of that batch.
+    `share_prefix`: a pair's prompt runs once for both of its completions (models.reward.reward_forward).
     """
     if log_weights is not None and normalization == "dataset":
         log_weights, normalization = normalize_weights(log_weights, "dataset").log(), "none"
 
     def batch_loss(head: torch.nn.Module, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        chosen, rejected = pair_rewards(head, train_pairs[rows], pad_id)
+        chosen, rejected = pair_rewards(head, train_pairs[rows], pad_id, share_prefix)
         n = torch.tensor(float(len(rows)), device=chosen.device)
         if log_weights is None:
             return bradley_terry_loss(chosen, rejected) * n, n
@@ -93,8 +102,8 @@ def train_reward_model(
     )
     return {
         "train_loss": loss_value,
-        "train_accuracy": gold_order_accuracy(model, train_pairs, pad_id, 4 * batch_size),
-        "heldout_accuracy": gold_order_accuracy(model, heldout_pairs, pad_id, 4 * batch_size),
+        "train_accuracy": gold_order_accuracy(model, train_pairs, pad_id, 4 * batch_size, share_prefix),
+        "heldout_accuracy": gold_order_accuracy(model, heldout_pairs, pad_id, 4 * batch_size, share_prefix),
         "n_train_pairs": len(train_pairs),
         "n_heldout_pairs": len(heldout_pairs),
     }
