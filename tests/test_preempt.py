@@ -30,15 +30,16 @@ COMMAND = ["run", "--preset", "smoke", "--threads", "1", "--checkpoint_every_s",
 
 
 @pytest.mark.parametrize(
-    ("signum", "moment", "checkpoint"),
-    [
-        (signal.SIGTERM, "rl none seed0:2", "runs/none/seed0/step-000000002"),  # after the 2nd update of the 1st run
-        (signal.SIGUSR1, "rl kl seed0:5", "runs/kl/seed0/step-000000005"),  # Slurm's --signal=USR1@..., in the 2nd run
+    ("signum", "moment", "checkpoints"),
+    [  # the two runs are trained together (batch_runs): each reaches its own next step boundary and checkpoints
+        (signal.SIGTERM, "rl none seed0:2", ["runs/none/seed0/step-000000002", "runs/kl/seed0/step-000000002"]),
+        # Slurm's --signal=USR1@..., in the 2nd run (it is first to stop: none checkpoints after its last update)
+        (signal.SIGUSR1, "rl kl seed0:5", ["runs/kl/seed0/step-000000005", "runs/none/seed0/step-000000006"]),
     ],
     ids=["SIGTERM", "SIGUSR1"],
 )
 def test_a_signal_mid_rl_checkpoints_exits_75_and_the_same_command_resumes_bit_for_bit(
-    uninterrupted, tmp_path, signum, moment, checkpoint
+    uninterrupted, tmp_path, signum, moment, checkpoints
 ):
     out = tmp_path / "out"
     shutil.copytree(uninterrupted / "artifacts", out / "artifacts")  # the shared stages: only RL runs here
@@ -58,11 +59,12 @@ def test_a_signal_mid_rl_checkpoints_exits_75_and_the_same_command_resumes_bit_f
         _, status = os.waitpid(pid, 0)
     log = stderr.read_text()
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 75, log[-2000:]
+    written = ", ".join(f"checkpoint {out / 'checkpoints' / c} written" for c in checkpoints)
     assert [line for line in log.splitlines() if line.startswith("overopt: ")] == [
-        f"overopt: preempted: {signal.Signals(signum).name} received; checkpoint {out / 'checkpoints' / checkpoint} "
-        "written; rerun the same command to resume"
+        f"overopt: preempted: {signal.Signals(signum).name} received; {written}; rerun the same command to resume"
     ]
-    assert [p.relative_to(out / "checkpoints") for p in out.glob("checkpoints/**/step-*")] == [Path(checkpoint)]
+    found = [p.relative_to(out / "checkpoints") for p in out.glob("checkpoints/**/step-*")]
+    assert sorted(found) == sorted(Path(c) for c in checkpoints)
     assert not (out / ".overopt.lock.json").exists()  # OUT is free for the rerun
     main([*COMMAND, "--out", str(out)])  # the same command
     assert_same_results(uninterrupted, out)

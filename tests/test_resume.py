@@ -28,8 +28,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # the runs below set --threa
 
 SMOKE = ["run", "--preset", "smoke", "--threads", "1", "--checkpoint_every_s", "0"]  # conftest.uninterrupted runs it
 
-# (moment, newest checkpoint left behind): the smoke run's SFT takes 15 steps and checkpoints after
-# steps 1-14 (writes 1-14), its RM 5 steps (writes 15-18), each RL run 6 steps (none: writes 19-24).
+# (moment, newest checkpoints left behind): the smoke run's SFT takes 15 steps and checkpoints after
+# steps 1-14 (writes 1-14), its RM 5 steps (writes 15-18), each RL run 6 steps. The two runs are trained
+# together (batch_runs): they take turns, each step of `none` before the same step of `kl` (writes 19, 21, 23, ...
+# are none's, 20, 22, ... kl's), so a moment inside one run leaves both runs' newest checkpoints behind.
 KILLS = [
     ("sft:2", "sft/step-000000001"),  # inside SFT
     ("sft:11", "sft/step-000000010"),
@@ -39,10 +41,12 @@ KILLS = [
     ("rm:3", "rm/step-000000002"),  # inside RM training
     ("checkpoint.write:16", "rm/step-000000001"),  # during an RM checkpoint write
     ("rl none seed0:1", None),  # first RL update (after the step-0 evaluation, before any checkpoint)
-    ("rl none seed0:5", "runs/none/seed0/step-000000004"),
-    ("eval.logged:2", "runs/none/seed0/step-000000002"),  # between the metrics and samples lines of step 3
-    ("checkpoint.write:21", "runs/none/seed0/step-000000002"),  # during an RL checkpoint write
-    ("rl kl seed0:6", "runs/kl/seed0/step-000000005"),  # the last update of the last run
+    ("rl none seed0:5", ("runs/none/seed0/step-000000004", "runs/kl/seed0/step-000000004")),
+    # between the metrics and samples lines of none's step 3 (the 3rd evaluation: none's and kl's step 0 before it)
+    ("eval.logged:3", ("runs/none/seed0/step-000000002", "runs/kl/seed0/step-000000002")),
+    # during none's 2nd RL checkpoint write
+    ("checkpoint.write:21", ("runs/none/seed0/step-000000001", "runs/kl/seed0/step-000000001")),
+    ("rl kl seed0:6", ("runs/none/seed0/step-000000005", "runs/kl/seed0/step-000000005")),  # the last update
 ]
 
 
@@ -100,7 +104,7 @@ def test_sigkill_at_twelve_moments_resumes_bit_for_bit(uninterrupted, tmp_path):
             newest = [p.relative_to(outs[moment] / "checkpoints") for p in outs[moment].glob("checkpoints/**/step-*")]
             if code != -signal.SIGKILL:
                 problems.append(f"{moment}: not killed (exit {code})")
-            elif newest != ([Path(left)] if left else []):
+            elif sorted(newest) != sorted(Path(c) for c in ((left,) if isinstance(left, str) else left or ())):
                 problems.append(f"{moment}: expected checkpoint {left}, found {newest}")
         resumed = _overopt_processes([(outs[moment], "") for moment, _ in pair])
         problems += [f"{moment}: resume exited {code}" for (moment, _), code in zip(pair, resumed, strict=True) if code]
@@ -231,9 +235,9 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_the_rerun_resumes(uninterrupt
     writes = []
     real_save_model = checkpoint.save_model
 
-    def fills_up(model, filename):  # the 4th checkpoint of the first run hits a full disk
+    def fills_up(model, filename):  # the 4th checkpoint of the first run (writes alternate none, kl) hits a full disk
         writes.append(filename)
-        if len(writes) == 4:
+        if len(writes) == 7:
             Path(filename).write_bytes(b"\0" * 64)  # a partly written file, as a full disk leaves it
             raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
         real_save_model(model, filename)
@@ -262,10 +266,10 @@ def test_a_nan_loss_stops_the_run_with_its_last_checkpoint_intact(uninterrupted,
     calls = []
     real_loss = rl._minibatch_loss
 
-    def nan_at_step_4(*args, **kwargs):
+    def nan_at_step_4(*args, **kwargs):  # none's 4th update (updates alternate none, kl)
         loss, figures = real_loss(*args, **kwargs)
         calls.append(1)
-        if len(calls) == 4:
+        if len(calls) == 7:
             loss, figures = loss * float("nan"), {**figures, "train/loss": float("nan")}
         return loss, figures
 

@@ -60,6 +60,14 @@ class _Request:
                 self.temperature, self.eos_id, self.pad_id, self.with_logprobs)  # fmt: skip
 
 
+def _joined(messages: list[str]) -> str:
+    """'SIGTERM received; checkpoint A written, checkpoint B written; rerun ...' from each run's own line."""
+    head, _, _ = messages[0].partition("; ")
+    tail = messages[0].rpartition("; ")[2]
+    middles = [m.removeprefix(head + "; ").removesuffix("; " + tail) for m in messages]
+    return "; ".join([head, ", ".join(middles), tail])
+
+
 class RunGroup:
     """Runs trained together: `run(jobs)` runs each job in a greenlet and draws their samples stacked."""
 
@@ -108,8 +116,10 @@ class RunGroup:
             torch.set_rng_state(mine[0])
             torch.set_grad_enabled(mine[1])
         failures = [e for e in errors if not isinstance(e, Preempted)]
-        if failures or errors:
-            raise (failures or errors)[0]
+        if failures:
+            raise failures[0]
+        if errors:  # every run of the group wrote its checkpoint: one line names them all
+            raise Preempted(_joined([str(e) for e in errors]))
 
     # ------------------------------------------------------------------------------------------------- #
     def _route(self, model, prompt_ids, prompt_mask, max_new_tokens, temperature, eos_id, pad_id, *, row_offset,

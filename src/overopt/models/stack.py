@@ -1,22 +1,18 @@
-"""K copies of one Llama causal LM trained side by side as one batched computation (runs of one lab, issue 28).
+"""K copies of one Llama causal LM with stacked weights, for drawing K runs' samples as one computation (issue 28).
 
-The lab's policies are tiny (≈100 k parameters, completions of ≤ 12 tokens), so a run's time goes to the fixed
-cost of each tensor operation, not to arithmetic. K runs whose models share an architecture can share every
-operation instead: their weights are stacked along a leading dimension (K, ...) and each matrix product is one
-batched product (K, rows, in) @ (K, in, out). `PolicyStack` holds those weights and runs the Llama forward
-pass of transformers' `LlamaForCausalLM` on them: RMSNorm in float32, rotary embeddings with the model's θ,
-causal attention over left-padded rows through `scaled_dot_product_attention`, the SiLU-gated MLP, tied or
-untied output head. On each slice it equals the transformers model to float rounding
-(tests/test_stack.py); the lab's run code keeps using transformers for everything else.
-
-`member(k)` is run k as an ordinary transformers model whose parameters are views of the stack's slice k:
-code written for one model (saving, loading a checkpoint, a reference reset, the alarms' log-likelihoods)
-reads and writes the stack through it.
+The lab's policies are tiny (≈100 k parameters, completions of ≤ 12 tokens), so sampling a completion token by
+token costs the fixed price of each tensor operation, not arithmetic. K runs whose policies share an
+architecture share every operation here instead: their weights are stacked along a leading dimension (K, ...)
+and each matrix product is one batched product (K, rows, in) @ (K, in, out). `PolicyStack` runs the Llama
+forward pass of transformers' `LlamaForCausalLM` on them: RMSNorm in float32, rotary embeddings with the
+model's θ, causal attention over left-padded rows through `scaled_dot_product_attention`, the SiLU-gated MLP,
+tied or untied output head. On each slice it equals the transformers model to float rounding
+(tests/test_batching.py). Only sampling uses it (overopt.batching): the updates stay each run's own, since a
+stacked forward and backward measured no faster here (the update's matrix products already run at the
+machine's float32 rate; docs in benchmarks/RESULTS.md, "Where a run's time goes").
 """
 
 from __future__ import annotations
-
-import copy
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +45,6 @@ class PolicyStack(torch.nn.Module):
         if k < 1:
             raise ValueError(f"a stack needs at least one model, got k={k}")
         self.k, self.config = k, model.config
-        self._template = model
         # Parameters by their transformers name; a tied output head is the embedding (named once).
         self.names = [name for name, _ in model.named_parameters()]
         self.stacked = torch.nn.ParameterList(
@@ -160,11 +155,6 @@ class PolicyStack(torch.nn.Module):
         h = self._layers(self._embed(input_ids), positions, mask)
         return self._logits(h[:, :, -logits_to_keep:] if logits_to_keep else h)
 
-    def completion_logits(self, input_ids, attention_mask, prompt_len: int) -> torch.Tensor:
-        """models.policy.completion_logits for K runs: (K, B, P + T) -> (K, B, T, V)."""
-        keep = input_ids.shape[-1] - prompt_len + 1
-        return self(input_ids.to(self.device), attention_mask.to(self.device), logits_to_keep=keep)[:, :, :-1]
-
     # ----------------------------------------------------------------------------------------------- #
     # incremental decoding for the sampler
     # ----------------------------------------------------------------------------------------------- #
@@ -215,38 +205,3 @@ class PolicyStack(torch.nn.Module):
         params = dict(model.named_parameters())
         for name, stacked in zip(self.names, self.stacked):
             stacked[slot].copy_(params[name])
-
-    # ----------------------------------------------------------------------------------------------- #
-    # one run as a transformers model
-    # ----------------------------------------------------------------------------------------------- #
-    def member(self, k: int) -> LlamaForCausalLM:
-        """Run k as a LlamaForCausalLM whose parameters are views of slice k (no copy): what it writes, the stack
-        holds. Its parameters do not require grad (the stack's do); eval mode."""
-        model = copy.deepcopy(self._template).eval()
-        for name in self.names:
-            view = torch.nn.Parameter(self.weight(name)[k], requires_grad=False)
-            owner, _, leaf = name.rpartition(".")
-            model.get_submodule(owner)._parameters[leaf] = view
-        if "lm_head.weight" not in self._index and getattr(model, "lm_head", None) is not None:
-            model.lm_head.weight = model.model.embed_tokens.weight  # tied: the same view
-        return model
-
-
-def clip_grad_norms(stack: PolicyStack, max_norm: float) -> torch.Tensor:
-    """torch.nn.utils.clip_grad_norm_ for each run of the stack on its own: per run, the norm of all its
-    gradients, g ← g · min(1, max_norm / (norm + 1e-6)). Returns the K norms before clipping."""
-    grads = [p.grad for p in stack.stacked if p.grad is not None]
-    norms = torch.stack([g.reshape(stack.k, -1).norm(dim=1) for g in grads]).norm(dim=0)  # (K,)
-    coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
-    for g in grads:
-        g.mul_(coef.view(stack.k, *[1] * (g.dim() - 1)).to(g.dtype))
-    return norms
-
-
-def finite_runs(stack: PolicyStack) -> torch.Tensor:
-    """(K,) bool: runs whose gradients are all finite."""
-    ok = torch.ones(stack.k, dtype=torch.bool, device=stack.device)
-    for p in stack.stacked:
-        if p.grad is not None:
-            ok &= torch.isfinite(p.grad.reshape(stack.k, -1)).all(dim=1)
-    return ok
