@@ -14,6 +14,7 @@ import io
 import os
 import re
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -38,15 +39,19 @@ class _RunSelector:
 
 def run(argv: list[str]) -> dict:
     """Run the lab experiment: `overopt run [--preset NAME | --config FILE.yaml] [--field value ...]`."""
+    from overopt.labs import run_labs
     from overopt.pipeline import run_experiment
 
     selector, rest = _parse(_RunSelector, args=argv, add_help=False, return_unknown_args=True)
     base = load_config(selector.preset, selector.config, selector.testbed)
     if selector.methods is not None:
         base = ExperimentConfig.model_validate({**base.model_dump(), "methods": selector.methods})
-    return run_experiment(
-        _overrides(base, rest, "overopt run", "Reproduce reward-model overoptimization end to end and compare methods.")
+    cfg = _overrides(
+        base, rest, "overopt run", "Reproduce reward-model overoptimization end to end and compare methods."
     )
+    if cfg.labs > 1:  # each lab's own summary.json; the report is the statistics over labs
+        return run_labs(cfg, partial(run_experiment, report=False), "run")
+    return run_experiment(cfg)
 
 
 def _overrides(base: ExperimentConfig, rest: list[str], prog: str, description: str) -> ExperimentConfig:
@@ -77,6 +82,7 @@ def compare(argv: list[str]) -> dict:
     run whatever the number of jobs (default 0: usable cores ÷ threads), into one OUT with frontier_plan.json;
     the report adds frontier.json, the frontier plots and the matched-KL tables."""
     from overopt.compare import run_compare
+    from overopt.labs import run_labs
 
     selector, rest = _parse(_CompareSelector, args=argv, add_help=False, return_unknown_args=True)
     base = load_config(selector.preset, selector.config, selector.testbed)
@@ -87,6 +93,10 @@ def compare(argv: list[str]) -> dict:
         "Every method over a grid of its strength × seeds; frontiers and gold at matched KL. Besides the fields "
         "below: --grid FILE.yaml, --grid-methods a,b, --quick.",
     )  # fmt: skip
+    if cfg.labs > 1:
+        one = partial(run_compare, grid_file=selector.grid, quick=selector.quick, methods=selector.grid_methods,
+                      report=False)  # fmt: skip
+        return run_labs(cfg, one, "compare")
     return run_compare(cfg, selector.grid, selector.quick, selector.grid_methods)
 
 
@@ -137,6 +147,7 @@ def scaling(argv: list[str]) -> dict:
 
     One `overopt run` (default methods: bon,none) per cell of a grid over the proxy RM's size, its number of
     gold-labelled pairs and the policy's size, into OUT/cells/<cell>; then OUT/scaling.json, plots, scaling.html."""
+    from overopt.labs import run_labs
     from overopt.scaling import run_scaling
 
     selector, rest = _parse(_ScalingSelector, args=argv, add_help=False, return_unknown_args=True)
@@ -149,6 +160,8 @@ def scaling(argv: list[str]) -> dict:
         "Gao et al.'s functional forms per cell of a grid over RM size, RM data and policy size; their trends. "
         "Besides the fields below: --grid FILE.yaml, --quick.",
     )  # fmt: skip
+    if cfg.labs > 1:
+        return run_labs(cfg, partial(run_scaling, grid_file=selector.grid, quick=selector.quick), "scaling")
     return run_scaling(cfg, selector.grid, selector.quick)
 
 

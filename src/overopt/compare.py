@@ -134,8 +134,10 @@ def run_compare(
     grid_file: Path | None = None,
     quick: bool = False,
     methods: str = "",
+    report: bool = True,
 ) -> dict:
-    """Run (or resume) the frontier comparison into cfg.out and build its report; returns the summary."""
+    """Run (or resume) the frontier comparison into cfg.out and build its report (without `report`: only
+    summary.json; `overopt report OUT` builds the rest); returns the summary."""
     from overopt.methods import resolve_method
     from overopt.pipeline import open_testbed, resolve_plans
 
@@ -162,10 +164,10 @@ def run_compare(
     named = variants(cfg, grid)
     plans = resolve_plans(cfg, named)
     with out_lock(cfg.out):  # OUT is this command's (overopt.lock); its workers only read the stages
-        return _run_grid(cfg, testbed, grid, budgets, named, plans)
+        return _run_grid(cfg, testbed, grid, budgets, named, plans, report)
 
 
-def _run_grid(cfg: ExperimentConfig, testbed, grid, budgets, named, plans) -> dict:
+def _run_grid(cfg: ExperimentConfig, testbed, grid, budgets, named, plans, report: bool = True) -> dict:
     """The comparison with OUT held: the shared stages, the plan, every run not finished yet, the report."""
     from overopt.pipeline import build_lab, finish, jobs
 
@@ -177,4 +179,4 @@ def _run_grid(cfg: ExperimentConfig, testbed, grid, budgets, named, plans) -> di
     done = launch.run_jobs(lab, plans, named, jobs(cfg, plans), testbed.precision)
     launch.log_invocation(out / TIMING_FILE, **done)
     console.print(f"compare: {done['ran']} of {done['runs']} runs in {done['wall_s']:.0f} s, {done['jobs']} at once")
-    return finish(cfg)
+    return finish(cfg, report)

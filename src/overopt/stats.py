@@ -99,3 +99,46 @@ def t_quantile(p: float, df: int) -> float:
 
 def _mean(values: Sequence[float]) -> float | None:
     return math.fsum(values) / len(values) if values else None
+
+
+def variance_components(groups: Iterable[Iterable[Any]]) -> dict[str, Any] | None:
+    """Between-group and within-group variance of one-way random-effects data (labs with their RL seeds).
+
+    With k groups of n_i values y_ij (N in all), group means ȳ_i and grand mean ȳ, the ANOVA mean squares
+    MSB = Σ n_i (ȳ_i − ȳ)² / (k − 1) and MSW = Σ Σ (y_ij − ȳ_i)² / (N − k) estimate σ²_w + n₀ σ²_b and σ²_w,
+    with n₀ = (N − Σ n_i² / N) / (k − 1) (= n when every group has n): σ̂²_w = MSW and
+    σ̂²_b = max(0, (MSB − MSW) / n₀), the method-of-moments (ANOVA) estimator (Searle, Casella & McCulloch,
+    *Variance Components*, 1992, §3.5). ICC = σ̂²_b / (σ̂²_b + σ̂²_w): the share of one run's variance that is the
+    lab's. Non-finite values are dropped; None with fewer than 2 groups or no group of 2 values.
+
+    Returns {"between_var", "within_var", "between_sd", "within_sd", "icc", "groups", "n"}.
+    """
+    data = [[v for v in (finite_float(x) for x in g) if v is not None] for g in groups]
+    data = [g for g in data if g]
+    k, n_total = len(data), sum(len(g) for g in data)
+    if k < 2 or n_total <= k:
+        return None
+    means = [math.fsum(g) / len(g) for g in data]
+    grand = math.fsum(math.fsum(g) for g in data) / n_total
+    msb = math.fsum(len(g) * (m - grand) ** 2 for g, m in zip(data, means, strict=True)) / (k - 1)
+    msw = math.fsum((v - m) ** 2 for g, m in zip(data, means, strict=True) for v in g) / (n_total - k)
+    n0 = (n_total - math.fsum(len(g) ** 2 for g in data) / n_total) / (k - 1)
+    between = max(0.0, (msb - msw) / n0)
+    total = between + msw
+    return {"between_var": between, "within_var": msw, "between_sd": math.sqrt(between), "within_sd": math.sqrt(msw),
+            "icc": between / total if total > 0 else None, "groups": k, "n": n_total}  # fmt: skip
+
+
+def labs_to_resolve(effect: float | None, between_var: float, within_var: float, seeds: int,
+                    level: float = LEVEL, most: int = 100) -> int | None:  # fmt: skip
+    """The fewest labs (≥ 2, each with `seeds` RL seeds) whose Student t interval of the mean over labs would
+    exclude 0 for an effect of this size, if the variance components were the estimated ones: the smallest
+    L with t_{(1+level)/2, L−1} · sqrt((σ²_b + σ²_w / seeds) / L) < |effect| (the variance of a lab's mean over
+    its seeds is σ²_b + σ²_w / seeds). None for no effect or beyond `most` labs."""
+    if effect is None or effect == 0 or seeds < 1:
+        return None
+    per_lab = between_var + within_var / seeds
+    for labs in range(2, most + 1):
+        if t_quantile((1 + level) / 2, labs - 1) * math.sqrt(per_lab / labs) < abs(effect):
+            return labs
+    return None

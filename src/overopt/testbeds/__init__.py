@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
+from overopt.config import DEFAULT_WORLD_SEED
 from overopt.errors import validation_line
 from overopt.registry import Registry, source_version
 from overopt.testbeds.arithmetic import ArithmeticSpec, ArithmeticTestbed, JudgeTestbed
@@ -38,7 +39,14 @@ class TestbedEntry:
 
     def knobs(self, cfg: ExperimentConfig) -> dict:
         """What the testbed's world is built from, as recorded in the stage fingerprints."""
-        return getattr(cfg, self.section).model_dump() if self.section else dict(cfg.testbed_args)
+        if not self.section:
+            return dict(cfg.testbed_args)
+        knobs = getattr(cfg, self.section).model_dump()
+        # summarize's world at its old fixed seed is the world built before the seed was a knob: left out, so
+        # that the stages built then stay valid.
+        if knobs.get("world_seed") == DEFAULT_WORLD_SEED:
+            del knobs["world_seed"]
+        return knobs
 
     def validate_args(self, given: Mapping[str, Any]) -> dict:
         """`testbed_args` checked against the plugin's model, with its defaults filled in."""

@@ -1,0 +1,243 @@
+"""Statistics over lab replicates (overopt.labs): the lab is the unit, RL seeds are nested within it.
+
+Read from each lab's own outputs (OUT/labs/lab<i>/summary.json, frontier_plan.json, scaling.json), written to
+OUT/summary.json and OUT/labs.md, shown as a table. Every interval is overopt.stats.interval over the labs'
+means (Student t, n = labs); a difference between methods is paired within a lab and seed (the per-seed
+differences of one lab averaged, then the interval over labs).
+
+- `run`: per method, final gold, peak gold and final KL over labs, hacked runs out of (lab, seed), each
+  quantity's variance split between labs and within a lab (stats.variance_components), and each method
+  against `none` (or the first method); the testbed's validity at this preset (`none` hacks in ≥ 80 % of
+  the (lab, seed) runs, gold first rises above the SFT level in ≥ 90 %).
+- `compare`: each lab's frontier analysis (report.frontier.analyze_frontier), then gold at matched KL paired
+  against `kl` and against `none` stopped early, and the leave-one-seed-out best point, over labs.
+- `scaling`: each cell's RM accuracy and each method's fitted α and β over labs; each lab's log-linear
+  trend along each axis, the slope's interval over labs.
+Never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from overopt.labs import read_labs
+from overopt.stats import interval, labs_to_resolve, variance_components
+
+from .frontier import analyze_frontier, format_ci
+from .summary import _json_safe, _num
+
+VALID_HACKED, VALID_ROSE = 0.8, 0.9  # the testbed-validity bar (issue 29): share of (lab, seed) runs of `none`
+LEVEL_KEYS = ("gold_final", "gold_peak", "kl_final")
+
+
+def _lab_summaries(out: Path, labs: list[dict], name: str) -> list[dict | None]:
+    paths = [out / lab["out"] / name for lab in labs]
+    return [json.loads(p.read_text()) if p.is_file() else None for p in paths]
+
+
+def _by_seed(entry: dict, key: str) -> dict[int, float]:
+    return {s["seed"]: v for s in entry.get("seeds") or [] if (v := _num(s.get(key))) is not None}
+
+
+def _paired(a: dict[int, float], b: dict[int, float]) -> list[float]:
+    return [a[s] - b[s] for s in sorted(a.keys() & b.keys())]
+
+
+def _components(per_lab: list[list[float]], effect: float | None = None) -> dict[str, Any]:
+    """Between/within split of per-(lab, seed) values, and the labs it takes to resolve `effect` from 0."""
+    parts = variance_components([v for v in per_lab if v])
+    if parts is None:
+        return {}
+    if effect is not None:
+        seeds = int(np.mean([len(v) for v in per_lab if v]))
+        parts["labs_to_resolve"] = labs_to_resolve(effect, parts["between_var"], parts["within_var"], seeds)
+    return parts
+
+
+def run_statistics(out: Path, labs: list[dict]) -> dict[str, Any]:
+    """Statistics over labs of `overopt run --labs N` (module docstring)."""
+    summaries = _lab_summaries(out, labs, "summary.json")
+    done = [(lab, s) for lab, s in zip(labs, summaries, strict=True) if s is not None]
+    names = list(dict.fromkeys(m for _, s in done for m in s["methods"]))
+    baseline = "none" if "none" in names else (names[0] if names else None)
+    methods: dict[str, Any] = {}
+    for name in names:
+        entries = [(lab, s["methods"][name]) for lab, s in done if name in s["methods"]]
+        entry: dict[str, Any] = {"labs": len(entries), "seeds": [e.get("n_seeds") for _, e in entries]}
+        for key in LEVEL_KEYS:
+            per_lab = [list(_by_seed(e, key).values()) for _, e in entries]
+            entry[key] = interval(float(np.mean(v)) for v in per_lab if v)
+            entry[key]["per_lab"] = [float(np.mean(v)) if v else None for v in per_lab]
+            entry[key]["variance"] = _components(per_lab)
+        runs = [s for _, e in entries for s in e.get("seeds") or []]
+        entry["hacked"] = {"runs": sum(bool(s.get("hacked")) for s in runs), "of": len(runs)}
+        entry["rose"] = {"runs": sum(bool(s.get("rose")) for s in runs), "of": len(runs)}
+        if baseline and name != baseline:
+            diffs = [_paired(_by_seed(s["methods"][name], "gold_final"), _by_seed(s["methods"][baseline], "gold_final"))
+                     for _, s in done if name in s["methods"] and baseline in s["methods"]]  # fmt: skip
+            diff = interval(float(np.mean(d)) for d in diffs if d)
+            entry["vs_baseline"] = {**diff, "baseline": baseline, "per_lab": [float(np.mean(d)) for d in diffs if d],
+                                    "variance": _components(diffs, diff["mean"])}  # fmt: skip
+        methods[name] = entry
+    sft = [_num((s.get("sft") or {}).get("gold_reward")) for _, s in done]
+    rm = [_num((((s.get("stages") or {}).get("rm") or {}).get("metrics") or {}).get("heldout_accuracy"))
+          for _, s in done]  # fmt: skip
+    result = {
+        "kind": "run", "labs": len(labs), "labs_done": len(done), "baseline": baseline,
+        "testbed": done[0][1].get("testbed") if done else None, "preset": done[0][1].get("preset") if done else None,
+        "sft_gold": {**interval(sft), "per_lab": sft}, "rm_accuracy": {**interval(rm), "per_lab": rm},
+        "methods": methods,
+    }  # fmt: skip
+    if "none" in methods:
+        none = methods["none"]
+        hacked = none["hacked"]["runs"] / max(1, none["hacked"]["of"])
+        rose = none["rose"]["runs"] / max(1, none["rose"]["of"])
+        result["validity"] = {"hacked_share": hacked, "rose_share": rose, "runs": none["hacked"]["of"],
+                              "labs": none["labs"], "bar": {"hacked": VALID_HACKED, "rose": VALID_ROSE},
+                              "valid": hacked >= VALID_HACKED and rose >= VALID_ROSE}  # fmt: skip
+    return result
+
+
+def compare_statistics(out: Path, labs: list[dict]) -> dict[str, Any]:
+    """Statistics over labs of `overopt compare --labs N`: each lab's frontier, then matched KL over labs."""
+    frontiers = []
+    for lab in labs:
+        lab_out = out / lab["out"]
+        frontiers.append(analyze_frontier(lab_out) if (lab_out / "frontier_plan.json").is_file() else None)
+    done = [f for f in frontiers if f is not None]
+    budgets = [f"{b:g}" for b in (done[0]["budgets"] if done else [])]
+    methods: dict[str, Any] = {}
+    for name in dict.fromkeys(m for f in done for m in f["methods"]):
+        per = [f["methods"][name] for f in done if name in f["methods"]]
+        entry: dict[str, Any] = {"labs": len(per), "cv_gold": _over_labs([m["cv_gold"] for m in per]),
+                                 "matched": {}}  # fmt: skip
+        for b in budgets:
+            cells = [m["matched"].get(b) or {} for m in per]
+            entry["matched"][b] = {
+                "gold": _over_labs(cells),
+                "vs_kl": _over_labs([c.get("vs_kl") or {} for c in cells]),
+                "vs_none_early": _over_labs([c.get("vs_none_early") or {} for c in cells]),
+            }
+        methods[name] = entry
+    return {
+        "kind": "compare", "labs": len(labs), "labs_done": len(done), "budgets": budgets,
+        "testbed": done[0]["testbed"] if done else None, "preset": done[0]["preset"] if done else None,
+        "sft_gold": _over_labs([{"mean": f.get("sft_gold")} for f in done]), "methods": methods,
+    }  # fmt: skip
+
+
+def _over_labs(cells: list[dict]) -> dict[str, Any]:
+    """Interval over labs of each lab's estimate (`mean` of its own seeds' interval or paired difference)."""
+    per_lab = [_num(c.get("mean")) for c in cells]
+    return {**interval(per_lab), "per_lab": per_lab}
+
+
+def scaling_statistics(out: Path, labs: list[dict]) -> dict[str, Any]:
+    """Statistics over labs of `overopt scaling --labs N`: per cell and method, α and β; per axis, the trend."""
+    results = _lab_summaries(out, labs, "scaling.json")
+    done = [r for r in results if r is not None]
+    cells: dict[str, Any] = {}
+    for r in done:
+        for cell in r["cells"]:
+            c = cells.setdefault(cell["cell"], {"axis": cell["axis"], "value": cell["value"], "rm_accuracy": [],
+                                                "methods": {}})  # fmt: skip
+            c["rm_accuracy"].append(_num(cell.get("rm_accuracy")))
+            for m, e in (cell.get("methods") or {}).items():
+                fit = e.get("fit") or {}
+                for k in ("alpha", "beta"):
+                    c["methods"].setdefault(m, {}).setdefault(k, []).append(_num(fit.get(k)))
+    for c in cells.values():
+        c["rm_accuracy"] = {**interval(c["rm_accuracy"]), "per_lab": c["rm_accuracy"]}
+        c["methods"] = {m: {k: {**interval(v), "per_lab": v} for k, v in ks.items()} for m, ks in c["methods"].items()}
+    trends: dict[str, Any] = {}
+    for r in done:
+        for axis, by_method in (r.get("trends") or {}).items():
+            for m, by_coef in by_method.items():
+                for k, t in by_coef.items():
+                    trends.setdefault(axis, {}).setdefault(m, {}).setdefault(k, []).append(_num((t or {}).get("slope")))
+    trends = {a: {m: {k: {**interval(v), "per_lab": v} for k, v in ks.items()} for m, ks in ms.items()}
+              for a, ms in trends.items()}  # fmt: skip
+    return {"kind": "scaling", "labs": len(labs), "labs_done": len(done), "cells": cells, "trends": trends}
+
+
+STATISTICS = {"run": run_statistics, "compare": compare_statistics, "scaling": scaling_statistics}
+
+
+def labs_markdown(result: dict) -> str:
+    """OUT/labs.md: the tables of the statistics over labs."""
+    n = f"{result['labs_done']} of {result['labs']} labs"
+    lines = [f"# Over labs ({result['kind']}, {n})", ""]
+    if result["kind"] == "run":
+        lines += [
+            f"Testbed `{result['testbed']}`, preset `{result['preset']}`. Mean over labs [95 % Student t "
+            "interval, unit: the lab; RL seeds averaged within each lab]. SFT gold "
+            f"{format_ci(result['sft_gold'])}; proxy RM held-out accuracy {format_ci(result['rm_accuracy'])}.",
+            "",
+            f"| method | gold final | gold peak | KL final | hacked runs | vs {result['baseline']} "
+            "(paired) | sd between / within labs (gold final) | labs to resolve |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, m in result["methods"].items():
+            v = m["gold_final"]["variance"]
+            split = f"{v['between_sd']:.3f} / {v['within_sd']:.3f}" if v else "–"
+            vs = m.get("vs_baseline")
+            need = (vs or {}).get("variance", {}).get("labs_to_resolve")
+            lines.append(
+                f"| {name} | {format_ci(m['gold_final'])} | {format_ci(m['gold_peak'])} | "
+                f"{format_ci(m['kl_final'], 2)} | {m['hacked']['runs']}/{m['hacked']['of']} | "
+                f"{format_ci(vs, signed=True) if vs else ''} | {split} | {need if need else '–'} |"
+            )
+        if "validity" in result:
+            v = result["validity"]
+            lines += [
+                "",
+                f"Validity (`none`, {v['runs']} runs over {v['labs']} labs): hacks in {v['hacked_share']:.0%} "
+                f"(bar {v['bar']['hacked']:.0%}), gold rises above SFT in {v['rose_share']:.0%} (bar "
+                f"{v['bar']['rose']:.0%}): {'valid' if v['valid'] else 'NOT valid'}.",
+            ]
+    elif result["kind"] == "compare":
+        lines += [
+            f"Testbed `{result['testbed']}`, preset `{result['preset']}`. Gold at matched KL, each lab's "
+            "leave-one-seed-out choice; paired differences within lab and seed, then mean over labs "
+            "[95 % Student t interval, unit: the lab].",
+            "",
+        ]
+        head = "| method | cv gold | " + " | ".join(f"vs kl @ KL ≤ {b}" for b in result["budgets"]) + " |"
+        lines += [head, "|" + "---|" * (2 + len(result["budgets"]))]
+        for name, m in result["methods"].items():
+            cells = [format_ci(m["matched"][b]["vs_kl"], signed=True) for b in result["budgets"]]
+            lines.append(f"| {name} | {format_ci(m['cv_gold'])} | " + " | ".join(cells) + " |")
+    else:
+        lines += [
+            "Slope of each coefficient against log10 of the axis, per lab, mean over labs [95 % t interval].",
+            "",
+            "| axis | method | α slope | β slope |",
+            "|---|---|---|---|",
+        ]
+        for axis, ms in result["trends"].items():
+            for m, ks in ms.items():
+                lines.append(f"| {axis} | {m} | {format_ci(ks.get('alpha'))} | {format_ci(ks.get('beta'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def build_labs_report(out: str | Path, console=None) -> dict:
+    """OUT/summary.json and OUT/labs.md from the labs' outputs (OUT/labs.json says which); prints the tables."""
+    out = Path(out)
+    record = read_labs(out)
+    if record is None:
+        raise FileNotFoundError(f"{out}: no labs.json (is it the output of a command with --labs?)")
+    result = STATISTICS[record["kind"]](out, record["labs"])
+    result["replicates"] = record["labs"]
+    result["hold"] = record.get("hold")
+    (out / "summary.json").write_text(json.dumps(_json_safe(result), indent=2, allow_nan=False) + "\n")
+    text = labs_markdown(result)
+    (out / "labs.md").write_text(text)
+    if console is not None:
+        from rich.markdown import Markdown
+
+        console.print(Markdown(text))
+    return result

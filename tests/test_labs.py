@@ -1,0 +1,156 @@
+"""Lab replicates (overopt.labs) and the statistics over labs (overopt.report.labs, overopt.stats)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from overopt.config import ExperimentConfig
+from overopt.labs import replicate
+from overopt.report.labs import build_labs_report
+from overopt.stats import interval, labs_to_resolve, t_quantile, variance_components
+
+# -- the statistics ---------------------------------------------------------------------------------------
+
+
+def test_variance_components_by_hand_and_against_scipys_f_statistic():
+    groups = [[1.0, 2.0, 3.0], [4.0, 6.0, 8.0], [0.0, 0.5, 1.0]]
+    # by hand: means 2, 6, 0.5, grand 8.5/3; MSB = 3·Σ(mean − grand)² / 2; MSW = (2 + 8 + 0.5) / 6
+    grand = 8.5 / 3
+    msb = 3 * ((2 - grand) ** 2 + (6 - grand) ** 2 + (0.5 - grand) ** 2) / 2
+    msw = (2 + 8 + 0.5) / 6
+    got = variance_components(groups)
+    assert got["within_var"] == pytest.approx(msw, rel=1e-12)
+    assert got["between_var"] == pytest.approx((msb - msw) / 3, rel=1e-12)
+    assert got["icc"] == pytest.approx(got["between_var"] / (got["between_var"] + msw), rel=1e-12)
+    # scipy's one-way ANOVA F = MSB / MSW, unbalanced groups too (n₀ in place of n)
+    rng = np.random.default_rng(0)
+    uneven = [list(rng.normal(m, 1.0, n)) for m, n in [(0, 3), (2, 5), (1, 2), (4, 4)]]
+    got = variance_components(uneven)
+    sizes = np.array([len(g) for g in uneven], dtype=float)
+    n0 = (sizes.sum() - (sizes**2).sum() / sizes.sum()) / (len(uneven) - 1)
+    f = scipy_stats.f_oneway(*uneven).statistic
+    assert (got["within_var"] + n0 * got["between_var"]) / got["within_var"] == pytest.approx(f, rel=1e-10)
+
+
+def test_variance_components_are_unbiased_and_floored_at_zero():
+    rng = np.random.default_rng(1)
+    sigma_b, sigma_w, labs, seeds = 0.3, 0.1, 5, 3
+    draws = [variance_components(rng.normal(rng.normal(0, sigma_b, (labs, 1)), sigma_w, (labs, seeds)).tolist())
+             for _ in range(4000)]  # fmt: skip
+    assert np.mean([d["within_var"] for d in draws]) == pytest.approx(sigma_w**2, rel=0.03)
+    assert np.mean([d["between_var"] for d in draws]) == pytest.approx(sigma_b**2, rel=0.06)  # rarely truncated
+    same = variance_components([[1.0, 2.0], [1.1, 1.9]])  # lab means closer than seeds predict
+    assert same["between_var"] == 0.0 and same["icc"] == 0.0
+    assert variance_components([[1.0, 2.0]]) is None and variance_components([[1.0], [2.0]]) is None
+
+
+def test_labs_to_resolve_is_the_smallest_count_whose_interval_excludes_zero():
+    between, within, seeds, effect = 0.04, 0.01, 3, 0.2
+    labs = labs_to_resolve(effect, between, within, seeds)
+    half = [t_quantile(0.975, n - 1) * math.sqrt((between + within / seeds) / n) for n in (labs - 1, labs)]
+    assert half[0] >= effect > half[1]
+    assert labs_to_resolve(-effect, between, within, seeds) == labs
+    assert labs_to_resolve(0.0, between, within, seeds) is None
+    assert labs_to_resolve(1e-6, between, within, seeds) is None  # beyond 100 labs
+
+
+# -- replicates --------------------------------------------------------------------------------------------
+
+
+def test_a_replicate_redraws_seed_and_world_unless_the_world_is_held(tmp_path):
+    from overopt.pipeline import _stage_fingerprints
+
+    cfg = ExperimentConfig(out=tmp_path, labs=3, seed=5)
+    labs = [replicate(cfg, i) for i in range(3)]
+    assert [lab.seed for lab in labs] == [5, 6, 7] and all(lab.labs == 1 for lab in labs)
+    assert [lab.summarize.world_seed for lab in labs] == [1234, 1235, 1236]
+    assert [lab.out for lab in labs] == [tmp_path / "labs" / f"lab{i}" for i in range(3)]
+    fps = [_stage_fingerprints(lab, "preference") for lab in labs]
+    for stage in ("sft", "data", "rm"):
+        assert len({fp[stage] for fp in fps}) == 3, stage
+    held = [replicate(cfg.model_copy(update={"lab_hold": "world"}), i) for i in range(3)]
+    assert {lab.summarize.world_seed for lab in held} == {1234} and [lab.seed for lab in held] == [5, 6, 7]
+    # lab 0 is the one-lab command: the world at its old fixed seed keeps the stages' old fingerprints
+    assert _stage_fingerprints(labs[0].model_copy(update={"out": tmp_path}), "preference") == _stage_fingerprints(
+        ExperimentConfig(out=tmp_path, seed=5), "preference"
+    )
+
+
+def _fake_lab(path, seeds: dict[str, list[tuple[float, bool, bool]]], sft: float, accuracy: float):
+    """A lab's summary.json as report.summary writes it: per method, per seed (gold final, hacked, rose)."""
+    methods = {
+        name: {"n_seeds": len(rows), "seeds": [
+            {"seed": k, "gold_final": g, "gold_peak": g + 0.1, "kl_final": 1.0 + k, "hacked": h, "rose": r}
+            for k, (g, h, r) in enumerate(rows)]}
+        for name, rows in seeds.items()
+    }  # fmt: skip
+    path.mkdir(parents=True)
+    summary = {"testbed": "summarize", "preset": "x", "sft": {"gold_reward": sft},
+               "stages": {"rm": {"metrics": {"heldout_accuracy": accuracy}}}, "methods": methods}  # fmt: skip
+    (path / "summary.json").write_text(json.dumps(summary))
+
+
+def test_run_statistics_pair_within_lab_and_seed_and_score_validity(tmp_path):
+    none = [[(0.1, True, True), (0.2, True, True)], [(-0.3, True, True), (0.0, False, True)],
+            [(0.4, True, False), (0.5, True, True)]]  # fmt: skip
+    kl = [[(0.5, False, True), (0.4, False, True)], [(0.3, False, True), (0.2, False, True)],
+          [(0.6, False, True), (0.9, False, True)]]  # fmt: skip
+    labs = []
+    for i in range(3):
+        _fake_lab(tmp_path / "labs" / f"lab{i}", {"none": none[i], "kl": kl[i]}, sft=0.1 * i, accuracy=0.7)
+        labs.append({"lab": i, "seed": i, "world_seed": 1234 + i, "out": f"labs/lab{i}"})
+    (tmp_path / "labs.json").write_text(json.dumps({"kind": "run", "hold": None, "labs": labs}))
+    result = build_labs_report(tmp_path)
+    m = result["methods"]
+    assert m["none"]["gold_final"]["per_lab"] == pytest.approx([0.15, -0.15, 0.45])
+    assert m["none"]["gold_final"]["mean"] == pytest.approx(interval([0.15, -0.15, 0.45])["mean"])
+    diffs = [np.mean([a[0] - b[0] for a, b in zip(kl[i], none[i])]) for i in range(3)]
+    assert m["kl"]["vs_baseline"]["per_lab"] == pytest.approx(diffs)
+    assert m["kl"]["vs_baseline"]["lo"] == pytest.approx(interval(diffs)["lo"])
+    parts = variance_components([[g for g, _, _ in lab] for lab in none])
+    assert m["none"]["gold_final"]["variance"]["between_var"] == pytest.approx(parts["between_var"])
+    assert result["validity"] == {"hacked_share": 5 / 6, "rose_share": 5 / 6, "runs": 6, "labs": 3,
+                                  "bar": {"hacked": 0.8, "rose": 0.9}, "valid": False}  # fmt: skip
+    assert json.loads((tmp_path / "summary.json").read_text())["labs"] == 3
+    assert "NOT valid" in (tmp_path / "labs.md").read_text()
+
+
+# -- the commands, end to end -----------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_run_with_two_labs_trains_two_labs_and_summarises_over_them(tmp_path):
+    from overopt.cli import main
+
+    out = tmp_path / "out"
+    main(["run", "--labs", "2", "--preset", "smoke", "--threads", "1", "--out", str(out)])
+    stage = {i: {s: json.loads((out / "labs" / f"lab{i}" / "artifacts" / s / "stage.json").read_text())["fingerprint"]
+                 for s in ("sft", "rm")} for i in range(2)}  # fmt: skip
+    assert stage[0]["sft"] != stage[1]["sft"] and stage[0]["rm"] != stage[1]["rm"]
+    record = json.loads((out / "labs.json").read_text())
+    assert [(lab["seed"], lab["world_seed"]) for lab in record["labs"]] == [(0, 1234), (1, 1235)]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["kind"] == "run" and summary["labs"] == summary["labs_done"] == 2
+    kl = summary["methods"]["kl"]
+    assert len(kl["gold_final"]["per_lab"]) == 2 and "variance" in kl["gold_final"] and kl["vs_baseline"]["n"] == 2
+    assert summary["replicates"] == record["labs"]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_compare_with_three_labs_pairs_methods_within_each_lab(tmp_path):
+    from overopt.cli import main
+
+    out = tmp_path / "out"
+    main(["compare", "--labs", "3", "--preset", "smoke", "--quick", "--grid-methods", "none,kl,chi2", "--out",
+          str(out), "--jobs", "1"])  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["kind"] == "compare" and summary["labs_done"] == 3
+    frontiers = [json.loads((out / "labs" / f"lab{i}" / "summary.json").read_text()) for i in range(3)]
+    assert all(f["methods"] for f in frontiers)
+    for budget, cell in summary["methods"]["chi2"]["matched"].items():
+        assert len(cell["vs_kl"]["per_lab"]) == 3 and cell["vs_kl"]["n"] == 3, budget
