@@ -39,7 +39,6 @@ class _RunSelector:
 
 def run(argv: list[str]) -> dict:
     """Run the lab experiment: `overopt run [--preset NAME | --config FILE.yaml] [--field value ...]`."""
-    from overopt.labs import run_labs
     from overopt.pipeline import run_experiment
 
     selector, rest = _parse(_RunSelector, args=argv, add_help=False, return_unknown_args=True)
@@ -50,7 +49,7 @@ def run(argv: list[str]) -> dict:
         base, rest, "overopt run", "Reproduce reward-model overoptimization end to end and compare methods."
     )
     if cfg.labs > 1:  # each lab's own summary.json; the report is the statistics over labs
-        return run_labs(cfg, partial(run_experiment, report=False), "run")
+        return _over_labs(cfg, partial(run_experiment, report=False), "run")
     return run_experiment(cfg)
 
 
@@ -82,7 +81,6 @@ def compare(argv: list[str]) -> dict:
     run whatever the number of jobs (default 0: usable cores ÷ threads), into one OUT with frontier_plan.json;
     the report adds frontier.json, the frontier plots and the matched-KL tables."""
     from overopt.compare import run_compare
-    from overopt.labs import run_labs
 
     selector, rest = _parse(_CompareSelector, args=argv, add_help=False, return_unknown_args=True)
     base = load_config(selector.preset, selector.config, selector.testbed)
@@ -96,7 +94,7 @@ def compare(argv: list[str]) -> dict:
     if cfg.labs > 1:
         one = partial(run_compare, grid_file=selector.grid, quick=selector.quick, methods=selector.grid_methods,
                       report=False)  # fmt: skip
-        return run_labs(cfg, one, "compare")
+        return _over_labs(cfg, one, "compare")
     return run_compare(cfg, selector.grid, selector.quick, selector.grid_methods)
 
 
@@ -147,7 +145,6 @@ def scaling(argv: list[str]) -> dict:
 
     One `overopt run` (default methods: bon,none) per cell of a grid over the proxy RM's size, its number of
     gold-labelled pairs and the policy's size, into OUT/cells/<cell>; then OUT/scaling.json, plots, scaling.html."""
-    from overopt.labs import run_labs
     from overopt.scaling import run_scaling
 
     selector, rest = _parse(_ScalingSelector, args=argv, add_help=False, return_unknown_args=True)
@@ -161,7 +158,7 @@ def scaling(argv: list[str]) -> dict:
         "Besides the fields below: --grid FILE.yaml, --quick.",
     )  # fmt: skip
     if cfg.labs > 1:
-        return run_labs(cfg, partial(run_scaling, grid_file=selector.grid, quick=selector.quick), "scaling")
+        return _over_labs(cfg, partial(run_scaling, grid_file=selector.grid, quick=selector.quick), "scaling")
     return run_scaling(cfg, selector.grid, selector.quick)
 
 
@@ -230,3 +227,12 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         _fail(" ".join(str(err).split()) if not isinstance(err, ValidationError) else validation_line(err))
+
+
+def _over_labs(cfg, one, kind: str) -> dict:
+    """Run every lab replicate of `cfg` with `one`, then the statistics over labs (overopt.labs, report.labs)."""
+    from overopt.labs import run_labs
+    from overopt.report.labs import build_labs_report
+
+    run_labs(cfg, one, kind)
+    return build_labs_report(cfg.out, console=console)

@@ -58,12 +58,12 @@ def world_seed(cfg: ExperimentConfig) -> int | None:
     return cfg.testbed_args.get("world_seed")
 
 
-def run_labs(cfg: ExperimentConfig, one: Callable[[ExperimentConfig], Any], kind: str) -> dict:
+def run_labs(cfg: ExperimentConfig, one: Callable[[ExperimentConfig], Any], kind: str) -> None:
     """Run (or resume) `one(replicate)` for every lab of `cfg` (`kind`: 'run', 'compare' or 'scaling'), one lab
-    after another, then write OUT/summary.json with the statistics over labs and show them."""
+    after another, with OUT/labs.json saying which; overopt.report.labs.build_labs_report then reads them (the
+    report imports this module, not the other way)."""
     from overopt.io import atomic_write_text
     from overopt.lock import out_lock
-    from overopt.report.labs import build_labs_report  # reads outputs only
 
     out = Path(cfg.out)
     labs = [replicate(cfg, i) for i in range(cfg.labs)]
@@ -81,7 +81,6 @@ def run_labs(cfg: ExperimentConfig, one: Callable[[ExperimentConfig], Any], kind
     for i, lab in enumerate(labs):
         console.rule(f"lab{i} ({i + 1} of {len(labs)}): seed {lab.seed}" + _world_note(lab, cfg))
         one(lab)
-    return build_labs_report(out, console=console)
 
 
 def _world_note(lab: ExperimentConfig, cfg: ExperimentConfig) -> str:
