@@ -44,6 +44,7 @@ from overopt.integrations.trl import (
     reward_model_gold,
     with_mitigations,
 )
+from overopt.models.attention import use_pad_safe_sdpa
 
 MIXINS = {"gr": GradientRegularizationMixin, "signcert": SignCertMixin, "chi2": Chi2Mixin}
 SIZES = {  # mode -> eval_prompts, steps, every, prompts_per_step, group_size, max_completion_length, lr, beta
@@ -187,6 +188,9 @@ def real_setup(args: Args) -> Setup:
 
 
 def main(args: Args) -> None:
+    # bfloat16 on CUDA: left padding's pad queries must attend to some key, else GRPO's first update gives NaN
+    # gradients (benchmarks/RESULTS.md, "GPU check"); pad positions' outputs change, no real position's does.
+    use_pad_safe_sdpa()
     setup = smoke_setup(args) if args.smoke else lab_setup(args) if args.lab else real_setup(args)
     args = sized(args, setup.sizes)
     random.Random(args.seed).shuffle(setup.train_prompts)

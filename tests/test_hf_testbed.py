@@ -406,3 +406,39 @@ def test_lora_run_killed_mid_rl_resumes_bit_for_bit(hf_world, tmp_path):
         assert any(a[k].any() for k in a if "lora_B" in k)  # the adapters trained (B starts at zero)
         assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
     assert not (got / "checkpoints").exists()
+
+
+def test_left_padded_prompts_hand_attention_no_fully_masked_row(hf_world, monkeypatch):
+    """The bfloat16 failure of the GPU check (benchmarks/RESULTS.md): with transformers' own masks a left-padded
+    prompt's pad queries attend to no key, and on CUDA the bfloat16 attention backward through the prefix cache
+    then gives NaN gradients. Every forward pass of the hf testbed's policy must hand SDPA no such row."""
+    from transformers import AutoModelForCausalLM
+
+    from overopt.models.attention import pad_safe_sdpa
+    from overopt.models.policy import completion_logprobs
+
+    fully_masked = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kwargs):
+        if attn_mask is not None:
+            fully_masked.append(bool((~attn_mask.any(-1)).any()))
+        return sdpa(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    with pad_safe_sdpa(False):  # transformers' masks until the testbed is built; restored after the test
+        testbed = _testbed(hf_world)
+        policy = AutoModelForCausalLM.from_pretrained(hf_world["policy"])
+        prompts = testbed.prompts("train", 6, seed=0)
+        width = max(map(len, prompts))
+        assert min(map(len, prompts)) < width  # left padding in the batch
+        pad = testbed.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        g = torch.Generator().manual_seed(0)
+        completion = torch.randint(0, len(testbed.tokenizer), (len(prompts), 5), generator=g)
+        full, full_mask = torch.cat([ids, completion], 1), torch.cat([mask, torch.ones_like(completion)], 1)
+        for share_prefix in (False, True):
+            logprobs, _ = completion_logprobs(policy, full, full_mask, width, share_prefix=share_prefix)
+            logprobs.sum().backward()
+    assert fully_masked and not any(fully_masked)

@@ -8,18 +8,21 @@
 #   0. device and versions (nvidia-smi -L, pip list), then install what is not importable from ./wheels
 #      (pip --no-index; with dependency resolution, else --no-deps, else --target), then `pip install -e .`
 #      (PYTHONPATH=src is set anyway, and every overopt command runs as `python -m overopt`).
+#   bf16 diagnosis (bf16_diagnosis.py): SDPA kernels on fully masked rows, the 100M model's forward/backward.
+#   3. overopt's RL step vs TRL's GRPOTrainer on a ~100M Llama, bfloat16, with transformers' masks (the failure)
+#      and with overopt's pad-safe masks (throughput.py --mask).
 #   1. the tiny HF world of tests/test_hf_testbed.py (make_tiny_hf.py), `overopt run --testbed hf --preset
 #      smoke --hf.dtype auto` on it in-process (smoke.py), and `pytest tests/test_hf_testbed.py` with a plugin
 #      that records each test's CUDA use (cuda_plugin.py) and a probe that records every child Python
 #      process's (probe/sitecustomize.py).
-#   3. overopt's RL step vs TRL's GRPOTrainer on a ~100M Llama, bfloat16 (throughput.py).
-#   2. the `default` preset for method kl and one seed, stage times next to RESULTS.md's CPU figures
+#   2. (GPU_CHECK_DEFAULT=1) the `default` preset for method kl and one seed, stage times next to RESULTS.md's CPU figures
 #      (stages.py), last: it gets the time left, at most ~200 s, and records partial times on timeout.
 #   4. OUT/summary.md and OUT/results.json (summarize.py); OUT/logs.tar.gz holds every log and JSON.
 #
 # Environment: OUT (default /tmp/gpucheck), PY (default python3), GPU_CHECK_SMALL=1 (tiny shapes),
 # GPU_CHECK_BUDGET_S (default 530: the steps' total; summarising, at most 40 s, comes after: under 10 minutes
-# in all), GPU_CHECK_INSTALL=0|1|dry (dry: pip --dry-run, no editable install; for a local check).
+# in all), GPU_CHECK_INSTALL=0|1|dry (dry: pip --dry-run, no editable install; for a local check),
+# GPU_CHECK_ONLY="bf16_diagnosis throughput_unfixed ..." (run only the steps named; install and versions always run).
 set -u
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT" || exit 1
@@ -50,6 +53,13 @@ left() { echo $((BUDGET - ($(date +%s) - T0) - RESERVE)); }
 run_step() {
     local name=$1 cap=$2
     shift 2
+    case "$name" in install* | versions) ;; *)
+        if [ -n "${GPU_CHECK_ONLY:-}" ] && [[ " $GPU_CHECK_ONLY " != *" $name "* ]]; then
+            printf '{"step":"%s","rc":null,"skipped":true}\n' "$name" >>"$J/steps.jsonl"
+            RC=125
+            return
+        fi ;;
+    esac
     local limit
     limit=$(left)
     ((cap < limit)) && limit=$cap
@@ -129,6 +139,23 @@ print(f"python {d['python']}  torch {v['torch']} (cuda {d.get('torch_cuda')}, av
 EOF
 "$PY" -c "import overopt; print('overopt from', overopt.__file__)" || echo "overopt NOT importable"
 
+# -- bf16: the diagnosis of the non-finite gradients (SDPA kernels on fully masked rows; the 100M model) --------
+DIAG_ARGS=(--out "$J/bf16_diagnosis.json")
+[ "$SMALL" = 1 ] && DIAG_ARGS+=(--small)
+TAIL_LINES=40 run_step bf16_diagnosis 150 "$PY" benchmarks/gpu_check/bf16_diagnosis.py "${DIAG_ARGS[@]}"
+
+# -- 3. throughput: overopt vs TRL GRPO, ~100M Llama, bf16 ---------------------------------------------
+# First transformers' own masks (the failure of 2026-11-27, both sides, one short repetition), then the fix.
+UNFIXED=(--out "$J/throughput_unfixed.json" --threads 8 --mask transformers --reps 1 --steps 2)
+[ "$SMALL" = 1 ] && UNFIXED=(--out "$J/throughput_unfixed.json" --threads 1 --small --mask transformers)
+TAIL_LINES=30 run_step throughput_unfixed 100 "$PY" benchmarks/gpu_check/throughput.py "${UNFIXED[@]}"
+TP_CAP=200
+(($(left) < TP_CAP)) && TP_CAP=$(left)
+# A repetition (both sides) takes ~40-60 s at the real sizes: none starts after TP_CAP - 70 s.
+TP_ARGS=(--out "$J/throughput.json" --threads 8 --deadline-s $((TP_CAP - 70)))
+[ "$SMALL" = 1 ] && TP_ARGS=(--out "$J/throughput.json" --threads 1 --small)
+TAIL_LINES=30 run_step throughput "$TP_CAP" "$PY" benchmarks/gpu_check/throughput.py "${TP_ARGS[@]}"
+
 # -- 1. hf testbed: smoke run on CUDA, and its tests -------------------------------------------------
 run_step tiny_hf 90 "$PY" benchmarks/gpu_check/make_tiny_hf.py "$WORK/tiny_hf"
 if [ -f "$WORK/tiny_hf/world.json" ]; then
@@ -147,25 +174,20 @@ PYTEST_ARGS=(tests/test_hf_testbed.py -v -rfE -p cuda_plugin -p no:cacheprovider
 GPU_CHECK_PYTEST_JSON="$J/pytest.json" GPU_CHECK_CUDA_LOG="$J/probe_pytest.jsonl" PYTHONPATH="$PROBE:$PYTHONPATH" \
     TAIL_LINES=40 run_step pytest 200 "$PY" -m pytest "${PYTEST_ARGS[@]}"
 
-# -- 3. throughput: overopt vs TRL GRPO, ~100M Llama, bf16 ---------------------------------------------
-TP_CAP=200
-(($(left) < TP_CAP)) && TP_CAP=$(left)
-# A repetition (both sides) takes ~40-60 s at the real sizes: none starts after TP_CAP - 70 s.
-TP_ARGS=(--out "$J/throughput.json" --threads 8 --deadline-s $((TP_CAP - 70)))
-[ "$SMALL" = 1 ] && TP_ARGS=(--out "$J/throughput.json" --threads 1 --small)
-TAIL_LINES=30 run_step throughput "$TP_CAP" "$PY" benchmarks/gpu_check/throughput.py "${TP_ARGS[@]}"
-
+# The built-in testbeds keep their models on the CPU: their stage times say nothing of the GPU (GPU_CHECK_DEFAULT=1).
+if [ "${GPU_CHECK_DEFAULT:-0}" = 1 ]; then
 # -- 2. default preset (CPU-only testbed): stage times, capped ------------------------------------------
-INNER=$(($(left) - 25))
-((INNER > 200)) && INNER=200
-ST_ARGS=("$WORK/default_run" "$J/stages.json" --timeout "$INNER" --threads 0)
-[ "$SMALL" = 1 ] && ST_ARGS+=(--preset smoke --threads 1)
-if ((INNER < 30)); then
-    echo "== default_preset: SKIPPED, ${INNER} s left in the ${BUDGET} s budget"
-    printf '{"step":"default_preset","rc":null,"skipped":true}\n' >>"$J/steps.jsonl"
-else
-    GPU_CHECK_CUDA_LOG="$J/probe_default.jsonl" PYTHONPATH="$PROBE:$PYTHONPATH" \
-        TAIL_LINES=30 run_step default_preset $((INNER + 25)) "$PY" benchmarks/gpu_check/stages.py "${ST_ARGS[@]}"
+    INNER=$(($(left) - 25))
+    ((INNER > 200)) && INNER=200
+    ST_ARGS=("$WORK/default_run" "$J/stages.json" --timeout "$INNER" --threads 0)
+    [ "$SMALL" = 1 ] && ST_ARGS+=(--preset smoke --threads 1)
+    if ((INNER < 30)); then
+        echo "== default_preset: SKIPPED, ${INNER} s left in the ${BUDGET} s budget"
+        printf '{"step":"default_preset","rc":null,"skipped":true}\n' >>"$J/steps.jsonl"
+    else
+        GPU_CHECK_CUDA_LOG="$J/probe_default.jsonl" PYTHONPATH="$PROBE:$PYTHONPATH" \
+            TAIL_LINES=30 run_step default_preset $((INNER + 25)) "$PY" benchmarks/gpu_check/stages.py "${ST_ARGS[@]}"
+    fi
 fi
 
 # -- 4. summary --------------------------------------------------------------------------------------
@@ -176,8 +198,8 @@ timeout 40 "$PY" benchmarks/gpu_check/summarize.py "$WORK" "$OUT" >"$L/summarize
     tail -n 20 "$L/summarize.log"
     { echo "# GPU check: summarize.py failed"; echo; cat "$J/nvidia_smi.txt"; echo; cat "$J/steps.jsonl"; } >"$OUT/summary.md"
 }
-for f in pytest throughput default_preset; do
-    [ -f "$L/$f.log" ] && tail -c 4000000 "$L/$f.log" >"$OUT/$f.log"
+for f in bf16_diagnosis throughput_unfixed throughput; do  # at most 8 files come back: the rest is in logs.tar.gz
+    [ -f "$J/$f.json" ] && cp "$J/$f.json" "$OUT/$f.json"
 done
 tar -czf "$OUT/logs.tar.gz" -C "$WORK" json logs 2>/dev/null
 cat "$OUT/summary.md"

@@ -75,6 +75,11 @@ def parse() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=4, help="torch CPU threads")
     p.add_argument("--sides", default="overopt-grpo,trl-grpo")
     p.add_argument("--deadline-s", type=float, default=0, help="start no repetition after this many seconds (0: none)")
+    p.add_argument(
+        "--mask", choices=["transformers", "pad-safe"], default="pad-safe",
+        help="sdpa masks for both sides: transformers' own (left padding's pad queries see no key), or "
+        "overopt.models.attention's, where those rows attend to every key (the bfloat16 fix; TRL gets it too)",
+    )  # fmt: skip
     p.add_argument("--small", action="store_true", help="tiny shapes for a CPU check (overrides the sizes)")
     args = p.parse_args()
     if args.small:
@@ -276,6 +281,9 @@ def main() -> int:
     def save() -> None:
         args.out.write_text(json.dumps(result, indent=1, default=str))
 
+    from overopt.models.attention import use_pad_safe_sdpa
+
+    use_pad_safe_sdpa(args.mask == "pad-safe")
     t0 = time.perf_counter()
     s, tmp = build(args, device)
     m = s.sft.config

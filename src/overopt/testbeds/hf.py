@@ -43,6 +43,7 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from overopt.config import HFConfig
+from overopt.models.attention import use_pad_safe_sdpa
 from overopt.models.policy import SAFE_LOADING, with_lora
 from overopt.models.reward import score_texts
 from overopt.testbeds.base import SFTExample, TestbedDefaults
@@ -152,7 +153,10 @@ class HFTestbed(TestbedDefaults):
         self._texts = self._prompt_texts()
         self._encoded: dict[str, dict[int, list[int] | None]] = {"train": {}, "eval": {}}
         self._prompt_of: dict[tuple[int, ...], str] = {}
-        # 4. Placement: bfloat16 autocast on a GPU (trained weights stay float32), the gold RM in bfloat16.
+        # 4. Placement: bfloat16 autocast on a GPU (trained weights stay float32), the gold RM in bfloat16. Left
+        # padding's pad queries attend to every key (overopt.models.attention): with transformers' own masks they
+        # see none, and CUDA's bfloat16 attention backward then gives NaN gradients (benchmarks/RESULTS.md).
+        use_pad_safe_sdpa()
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if self.device.type == "cuda" else "float32")
         self.autocast_dtype = torch.bfloat16 if dtype == "bfloat16" else None
