@@ -10,7 +10,7 @@
 #      (PYTHONPATH=src is set anyway, and every overopt command runs as `python -m overopt`).
 #   bf16 diagnosis (bf16_diagnosis.py): SDPA kernels on fully masked rows, the 100M model's forward/backward.
 #   3. overopt's RL step vs TRL's GRPOTrainer on a ~100M Llama, bfloat16, with transformers' masks (the failure)
-#      and with overopt's pad-safe masks (throughput.py --mask).
+#      and with overopt's pad-safe masks (throughput.py --mask); generation alone (gen_speed.py).
 #   1. the tiny HF world of tests/test_hf_testbed.py (make_tiny_hf.py), `overopt run --testbed hf --preset
 #      smoke --hf.dtype auto` on it in-process (smoke.py), and `pytest tests/test_hf_testbed.py` with a plugin
 #      that records each test's CUDA use (cuda_plugin.py) and a probe that records every child Python
@@ -156,6 +156,11 @@ TP_ARGS=(--out "$J/throughput.json" --threads 8 --deadline-s $((TP_CAP - 70)))
 [ "$SMALL" = 1 ] && TP_ARGS=(--out "$J/throughput.json" --threads 1 --small)
 TAIL_LINES=30 run_step throughput "$TP_CAP" "$PY" benchmarks/gpu_check/throughput.py "${TP_ARGS[@]}"
 
+# -- generation alone on the same model: overopt's sampler, generate with the dynamic and the static cache --------
+GEN_ARGS=(--out "$J/gen_speed.json")
+[ "$SMALL" = 1 ] && GEN_ARGS+=(--small)
+TAIL_LINES=10 run_step gen_speed 150 "$PY" benchmarks/gpu_check/gen_speed.py "${GEN_ARGS[@]}"
+
 # -- 1. hf testbed: smoke run on CUDA, and its tests -------------------------------------------------
 run_step tiny_hf 90 "$PY" benchmarks/gpu_check/make_tiny_hf.py "$WORK/tiny_hf"
 if [ -f "$WORK/tiny_hf/world.json" ]; then
@@ -198,7 +203,7 @@ timeout 40 "$PY" benchmarks/gpu_check/summarize.py "$WORK" "$OUT" >"$L/summarize
     tail -n 20 "$L/summarize.log"
     { echo "# GPU check: summarize.py failed"; echo; cat "$J/nvidia_smi.txt"; echo; cat "$J/steps.jsonl"; } >"$OUT/summary.md"
 }
-for f in bf16_diagnosis throughput_unfixed throughput; do  # at most 8 files come back: the rest is in logs.tar.gz
+for f in bf16_diagnosis throughput_unfixed throughput gen_speed; do  # at most 8 files come back: the rest is in logs.tar.gz
     [ -f "$J/$f.json" ] && cp "$J/$f.json" "$OUT/$f.json"
 done
 tar -czf "$OUT/logs.tar.gz" -C "$WORK" json logs 2>/dev/null
