@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # pip name -> import name: the project's runtime and test needs, TRL for the throughput comparison.
 NEEDED = {
     "tyro": "tyro", "pydantic": "pydantic", "datasets": "datasets", "trl": "trl", "hypothesis": "hypothesis",
-    "peft": "peft", "pyyaml": "yaml", "filelock": "filelock",
+    "peft": "peft", "pyyaml": "yaml", "filelock": "filelock", "greenlet": "greenlet",
 }  # fmt: skip
 # Present but possibly too old in the GPU image (pyproject: filelock>=4.3): upgraded from wheels/ when below.
 MINIMUM = {"filelock": "4.3"}
