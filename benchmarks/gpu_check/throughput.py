@@ -80,6 +80,7 @@ def parse() -> argparse.Namespace:
         help="sdpa masks for both sides: transformers' own (left padding's pad queries see no key), or "
         "overopt.models.attention's, where those rows attend to every key (the bfloat16 fix; TRL gets it too)",
     )  # fmt: skip
+    p.add_argument("--no-cudnn-sdp", action="store_true", help="turn SDPA's cuDNN kernel off (torch.backends.cuda)")
     p.add_argument("--small", action="store_true", help="tiny shapes for a CPU check (overrides the sizes)")
     args = p.parse_args()
     if args.small:
@@ -284,6 +285,8 @@ def main() -> int:
     from overopt.models.attention import use_pad_safe_sdpa
 
     use_pad_safe_sdpa(args.mask == "pad-safe")
+    if args.no_cudnn_sdp:
+        torch.backends.cuda.enable_cudnn_sdp(False)
     t0 = time.perf_counter()
     s, tmp = build(args, device)
     m = s.sft.config
