@@ -1,6 +1,6 @@
 """overopt: reproduce reward-model overoptimization and compare its mitigations.
 
-`overopt run`, `overopt compare`, `overopt scaling` and `overopt report` (tyro over the pydantic config).
+`overopt run`, `overopt compare`, `overopt scaling`, `overopt report` and `overopt export` (tyro over the pydantic config).
 
 `overopt run` parses in two passes: the first finds --preset / --config, the second parses every
 config field as an override on top of that preset (so `--help` shows the preset's values).
@@ -176,7 +176,26 @@ def report(argv: list[str]) -> dict:
     return build_report(args.directory, console=console)
 
 
-COMMANDS = {"run": run, "compare": compare, "scaling": scaling, "report": report}
+@dataclasses.dataclass(frozen=True)
+class _ExportArgs:
+    directory: Annotated[Path, tyro.conf.Positional]
+    """Output directory of an `overopt run` (its gold-labelled pairs or PRM data)."""
+    to: Path
+    """Folder for the JSON Lines files in TRL's dataset formats (preference/, prompt_only/, stepwise/)."""
+
+
+def export(argv: list[str]) -> dict:
+    """Write a run's gold-labelled data in TRL's dataset formats (overopt.export)."""
+    from overopt.export import export_lab
+
+    args = _parse(_ExportArgs, args=argv, prog="overopt export")
+    written = export_lab(args.directory, args.to)
+    for path, rows in written.items():
+        console.print(f"{args.to / path}: {rows} rows")
+    return written
+
+
+COMMANDS = {"run": run, "compare": compare, "scaling": scaling, "report": report, "export": export}
 EXIT_STATUSES = f"""
 exit status: 0 done; 2 bad input, a full disk, or OUT in use by another command; 3 numerical fault;
 {PREEMPTED_STATUS} preempted by SIGTERM or SIGUSR1 (the running stage wrote its checkpoint: rerun the same command)"""
@@ -199,14 +218,14 @@ def main(argv: list[str] | None = None) -> None:
     argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] not in COMMANDS:
         print(
-            __doc__.strip().splitlines()[0], "\n\nusage: overopt {run,compare,scaling,report} [--help]", file=sys.stderr
+            __doc__.strip().splitlines()[0], "\n\nusage: overopt {run,compare,scaling,report,export} [--help]", file=sys.stderr
         )
         print(EXIT_STATUSES, file=sys.stderr)
         raise SystemExit(0 if argv[:1] in (["-h"], ["--help"]) else 2)
     try:
         # SIGTERM/SIGUSR1 while training: the running stage checkpoints, then the command stops (`report`
         # has nothing to checkpoint: the signals keep their usual effect there).
-        with preempt.handling() if argv[0] != "report" else contextlib.nullcontext():
+        with preempt.handling() if argv[0] not in ("report", "export") else contextlib.nullcontext():
             COMMANDS[argv[0]](argv[1:])
     except Preempted as err:
         print(f"overopt: preempted: {err}", file=sys.stderr)
