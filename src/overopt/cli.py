@@ -1,6 +1,7 @@
 """overopt: reproduce reward-model overoptimization and compare its mitigations.
 
-`overopt run`, `overopt compare`, `overopt scaling`, `overopt report` and `overopt export` (tyro over the pydantic config).
+`overopt run`, `overopt compare`, `overopt scaling`, `overopt report` and `overopt export` (tyro over the
+pydantic config).
 
 `overopt run` parses in two passes: the first finds --preset / --config, the second parses every
 config field as an override on top of that preset (so `--help` shows the preset's values).
@@ -217,9 +218,8 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] not in COMMANDS:
-        print(
-            __doc__.strip().splitlines()[0], "\n\nusage: overopt {run,compare,scaling,report,export} [--help]", file=sys.stderr
-        )
+        usage = "\n\nusage: overopt {run,compare,scaling,report,export} [--help]"
+        print(__doc__.strip().splitlines()[0], usage, file=sys.stderr)
         print(EXIT_STATUSES, file=sys.stderr)
         raise SystemExit(0 if argv[:1] in (["-h"], ["--help"]) else 2)
     try:

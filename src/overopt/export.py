@@ -113,8 +113,8 @@ def export_lab(out: Path, to: Path) -> dict[str, int]:
             if name == "pairs":
                 rows = preference_rows(data, tokenizer)
                 written[f"preference/{split}.jsonl"] = _write(rows, to / "preference" / f"{split}.jsonl")
-                prompts = list(dict.fromkeys(rows["prompt"]))
-                written[f"prompt_only/{split}.jsonl"] = _write({"prompt": prompts}, to / "prompt_only" / f"{split}.jsonl")
+                prompts = {"prompt": list(dict.fromkeys(rows["prompt"]))}
+                written[f"prompt_only/{split}.jsonl"] = _write(prompts, to / "prompt_only" / f"{split}.jsonl")
             else:
                 rows = stepwise_rows(data, tokenizer)
                 written[f"stepwise/{split}.jsonl"] = _write(rows, to / "stepwise" / f"{split}.jsonl")
