@@ -792,7 +792,7 @@ def to_yaml(cfg: ExperimentConfig) -> str:
 
 
 def config_fields(model: type[BaseModel] = ExperimentConfig, prefix: str = ""):
-    """(dotted name, default, help) for every leaf field: the README's configuration table."""
+    """(dotted name, default, help) for every leaf field: the configuration reference's table."""
     for name, field in model.model_fields.items():
         if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
             yield from config_fields(field.annotation, f"{prefix}{name}.")
@@ -800,6 +800,11 @@ def config_fields(model: type[BaseModel] = ExperimentConfig, prefix: str = ""):
             yield f"{prefix}{name}", field.default, field.description
 
 
-def markdown_table() -> str:
-    rows = [f"| `{name}` | `{default}` | {help_} |" for name, default, help_ in config_fields()]
+def markdown_table(*prefixes: str) -> str:
+    """The configuration table (docs/reference/configuration.md); with prefixes (``"gr."``), only those fields."""
+    rows = [
+        f"| `{name}` | `{default}` | {help_} |"
+        for name, default, help_ in config_fields()
+        if not prefixes or name.startswith(prefixes)
+    ]
     return "\n".join(["| field | default | meaning |", "|---|---|---|", *rows])
