@@ -83,7 +83,5 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
 
 
 def on_files(files, config):
-    files.append(
-        File.generated(config, "img/scaling.png", abs_src_path=str(ROOT / "benchmarks" / "scaling.png"))
-    )
+    files.append(File.generated(config, "img/scaling.png", abs_src_path=str(ROOT / "benchmarks" / "scaling.png")))
     return files
