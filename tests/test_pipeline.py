@@ -103,14 +103,16 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
         assert exit_info.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_readme_config_table_is_current():
-    """The README's table of config fields is generated from the config; it must match the code."""
+def test_docs_config_table_is_current():
+    """The configuration reference's table of config fields is generated from the config; it must match the code."""
     from pathlib import Path
 
     from overopt.config import markdown_table
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    assert markdown_table() in readme, "regenerate the README table with overopt.config.markdown_table()"
+    page = (Path(__file__).parents[1] / "docs" / "reference" / "configuration.md").read_text()
+    assert markdown_table() in page, (
+        "regenerate the table of docs/reference/configuration.md with overopt.config.markdown_table()"
+    )
 
 
 def test_a_pickle_planted_where_weights_are_expected_is_refused(smoke_out, tmp_path, capsys):

@@ -1,6 +1,6 @@
 """`overopt compare`: every mitigation over a grid of its strength knob × seeds, compared at matched KL.
 
-A knob copied from a paper is not a strength (METHODS.md §7), so each method runs at several
+A knob copied from a paper is not a strength (docs/results/mitigations.md), so each method runs at several
 strengths, from off (`none`) to dominant, each measured by the method's effective-strength figure.
 The grids are `presets/frontier.yaml` (or `--grid FILE`). One output directory holds every run
 (`runs/<method>@<field>=<value>/seed<k>`) and `frontier_plan.json`; the report then adds the

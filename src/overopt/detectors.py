@@ -1,4 +1,4 @@
-"""Early warning of reward hacking from signals a practitioner has without gold (METHODS.md §8), and the
+"""Early warning of reward hacking from signals a practitioner has without gold (docs/results/early-warning.md), and the
 gold-side truth they are scored against. Numpy only: the report uses it and never imports torch.
 
 A detector is a *signal* (one number per evaluation, computed from what the run logged up to that

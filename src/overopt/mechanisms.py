@@ -1,6 +1,6 @@
-"""The papers' claimed mechanisms, measured against gold on a run's own samples (METHODS.md §7).
+"""The papers' claimed mechanisms, measured against gold on a run's own samples (docs/results/mitigations.md).
 
-Figures (README glossary):
+Figures (the metric glossary, docs/reference/outputs.md):
   at every evaluation, from two held-out samples per prompt (overopt.stages.evaluate, `pairs`):
     mech/proxy_accuracy            share of the pairs the run's reward source orders as gold does (OCRM)
     mech/rm0_accuracy              the same for the original proxy RM_0 (OCRM runs, beside RM_k's)

@@ -8,7 +8,7 @@ L_GR(θ) = L(θ) + (γ/2)‖∇L(θ)‖², so ∇L_GR = g + γHg, estimated by f
   4. restore θ; g = (1 − γ/ε)·g1 + (γ/ε)·g2 (excluded parameters keep g1); ordinary optimiser step.
 γ = ε is unnormalised SAM. Costs one extra forward + backward per step.
 
-Effective strength (METHODS.md §7): `gr/correction_ratio` = ‖g − g1‖/‖g1‖ and `gr/cos_g_g1`, 0 and 1
+Effective strength (docs/methods/gr.md): `gr/correction_ratio` = ‖g − g1‖/‖g1‖ and `gr/cos_g_g1`, 0 and 1
 when GR is off. γ alone is not a strength (it scales with the loss and the curvature), so
 `target_correction` adapts γ online until the ratio tracks a target (`adapt_gr_gamma`).
 

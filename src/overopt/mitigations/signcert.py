@@ -52,7 +52,7 @@ class SignCertAdvantages:
         finite_eps = epsilon[torch.isfinite(epsilon)]
         changed = new != a
         return new.flatten().to(advantages.dtype), {
-            # With an ensemble, the radii use member 0's hidden state and head (METHODS.md §3 fallback).
+            # With an ensemble, the radii use member 0's hidden state and head (docs/methods/signcert.md).
             "signcert/head_from_member0": float(scores.members is not None),
             "signcert/adv_mass_removed": advantage_mass_removed(a, new).item(),
             "signcert/frac_downweighted": changed.double().mean().item(),

@@ -61,7 +61,7 @@ def chi2_estimate(
     ``c · penalty`` to the loss.
 
     ``f`` is RECONSTRUCTED from the line "log-ratio linearly extrapolated
-    beyond ±10" (METHODS.md §5): ``f(s) = exp(s)`` for ``|s| <= c`` and, for
+    beyond ±10" (docs/methods/chi2.md): ``f(s) = exp(s)`` for ``|s| <= c`` and, for
     ``|s| > c``, the first-order Taylor expansion of ``exp`` at the boundary,
     ``f(s) = exp(±c) · (1 + (s ∓ c))`` (c = ``clamp``). So f is continuous
     with a continuous first derivative at ±c, and ``χ̂²`` is symmetric in

@@ -120,7 +120,7 @@ def gr_correction(g1: list[torch.Tensor | None], g: list[torch.Tensor | None]) -
     ``ratio = ‖g − g1‖ / ‖g1‖ = (γ/ε)‖g2 − g1‖ / ‖g1‖`` and
     ``cos = ⟨g, g1⟩ / (‖g‖ ‖g1‖)``. γ alone is not a strength: the same γ
     gives a different correction under another loss scale or curvature
-    (METHODS.md §7). ``g1 = 0`` gives ratio 0 and cos 1 (no step to correct);
+    (docs/methods/gr.md). ``g1 = 0`` gives ratio 0 and cos 1 (no step to correct);
     ``g = 0 ≠ g1`` gives cos 0.
 
     Shapes: two lists of tensors of matching shapes (``None`` where a parameter

@@ -1,4 +1,4 @@
-"""The mechanisms the papers claim, measured against the gold reward (METHODS.md §7).
+"""The mechanisms the papers claim, measured against the gold reward (docs/results/mitigations.md).
 
 Only a lab with a known gold reward can compute these: each compares what the proxy says with what
 gold says about the same completions.

@@ -1,7 +1,8 @@
 """Effective strength of a regulariser: how much of the update it makes, comparable across models.
 
 A coefficient copied from a paper is not a strength: β, c or γ mean different things under another
-reward scale, completion length or model (METHODS.md §7). What a regulariser does to the update is:
+reward scale, completion length or model (docs/methods/index.md; each strength's formula: the metric
+glossary, docs/reference/outputs.md). What a regulariser does to the update is:
 the share of the signal that comes from it. Method-specific strengths live with their maths
 (``gr_correction``, ``advantage_mass_removed``, ``ensemble_penalty_share``, ``par_saturation``,
 ``order_disagreement``); this module holds the one that KL and χ² terms share.

@@ -1,4 +1,4 @@
-"""Stages 2-3: sample pairs from the SFT policy and label them with the gold reward (METHODS.md §0)."""
+"""Stages 2-3: sample pairs from the SFT policy and label them with the gold reward (docs/index.md, "The pipeline")."""
 
 from __future__ import annotations
 

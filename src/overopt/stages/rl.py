@@ -1,4 +1,4 @@
-"""Stage 5: policy optimisation against the proxy RM — RLOO, GRPO / Dr.GRPO, PPO (METHODS.md §1).
+"""Stage 5: policy optimisation against the proxy RM — RLOO, GRPO / Dr.GRPO, PPO (docs/methods/none.md, kl.md).
 
 One readable loop. Each update:
   1. draw prompts, repeat each K times, sample completions from π_θ;

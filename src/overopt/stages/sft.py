@@ -1,4 +1,4 @@
-"""Stage 1: supervised fine-tuning of the policy on the testbed's demonstrations (METHODS.md §0.1)."""
+"""Stage 1: supervised fine-tuning of the policy on the testbed's demonstrations (docs/index.md, "The pipeline")."""
 
 from __future__ import annotations
 
