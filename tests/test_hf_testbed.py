@@ -442,3 +442,16 @@ def test_left_padded_prompts_hand_attention_no_fully_masked_row(hf_world, monkey
             logprobs, _ = completion_logprobs(policy, full, full_mask, width, share_prefix=share_prefix)
             logprobs.sum().backward()
     assert fully_masked and not any(fully_masked)
+
+
+def test_static_cache_sampler_runs_the_same_experiment(hf_world, tmp_path):
+    """hf.sampler static: the same draws as the growing KV cache, so the same figures to float rounding."""
+    figures = {}
+    for sampler in ("kv", "static"):
+        out = tmp_path / sampler
+        main(_args(hf_world, out, "--methods", "none", "--hf.sampler", sampler))
+        rows = [json.loads(line) for line in (out / "runs" / "none" / "seed0" / "metrics.jsonl").open()]
+        figures[sampler] = [(r["step"], r["gold_reward"], r["proxy_reward"], r["kl_sft"]) for r in rows]
+    assert len(figures["static"]) == 3
+    for kv, static in zip(figures["kv"], figures["static"], strict=True):
+        assert static == pytest.approx(kv, rel=1e-4, abs=1e-6)

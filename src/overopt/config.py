@@ -316,6 +316,11 @@ class HFConfig(_Frozen):
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="auto = bfloat16 on a GPU, else float32; bfloat16 = autocast, float32 trained weights."
     )
+    sampler: Literal["kv", "static", "static_compiled"] = Field(
+        "kv",
+        description="kv = a KV cache that grows, rows leave at EOS; static = a cache allocated once, fixed shapes "
+        "(same draws); static_compiled = static with the decode step compiled (CUDA graphs on a GPU).",
+    )
     trust_remote_code: bool = Field(False, description="Run code shipped with the policy or gold RM (off: never).")
     lora_r: int = Field(0, ge=0, description="LoRA rank of the policy's adapters (peft); 0 = full fine-tuning.")
     lora_alpha: int = Field(16, gt=0, description="LoRA α (adapter scale α/r).")

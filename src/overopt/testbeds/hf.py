@@ -46,6 +46,7 @@ from overopt.config import HFConfig
 from overopt.models.attention import use_pad_safe_sdpa
 from overopt.models.policy import SAFE_LOADING, with_lora
 from overopt.models.reward import score_texts
+from overopt.sampling import use_static_cache
 from overopt.testbeds.base import SFTExample, TestbedDefaults
 
 _LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -157,12 +158,13 @@ class HFTestbed(TestbedDefaults):
         # padding's pad queries attend to every key (overopt.models.attention): with transformers' own masks they
         # see none, and CUDA's bfloat16 attention backward then gives NaN gradients (benchmarks/RESULTS.md).
         use_pad_safe_sdpa()
+        use_static_cache({"kv": None, "static": False, "static_compiled": True}[cfg.sampler])
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if self.device.type == "cuda":
             # SDPA's cuDNN kernel made the bf16 RL step of a 100M Llama 3x slower on an H200 (19 vs 58 completions/s,
             # its first run slowest; RESULTS.md, GPU check 2026-12-04): here shapes change every step (prompt
             # widths, rows leaving the batch at EOS). The memory-efficient and flash kernels remain.
             torch.backends.cuda.enable_cudnn_sdp(False)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if self.device.type == "cuda" else "float32")
         self.autocast_dtype = torch.bfloat16 if dtype == "bfloat16" else None
         self.load_kwargs = {"dtype": torch.float32, "trust_remote_code": trust}

@@ -1,0 +1,112 @@
+"""The static-cache sampler against the dynamic one on the CPU: generated tokens/s, side by side in one run.
+
+    python benchmarks/sampler_speed.py            # table to RESULTS.md (--no-write: print only)
+
+Models: from-scratch Llamas with random weights (overopt.models.policy.tiny_llama) at two sizes; rows: 8 prompts
+× 4 copies, 8–16 prompt tokens, left-padded; a budget of --max-new tokens at T = 1, so rows end at EOS at random
+(with random weights EOS is rare: nearly every row runs the whole budget). Each sampler is timed --reps times
+after a warm-up, in alternating order; the table gives the median. Same draws: the share of rows whose tokens
+are identical between the two samplers under the same seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import statistics
+import time
+
+import torch
+import tyro
+from compare_methods import machine, write_section
+
+from overopt.models.policy import tiny_llama
+from overopt.sampling import pad_left, sample_completions
+from overopt.static_sampling import sample_completions_static
+
+
+class _Vocab:
+    pad_token_id, bos_token_id, eos_token_id = 0, 1, 2
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+
+@dataclasses.dataclass
+class Args:
+    max_new: int = 64
+    """Completion budget (tokens)."""
+    reps: int = 5
+    """Timed calls per sampler and size."""
+    threads: int = 2
+    """torch CPU threads."""
+    write: bool = True
+    """Write the table to RESULTS.md (--no-write: print it only)."""
+
+
+SIZES = {"hf smoke size (hidden 32, 1 layer, vocab 512)": (32, 1, 2, 512),
+         "lab default size (hidden 64, 2 layers, vocab 512)": (64, 2, 4, 512),
+         "small (hidden 256, 4 layers, vocab 8192)": (256, 4, 4, 8192)}  # fmt: skip
+
+
+def main(args: Args) -> None:
+    torch.set_num_threads(args.threads)
+    lines = []
+    for label, (hidden, layers, heads, vocab) in SIZES.items():
+        model = tiny_llama(_Vocab(vocab), hidden, layers, heads, max_positions=16 + args.max_new + 8, seed=0).eval()
+        g = torch.Generator().manual_seed(0)
+        prompts = [torch.randint(3, vocab, (int(n),), generator=g).tolist() for n in torch.randint(8, 17, (8,))]
+        ids, mask = pad_left([p for p in prompts for _ in range(4)], 0)
+        samplers = {"dynamic (sample_completions)": sample_completions, "static (sample_completions_static)":
+                    sample_completions_static}  # fmt: skip
+        times: dict[str, list[float]] = {k: [] for k in samplers}
+        tokens: dict[str, int] = {}
+        draws = {}
+        for name, sampler in samplers.items():  # warm-up, and the draws compared
+            torch.manual_seed(1)
+            draws[name] = sampler(model, ids, mask, args.max_new, 1.0, eos_id=2, pad_id=0).completion_ids
+        for rep in range(args.reps):
+            for name in list(samplers)[:: 1 if rep % 2 == 0 else -1]:
+                torch.manual_seed(100 + rep)
+                start = time.perf_counter()
+                out = samplers[name](model, ids, mask, args.max_new, 1.0, eos_id=2, pad_id=0)
+                times[name].append(time.perf_counter() - start)
+                tokens[name] = int(out.completion_mask.sum())
+        a, b = draws.values()
+        same = (a == b).all(1).double().mean().item() if a.shape == b.shape else 0.0
+        base = statistics.median(times[next(iter(samplers))])
+        for name in samplers:
+            median = statistics.median(times[name])
+            lines.append(f"| {label} | {name} | {ids.shape[0]} × {args.max_new} | {median * 1000:.0f} | "
+                         f"{tokens[name] / median:,.0f} | {base / median:.2f}× | {same:.0%} |")  # fmt: skip
+    table = "\n".join(
+        [
+            "| model | sampler | rows × budget | ms per call (median) | generated tokens/s | speed-up | same draws |",
+            "|---|---|---|---|---|---|---|",
+            *lines,
+        ]
+    )
+    body = "\n".join(
+        [
+            "## Static-cache sampler on the CPU: `python benchmarks/sampler_speed.py`",
+            "",
+            f"Command: `python benchmarks/sampler_speed.py --max-new {args.max_new} --reps {args.reps} "
+            f"--threads {args.threads}`  ",
+            f"Date: {datetime.date.today().isoformat()}  ",
+            f"Machine: {machine()}",
+            "",
+            __doc__.split("\n\n")[2].replace("\n", " "),
+            "",
+            table,
+        ]
+    )
+    print(body)
+    if args.write:
+        write_section("sampler-speed", body)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
