@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# trackio reads its directory once, when first imported (by TRL's trainers too): a temporary one, not the HF cache.
+if not os.environ.get("TRACKIO_DIR"):
+    os.environ["TRACKIO_DIR"] = tempfile.mkdtemp(prefix="overopt-trackio-")
+    atexit.register(shutil.rmtree, os.environ["TRACKIO_DIR"], True)
 # As the CLI does (overopt.cli.main), before torch loads: idle OpenMP threads sleep instead of spinning, so
 # that the test processes sharing the cores (pytest -n 2, the tests' own workers) do not slow each other down.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -1,5 +1,6 @@
-"""Experiment trackers (--report_to): what TensorBoard's event files and W&B's offline run hold, read back
-with their own readers; resumed runs mirror metrics.jsonl; bad names are one-line errors.
+"""Experiment trackers (--report_to): what TensorBoard's event files, W&B's offline run, Trackio's database and
+MLflow's file store hold, read back with their own readers; resumed runs mirror metrics.jsonl; batched runs
+(open together) keep apart; bad names are one-line errors.
 The end-to-end check (`overopt run --preset smoke --report_to tensorboard`) is in test_pipeline.py."""
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ from overopt import trackers
 from overopt.cli import main
 from overopt.config import load_config
 
-ROWS = [
-    {"step": 0, "proxy_reward": 0.25, "gold_reward": 0.5, "kl_sft": 0.0, "mech/fooled": 1},
-    {"step": 3, "proxy_reward": 0.75, "gold_reward": 0.625, "kl_sft": 0.125, "mech/fooled": 2},
-    {"step": 6, "proxy_reward": 1.5, "gold_reward": -0.375, "kl_sft": 1.0, "mech/fooled": 0},
-]
+ROWS = [  # alarm/kl and alarm/kl/fired: one name a path prefix of another, as the alarms write them
+    {"step": 0, "proxy_reward": 0.25, "gold_reward": 0.5, "kl_sft": 0.0, "mech/fooled": 1, "alarm/kl": 0.0,
+     "alarm/kl/fired": 0},
+    {"step": 3, "proxy_reward": 0.75, "gold_reward": 0.625, "kl_sft": 0.125, "mech/fooled": 2, "alarm/kl": 0.5,
+     "alarm/kl/fired": 0},
+    {"step": 6, "proxy_reward": 1.5, "gold_reward": -0.375, "kl_sft": 1.0, "mech/fooled": 0, "alarm/kl": 2.0,
+     "alarm/kl/fired": 1},
+]  # fmt: skip
 
 
 def _config(tmp_path: Path, report_to: str):
@@ -157,6 +161,73 @@ def test_wandb_offline_run_holds_the_config_and_every_row_and_resumes_the_same_r
     assert attempts[1]["history"] == _expected(ROWS)  # offline: the newest directory holds the whole run
 
 
+def _batched_then_resumed(cfg) -> None:
+    """Runs none/seed0 and kl/seed1 open together (a batched group, overopt.batching) log their rows in turn;
+    then none/seed0 resumes from a checkpoint that kept 2 of its 3 rows (the killed attempt's third differs)."""
+    out = Path(cfg.out)
+    metrics = out / "runs" / "none" / "seed0" / "metrics.jsonl"
+    before = _rng_states()
+    first = trackers.open_run(cfg, "none", 0, metrics)
+    other = trackers.open_run(cfg, "kl", 1, out / "runs" / "kl" / "seed1" / "metrics.jsonl")
+    for row in ROWS:
+        first.log({**row, "gold_reward": 9.0} if row["step"] == 6 else row)
+        other.log({**row, "proxy_reward": -row["proxy_reward"]})
+    first.finish()
+    other.finish()
+    assert _rng_states() == before
+    _write_rows(metrics, ROWS[:2])  # metrics.jsonl as cut back to the checkpoint
+    resumed = trackers.open_run(cfg, "none", 0, metrics, state={})
+    resumed.log(ROWS[2])
+    resumed.finish()
+
+
+KL_ROWS = [{**row, "proxy_reward": -row["proxy_reward"]} for row in ROWS]
+
+
+def test_trackio_holds_every_row_at_its_step_and_the_config_locally(tmp_path, monkeypatch):
+    from trackio import Api
+    from trackio.sqlite_storage import SQLiteStorage
+
+    for remote in ("TRACKIO_SPACE_ID", "TRACKIO_SERVER_URL"):  # local only: no Space, no server
+        monkeypatch.delenv(remote, raising=False)
+    cfg = _config(tmp_path, "trackio").model_copy(update={"out": tmp_path / "trackio-out"})  # its own project
+    _batched_then_resumed(cfg)  # trackio's directory: conftest's (trackio reads TRACKIO_DIR once per process)
+
+    runs = {run.name: run for run in Api().runs("trackio-out")}
+    assert len(Api().runs("trackio-out")) == 2 and sorted(runs) == ["kl/seed1", "none/seed0"]  # killed: deleted
+    for name, rows in [("none/seed0", ROWS), ("kl/seed1", KL_ROWS)]:
+        logs = SQLiteStorage.get_logs("trackio-out", name, run_id=runs[name].id)
+        history = {key: [(log["step"], log[key]) for log in logs] for key in rows[0] if key != "step"}
+        assert history == _expected(rows)
+        config = runs[name].config
+        assert config["run.name"] == name.split("/")[0] and config["_Group"] == name.split("/")[0]
+        assert config["rl.steps"] == cfg.rl.steps and config["report_to"] == "trackio"
+        assert "allow_val_change" not in config  # accelerate's TrackioTracker would add it
+
+
+def test_mlflow_file_store_holds_every_row_at_its_step_and_the_config(tmp_path):
+    from mlflow import MlflowClient
+
+    cfg = _config(tmp_path, "mlflow")
+    _batched_then_resumed(cfg)
+
+    client = MlflowClient((tmp_path / "my-out" / "tracking" / "mlflow").as_uri())  # a file: URI, no server
+    experiment = client.get_experiment_by_name("my-out")
+    found = client.search_runs([experiment.experiment_id])
+    runs = {run.info.run_name: run for run in found}
+    assert len(found) == 2 and sorted(runs) == ["kl/seed1", "none/seed0"]  # the killed attempt's run: deleted
+    for name, rows in [("none/seed0", ROWS), ("kl/seed1", KL_ROWS)]:
+        run_id = runs[name].info.run_id
+        history = {}
+        for key in rows[0].keys() - {"step"}:
+            metrics = client.get_metric_history(run_id, trackers.mlflow_key(key))  # `/` as `.`
+            history[key] = sorted((m.step, m.value) for m in metrics)
+        assert history == _expected(rows)
+        params = runs[name].data.params  # text
+        assert params["run.seed"] == name[-1] and params["rl.steps"] == str(cfg.rl.steps)
+        assert params["report_to"] == "mlflow" and runs[name].info.status == "FINISHED"
+
+
 def test_no_trackers_open_nothing(tmp_path):
     tracking = trackers.open_run(_config(tmp_path, ""), "none", 0, tmp_path / "metrics.jsonl")
     tracking.log(ROWS[0])
@@ -166,8 +237,8 @@ def test_no_trackers_open_nothing(tmp_path):
 @pytest.mark.parametrize(
     ("report_to", "message"),
     [
-        ("tensorboard,bogus", "report_to: unknown tracker 'bogus'; overopt reports to tensorboard, wandb"),
-        ("mlflow", "report_to: 'mlflow' is an accelerate tracker that overopt does not open"),
+        ("tensorboard,bogus", "report_to: unknown tracker 'bogus'; overopt reports to tensorboard, wandb, trackio"),
+        ("aim", "report_to: 'aim' is an accelerate tracker that overopt does not open"),
         ("wandb", "report_to: wandb is not installed: pip install 'overopt[trackers]'"),
     ],
     ids=["unknown", "not-wired", "not-installed"],

@@ -545,7 +545,9 @@ class ExperimentConfig(_Frozen):
         "local", description="Where the runs go: local processes, or submitit (Slurm jobs; its local executor without)."
     )
     report_to: str = Field(
-        "", description="Experiment trackers for every run's metrics, comma-separated: tensorboard, wandb."
+        "",
+        description="Experiment trackers for every run's metrics, comma-separated: tensorboard, wandb, trackio, "
+        "mlflow.",
     )
     checkpoint_every_s: float = Field(
         120.0, ge=0, description="Seconds between checkpoints of a running stage (0 = after every step)."
