@@ -455,3 +455,42 @@ def test_static_cache_sampler_runs_the_same_experiment(hf_world, tmp_path):
     assert len(figures["static"]) == 3
     for kv, static in zip(figures["kv"], figures["static"], strict=True):
         assert static == pytest.approx(kv, rel=1e-4, abs=1e-6)
+
+
+def _tiny_qwen2(world, root):
+    """A Qwen2 causal LM (gr-alpaca's policy architecture) at tiny size, with the world's policy tokenizer."""
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(world["policy"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(2)
+        model = Qwen2ForCausalLM(Qwen2Config(
+            vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+            num_key_value_heads=1, max_position_embeddings=256, bos_token_id=tok.eos_token_id,
+            eos_token_id=tok.eos_token_id, tie_word_embeddings=True,
+        ))  # fmt: skip
+    model.save_pretrained(root)
+    tok.save_pretrained(root)
+    return str(root)
+
+
+@pytest.mark.parametrize("preset", ["ocrm-tldr", "gr-alpaca"])
+def test_paper_presets_run_end_to_end_on_tiny_models_of_their_architectures(hf_world, tmp_path, preset):
+    """The named presets' whole protocol (OCRM: PPO with a value model, the RM refit between phases; GR: Dr.GRPO
+    and gradient regularization), on local models of the published architectures (GPT-NeoX like Pythia, Qwen2
+    like Qwen2.5, a Llama sequence classifier like Skywork) with every size cut down."""
+    policy = hf_world["policy"] if preset == "ocrm-tldr" else _tiny_qwen2(hf_world, tmp_path / "qwen2")
+    out = tmp_path / "out"
+    main([
+        "run", "--preset", preset, "--out", str(out), "--hf.policy", policy, "--hf.dataset", hf_world["jsonl"],
+        "--hf.gold-rm", hf_world["gold"], "--hf.prompt-column", "prompt", "--hf.eval-split", "",
+        "--hf.max-prompt-tokens", "64", "--hf.max-completion-tokens", "6", "--hf.gold-batch-size", "16",
+        "--pairs.n-prompts", "32", "--rm.batch-size", "8", "--rl.steps", "2", "--rl.prompts-per-step", "2",
+        "--eval.every", "1", "--eval.n-prompts", "4", "--threads", "1",
+    ])  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    methods = {"ocrm-tldr": ["kl", "ocrm+kl"], "gr-alpaca": ["kl", "gr"]}[preset]
+    assert list(summary["methods"]) == methods
+    for method in methods:
+        rows = [json.loads(line) for line in (out / "runs" / method / "seed0" / "metrics.jsonl").open()]
+        assert rows[-1]["step"] == 2 and all(math.isfinite(r["gold_reward"]) for r in rows)
