@@ -348,6 +348,36 @@ def test_prompt_chat_template_wraps_prompts_but_the_gold_reads_the_raw_prompt(hf
     torch.testing.assert_close(scores, testbed.score_texts(raw, [" a dog ran"] * 2))
 
 
+def test_conversational_prompts_render_with_the_chat_template_and_reach_the_gold_as_turns(hf_world, tmp_path):
+    """TRL's conversational prompt-only format: a column of message lists, rendered by the policy's chat template;
+    the gold RM reads the conversation with those turns and the completion as the assistant's."""
+    import shutil
+
+    from overopt.sampling import pad_left, pad_right
+
+    policy_dir = tmp_path / "chat_policy"
+    shutil.copytree(hf_world["policy"], policy_dir)
+    config = json.loads((policy_dir / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
+    (policy_dir / "tokenizer_config.json").write_text(json.dumps(config))
+    data = tmp_path / "conversations.jsonl"
+    turns = [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Story {i}: a dog ran"}]
+             for i in range(12)]  # fmt: skip
+    data.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in turns))
+    testbed = _testbed(hf_world | {"policy": str(policy_dir), "jsonl": str(data)})
+    tok = testbed.tokenizer
+    prompts = testbed.prompts("train", 3, seed=0)
+    texts = [tok.decode(p) for p in prompts]
+    assert all(t.startswith("system: Be brief.\nuser: Story ") and t.endswith("\nassistant:") for t in texts)
+    completion_ids, mask = pad_right([tok(" it sat")["input_ids"] + [tok.eos_token_id]] * 3, tok.pad_token_id)
+    scores = testbed.gold_reward(pad_left(prompts, tok.pad_token_id)[0], completion_ids, mask)
+    story = [int(t.split("Story ")[1].split(":")[0]) for t in texts]
+    torch.testing.assert_close(scores, testbed.score_texts([turns[i] for i in story], [" it sat"] * 3))
+    # Without a chat template the conversations cannot be rendered: one line naming the column.
+    with pytest.raises(ValueError, match="holds conversations .* has no chat template"):
+        _testbed(hf_world | {"jsonl": str(data)})
+
+
 def test_lora_run_killed_mid_rl_resumes_bit_for_bit(hf_world, tmp_path):
     """A SIGKILL inside an RL run under LoRA and bfloat16 autocast (after step 1's checkpoint, in step 2)
     resumes into the same OUT and reproduces the uninterrupted run: metrics, samples and the final

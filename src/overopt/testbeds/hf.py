@@ -55,6 +55,17 @@ _SPLIT_CODES = {"train": 0, "eval": 1}
 _ADD_ROWS = "add prompts, one per row"
 
 
+def _is_conversation(value) -> bool:
+    """A list of {"role": str, "content": str} messages (TRL's conversational format)."""
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+        )
+    )
+
+
 def _first_line(err: BaseException) -> str:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return lines[0] if lines else type(err).__name__
@@ -153,7 +164,7 @@ class HFTestbed(TestbedDefaults):
         # 3. Prompt texts of both splits.
         self._texts = self._prompt_texts()
         self._encoded: dict[str, dict[int, list[int] | None]] = {"train": {}, "eval": {}}
-        self._prompt_of: dict[tuple[int, ...], str] = {}
+        self._prompt_of: dict[tuple[int, ...], str | list[dict]] = {}  # the gold RM reads these
         # 4. Placement: bfloat16 autocast on a GPU (trained weights stay float32), the gold RM in bfloat16. Left
         # padding's pad queries attend to every key (overopt.models.attention): with transformers' own masks they
         # see none, and CUDA's bfloat16 attention backward then gives NaN gradients (benchmarks/RESULTS.md).
@@ -276,6 +287,8 @@ class HFTestbed(TestbedDefaults):
         if len(rows) == 0:
             raise ValueError(f"hf.dataset: split {split!r} of {source} has no rows; {_ADD_ROWS}")
         texts = list(rows[column])
+        if any(_is_conversation(t) for t in texts):  # TRL's conversational prompt-only format
+            return self._conversations(texts, split, source, column)
         if not any(isinstance(t, str) for t in texts) and any(t is not None for t in texts):
             kind = type(next(t for t in texts if t is not None)).__name__
             raise ValueError(
@@ -297,6 +310,22 @@ class HFTestbed(TestbedDefaults):
                 f"hf.dataset: row {index} (counting from 0) of split {split!r} of {source} {problem}; {fix}"
             )
         return texts
+
+    def _conversations(self, rows: list, split: str, source: str, column: str) -> list[list[dict]]:
+        """A column of conversations (lists of {"role", "content"} messages, TRL's conversational format):
+        rendered by the policy tokenizer's chat template, with the generation prompt."""
+        if not self.tokenizer.chat_template:
+            raise ValueError(
+                f"hf.prompt_column: {column!r} of {source} holds conversations (lists of messages), and the "
+                f"tokenizer of {self.cfg.policy} has no chat template to render them"
+            )
+        for index, messages in enumerate(rows):
+            if not _is_conversation(messages) or not messages:
+                raise ValueError(
+                    f"hf.dataset: row {index} (counting from 0) of split {split!r} of {source} is not a list of "
+                    f"{{'role', 'content'}} messages in {column!r}, as the other rows are; fix or drop the row"
+                )
+        return rows
 
     def _prompt_texts(self) -> dict[str, list[str]]:
         data = self._load_dataset()
@@ -320,7 +349,10 @@ class HFTestbed(TestbedDefaults):
         cache = self._encoded[split]
         if index not in cache:
             text, tok = self._texts[split][index], self.tokenizer
-            if self.cfg.prompt_chat_template:
+            if not isinstance(text, str):  # a conversation: its own turns, through the chat template
+                rendered = tok.apply_chat_template(text, tokenize=False, add_generation_prompt=True)
+                ids = tok(rendered, add_special_tokens=False)["input_ids"]
+            elif self.cfg.prompt_chat_template:
                 rendered = tok.apply_chat_template(
                     [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
                 )
