@@ -19,7 +19,8 @@ without the parts it calls), inside the training loop ("train") or an evaluation
   checkpoints       checkpoint.Checkpointer.save
   logging           metrics.jsonl, samples.jsonl and trackers
   loop (rest)       everything else inside train_policy: prompts, advantages, transforms, bookkeeping
-and "run set-up" is the rest of a run (copying the SFT policy, building its method, saving the policy).
+and "run set-up" is the rest of a run (copying the SFT policy, building its method, saving the policy). A timed
+part called outside any run (a stage built before the runs, the report) counts in none of the runs' parts.
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ class Args:
     an override changes how the RM is trained."""
 
 
+OUTSIDE = "outside a run"
+
+
 class Timer:
     """Exclusive time per (phase, part): entering a timed part pauses the part that called it."""
 
@@ -76,7 +80,12 @@ class Timer:
         previous = self.phase
         if phase is not None:
             self.phase = phase
-        label = name if phase is not None else f"{self.phase}: {name}"
+        if phase is not None:
+            label = name
+        elif not self.stack:  # a timed part called outside any run (a stage built first, the report)
+            label = f"{OUTSIDE}: {name}"
+        else:
+            label = f"{self.phase}: {name}"
         self.stack.append([label, now])
         try:
             yield
@@ -154,7 +163,7 @@ def main(args: Args) -> None:
         start = time.perf_counter()
         overopt_main(argv)
         total = time.perf_counter() - start
-    runs = {k: v for k, v in timer.total.items()}
+    runs = {k: v for k, v in timer.total.items() if not k.startswith(OUTSIDE)}
     run_total = sum(runs.values())
     rows = sorted(runs.items(), key=lambda kv: -kv[1])
     command = (f"python benchmarks/run_profile.py --lab {args.lab} --preset {args.preset} --testbed {args.testbed} "
