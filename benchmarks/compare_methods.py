@@ -23,18 +23,16 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import os
-import platform
 import sys
 from pathlib import Path
 
-import torch
 import tyro
 import yaml
 
 from overopt.cli import main as overopt_main
 from overopt.config import ExperimentConfig
 from overopt.io import read_json
+from overopt.results import machine, write_section
 
 HERE = Path(__file__).parent
 METHODS = "none,kl,ref_reset,gr,signcert,ocrm,ensemble_uwo,par,chi2"
@@ -71,12 +69,6 @@ class Args:
     method's lift over none's own path at the same final KL (overopt.report.frontier)."""
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    versions = f"Python {platform.python_version()}, torch {torch.__version__}"
-    return f"{os.cpu_count()} CPU cores ({cpu}), {platform.system()}, {versions}"
-
-
 def fmt(stat: dict, digits: int = 3) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
@@ -84,7 +76,7 @@ def fmt(stat: dict, digits: int = 3) -> str:
 def lifts(out: Path, baseline: Path, names: list[str], seeds: int) -> dict[str, str]:
     """Per method: final gold minus none's path gold at the run's final KL, paired by seed, mean [95 % CI]."""
     from overopt.report.frontier import format_ci, lift_over_path, run_figures
-    from overopt.report.summary import _read_jsonl
+    from overopt.report.summary import read_jsonl
 
     rm = [read_json(d / "artifacts" / "rm" / "stage.json")["fingerprint"] for d in (out, baseline)]
     if rm[0] != rm[1]:
@@ -94,10 +86,10 @@ def lifts(out: Path, baseline: Path, names: list[str], seeds: int) -> dict[str, 
         path = baseline / "runs" / "none" / f"seed{k}" / "metrics.jsonl"
         if not path.exists():
             raise SystemExit(f"--baseline {baseline}: no {path.relative_to(baseline)}")
-        none_rows[k] = _read_jsonl(path)
+        none_rows[k] = read_jsonl(path)
     result = {}
     for name in names:
-        figs = {k: run_figures(_read_jsonl(out / "runs" / name / f"seed{k}" / "metrics.jsonl")) for k in range(seeds)}
+        figs = {k: run_figures(read_jsonl(out / "runs" / name / f"seed{k}" / "metrics.jsonl")) for k in range(seeds)}
         ci = lift_over_path(figs, none_rows)
         result[name] = format_ci(ci, signed=True) + (f" (n={ci['n']})" if ci["n"] > 1 else "")
     return result
@@ -121,23 +113,6 @@ def table(summary: dict, names: list[str], lift: dict[str, str] | None = None) -
             f"| {m['wall_s']['mean']:.0f} |" + (f" {lift[name]} |" if lift else "")
         )
     return "\n".join(rows)
-
-
-def write_section(name: str, body: str) -> None:
-    """Replace the section between this benchmark's markers in RESULTS.md (append it if absent)."""
-    path = HERE / "RESULTS.md"
-    text = (
-        path.read_text()
-        if path.exists()
-        else "# Benchmark results\n\nEach section is written by the script it names.\n"
-    )
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    block = f"{start}\n{body}\n{end}"
-    if start in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
 
 
 def run_frontier(args: Args) -> None:

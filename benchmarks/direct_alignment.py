@@ -25,14 +25,14 @@ from pathlib import Path
 
 import numpy as np
 import tyro
-from compare_methods import machine, write_section
 from matplotlib import colormaps
 
 from overopt.report.frontier import format_ci, paired_diff_ci, path_gold_at_kl
-from overopt.report.plots import _new_figure, _save, _style, aggregate
+from overopt.report.plots import aggregate, new_figure, save_figure, style_axes
 from overopt.report.summary import load_runs
 from overopt.report.table import format_mean_std as _ms
 from overopt.report.table import format_value as _v
+from overopt.results import machine, write_section
 from overopt.stats import interval
 
 
@@ -87,7 +87,7 @@ def plot_curves(outs: list[Path], path: Path) -> Path:
         ("DPO over β (and epochs at β 0.01)", dpo + [n for n in runs if n.startswith("dpo@daa.epochs")]),
         ("The other losses at their defaults", ["ipo", "simpo", "rpo", "dpo_nll", "hinge", "dpo@dpo.beta=0.1"]),
     ]
-    fig = _new_figure(12, 4.8)
+    fig = new_figure(12, 4.8)
     cmap = colormaps["viridis"]
     for ax, (title, names) in zip(fig.subplots(1, 2), panels):
         for i, name in enumerate([n for n in names if n in runs] + ["kl", "none"]):
@@ -98,12 +98,12 @@ def plot_curves(outs: list[Path], path: Path) -> Path:
                 else ({"color": cmap(i / max(1, len(names) - 1))} if names is panels[0][1] else {})
             )
             ax.plot(np.sqrt(np.maximum(kl["mean"], 0)), gold["mean"], marker=".", label=name, **style)
-        _style(ax, title, "√KL(π ‖ π_SFT)", "gold reward")
+        style_axes(ax, title, "√KL(π ‖ π_SFT)", "gold reward")
         ax.set_xlim(0, 2.5)
         ax.set_ylim(0.25, None)  # none falls far below: the DAAs are what this figure is about
         ax.legend(fontsize=8, frameon=False)
     fig.suptitle("Direct alignment on the lab's pairs (default preset, mean of 3 seeds; RL kl and none in grey)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _last(seeds: dict[int, list[dict]], key: str) -> dict:

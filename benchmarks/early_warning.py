@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import tyro
-from compare_methods import machine, write_section
 
 from overopt.detectors import (
     BASELINES,
@@ -49,6 +48,7 @@ from overopt.detectors import (
 from overopt.report.early_warning import SCORE_HEADER, present_detectors, score_cells
 from overopt.report.frontier import format_ci
 from overopt.report.summary import load_runs
+from overopt.results import machine, write_section
 from overopt.stats import interval
 
 

@@ -23,8 +23,9 @@ import time
 from pathlib import Path
 
 import tyro
-from compare_methods import machine, write_section
 from oversubscription import linked_out, overopt, shared_stages, usable_cores
+
+from overopt.results import machine, write_section
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,13 +22,13 @@ from typing import Literal
 
 import numpy as np
 import tyro
-from compare_methods import machine, write_section
 
 from overopt.laws import Fit
 from overopt.report.scaling import mean_curve
 from overopt.report.summary import load_runs
 from overopt.report.table import format_value as _v
 from overopt.report.table import format_with_ci as _ci
+from overopt.results import machine, write_section
 
 
 @dataclasses.dataclass(frozen=True)

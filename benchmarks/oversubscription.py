@@ -36,7 +36,8 @@ import time
 from pathlib import Path
 
 import tyro
-from compare_methods import HERE, machine, write_section
+
+from overopt.results import machine, write_section
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +71,7 @@ def overopt(*argv: str, testbed: str, preset: str, extra: tuple[str, ...] = ()) 
 def shared_stages(testbed: str, preset: str, extra: tuple[str, ...] = ()) -> Path:
     """An OUT holding the preset's finished shared stages (trained by a one-update run the first time)."""
     key = f"{testbed}-{preset}" + (f"-{hashlib.sha256(' '.join(extra).encode()).hexdigest()[:8]}" if extra else "")
-    out = HERE / "out" / f"stages-{key}"
+    out = Path(__file__).parent / "out" / f"stages-{key}"
     cmd = overopt("--out", str(out), "--methods", "none", "--seeds", "1", "--rl.steps", "1", "--eval.n_prompts", "8",
                   testbed=testbed, preset=preset, extra=extra)  # fmt: skip
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import tyro
-from compare_methods import machine, write_section
 
-from overopt.report.plots import _new_figure, _save, _style, aggregate
+from overopt.report.plots import aggregate, new_figure, save_figure, style_axes
 from overopt.report.summary import build_summary, load_runs
+from overopt.results import machine, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEPT = ("sum", "discounted_sum", "min", "max", "mean", "sharpe")  # one `overopt run --sweep`
@@ -124,7 +124,7 @@ def table(runs: dict, entries: dict) -> list[str]:
 
 def plot(runs: dict, path: Path) -> Path:
     """Gold, proxy and steps per answer against the RL step, mean over seeds, one line per return."""
-    fig = _new_figure(14, 3.6)
+    fig = new_figure(14, 3.6)
     panels = (("gold_reward", "gold (answer correct)"), ("proxy_reward", "proxy (aggregated PRM return)"),
               ("gold/steps", "partial-sum steps per answer"))  # fmt: skip
     *axes, key_ax = fig.subplots(1, 4, gridspec_kw={"width_ratios": [1, 1, 1, 0.3]})
@@ -133,11 +133,11 @@ def plot(runs: dict, path: Path) -> Path:
             if seeds:
                 a = aggregate(seeds, key)
                 ax.plot(a["step"], a["mean"], label=name, color=f"C{i}", marker="." if name == "sum" else None)
-        _style(ax, label, "RL step", label)
+        style_axes(ax, label, "RL step", label)
     key_ax.axis("off")
     key_ax.legend(*axes[0].get_legend_handles_labels(), loc="center left", fontsize=8, frameon=False)
     fig.suptitle("process testbed: the PRM's return under each aggregation (mean over seeds)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def main(args: Args) -> None:

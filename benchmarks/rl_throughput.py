@@ -555,7 +555,7 @@ def load(args: Args) -> Setup:
 
 
 def main(args: Args) -> None:
-    from compare_methods import write_section
+    from overopt.results import write_section
 
     torch.set_num_threads(args.threads)
     s = load(args)
@@ -632,5 +632,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(HERE))  # compare_methods: the RESULTS.md section writer
     main(tyro.cli(Args, args=sys.argv[1:]))

@@ -36,9 +36,9 @@ from pathlib import Path
 
 import torch
 import tyro
-from compare_methods import machine, write_section
 
 from overopt.cli import main as overopt_main
+from overopt.results import machine, write_section
 
 
 @dataclasses.dataclass(frozen=True)

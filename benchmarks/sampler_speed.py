@@ -18,9 +18,9 @@ import time
 
 import torch
 import tyro
-from compare_methods import machine, write_section
 
 from overopt.models.policy import tiny_llama
+from overopt.results import machine, write_section
 from overopt.sampling import pad_left, sample_completions
 from overopt.static_sampling import sample_completions_static
 

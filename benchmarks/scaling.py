@@ -647,7 +647,7 @@ def plot(path: Path, sweeps: dict[str, list[Config]], raw: dict[Config, dict], s
 def report(args: Args, base: Config, sweeps: dict[str, list[Config]], raw: dict[Config, dict],
            peak: tuple[float, str], warmup: int, steps: int, png: Path, load: float) -> str:  # fmt: skip
     """The RESULTS.md section: command, date, machine, setup, tables, slopes, plot link, MFU and the FLOP check."""
-    from compare_methods import machine
+    from overopt.results import machine
 
     s = {cfg: summarise(r, peak[0]) for cfg, r in raw.items()}
     slope_lines, verdict = slopes(sweeps, raw, s)
@@ -700,7 +700,7 @@ def report(args: Args, base: Config, sweeps: dict[str, list[Config]], raw: dict[
 
 
 def main(args: Args) -> None:
-    from compare_methods import write_section
+    from overopt.results import write_section
 
     if args.device == "cuda":
         import torch

@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 import tyro
-from compare_methods import machine, write_section
 
 from overopt.io import read_json
+from overopt.results import machine, write_section
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import tyro
-from compare_methods import machine, write_section
 
-from overopt.report.plots import _new_figure, _save, _style, aggregate
+from overopt.report.plots import aggregate, new_figure, save_figure, style_axes
 from overopt.report.summary import build_summary, load_runs
+from overopt.results import machine, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 # Arms beyond a mitigation at the lab's default knobs: name -> (mitigation, the example's extra flags). GR's γ
@@ -94,16 +94,16 @@ def plot(trl: Path, lab: Path, methods: list[str], path: Path) -> Path:
     """Gold against √KL, mean over seeds at each evaluation: one panel per method, TRL beside the lab."""
     runs = {"TRL": load_runs(trl), "overopt": load_runs(lab)}
     shown = [m for m in methods if m in runs["TRL"]]
-    fig = _new_figure(3.2 * len(shown), 3.4)
+    fig = new_figure(3.2 * len(shown), 3.4)
     for ax, method in zip(np.atleast_1d(fig.subplots(1, len(shown), sharey=True)), shown):
         for side, style in (("overopt", {"color": "0.55", "linestyle": "--"}), ("TRL", {"color": "C0"})):
             if method in runs[side]:
                 kl, gold = aggregate(runs[side][method], "kl_sft"), aggregate(runs[side][method], "gold_reward")
                 ax.plot(np.sqrt(np.maximum(kl["mean"], 0)), gold["mean"], marker=".", label=side, **style)
-        _style(ax, method, "√KL(π ‖ π_SFT)", "gold reward")
+        style_axes(ax, method, "√KL(π ‖ π_SFT)", "gold reward")
         ax.legend(fontsize=8, frameon=False)
     fig.suptitle("The lab through TRL's RLOOTrainer (blue) and overopt's own loop (grey), mean over seeds")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def main(args: Args) -> None:

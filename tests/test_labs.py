@@ -63,20 +63,20 @@ def test_labs_to_resolve_is_the_smallest_count_whose_interval_excludes_zero():
 
 
 def test_a_replicate_redraws_seed_and_world_unless_the_world_is_held(tmp_path):
-    from overopt.pipeline import _stage_fingerprints
+    from overopt.pipeline import stage_fingerprints
 
     cfg = ExperimentConfig(out=tmp_path, labs=3, seed=5)
     labs = [replicate(cfg, i) for i in range(3)]
     assert [lab.seed for lab in labs] == [5, 6, 7] and all(lab.labs == 1 for lab in labs)
     assert [lab.summarize.world_seed for lab in labs] == [1234, 1235, 1236]
     assert [lab.out for lab in labs] == [tmp_path / "labs" / f"lab{i}" for i in range(3)]
-    fps = [_stage_fingerprints(lab, "preference") for lab in labs]
+    fps = [stage_fingerprints(lab, "preference") for lab in labs]
     for stage in ("sft", "data", "rm"):
         assert len({fp[stage] for fp in fps}) == 3, stage
     held = [replicate(cfg.model_copy(update={"lab_hold": "world"}), i) for i in range(3)]
     assert {lab.summarize.world_seed for lab in held} == {1234} and [lab.seed for lab in held] == [5, 6, 7]
     # lab 0 is the one-lab command: the world at its old fixed seed keeps the stages' old fingerprints
-    assert _stage_fingerprints(labs[0].model_copy(update={"out": tmp_path}), "preference") == _stage_fingerprints(
+    assert stage_fingerprints(labs[0].model_copy(update={"out": tmp_path}), "preference") == stage_fingerprints(
         ExperimentConfig(out=tmp_path, seed=5), "preference"
     )
 

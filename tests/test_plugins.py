@@ -110,21 +110,21 @@ def test_plugin_knobs_are_validated_in_one_line(plugin_on_path, tmp_path, capsys
 
 
 def test_editing_a_plugin_makes_the_stages_it_built_stale(tmp_path, monkeypatch):
-    from overopt.pipeline import _stage_fingerprints
+    from overopt.pipeline import stage_fingerprints
 
     shutil.copytree(PLUGIN / "overopt_keyword", tmp_path / "overopt_keyword")
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
         cfg = load_config("smoke", testbed=TESTBED)
-        before = _stage_fingerprints(cfg, "preference")
-        assert _stage_fingerprints(cfg, "preference") == before
+        before = stage_fingerprints(cfg, "preference")
+        assert stage_fingerprints(cfg, "preference") == before
         source = tmp_path / "overopt_keyword" / "testbed.py"
         source.write_text(source.read_text().replace("relevant[topics].sum(0)", "relevant[topics].sum(0) * 1"))
         TESTBEDS._resolved.clear()  # a new process: the plugin is imported again
-        after = _stage_fingerprints(cfg, "preference")
+        after = stage_fingerprints(cfg, "preference")
         assert all(after[stage] != before[stage] for stage in ("sft", "data", "rm"))
         builtin = load_config("smoke")
-        assert _stage_fingerprints(builtin, "preference") == _stage_fingerprints(builtin, "preference")
+        assert stage_fingerprints(builtin, "preference") == stage_fingerprints(builtin, "preference")
     finally:
         for name in [m for m in sys.modules if m.startswith("overopt_keyword")]:
             del sys.modules[name]

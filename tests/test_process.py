@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from overopt.cli import main
+from overopt.config import return_form
 from overopt.mitigations.rewards import ProcessRewardModel
 from overopt.models.policy import tiny_llama
 from overopt.models.reward import reward_forward, reward_model_from_backbone
@@ -104,7 +105,7 @@ def test_prm_reward_is_the_aggregate_of_each_steps_prefix_score(testbed, tmp_pat
     rollout = rollout_from_tokens([prompt] * 3, completions, testbed.tokenizer.pad_token_id)
     gamma = 0.8 if name == "discounted_sum" else 1.0
     temperature = 0.1 if name == "pure_min" else 0.0
-    scored = ProcessRewardModel(prm, testbed, name.replace("pure_", ""), gamma, temperature)(rollout)
+    scored = ProcessRewardModel(prm, testbed, return_form(name.replace("pure_", ""), gamma, temperature))(rollout)
     got = scored.rewards
     assert scored.steps.tokens[1, : int(scored.steps.mask[1].sum())].tolist() == [4, 6, 8, 10, 10]
     for b, completion in enumerate(completions):

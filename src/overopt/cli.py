@@ -40,7 +40,7 @@ class _RunSelector:
 
 def run(argv: list[str]) -> dict:
     """Run the lab experiment: `overopt run [--preset NAME | --config FILE.yaml] [--field value ...]`."""
-    from overopt.pipeline import run_experiment
+    from overopt.experiment import run_experiment
 
     selector, rest = _parse(_RunSelector, args=argv, add_help=False, return_unknown_args=True)
     base = load_config(selector.preset, selector.config, selector.testbed)

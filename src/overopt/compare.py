@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from overopt import launch
-from overopt.config import PRESET_DIR, ExperimentConfig, _read_yaml
+from overopt.config import PRESET_DIR, ExperimentConfig, read_yaml
 from overopt.io import atomic_write_text
 from overopt.lock import out_lock
 from overopt.progress import console
@@ -69,7 +69,7 @@ def _grid_key(path: Path, key: str) -> tuple[str, tuple[tuple[str, str], ...]]:
 def load_grid(path: Path | None = None) -> tuple[dict[str, list[Point]], list[float]]:
     """The grid file as {method: points} and the KL budgets; malformed entries raise ValueError naming them."""
     path = GRID_FILE if path is None else Path(path)
-    data = _read_yaml(path)
+    data = read_yaml(path)
     budgets = data.get("budgets", [1, 2, 4, 8])
     if not isinstance(budgets, list) or not budgets or not all(isinstance(b, (int, float)) and b > 0 for b in budgets):
         raise ValueError(f"{path}: budgets must be a list of positive numbers (KL in nats)")
@@ -169,7 +169,8 @@ def run_compare(
 
 def _run_grid(cfg: ExperimentConfig, testbed, grid, budgets, named, plans, report: bool = True) -> dict:
     """The comparison with OUT held: the shared stages, the plan, every run not finished yet, the report."""
-    from overopt.pipeline import build_lab, finish, jobs
+    from overopt.experiment import finish
+    from overopt.pipeline import build_lab, jobs
 
     with testbed.precision():
         lab = build_lab(cfg, testbed, plans)

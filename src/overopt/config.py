@@ -718,7 +718,7 @@ def _merge(base: dict, update: dict) -> dict:
     return merged
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path) -> dict:
     """A config file as a mapping. Files are data: `yaml.safe_load` builds no Python objects."""
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -749,7 +749,7 @@ def _plugin_preset(testbed: str, preset: str, where: str) -> dict:
         entry = TESTBEDS.resolve(testbed)
     except ValueError as err:
         raise ValueError(f"{where}{err}") from None
-    base = {k: v for k, v in _read_yaml(PRESET_DIR / "summarize" / f"{preset}.yaml").items() if k != "summarize"}
+    base = {k: v for k, v in read_yaml(PRESET_DIR / "summarize" / f"{preset}.yaml").items() if k != "summarize"}
     own = entry.presets.get(preset, {})
     if not isinstance(own, dict):
         raise ValueError(f"testbed {testbed!r}: presets[{preset!r}] must be a mapping of config fields")
@@ -764,16 +764,16 @@ def load_config(
     `smoke` and `default` are read from presets/<testbed>/ (testbed: `testbed`, else the config
     file's, else summarize); a named preset (e.g. `ocrm-tldr`) names its own testbed.
     """
-    user = _read_yaml(Path(config_file)) if config_file is not None else {}
+    user = read_yaml(Path(config_file)) if config_file is not None else {}
     if preset in TESTBED_PRESETS:
         chosen = testbed if testbed is not None else user.get("testbed", "summarize")
         if (PRESET_DIR / str(chosen) / f"{preset}.yaml").is_file():
-            data = _merge(_read_yaml(PRESET_DIR / chosen / f"{preset}.yaml"), {"testbed": chosen})
+            data = _merge(read_yaml(PRESET_DIR / chosen / f"{preset}.yaml"), {"testbed": chosen})
         else:
             where = "" if testbed is not None else f"{config_file}: testbed: "
             data = _merge(_plugin_preset(str(chosen), preset, where), {"testbed": chosen})
     elif (PRESET_DIR / f"{preset}.yaml").exists():
-        data = {"testbed": "summarize", **_read_yaml(PRESET_DIR / f"{preset}.yaml")}
+        data = {"testbed": "summarize", **read_yaml(PRESET_DIR / f"{preset}.yaml")}
         if testbed is not None and testbed != data.get("testbed"):
             raise ValueError(f"preset {preset!r} is for testbed {data.get('testbed')!r}, not {testbed!r}")
     else:

@@ -16,13 +16,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from datasets import Dataset
 from pydantic import BaseModel, ValidationError
 from transformers import PreTrainedModel
 
-from overopt.config import ExperimentConfig, RLConfig
 from overopt.errors import validation_line
 from overopt.mitigations.gr import GradientRegularization
 from overopt.mitigations.protocols import Mitigations, RewardSource
@@ -39,6 +38,9 @@ from overopt.mitigations.signcert import SignCertAdvantages, fisher_metric
 from overopt.ops import DAA_LOSSES
 from overopt.registry import Registry, source_version
 from overopt.testbeds.base import Testbed
+
+if TYPE_CHECKING:  # annotations only: the configuration validates method knobs through this module
+    from overopt.config import ExperimentConfig, RLConfig
 
 
 @dataclass

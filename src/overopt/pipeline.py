@@ -24,12 +24,12 @@ from pyarrow import ArrowException
 from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from overopt import distributed, faults, launch
+from overopt import distributed, faults
 from overopt.checkpoint import Checkpointer
 from overopt.config import ExperimentConfig, JudgeConfig, ModelConfig, PairsConfig, PRMConfig, to_yaml
 from overopt.errors import StaleArtifactError
 from overopt.io import atomic_write_text, fingerprint, read_json, replace_dir, write_json
-from overopt.lock import out_lock, run_lock
+from overopt.lock import run_lock
 from overopt.methods import MethodPlan, resolve_method
 from overopt.models.policy import SAFE_LOADING, tiny_llama
 from overopt.models.reward import reward_model_from_backbone
@@ -47,7 +47,7 @@ from overopt.testbeds import TESTBEDS, make_testbed
 from overopt.testbeds.base import Testbed
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Our own progress bars say what is happening; silence the libraries' per-file bars and load reports."""
     import datasets
     import huggingface_hub
@@ -59,7 +59,7 @@ def _quiet_libraries() -> None:
     datasets.disable_progress_bars()
 
 
-def _stage_fingerprints(cfg: ExperimentConfig, proxy: str) -> dict[str, str]:
+def stage_fingerprints(cfg: ExperimentConfig, proxy: str) -> dict[str, str]:
     """Each stage's fingerprint covers the sections it is built from; "rm" is what the RL runs start from
     (the proxy model, or the SFT policy under a rule reward, which reads no pairs, judge or RM section)."""
     entry = TESTBEDS.resolve(cfg.testbed)  # a plugin's code version makes its stages stale when it changes
@@ -73,7 +73,7 @@ def _stage_fingerprints(cfg: ExperimentConfig, proxy: str) -> dict[str, str]:
         return {"sft": sft, "data": labelled, "rm": labelled, **heldout}
     # An RM of its own size starts from an SFT model of that size ("rm_backbone"); the size knobs enter the
     # RM's fingerprint through that stage only, so an RM on the policy's backbone keeps its fingerprint.
-    own = _own_rm_backbone(cfg)
+    own = own_rm_backbone(cfg)
     backbone = fingerprint(world, cfg.rm_backbone.model_dump(), cfg.sft.model_dump()) if own else sft
     rm = fingerprint(labelled, cfg.rm.model_dump(exclude=set(ModelConfig.model_fields)), *([backbone] if own else []),
                      *_computation(cfg))  # fmt: skip
@@ -97,7 +97,7 @@ def _computation(cfg: ExperimentConfig) -> list:
     return [{"compute_once": True}] if cfg.compute_once else []
 
 
-def _own_rm_backbone(cfg: ExperimentConfig) -> bool:
+def own_rm_backbone(cfg: ExperimentConfig) -> bool:
     """True when the proxy RM is sized (rm.*) unlike the policy, so it needs an SFT backbone of its own."""
     return cfg.rm_backbone != cfg.model
 
@@ -180,31 +180,6 @@ def _run_stage(out: Path, name: str, fp: str, build, every_s: float) -> Path:
 Plans = dict[str, tuple[MethodPlan, ExperimentConfig]]  # run name -> (method, its configuration)
 
 
-def run_experiment(
-    cfg: ExperimentConfig, variants: list[tuple[str, str, ExperimentConfig]] | None = None, report: bool = True
-) -> dict:
-    """Run (or resume) every stage and every method × seed, then build the report (without `report`: only
-    summary.json; overopt.scaling's cells, whose report is the grid's).
-
-    `variants` (run name, method, configuration) replaces `cfg.method_variants()` (the frontier
-    comparison of overopt.compare runs each method over its own grid)."""
-    named = cfg.method_variants() if variants is None else variants
-    plans = resolve_plans(cfg, named)  # bad method names and sweeps fail here, before anything is written
-    testbed = open_testbed(cfg, plans)
-    # OUT is this command's from here on (overopt.lock): a second command into it is refused, writing nothing.
-    with out_lock(cfg.out):
-        with testbed.precision():  # hf: bfloat16 autocast if asked for
-            lab = build_lab(cfg, testbed, plans)
-            launch.train_shared(lab, plans)  # every stage is finished before any run starts (--jobs, --launcher)
-        done = launch.run_jobs(lab, plans, named, jobs(cfg, plans), testbed.precision)
-        if distributed.is_main():
-            launch.log_invocation(Path(cfg.out) / RUN_TIMING_FILE, **done)
-        return finish(cfg, report)
-
-
-RUN_TIMING_FILE = "run_timing.json"  # every invocation: runs, runs it ran, jobs, threads per run, wall time of the runs
-
-
 def resolve_plans(cfg: ExperimentConfig, variants: list[tuple[str, str, ExperimentConfig]] | None = None) -> Plans:
     """Every run's method plan and configuration; impossible methods and sweeps raise ValueError."""
     variants = cfg.method_variants() if variants is None else variants
@@ -218,13 +193,13 @@ def jobs(cfg: ExperimentConfig, plans: Plans) -> list[tuple[str, int]]:
 
 def open_testbed(cfg: ExperimentConfig, plans: Plans):
     """Quiet the libraries, set threads, build the testbed and check every method against its proxy."""
-    _quiet_libraries()
+    quiet_libraries()
     if not distributed.is_main():
         console.quiet = True  # under accelerate launch, the main process reports for all
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     testbed = make_testbed(cfg)  # the hf testbed checks its models and data here
-    if _own_rm_backbone(cfg) and (testbed.proxy != "preference" or testbed.policy_path is not None):
+    if own_rm_backbone(cfg) and (testbed.proxy != "preference" or testbed.policy_path is not None):
         raise ValueError(
             f"rm.hidden_size/num_layers/num_heads size the lab's own Bradley-Terry RM; testbed {testbed.name!r} "
             f"has none (its proxy: {testbed.proxy}) or brings its own policy"
@@ -248,7 +223,7 @@ def build_lab(cfg: ExperimentConfig, testbed, plans: Plans, publish: bool = True
     Finished stages and runs built from another configuration are refused first. `publish` writes
     OUT/config.yaml; the comparison's worker processes, which only read the stages, pass False."""
     out = Path(cfg.out)
-    fps = _stage_fingerprints(cfg, testbed.proxy)
+    fps = stage_fingerprints(cfg, testbed.proxy)
     runs = {
         out / "runs" / name / f"seed{seed}": _run_fingerprint(fps["rm"], plan, variant, seed)
         for name, (plan, variant) in plans.items()
@@ -307,7 +282,7 @@ def build_lab(cfg: ExperimentConfig, testbed, plans: Plans, publish: bool = True
     # 2-4. The proxy: a Bradley-Terry RM on gold-labelled pairs, a judge of gold-labelled answers,
     #      or (RLVR) the testbed's rule reward with nothing to train.
     rm_backbone = sft_dir
-    if _own_rm_backbone(cfg):  # 2a. The RM's own backbone: an SFT model of the RM's size, on the same demonstrations.
+    if own_rm_backbone(cfg):  # 2a. The RM's own backbone: an SFT model of the RM's size, on the same demonstrations.
         rm_backbone = stage("rm_backbone", fps["rm_backbone"], partial(build_sft, cfg.rm_backbone))
     if testbed.proxy == "preference":
         data_stage, train_member = "pairs", _pairs_and_rm(cfg, testbed, sft_policy, rm_backbone)
@@ -448,21 +423,6 @@ def run_job(lab: Lab, plans: Plans, name: str, seed: int) -> None:
             write_json(run_dir / "stage.json", {"stage": "rl", "method": name, "seed": seed, "fingerprint": run_fp})
             checkpoints.clear()
     distributed.barrier()
-
-
-def finish(cfg: ExperimentConfig, report: bool = True) -> dict:
-    """Every stage and run is done: drop the checkpoints, build the report (main process only); without
-    `report`, only summary.json (`overopt report OUT` builds the rest later)."""
-    from overopt.report import build_report, write_summary  # the report reads outputs only; imported at the end
-
-    if not distributed.is_main():
-        return {}
-    out = Path(cfg.out)
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    if not report:
-        write_summary(out)
-        return {}
-    return build_report(out, console=console)
 
 
 def _load_artifact(path, load: Callable, **kwargs):

@@ -104,16 +104,15 @@ class SampledLogprobs(NamedTuple):
 _router = None
 
 
-# The `hf` testbed's choice of sampler (hf.sampler): None samples here; else the static-cache sampler, with the
-# flag saying whether its decode step is compiled.
-_static: bool | None = None
+# The `hf` testbed's choice of sampler (hf.sampler): None samples here; else the static-cache sampler
+# (overopt.static_sampling.use_static_cache), called with sample_completions' arguments.
+_sampler = None
 
 
-def use_static_cache(compile_step: bool | None) -> None:
-    """Route sample_completions to overopt.static_sampling (compile_step: compile its decode step), or with
-    None back to this module's sampler."""
-    global _static
-    _static = compile_step
+def set_sampler(sampler) -> None:
+    """Draw sample_completions with `sampler` (it takes sample_completions' arguments), or with None here."""
+    global _sampler
+    _sampler = sampler
 
 
 def set_router(router):
@@ -159,12 +158,9 @@ def sample_completions(
                          row_offset=row_offset, total_rows=total_rows, with_logprobs=with_logprobs)  # fmt: skip
         if routed is not None:
             return routed
-    if _static is not None:
-        from overopt.static_sampling import sample_completions_static  # it imports this module
-
-        return sample_completions_static(model, prompt_ids, prompt_mask, max_new_tokens, temperature, eos_id, pad_id,
-                                         row_offset=row_offset, total_rows=total_rows, with_logprobs=with_logprobs,
-                                         compile_step=_static)  # fmt: skip
+    if _sampler is not None:
+        return _sampler(model, prompt_ids, prompt_mask, max_new_tokens, temperature, eos_id, pad_id,
+                        row_offset=row_offset, total_rows=total_rows, with_logprobs=with_logprobs)  # fmt: skip
     device = model.device
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     rows = prompt_ids.shape[0]

@@ -22,7 +22,7 @@ import os
 import shutil
 from pathlib import Path
 
-from overopt.config import PRESET_DIR, ExperimentConfig, ModelConfig, _read_yaml
+from overopt.config import PRESET_DIR, ExperimentConfig, ModelConfig, read_yaml
 from overopt.io import atomic_write_text, read_json
 from overopt.lock import out_lock
 from overopt.progress import console
@@ -35,7 +35,7 @@ AXES = ("rm_size", "pairs", "policy_size")
 def load_grid(path: Path | None, quick: bool) -> dict[str, list]:
     """The grid's three axes (its `quick` entry with `quick`); malformed entries raise ValueError naming them."""
     path = GRID_FILE if path is None else Path(path)
-    entry = _read_yaml(path).get("quick" if quick else "default")
+    entry = read_yaml(path).get("quick" if quick else "default")
     if not isinstance(entry, dict):
         raise ValueError(
             f"{path}: expected a {'quick' if quick else 'default'!r} mapping of rm_sizes, pairs, policy_sizes"
@@ -88,11 +88,12 @@ def _size(model: ModelConfig) -> list[int]:
 
 def run_scaling(base: ExperimentConfig, grid_file: Path | None = None, quick: bool = False) -> dict:
     """Run (or resume) every cell of the grid into base.out, then write scaling.json, plots and scaling.html."""
-    from overopt.pipeline import _quiet_libraries, run_experiment
+    from overopt.experiment import run_experiment
+    from overopt.pipeline import quiet_libraries
     from overopt.testbeds import make_testbed
 
     grid = load_grid(grid_file, quick)
-    _quiet_libraries()
+    quiet_libraries()
     testbed = make_testbed(base)
     if testbed.proxy != "preference" or testbed.policy_path is not None:
         raise ValueError(f"scaling: testbed {base.testbed!r} has no Bradley-Terry RM and policy of the lab's own to "
@@ -117,11 +118,11 @@ def _reuse_stages(cells_dir: Path, cell_out: Path, cfg: ExperimentConfig) -> Non
     """Hard-link (or copy) into this cell every stage it needs that another cell already built from the same
     configuration. A stage is the same when its fingerprint is (overopt.pipeline), whatever it is called there:
     the preset's SFT policy is also a policy-size cell's RM backbone."""
-    from overopt.pipeline import _own_rm_backbone, _stage_fingerprints  # what a cell's stages are checked against
+    from overopt.pipeline import own_rm_backbone, stage_fingerprints  # what a cell's stages are checked against
 
-    fps = _stage_fingerprints(cfg, "preference")
+    fps = stage_fingerprints(cfg, "preference")
     wanted = {"sft": fps["sft"], "pairs": fps["data"], "rm": fps["rm"]}
-    if _own_rm_backbone(cfg):
+    if own_rm_backbone(cfg):
         wanted["rm_backbone"] = fps["rm_backbone"]
     built = {}
     for marker in cells_dir.glob("*/artifacts/*/stage.json"):

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import inspect
 import weakref
+from functools import partial
 
 import torch
 from transformers import PreTrainedModel, StaticCache
 
 from overopt.models.policy import position_ids_from_mask
 from overopt.ops import entropy_from_logits, selective_log_softmax
-from overopt.sampling import Rollout, SampledLogprobs, mask_after_eos
+from overopt.sampling import Rollout, SampledLogprobs, mask_after_eos, set_sampler
 
 # Per model: its compiled decode step, and its caches by (rows, length): a captured graph reads the cache's
 # tensors at fixed addresses, so a cache is reset and reused rather than allocated again.
@@ -124,3 +125,9 @@ def sample_completions_static(
     if not with_logprobs:
         return rollout
     return rollout, SampledLogprobs(logprobs[:, :steps] * done, entropy[:, :steps] * done)
+
+
+def use_static_cache(compile_step: bool | None) -> None:
+    """Route overopt.sampling.sample_completions here (compile_step: compile the decode step), or with None back
+    to its own sampler (the `hf` testbed's hf.sampler)."""
+    set_sampler(None if compile_step is None else partial(sample_completions_static, compile_step=compile_step))

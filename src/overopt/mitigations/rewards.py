@@ -7,7 +7,6 @@ from collections.abc import Callable
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from overopt.config import return_form
 from overopt.mitigations.protocols import RewardScores, RewardSource, StepRewards
 from overopt.models.reward import conversation_batch, reward_forward, score_head
 from overopt.ops import (
@@ -84,7 +83,8 @@ class TextRewardModel:
 
 class ProcessRewardModel:
     """A PRM's step rewards at each step end of the `process` testbed, aggregated into one return
-    (ops.aggregate; Tang, Zhang, Ackermann et al., arXiv 2507.08537; the form: `return_form`).
+    (ops.aggregate; Tang, Zhang, Ackermann et al., arXiv 2507.08537). `form` is (ops aggregation, step discount,
+    PURE's softmin temperature or 0): `rl.step_return`, overopt.config.return_form.
 
     A step's reward is the PRM's signed confidence that it is right, 2σ(wᵀh_t + b) − 1 ∈ (−1, 1): a step it
     believes wrong costs reward instead of adding a little. A completion without its final step (no EOS: out
@@ -92,11 +92,9 @@ class ProcessRewardModel:
     the (transformed) step rewards and the tokens they end at, for PPO's per-token returns (ops.token_returns).
     The return is no linear function of one head input, so SignCert-PO has no radius to read here."""
 
-    def __init__(
-        self, model: PreTrainedModel, testbed, aggregation: str, gamma: float = 1.0, min_temperature: float = 0.0
-    ):
+    def __init__(self, model: PreTrainedModel, testbed, form: tuple[str, float, float]):
         self.model, self.testbed = model.eval(), testbed
-        self.name, self.gamma, self.temperature = return_form(aggregation, gamma, min_temperature)
+        self.name, self.gamma, self.temperature = form
 
     def step_rewards(self, rollout: Rollout) -> StepRewards:
         """(B, S) step rewards, mask and end tokens (completion positions), the unfinished rows' final −1

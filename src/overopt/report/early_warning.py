@@ -12,7 +12,7 @@ import numpy as np
 
 from overopt.detectors import SIGNALS, DetectorScore, Rule, hacking_onset, score_detector, statistic
 
-from .summary import is_best_of_n
+from .common import is_best_of_n
 from .table import format_value
 
 SCORE_HEADER = ["detected", "early", "lead (evals)", "false alarms", "AUROC", "gold regret (run to end)"]
@@ -57,7 +57,7 @@ def plot_early_warning(
     """``OUT/plots/early_warning.png``: gold against step per method (× at each seed's onset of hacking, ▼ where
     an alarm stopped a run: summary.json's `alarm_stop`), then one panel per detector with its rule's statistic
     (mean over seeds) and the threshold. None when no optimisation run exists."""
-    from .plots import _new_figure, _plot_mean_band, _save, _style, aggregate, method_colors
+    from .plots import _plot_mean_band, aggregate, method_colors, new_figure, save_figure, style_axes
 
     stepped = _stepped(runs)
     names = present_detectors([rows for seeds in stepped.values() for rows in seeds.values()])
@@ -67,7 +67,7 @@ def plot_early_warning(
     stopped = {(m, s["seed"]) for m, entry in summary["methods"].items() for s in entry["seeds"] if "alarm_stop" in s}
     cols = 2
     panels = 1 + math.ceil(len(names) / cols)
-    fig = _new_figure(12, 2.7 * panels)
+    fig = new_figure(12, 2.7 * panels)
     grid = fig.add_gridspec(panels, cols)
     top = fig.add_subplot(grid[0, :])
     for m, seeds in stepped.items():
@@ -79,7 +79,7 @@ def plot_early_warning(
                 top.plot(rows[onset]["step"], gold[onset], "x", color=colors[m], markersize=7)
             if (m, seed) in stopped:
                 top.plot(rows[-1]["step"], gold[-1], "v", color=colors[m], markersize=8)
-    _style(top, "Gold reward (× onset of hacking per seed, ▼ stopped by an alarm)", "step", "gold reward")
+    style_axes(top, "Gold reward (× onset of hacking per seed, ▼ stopped by an alarm)", "step", "gold reward")
     top.legend(fontsize=8, frameon=False, ncol=3)
     label = "CUSUM S" if rule.rule == "cusum" else "z"
     for i, name in enumerate(names):
@@ -93,8 +93,8 @@ def plot_early_warning(
             _plot_mean_band(ax, aggregate(series, "stat"), colors[m], m)
         ax.axhline(rule.threshold, color="0.3", linestyle=":", linewidth=1.1)
         ax.set_yscale("symlog", linthresh=rule.threshold)  # a statistic runs from 0 to hundreds
-        _style(ax, f"{name}: {label} (threshold dotted)", "step", label)
+        style_axes(ax, f"{name}: {label} (threshold dotted)", "step", label)
     fig.suptitle(f"Early warning ({rule.rule}, h = {rule.threshold:g}, warm-up {rule.warmup})", fontsize=12)
     plot_dir = Path(out_dir) / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
-    return _save(fig, plot_dir / "early_warning.png")
+    return save_figure(fig, plot_dir / "early_warning.png")

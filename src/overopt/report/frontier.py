@@ -34,7 +34,8 @@ import numpy as np
 
 from overopt.stats import CI, interval
 
-from .summary import _json_safe, _num, _read_jsonl, hacking_check
+from .summary import _json_safe, _num, hacking_check, read_jsonl
+from .table import format_ci
 
 __all__ = [
     "PLAN_FILE",
@@ -83,16 +84,6 @@ def paired_diff_ci(a: Mapping[int, Any], b: Mapping[int, Any]) -> CI:
     out = interval([_val(a[s]) - _val(b[s]) for s in seeds])
     out["seeds"] = seeds
     return out
-
-
-def format_ci(ci: Mapping[str, Any] | None, digits: int = 3, signed: bool = False) -> str:
-    """``"mean [lo, hi]"``; a single value (n == 1) as ``"mean (n=1)"``; "–" when missing."""
-    if not ci or ci.get("mean") is None:
-        return "–"
-    f = f"{{:{'+' if signed else ''}.{digits}f}}".format
-    if ci.get("n", 0) <= 1 or ci.get("lo") is None:
-        return f"{f(ci['mean'])} (n=1)"
-    return f"{f(ci['mean'])} [{f(ci['lo'])}, {f(ci['hi'])}]"
 
 
 # --------------------------------------------------------------------------- #
@@ -289,7 +280,7 @@ def _load_point(out_dir: Path, run: str, seeds: list[int] | None, runs: Mapping 
     for s in seeds:
         path = base / f"seed{s}" / "metrics.jsonl"
         if path.is_file():
-            rows = _read_jsonl(path)
+            rows = read_jsonl(path)
             if rows:
                 out[s] = rows
     return out
@@ -725,7 +716,7 @@ def plot_frontier(out_dir: str | Path, result: Mapping) -> list[Path]:
     method with CI whiskers; none stopped early (black diamonds) and kl
     (dark grey squares) marked distinctly.  Returns the paths written.
     """
-    from .plots import _new_figure, _save, _style, method_colors
+    from .plots import method_colors, new_figure, save_figure, style_axes
 
     result = dict(result)
     plot_dir = Path(out_dir) / "plots"
@@ -743,25 +734,25 @@ def plot_frontier(out_dir: str | Path, result: Mapping) -> list[Path]:
     if names:
         ncols = min(3, len(names))
         nrows = math.ceil(len(names) / ncols)
-        fig = _new_figure(5.0 * ncols, 3.9 * nrows + 0.5)
+        fig = new_figure(5.0 * ncols, 3.9 * nrows + 0.5)
         axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False, sharey=True)).ravel()
         for ax, name in zip(axes, names):
             _frontier_panel(ax, name, result["methods"][name], result, colors[name])
             _sqrt_axis(ax, xmax)
-            _style(ax, f"{name}  ({result['methods'][name]['verdict']['label']})", "final KL to SFT (nats, √ axis)",
+            style_axes(ax, f"{name}  ({result['methods'][name]['verdict']['label']})", "final KL to SFT (nats, √ axis)",
                    "final gold reward")  # fmt: skip
             ax.legend(fontsize=7, frameon=False, loc="best")
         for ax in axes[len(names) :]:
             ax.set_visible(False)
         fig.suptitle("Frontier per method: final gold vs final KL (mean, 95% t interval over seeds)", fontsize=12)
-        paths.append(_save(fig, plot_dir / "frontier_methods.png"))
+        paths.append(save_figure(fig, plot_dir / "frontier_methods.png"))
 
     budgets = [_bkey(b) for b in result.get("budgets") or []]
     if budgets:
         series = [(n, result["methods"][n]["matched"]) for n in result["methods"]]
         if result.get("none_early"):
             series.append((NONE_EARLY, result["none_early"]))
-        fig = _new_figure(min(11.0, max(6.5, 1.2 * len(budgets) + 0.2 * len(series) * len(budgets))), 4.6)
+        fig = new_figure(min(11.0, max(6.5, 1.2 * len(budgets) + 0.2 * len(series) * len(budgets))), 4.6)
         ax = fig.add_subplot(1, 1, 1)
         width = 0.8 / max(len(series), 1)
         for i, (name, by_b) in enumerate(series):
@@ -785,7 +776,7 @@ def plot_frontier(out_dir: str | Path, result: Mapping) -> list[Path]:
         for j in range(len(budgets) - 1):
             ax.axvline(j + 0.5, color="0.85", linewidth=0.8)
         title = "Gold at matched KL budgets (leave-one-seed-out choice; mean, 95% t interval over seeds)"
-        _style(ax, title, "KL budget (nats)", "gold reward")
+        style_axes(ax, title, "KL budget (nats)", "gold reward")
         ax.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
-        paths.append(_save(fig, plot_dir / "matched_kl.png"))
+        paths.append(save_figure(fig, plot_dir / "matched_kl.png"))
     return paths

@@ -175,7 +175,7 @@ def mechanism_verdicts(summary: Mapping) -> list[dict[str, Any]]:
     * ``ensemble`` — "disagreement marks error": mean over runs of the
       disagreement–error correlation (supported when above 0).
     """
-    from .frontier import format_ci
+    from .table import format_ci
 
     items: list[dict[str, Any]] = []
     has_none = any(n == "none" for n in (summary.get("methods") or {}))
@@ -285,7 +285,7 @@ def plot_mechanisms(out_dir: str | Path, runs: Mapping[str, Mapping[int, list[di
       evaluation with step > 0, per method, with the pooled Pearson r;
     * ``mech_disagreement``: disagreement–error correlation vs step.
     """
-    from .plots import _new_figure, _plot_mean_band, _save, _style, aggregate, method_colors
+    from .plots import _plot_mean_band, aggregate, method_colors, new_figure, save_figure, style_axes
 
     fam = _families(runs)
     colors = method_colors(list(fam))
@@ -302,30 +302,30 @@ def plot_mechanisms(out_dir: str | Path, runs: Mapping[str, Mapping[int, list[di
 
     if any(_has(s, ACC) for s in fam.values()):
         plot_dir.mkdir(parents=True, exist_ok=True)
-        fig = _new_figure(7.5, 4.6)
+        fig = new_figure(7.5, 4.6)
         ax = fig.add_subplot(1, 1, 1)
         lines(ax, ACC, dashed=RM0)
-        _style(ax, "Proxy accuracy on current-policy sample pairs (dashed: OCRM's RM_0)", "step", "pair accuracy")
+        style_axes(ax, "Proxy accuracy on current-policy sample pairs (dashed: OCRM's RM_0)", "step", "pair accuracy")
         ax.legend(fontsize=8, frameon=False)
-        paths.append(_save(fig, plot_dir / "mech_accuracy.png"))
+        paths.append(save_figure(fig, plot_dir / "mech_accuracy.png"))
 
     if any(_has(s, FLIP) or _has(s, AUROC) for s in fam.values()):
         plot_dir.mkdir(parents=True, exist_ok=True)
-        fig = _new_figure(12, 4.6)
+        fig = new_figure(12, 4.6)
         a1, a2 = fig.subplots(1, 2)
         lines(a1, FLIP)
         lines(a2, AUROC)
         a2.axhline(0.5, color="0.3", linestyle=":", linewidth=1.1, label="chance")
-        _style(a1, "Share of completions with proxy/gold advantage signs flipped", "step", "sign-flip rate")
-        _style(a2, "AUROC of −(sign radius) for predicting a flip", "step", "AUROC")
+        style_axes(a1, "Share of completions with proxy/gold advantage signs flipped", "step", "sign-flip rate")
+        style_axes(a2, "AUROC of −(sign radius) for predicting a flip", "step", "AUROC")
         for ax in (a1, a2):
             ax.legend(fontsize=8, frameon=False)
-        paths.append(_save(fig, plot_dir / "mech_sign_flips.png"))
+        paths.append(save_figure(fig, plot_dir / "mech_sign_flips.png"))
 
     grad = {m: _with_grad(s) for m, s in fam.items()}
     if any(_has(s, ACC) and _has(s, "_grad_norm") for s in grad.values()):
         plot_dir.mkdir(parents=True, exist_ok=True)
-        fig = _new_figure(7.5, 4.8)
+        fig = new_figure(7.5, 4.8)
         ax = fig.add_subplot(1, 1, 1)
         for m, seeds in grad.items():
             pts = [(r["_grad_norm"], _f(r.get(ACC))) for rows in seeds.values() for r in rows]
@@ -335,17 +335,17 @@ def plot_mechanisms(out_dir: str | Path, runs: Mapping[str, Mapping[int, list[di
             r = pearson(*zip(*pts))
             label = f"{m} (pooled r={r:+.2f})" if r is not None else m
             ax.scatter([g for g, _ in pts], [a for _, a in pts], s=14, alpha=0.7, color=colors[m], label=label)
-        _style(ax, "Gradient norm vs proxy accuracy (one point per evaluation)", "gradient norm", "proxy accuracy")
+        style_axes(ax, "Gradient norm vs proxy accuracy (one point per evaluation)", "gradient norm", "proxy accuracy")
         ax.legend(fontsize=8, frameon=False)
-        paths.append(_save(fig, plot_dir / "mech_grad_norm.png"))
+        paths.append(save_figure(fig, plot_dir / "mech_grad_norm.png"))
 
     if any(_has(s, DIS) for s in fam.values()):
         plot_dir.mkdir(parents=True, exist_ok=True)
-        fig = _new_figure(7.5, 4.6)
+        fig = new_figure(7.5, 4.6)
         ax = fig.add_subplot(1, 1, 1)
         lines(ax, DIS)
         ax.axhline(0.0, color="0.3", linestyle=":", linewidth=1.1)
-        _style(ax, "Correlation of ensemble disagreement with |proxy − gold|", "step", "correlation")
+        style_axes(ax, "Correlation of ensemble disagreement with |proxy − gold|", "step", "correlation")
         ax.legend(fontsize=8, frameon=False)
-        paths.append(_save(fig, plot_dir / "mech_disagreement.png"))
+        paths.append(save_figure(fig, plot_dir / "mech_disagreement.png"))
     return paths

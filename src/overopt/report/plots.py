@@ -16,8 +16,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from overopt.laws import Fit
+from overopt.stats import finite_float as _num
 
-from .summary import _num, is_best_of_n, load_config, order_methods
+from .common import is_best_of_n, load_config, order_methods
 
 __all__ = ["aggregate", "grid_keys", "method_colors", "plot_all"]
 
@@ -65,19 +66,19 @@ def _sft_level(runs: dict[str, dict[int, list[dict]]], key: str) -> float | None
     return float(np.mean(vals)) if vals else None
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), dpi=DPI)
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=DPI, format="png", facecolor="white")
     return path
 
 
-def _style(ax, title: str, xlabel: str, ylabel: str) -> None:
+def style_axes(ax, title: str, xlabel: str, ylabel: str) -> None:
     ax.set_title(title, fontsize=11)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -96,7 +97,7 @@ def _plot_mean_band(ax, agg: dict[str, np.ndarray], color, label: str) -> None:
 
 
 def _rewards_vs_step(runs, methods, colors, path: Path) -> Path:
-    fig = _new_figure(12, 4.6)
+    fig = new_figure(12, 4.6)
     axes = fig.subplots(1, 2)
     for ax, key, title in (
         (axes[0], "gold_reward", "Gold reward (true objective)"),
@@ -109,10 +110,10 @@ def _rewards_vs_step(runs, methods, colors, path: Path) -> Path:
         level = _sft_level(runs, key)
         if level is not None:
             ax.axhline(level, color="0.35", linestyle="--", linewidth=1.1, label="SFT policy")
-        _style(ax, title, "optimisation step", key.replace("_", " "))
+        style_axes(ax, title, "optimisation step", key.replace("_", " "))
         ax.legend(fontsize=8, frameon=False)
     fig.suptitle("Rewards during optimisation (mean ± std over seeds)", fontsize=12)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _fitted_curve(ax, fit: dict | None, d_max: float, color) -> None:
@@ -124,7 +125,7 @@ def _fitted_curve(ax, fit: dict | None, d_max: float, color) -> None:
 
 
 def _gold_vs_kl(runs, methods, colors, path: Path, fits: dict | None = None) -> Path:
-    fig = _new_figure(12, 4.6)
+    fig = new_figure(12, 4.6)
     axes = fig.subplots(1, 2)
     for ax, key, title in (
         (axes[0], "gold_reward", "Gold reward vs distance from SFT"),
@@ -149,11 +150,13 @@ def _gold_vs_kl(runs, methods, colors, path: Path, fits: dict | None = None) -> 
         if level is not None:
             ax.axhline(level, color="0.35", linestyle="--", linewidth=1.1, label="SFT policy")
         ax.set_xlim(left=0)
-        _style(ax, title, r"$\sqrt{\mathrm{KL}(\pi \,\|\, \pi_{\mathrm{SFT}})}$  (nats$^{1/2}$)", key.replace("_", " "))
+        style_axes(
+            ax, title, r"$\sqrt{\mathrm{KL}(\pi \,\|\, \pi_{\mathrm{SFT}})}$  (nats$^{1/2}$)", key.replace("_", " ")
+        )
         ax.legend(fontsize=8, frameon=False)
     fig.suptitle("Overoptimization: reward vs √KL to the SFT policy (cf. Gao et al. 2022); dashed: fitted "
                  "d(α − β log d) for RL, d(α − β d) for best-of-n", fontsize=11)  # fmt: skip
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _method_numeric_keys(seeds: dict[int, list[dict]]) -> set[str]:
@@ -182,7 +185,7 @@ def _metrics_grid(runs, methods, colors, path: Path) -> Path | None:
         return None
     ncols = min(3, len(keys))
     nrows = math.ceil(len(keys) / ncols)
-    fig = _new_figure(4.2 * ncols, 3.1 * nrows + 0.6)
+    fig = new_figure(4.2 * ncols, 3.1 * nrows + 0.6)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     for i, key in enumerate(keys):
         ax = axes[i]
@@ -198,7 +201,7 @@ def _metrics_grid(runs, methods, colors, path: Path) -> Path | None:
                     marker="o" if len(agg["step"]) == 1 else None,
                     markersize=4,
                 )
-        _style(ax, key, "step" if i >= len(keys) - ncols else "", "")
+        style_axes(ax, key, "step" if i >= len(keys) - ncols else "", "")
         ax.tick_params(labelsize=8)
     for ax in axes[len(keys) :]:
         ax.set_visible(False)
@@ -225,7 +228,7 @@ def _frontier(runs, methods, path: Path) -> Path | None:
         base, _, value = m.partition("@")
         families.setdefault(base, []).append((m, value.partition("=")[2]))
     colors = method_colors(list(families))
-    fig = _new_figure(7.5, 5.0)
+    fig = new_figure(7.5, 5.0)
     ax = fig.add_subplot(1, 1, 1)
     for base, members in families.items():
         points = sorted((_final(runs[m], "kl_sft") + _final(runs[m], "gold_reward") + (label,))
@@ -239,11 +242,11 @@ def _frontier(runs, methods, path: Path) -> Path | None:
     sft = _sft_level(runs, "gold_reward")
     if sft is not None:
         ax.axhline(sft, color="0.3", linestyle="--", linewidth=1, label="SFT policy")
-    _style(ax, "Final gold reward vs final KL (mean ± std over seeds)", "KL(π ‖ π_SFT) at the end (nats)",
+    style_axes(ax, "Final gold reward vs final KL (mean ± std over seeds)", "KL(π ‖ π_SFT) at the end (nats)",
            "gold reward at the end")  # fmt: skip
     ax.legend(fontsize=8, frameon=False, loc="best")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_all(out_dir: str | Path, runs: dict[str, dict[int, list[dict]]], fits: dict | None = None) -> list[Path]:

@@ -133,14 +133,14 @@ def _ci(fit: dict, key: str) -> tuple[float, float] | None:
 def plot_scaling(out: Path, result: dict) -> list[Path]:
     """scaling_coefficients.png (α, β and RM accuracy per axis, CIs and trend lines) and scaling_curves.png
     (gold gain vs d per cell of each axis, with the fitted forms dashed)."""
-    from .plots import _new_figure, _save, _style, method_colors
+    from .plots import method_colors, new_figure, save_figure, style_axes
 
     plot_dir = out / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
     cells = [c for c in result["cells"] if "error" not in c]
     methods, colors = result["methods"], method_colors(result["methods"])
     panels = [(m, coef) for m in methods for coef in COEFFICIENTS]  # one row each: the forms' scales differ
-    fig = _new_figure(5.0 * len(AXIS_X), 2.9 * (len(panels) + 1))
+    fig = new_figure(5.0 * len(AXIS_X), 2.9 * (len(panels) + 1))
     axes = fig.subplots(len(panels) + 1, len(AXIS_X), squeeze=False)
     for col, (axis, x_key) in enumerate(AXIS_X.items()):
         members = sorted((c for c in cells if c["axis"] in (axis, "base") and c.get(x_key)), key=lambda c: c[x_key])
@@ -159,20 +159,20 @@ def plot_scaling(out: Path, result: dict) -> list[Path]:
                     ax.plot(grid, trend["intercept"] + trend["slope"] * np.log10(grid), color=colors[m],
                             linestyle="--", linewidth=1)  # fmt: skip
             ax.set_xscale("log")
-            _style(ax, f"{m}: {'α' if coef == 'alpha' else 'β'} vs {AXIS_LABEL[axis]}", "", coef)
+            style_axes(ax, f"{m}: {'α' if coef == 'alpha' else 'β'} vs {AXIS_LABEL[axis]}", "", coef)
         ax = axes[len(panels), col]
         acc = [(c[x_key], c.get("rm_accuracy")) for c in members if c.get("rm_accuracy") is not None]
         if acc:
             ax.plot(*zip(*acc), color="0.2", marker="o")
         ax.set_xscale("log")
-        _style(ax, f"RM held-out accuracy vs {AXIS_LABEL[axis]}", AXIS_LABEL[axis], "pair accuracy")
+        style_axes(ax, f"RM held-out accuracy vs {AXIS_LABEL[axis]}", AXIS_LABEL[axis], "pair accuracy")
     fig.suptitle(
         "Overoptimization coefficients (95 % jackknife t intervals over seeds; dashed: log-linear trend)", fontsize=12
     )
     fig.tight_layout()
-    paths = [_save(fig, plot_dir / "scaling_coefficients.png")]
+    paths = [save_figure(fig, plot_dir / "scaling_coefficients.png")]
 
-    fig = _new_figure(5.0 * len(methods), 3.6 * len(AXIS_X))
+    fig = new_figure(5.0 * len(methods), 3.6 * len(AXIS_X))
     axes = fig.subplots(len(AXIS_X), len(methods), squeeze=False)
     for row, (axis, x_key) in enumerate(AXIS_X.items()):
         members = sorted((c for c in cells if c["axis"] in (axis, "base") and c.get(x_key)), key=lambda c: c[x_key])
@@ -190,11 +190,11 @@ def plot_scaling(out: Path, result: dict) -> list[Path]:
                     d = np.linspace(0, max(curve["d"]), 100)
                     ax.plot(d, Fit.from_dict(fit).predict(d), color=shades[c["cell"]], linestyle="--", linewidth=1)
             ax.axhline(0, color="0.5", linewidth=0.8)
-            _style(ax, f"{m}: gold gain vs d, by {AXIS_LABEL[axis]}", "d = √KL to SFT", "gold − gold(SFT)")
+            style_axes(ax, f"{m}: gold gain vs d, by {AXIS_LABEL[axis]}", "d = √KL to SFT", "gold − gold(SFT)")
             ax.legend(fontsize=7, frameon=False)
     fig.suptitle("Gold gain against d per cell (points: mean over seeds; dashed: fitted form)", fontsize=12)
     fig.tight_layout()
-    paths.append(_save(fig, plot_dir / "scaling_curves.png"))
+    paths.append(save_figure(fig, plot_dir / "scaling_curves.png"))
     return paths
 
 

@@ -16,11 +16,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from overopt.laws import fit_curves
 from overopt.stats import finite_float as _num
 
+from .common import is_best_of_n, load_config, order_methods
 from .mechanisms import MECH_KEYS, run_mechanisms
 
 __all__ = [
@@ -87,7 +86,7 @@ def _json_safe(obj: Any) -> Any:
 # --------------------------------------------------------------------------- #
 # loading
 # --------------------------------------------------------------------------- #
-def _read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[dict]:
     """Parse a JSONL file of objects; blank lines are skipped.
 
     Raises ValueError naming the file and the (1-based) line number for a line
@@ -132,25 +131,12 @@ def load_runs(out_dir: str | Path) -> dict[str, dict[int, list[dict]]]:
             path = seed_dir / "metrics.jsonl"
             if not path.is_file():
                 continue
-            rows = _read_jsonl(path)
+            rows = read_jsonl(path)
             if rows:
                 seeds[seed] = rows
         if seeds:
             result[method_dir.name] = seeds
     return result
-
-
-def load_config(out_dir: str | Path) -> dict:
-    """``OUT/config.yaml`` as a dict ({} when missing or not a mapping)."""
-    path = Path(out_dir) / "config.yaml"
-    if not path.is_file():
-        return {}
-    try:
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        warnings.warn(f"{path}: could not parse YAML ({exc}); ignoring config", stacklevel=2)
-        return {}
-    return cfg if isinstance(cfg, dict) else {}
 
 
 def _testbed_record(out_dir: Path) -> dict:
@@ -188,34 +174,6 @@ def load_stages(out_dir: str | Path) -> dict[str, dict]:
         else:
             warnings.warn(f"{path}: expected a JSON object; skipped", stacklevel=2)
     return stages
-
-
-def _config_methods(config: dict) -> list[str]:
-    methods = config.get("methods")
-    if isinstance(methods, str):
-        return [m.strip() for m in methods.split(",") if m.strip()]
-    if isinstance(methods, (list, tuple)):
-        return [str(m).strip() for m in methods if str(m).strip()]
-    return []
-
-
-def order_methods(names: Iterable[str], config: dict | None = None) -> list[str]:
-    """Order method names as listed in ``config["methods"]`` (comma-separated
-    string or list), then any remaining names alphabetically.  Sweep variants
-    (``method@field=value``) follow their method's place, in sweep order.
-    Only names in ``names`` are returned."""
-    names = list(dict.fromkeys(names))
-    rank = {m: i for i, m in enumerate(dict.fromkeys(_config_methods(config or {})))}
-    sweep = (config or {}).get("sweep") or ""
-    values = [v.strip() for v in sweep.partition("=")[2].split(",")]
-
-    def key(name: str) -> tuple:
-        base, _, variant = name.partition("@")
-        value = variant.partition("=")[2]
-        return (rank.get(base, len(rank)), base if base not in rank else "",
-                values.index(value) if value in values else len(values), name)  # fmt: skip
-
-    return sorted(names, key=key)
 
 
 # --------------------------------------------------------------------------- #
@@ -275,11 +233,6 @@ def hacking_check(rows: list[dict], min_drop_frac: float = 0.3) -> dict[str, Any
         "hacked": hacked,
         "min_drop_frac": min_drop_frac,
     }
-
-
-def is_best_of_n(seeds: dict[int, list[dict]]) -> bool:
-    """True for a best-of-n run (its rows are indexed by `n`; `step` repeats n)."""
-    return any("n" in rows[0] for rows in seeds.values() if rows)
 
 
 def gain_curve(rows: list[dict]) -> tuple[list[float], list[float]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Console
@@ -118,3 +119,13 @@ def print_summary_table(summary: dict, console: Console | None = None) -> None:
     for name, m in (summary.get("methods") or {}).items():
         fits.add_row(*(escape(cell) for cell in fit_row(name, m.get("fit"))))
     console.print(fits)
+
+
+def format_ci(ci: Mapping[str, Any] | None, digits: int = 3, signed: bool = False) -> str:
+    """``"mean [lo, hi]"``; a single value (n == 1) as ``"mean (n=1)"``; "–" when missing."""
+    if not ci or ci.get("mean") is None:
+        return "–"
+    f = f"{{:{'+' if signed else ''}.{digits}f}}".format
+    if ci.get("n", 0) <= 1 or ci.get("lo") is None:
+        return f"{f(ci['mean'])} (n=1)"
+    return f"{f(ci['mean'])} [{f(ci['lo'])}, {f(ci['hi'])}]"

@@ -272,9 +272,7 @@ def reward_source(lab: Lab, plan: MethodPlan, cfg: ExperimentConfig) -> RewardSo
         return RuleReward(lab.testbed)
     member = partial(ProxyRewardModel, share_prefix=cfg.compute_once)
     if lab.testbed.proxy == "process":  # a PRM: its step rewards aggregated into the return (rl.aggregation)
-        rl = cfg.rl
-        member = partial(ProcessRewardModel, testbed=lab.testbed, aggregation=rl.aggregation, gamma=rl.gamma,
-                         min_temperature=rl.min_temperature)  # fmt: skip
+        member = partial(ProcessRewardModel, testbed=lab.testbed, form=cfg.rl.step_return)
     if plan.ensemble is not None:
         e = cfg.ensemble
         return EnsembleRewardModel(lab.reward_models(e.k), plan.ensemble, e.uwo_lambda, e.ddof, member=member)

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from overopt.config import DEFAULT_WORLD_SEED
 from overopt.errors import validation_line
 from overopt.registry import Registry, source_version
 from overopt.testbeds.arithmetic import ArithmeticSpec, ArithmeticTestbed, JudgeTestbed
@@ -41,10 +40,12 @@ class TestbedEntry:
         """What the testbed's world is built from, as recorded in the stage fingerprints."""
         if not self.section:
             return dict(cfg.testbed_args)
-        knobs = getattr(cfg, self.section).model_dump()
-        # summarize's world at its old fixed seed is the world built before the seed was a knob: left out, so
-        # that the stages built then stay valid.
-        if knobs.get("world_seed") == DEFAULT_WORLD_SEED:
+        section = getattr(cfg, self.section)
+        knobs = section.model_dump()
+        # summarize's world at its old fixed seed (its default, config.DEFAULT_WORLD_SEED) is the world built
+        # before the seed was a knob: left out, so that the stages built then stay valid.
+        field = type(section).model_fields.get("world_seed")
+        if field is not None and knobs.get("world_seed") == field.default:
             del knobs["world_seed"]
         return knobs
 

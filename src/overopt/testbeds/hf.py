@@ -22,6 +22,7 @@ import importlib.util
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -42,12 +43,14 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
 )
 
-from overopt.config import HFConfig
 from overopt.models.attention import use_pad_safe_sdpa
 from overopt.models.policy import SAFE_LOADING, with_lora
 from overopt.models.reward import score_texts
-from overopt.sampling import use_static_cache
+from overopt.static_sampling import use_static_cache
 from overopt.testbeds.base import SFTExample, TestbedDefaults
+
+if TYPE_CHECKING:  # annotations only: the configuration validates testbed knobs through overopt.testbeds
+    from overopt.config import HFConfig
 
 _LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 _HOLDOUT_SEED = 1234  # the held-out share of train is the same for every experiment seed

@@ -1,0 +1,36 @@
+"""benchmarks/RESULTS.md, the results the scripts in benchmarks/ write: each its own section between
+``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` (docs/hooks.py includes them in the docs), and the machine
+they ran on."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "RESULTS.md"  # the repository's, beside the scripts
+
+
+def machine() -> str:
+    """The machine a result was measured on: CPU cores, processor, OS, Python and torch versions."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    versions = f"Python {platform.python_version()}, torch {torch.__version__}"
+    return f"{os.cpu_count()} CPU cores ({cpu}), {platform.system()}, {versions}"
+
+
+def write_section(name: str, body: str, path: Path = RESULTS) -> None:
+    """Replace the section between NAME's markers in RESULTS.md (append it if absent)."""
+    text = (
+        path.read_text()
+        if path.exists()
+        else "# Benchmark results\n\nEach section is written by the script it names.\n"
+    )
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{body}\n{end}"
+    if start in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
