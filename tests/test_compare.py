@@ -73,6 +73,7 @@ def _invocations(out, command):
     return json.loads((out / f"{command}_timing.json").read_text())["invocations"]
 
 
+@pytest.mark.slow
 def test_results_do_not_depend_on_how_many_run_at_once(quick, tmp_path):
     """The same runs one by one (in-process), two at once (spawned processes) and as submitit jobs are
     identical, in `overopt compare` and in `overopt run`; `--jobs` and `--launcher` are in no fingerprint."""

@@ -378,6 +378,7 @@ def test_conversational_prompts_render_with_the_chat_template_and_reach_the_gold
         _testbed(hf_world | {"jsonl": str(data)})
 
 
+@pytest.mark.slow
 def test_lora_run_killed_mid_rl_resumes_bit_for_bit(hf_world, tmp_path):
     """A SIGKILL inside an RL run under LoRA and bfloat16 autocast (after step 1's checkpoint, in step 2)
     resumes into the same OUT and reproduces the uninterrupted run: metrics, samples and the final
@@ -504,6 +505,7 @@ def _tiny_qwen2(world, root):
     return str(root)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["ocrm-tldr", "gr-alpaca"])
 def test_paper_presets_run_end_to_end_on_tiny_models_of_their_architectures(hf_world, tmp_path, preset):
     """The named presets' whole protocol (OCRM: PPO with a value model, the RM refit between phases; GR: Dr.GRPO

@@ -261,6 +261,7 @@ METHOD_FIGURES = {
 }
 
 
+@pytest.mark.slow
 def test_every_method_runs_on_the_smoke_preset(tmp_path):
     names = [
         "none",

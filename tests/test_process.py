@@ -126,6 +126,7 @@ def test_prm_reward_is_the_aggregate_of_each_steps_prefix_score(testbed, tmp_pat
     assert out.mask.sum(1).tolist() == [3, 4, 1] and out.hidden.shape[:2] == out.logits.shape
 
 
+@pytest.mark.slow
 def test_smoke_runs_with_min_aggregation_and_aggregation_needs_a_prm(tmp_path, capsys):
     """The acceptance command: the process pipeline end to end with the min-form return."""
     out = tmp_path / "out"

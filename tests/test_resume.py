@@ -95,6 +95,7 @@ def assert_same_results(expected: Path, got: Path) -> None:
     assert not (got / "checkpoints").exists(), "a finished OUT keeps no checkpoints"
 
 
+@pytest.mark.slow
 def test_sigkill_at_twelve_moments_resumes_bit_for_bit(uninterrupted, tmp_path):
     outs = {moment: tmp_path / moment.replace(" ", "_").replace(":", "@") for moment, _ in KILLS}
     problems = []

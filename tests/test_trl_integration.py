@@ -458,6 +458,7 @@ def test_ocrm_loop_alternates_refits_and_rl_phases(world, tmp_path):
 # -- the example, end to end -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mitigation", ["gr", "signcert"])
 def test_example_smoke_runs_and_overopt_report_reads_it(tmp_path, mitigation):
     out = tmp_path / "out"
