@@ -2,7 +2,7 @@
 
     python benchmarks/sampler_speed.py            # table to RESULTS.md (--no-write: print only)
 
-Models: from-scratch Llamas with random weights (overopt.models.policy.tiny_llama) at two sizes; rows: 8 prompts
+Models: from-scratch Llamas with random weights (overopt.models.policy.random_llama) at three sizes; rows: 8 prompts
 × 4 copies, 8–16 prompt tokens, left-padded; a budget of --max-new tokens at T = 1, so rows end at EOS at random
 (with random weights EOS is rare: nearly every row runs the whole budget). Each sampler is timed --reps times
 after a warm-up, in alternating order; the table gives the median. Same draws: the share of rows whose tokens
@@ -19,20 +19,10 @@ import time
 import torch
 import tyro
 
-from overopt.models.policy import tiny_llama
+from overopt.models.policy import random_llama
 from overopt.results import machine, write_section
 from overopt.sampling import pad_left, sample_completions
 from overopt.static_sampling import sample_completions_static
-
-
-class _Vocab:
-    pad_token_id, bos_token_id, eos_token_id = 0, 1, 2
-
-    def __init__(self, size: int):
-        self.size = size
-
-    def __len__(self) -> int:
-        return self.size
 
 
 @dataclasses.dataclass
@@ -56,7 +46,7 @@ def main(args: Args) -> None:
     torch.set_num_threads(args.threads)
     lines = []
     for label, (hidden, layers, heads, vocab) in SIZES.items():
-        model = tiny_llama(_Vocab(vocab), hidden, layers, heads, max_positions=16 + args.max_new + 8, seed=0).eval()
+        model = random_llama(vocab, hidden, layers, heads, max_positions=16 + args.max_new + 8, seed=0).eval()
         g = torch.Generator().manual_seed(0)
         prompts = [torch.randint(3, vocab, (int(n),), generator=g).tolist() for n in torch.randint(8, 17, (8,))]
         ids, mask = pad_left([p for p in prompts for _ in range(4)], 0)

@@ -122,18 +122,6 @@ class FirstNonFinite:
             h.remove()
 
 
-class _Vocab:
-    """What tiny_llama reads of a tokenizer: its size and special ids (0 pad, 1 bos, 2 eos)."""
-
-    pad_token_id, bos_token_id, eos_token_id = 0, 1, 2
-
-    def __init__(self, size: int):
-        self.size = size
-
-    def __len__(self) -> int:
-        return self.size
-
-
 def _set_attention(model, name: str) -> None:
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation(name)
@@ -145,7 +133,7 @@ def model_table(device: torch.device, small: bool) -> list[dict]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from overopt.models.attention import pad_safe_sdpa
-    from overopt.models.policy import completion_logprobs, tiny_llama
+    from overopt.models.policy import completion_logprobs, random_llama
     from overopt.sampling import sample_completions
 
     hidden, layers, heads, vocab, rows, p_min, p_max, t = (
@@ -167,7 +155,7 @@ def model_table(device: torch.device, small: bool) -> list[dict]:
     for dtype in ("float32", "bfloat16"):
         for attention in ("sdpa", "eager", "sdpa-math", "sdpa-padsafe"):
             for share_prefix in (False, True):
-                model = tiny_llama(_Vocab(vocab), hidden, layers, heads, max_positions=p_max + t + 8, seed=0).to(device)
+                model = random_llama(vocab, hidden, layers, heads, max_positions=p_max + t + 8, seed=0).to(device)
                 _set_attention(model, "eager" if attention == "eager" else "sdpa")
                 opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
                 row = {"dtype": dtype, "attention": attention, "share_prefix": share_prefix, "steps": []}

@@ -34,10 +34,9 @@ def main() -> int:
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--samplers", default="overopt,generate-dynamic,generate-static")
     args = p.parse_args()
-    from bf16_diagnosis import _Vocab
 
     from overopt.models.attention import use_pad_safe_sdpa
-    from overopt.models.policy import tiny_llama
+    from overopt.models.policy import random_llama
     from overopt.sampling import sample_completions
 
     use_pad_safe_sdpa()
@@ -46,7 +45,7 @@ def main() -> int:
         (64, 2, 4, 512, 2, 4, 8, 12) if args.small else (768, 10, 12, 8192, 16, 8, 48, 64)
     )
     t = 8 if args.small else args.max_new
-    model = tiny_llama(_Vocab(vocab), hidden, layers, heads, max_positions=p_max + t + 8, seed=0).to(device).eval()
+    model = random_llama(vocab, hidden, layers, heads, max_positions=p_max + t + 8, seed=0).to(device).eval()
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(p_min, p_max + 1, (prompts,), generator=g).repeat_interleave(group)
     ids = torch.randint(3, vocab, (prompts, p_max), generator=g).repeat_interleave(group, 0)

@@ -122,6 +122,33 @@ def set_router(router):
     return previous
 
 
+def draw_tokens(
+    logits: torch.Tensor,
+    temperature: float,
+    noise: torch.Generator,
+    total_rows: int,
+    rows: torch.Tensor,
+    with_logprobs: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """One decode step's draw for the batch rows `rows` (their indices in the global batch of `total_rows`):
+    argmax(logits/T + G) with Gumbel noise G drawn for every global row, or argmax(logits) at T = 0; and, with
+    `with_logprobs`, the drawn tokens' log-probabilities at T and the entropies (else None, None)."""
+    if not temperature > 0:
+        return logits.argmax(-1), None, None
+    # -log E with E ~ Exp(1) is Gumbel(0, 1) noise; drawn for all rows so that row r's stays r's.
+    gumbel = -torch.empty((total_rows, logits.shape[-1]), device=logits.device).exponential_(generator=noise).log()
+    scaled = logits.float() / temperature
+    token = (scaled + gumbel[rows]).argmax(-1)
+    if not with_logprobs:
+        return token, None, None
+    # As completion_logprobs computes them: ops.selective_log_softmax, entropy_from_logits.
+    return (
+        token,
+        selective_log_softmax(scaled[:, None], token[:, None])[:, 0],
+        entropy_from_logits(scaled[:, None])[:, 0],
+    )
+
+
 @torch.no_grad()
 def sample_completions(
     model: PreTrainedModel,
@@ -178,16 +205,10 @@ def sample_completions(
     attention_mask, positions = prompt_mask, prompt_mask.sum(1, keepdim=True)
     steps = 0
     for t in range(max_new_tokens):
-        if temperature > 0:
-            # -log E with E ~ Exp(1) is Gumbel(0, 1) noise; drawn for all rows so that row r's stays r's.
-            gumbel = -torch.empty((total_rows, logits.shape[-1]), device=device).exponential_(generator=noise).log()
-            scaled = logits.float() / temperature
-            token = (scaled + gumbel[row_offset + active]).argmax(-1)
-            if with_logprobs:  # as completion_logprobs computes them: ops.selective_log_softmax, entropy_from_logits
-                logprobs[active, t] = selective_log_softmax(scaled[:, None], token[:, None])[:, 0]
-                entropy[active, t] = entropy_from_logits(scaled[:, None])[:, 0]
-        else:
-            token = logits.argmax(-1)
+        token, token_logprob, token_entropy = draw_tokens(logits, temperature, noise, total_rows, row_offset + active,
+                                                          with_logprobs)  # fmt: skip
+        if with_logprobs:
+            logprobs[active, t], entropy[active, t] = token_logprob, token_entropy
         completion[active, t] = token
         steps = t + 1
         going = token != eos_id

@@ -21,8 +21,7 @@ import torch
 from transformers import PreTrainedModel, StaticCache
 
 from overopt.models.policy import position_ids_from_mask
-from overopt.ops import entropy_from_logits, selective_log_softmax
-from overopt.sampling import Rollout, SampledLogprobs, mask_after_eos, set_sampler
+from overopt.sampling import Rollout, SampledLogprobs, draw_tokens, mask_after_eos, set_sampler
 
 # Per model: its compiled decode step, and its caches by (rows, length): a captured graph reads the cache's
 # tensors at fixed addresses, so a cache is reset and reused rather than allocated again.
@@ -99,15 +98,9 @@ def sample_completions_static(
     mine = row_offset + torch.arange(rows, device=device)
     steps = 0
     for t in range(max_new_tokens):
-        if temperature > 0:
-            gumbel = -torch.empty((total_rows, logits.shape[-1]), device=device).exponential_(generator=noise).log()
-            scaled = logits.float() / temperature
-            token = (scaled + gumbel[mine]).argmax(-1)
-            if with_logprobs:
-                logprobs[:, t] = selective_log_softmax(scaled[:, None], token[:, None])[:, 0]
-                entropy[:, t] = entropy_from_logits(scaled[:, None])[:, 0]
-        else:
-            token = logits.argmax(-1)
+        token, token_logprob, token_entropy = draw_tokens(logits, temperature, noise, total_rows, mine, with_logprobs)
+        if with_logprobs:
+            logprobs[:, t], entropy[:, t] = token_logprob, token_entropy
         completion[:, t] = token
         steps = t + 1
         ended |= token == eos_id

@@ -23,17 +23,35 @@ def tiny_llama(
     seed: int,
 ) -> LlamaForCausalLM:
     """A from-scratch Llama-architecture LM sized for CPU experiments (weights drawn from `seed`)."""
+    return random_llama(len(tokenizer), hidden_size, num_layers, num_heads, max_positions, seed,
+                        pad_id=tokenizer.pad_token_id, bos_id=tokenizer.bos_token_id,
+                        eos_id=tokenizer.eos_token_id)  # fmt: skip
+
+
+def random_llama(
+    vocab_size: int,
+    hidden_size: int,
+    num_layers: int,
+    num_heads: int,
+    max_positions: int,
+    seed: int,
+    *,
+    pad_id: int | None = 0,
+    bos_id: int | None = 1,
+    eos_id: int | None = 2,
+) -> LlamaForCausalLM:
+    """`tiny_llama` without a tokenizer: a vocabulary size and its special ids (speed and GPU checks)."""
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size,
         hidden_size=hidden_size,
         intermediate_size=4 * hidden_size,
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
         num_key_value_heads=num_heads,
         max_position_embeddings=max_positions,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=pad_id,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
         tie_word_embeddings=True,
     )
     with torch.random.fork_rng(devices=[]):
