@@ -2,8 +2,8 @@
 Recursive Reward Aggregation (Tang, Zhang, Ackermann et al., arXiv 2507.08537) and PURE's min-form (Cheng et al.,
 arXiv 2504.15275) on the `process` testbed's default preset, plus `kl` with the sum return.
 
-    python benchmarks/process_aggregation.py                 # ~35 min on 2 CPU cores
-    python benchmarks/process_aggregation.py --score-only    # tabulate what exists
+    python experiments/process_aggregation.py                 # ~35 min on 2 CPU cores
+    python experiments/process_aggregation.py --score-only    # tabulate what exists
 
 Arms (each `overopt run --testbed process --seeds 3`, RLOO; one SFT policy and PRM shared by all, built once):
 sum, discounted_sum (γ = rl.gamma below), min (PURE's code: softmin-weighted step rewards at T = 0.1, summed),
@@ -148,7 +148,7 @@ def main(args: Args) -> None:
     body = "\n".join([
         "## Process rewards: how the PRM's step rewards are aggregated (`process` testbed, default preset)",
         "",
-        f"Command: `python benchmarks/process_aggregation.py --out {args.out}`, which runs  ",
+        f"Command: `python experiments/process_aggregation.py --out {args.out}`, which runs  ",
         *(f"`{c}`  " for c in commands),
         f"Date: {datetime.date.today().isoformat()}  ",
         f"Machine: {machine()}",

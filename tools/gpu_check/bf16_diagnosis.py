@@ -1,7 +1,7 @@
 """GPU check: why a bfloat16-autocast RL step of a random-weight ~100M Llama gives non-finite gradients.
 
-    python benchmarks/gpu_check/bf16_diagnosis.py --out RESULT_JSON           # CUDA if present
-    python benchmarks/gpu_check/bf16_diagnosis.py --small --out /tmp/d.json   # tiny shapes, any device
+    python tools/gpu_check/bf16_diagnosis.py --out RESULT_JSON           # CUDA if present
+    python tools/gpu_check/bf16_diagnosis.py --small --out /tmp/d.json   # tiny shapes, any device
 
 Two parts, each a table of finite / not finite:
 

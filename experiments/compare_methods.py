@@ -6,12 +6,12 @@ Two modes:
     × seeds, with frontiers, gold at matched KL, leave-one-seed-out best points, the methods'
     effective strengths and the mechanism verdicts (overopt.report.frontier / .mechanisms).
 
-    python benchmarks/compare_methods.py                       # summarize, default preset, 3 seeds
-    python benchmarks/compare_methods.py --seeds 5 --methods none,kl,gr
-    python benchmarks/compare_methods.py --testbed math_format --methods none,kl,ref_reset,gr,par,chi2
-    python benchmarks/compare_methods.py --frontier --seeds 3 --jobs 2   # summarize frontier
-    python benchmarks/compare_methods.py --frontier --testbed judge
-    python benchmarks/compare_methods.py --methods gr --sweep gr.bf16_roundtrip=False,True \\
+    python experiments/compare_methods.py                       # summarize, default preset, 3 seeds
+    python experiments/compare_methods.py --seeds 5 --methods none,kl,gr
+    python experiments/compare_methods.py --testbed math_format --methods none,kl,ref_reset,gr,par,chi2
+    python experiments/compare_methods.py --frontier --seeds 3 --jobs 2   # summarize frontier
+    python experiments/compare_methods.py --frontier --testbed judge
+    python experiments/compare_methods.py --methods gr --sweep gr.bf16_roundtrip=False,True \\
         --out benchmarks/out/bf16 --baseline benchmarks/out/frontier-summarize   # + lift over none's path
 
 Runs go to benchmarks/out/<preset>/ (summarize) or benchmarks/out/<testbed>[-<preset>]/ (reused
@@ -34,7 +34,7 @@ from overopt.config import ExperimentConfig
 from overopt.io import read_json
 from overopt.results import machine, write_section
 
-HERE = Path(__file__).parent
+OUT_ROOT = Path(__file__).resolve().parents[1] / "benchmarks" / "out"  # git-ignored; earlier runs are reused
 METHODS = "none,kl,ref_reset,gr,signcert,ocrm,ensemble_uwo,par,chi2"
 
 
@@ -121,7 +121,7 @@ def run_frontier(args: Args) -> None:
     from overopt.report.mechanisms import mechanism_verdicts
 
     key = args.testbed + ("" if args.preset == "default" else f"-{args.preset}") + (f"-{args.tag}" if args.tag else "")
-    out = HERE / "out" / f"frontier-{key}"
+    out = OUT_ROOT / f"frontier-{key}"
     argv = ["compare", "--testbed", args.testbed, "--preset", args.preset, "--out", str(out),
             "--seeds", str(args.seeds), *(f"--{item}" for item in args.extra)]  # fmt: skip
     for flag, value in (("--jobs", args.jobs), ("--grid", args.grid), ("--grid-methods", args.grid_methods)):
@@ -133,7 +133,7 @@ def run_frontier(args: Args) -> None:
     for i in invocations:  # logs written before `--workers` became `--jobs`
         i.setdefault("jobs", i.get("workers"))
     summary = read_json(out / "summary.json")
-    command = f"python benchmarks/compare_methods.py --frontier --testbed {args.testbed} --preset {args.preset} " + (
+    command = f"python experiments/compare_methods.py --frontier --testbed {args.testbed} --preset {args.preset} " + (
         f"--seeds {args.seeds}" + "".join(f" --{k.replace('_', '-')} {v}" for k, v in
         (("jobs", args.jobs), ("grid", args.grid), ("grid_methods", args.grid_methods), ("tag", args.tag)) if v)
     )  # fmt: skip
@@ -181,10 +181,10 @@ def run(args: Args) -> None:
     if args.frontier:
         return run_frontier(args)
     if args.testbed == "summarize":
-        out, key = HERE / "out" / args.preset, args.preset
+        out, key = OUT_ROOT / args.preset, args.preset
     else:
         key = args.testbed + ("" if args.preset == "default" else f"-{args.preset}")
-        out = HERE / "out" / key
+        out = OUT_ROOT / key
     out = Path(args.out) if args.out else out
     argv = ["run", "--testbed", args.testbed, "--preset", args.preset, "--out", str(out),
             "--methods", args.methods, "--seeds", str(args.seeds),
@@ -196,7 +196,7 @@ def run(args: Args) -> None:
     names = [name for name, _, _ in cfg.method_variants()]
     rm = (summary["stages"].get("rm") or {}).get("metrics")
     command = (
-        f"python benchmarks/compare_methods.py --preset {args.preset} --seeds {args.seeds} --methods {args.methods}"
+        f"python experiments/compare_methods.py --preset {args.preset} --seeds {args.seeds} --methods {args.methods}"
     )
     if args.testbed != "summarize":
         command = command.replace("--preset", f"--testbed {args.testbed} --preset")

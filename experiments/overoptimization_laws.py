@@ -1,8 +1,8 @@
 """Overoptimization as a measured law (Gao, Schulman & Hilton, arXiv 2210.10760) in the lab: RESULTS.md sections.
 
-    python benchmarks/overoptimization_laws.py                 # both parts (about an hour on 2 CPU cores)
-    python benchmarks/overoptimization_laws.py --part fits     # `none` and `bon` on the default preset, 3 seeds
-    python benchmarks/overoptimization_laws.py --part scaling  # `overopt scaling` on the default preset
+    python experiments/overoptimization_laws.py                 # both parts (about an hour on 2 CPU cores)
+    python experiments/overoptimization_laws.py --part fits     # `none` and `bon` on the default preset, 3 seeds
+    python experiments/overoptimization_laws.py --part scaling  # `overopt scaling` on the default preset
 
 Both parts run the CLI into runs/ (finished stages, runs and cells are reused when rerun) and read what it
 wrote: the fits from OUT/summary.json, the grid from OUT/scaling.json. "KL to reach" compares best-of-n and
@@ -92,7 +92,7 @@ def fits_section(args: Args) -> str:
     return "\n".join([
         "## Functional forms of overoptimization: `default` preset, testbed `summarize`",
         "",
-        f"Command: `python benchmarks/overoptimization_laws.py --part fits` (runs `{' '.join(cmd)}`)  ",
+        f"Command: `python experiments/overoptimization_laws.py --part fits` (runs `{' '.join(cmd)}`)  ",
         f"Date: {datetime.date.today().isoformat()}  ",
         f"Machine: {machine()}",
         "",
@@ -147,7 +147,7 @@ def scaling_section(args: Args) -> str:
     return "\n".join([
         "## Overoptimization scaling: `default` preset, testbed `summarize`",
         "",
-        f"Command: `python benchmarks/overoptimization_laws.py --part scaling` (runs `{' '.join(cmd)}`)  ",
+        f"Command: `python experiments/overoptimization_laws.py --part scaling` (runs `{' '.join(cmd)}`)  ",
         f"Date: {datetime.date.today().isoformat()}  ",
         f"Machine: {machine()}",
         "",

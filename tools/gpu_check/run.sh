@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check of shared/GPU.md, as one script with a time budget (about 8 minutes; hard stop well inside 10).
 #
-#   bash benchmarks/gpu_check/run.sh                                    # on the GPU machine, from the repo root
-#   OUT=/tmp/gpucheck GPU_CHECK_SMALL=1 bash benchmarks/gpu_check/run.sh   # tiny shapes, CPU fallback (~3 min)
+#   bash tools/gpu_check/run.sh                                    # on the GPU machine, from the repo root
+#   OUT=/tmp/gpucheck GPU_CHECK_SMALL=1 bash tools/gpu_check/run.sh   # tiny shapes, CPU fallback (~3 min)
 #
 # Steps (each under `timeout`, each failure recorded and the script goes on):
 #   0. device and versions (nvidia-smi -L, pip list), then install what is not importable from ./wheels
@@ -44,8 +44,8 @@ TEE_PID=$!
 
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg HF_HOME="$WORK/hf_home" WANDB_MODE=disabled PYTHONDONTWRITEBYTECODE=1
-export PYTHONPATH="$ROOT/src:$ROOT/benchmarks/gpu_check${PYTHONPATH:+:$PYTHONPATH}"
-PROBE="$ROOT/benchmarks/gpu_check/probe"
+export PYTHONPATH="$ROOT/src:$ROOT/tools/gpu_check${PYTHONPATH:+:$PYTHONPATH}"
+PROBE="$ROOT/tools/gpu_check/probe"
 
 left() { echo $((BUDGET - ($(date +%s) - T0) - RESERVE)); }
 
@@ -103,7 +103,7 @@ echo "== pip list"
 timeout 60 "$PY" -m pip list 2>&1 | tee "$L/pip_list_before.log"
 
 if [ "$INSTALL" != 0 ]; then
-    MISSING=$(timeout 60 "$PY" benchmarks/gpu_check/deps.py missing 2>>"$L/deps.log")
+    MISSING=$(timeout 60 "$PY" tools/gpu_check/deps.py missing 2>>"$L/deps.log")
     echo "not importable here: ${MISSING:-nothing}"
     DRY=
     [ "$INSTALL" = dry ] && DRY=--dry-run
@@ -111,7 +111,7 @@ if [ "$INSTALL" != 0 ]; then
         # shellcheck disable=SC2086
         run_step install 120 "$PY" -m pip install $DRY --no-index --no-cache-dir --find-links wheels $MISSING
         if [ "$RC" != 0 ]; then
-            CLOSURE=$("$PY" benchmarks/gpu_check/deps.py closure wheels 2>>"$L/deps.log")
+            CLOSURE=$("$PY" tools/gpu_check/deps.py closure wheels 2>>"$L/deps.log")
             echo "resolution failed: installing without dependencies: $CLOSURE"
             # shellcheck disable=SC2086
             [ -n "$CLOSURE" ] && run_step install_nodeps 90 "$PY" -m pip install $DRY --no-index --no-cache-dir --no-deps $CLOSURE
@@ -128,7 +128,7 @@ if [ "$INSTALL" != 0 ]; then
         run_step install_editable 90 "$PY" -m pip install --no-index --no-build-isolation --no-deps -e .
     fi
 fi
-run_step versions 60 "$PY" benchmarks/gpu_check/deps.py report "$J/versions.json"
+run_step versions 60 "$PY" tools/gpu_check/deps.py report "$J/versions.json"
 "$PY" - "$J/versions.json" <<'EOF' 2>/dev/null
 import json, sys
 d = json.load(open(sys.argv[1]))
@@ -142,30 +142,30 @@ EOF
 # -- bf16: the diagnosis of the non-finite gradients (SDPA kernels on fully masked rows; the 100M model) --------
 DIAG_ARGS=(--out "$J/bf16_diagnosis.json")
 [ "$SMALL" = 1 ] && DIAG_ARGS+=(--small)
-TAIL_LINES=40 run_step bf16_diagnosis 150 "$PY" benchmarks/gpu_check/bf16_diagnosis.py "${DIAG_ARGS[@]}"
+TAIL_LINES=40 run_step bf16_diagnosis 150 "$PY" tools/gpu_check/bf16_diagnosis.py "${DIAG_ARGS[@]}"
 
 # -- 3. throughput: overopt vs TRL GRPO, ~100M Llama, bf16 ---------------------------------------------
 # First transformers' own masks (the failure of 2026-11-27, both sides, one short repetition), then the fix.
 UNFIXED=(--out "$J/throughput_unfixed.json" --threads 8 --mask transformers --reps 1 --steps 2)
 [ "$SMALL" = 1 ] && UNFIXED=(--out "$J/throughput_unfixed.json" --threads 1 --small --mask transformers)
-TAIL_LINES=30 run_step throughput_unfixed 100 "$PY" benchmarks/gpu_check/throughput.py "${UNFIXED[@]}"
+TAIL_LINES=30 run_step throughput_unfixed 100 "$PY" tools/gpu_check/throughput.py "${UNFIXED[@]}"
 TP_CAP=200
 (($(left) < TP_CAP)) && TP_CAP=$(left)
 # A repetition (both sides) takes ~40-60 s at the real sizes: none starts after TP_CAP - 70 s.
 TP_ARGS=(--out "$J/throughput.json" --threads 8 --deadline-s $((TP_CAP - 70)))
 [ "$SMALL" = 1 ] && TP_ARGS=(--out "$J/throughput.json" --threads 1 --small)
-TAIL_LINES=30 run_step throughput "$TP_CAP" "$PY" benchmarks/gpu_check/throughput.py "${TP_ARGS[@]}"
+TAIL_LINES=30 run_step throughput "$TP_CAP" "$PY" tools/gpu_check/throughput.py "${TP_ARGS[@]}"
 
 # -- generation alone on the same model: overopt's sampler, generate with the dynamic and the static cache --------
 GEN_ARGS=(--out "$J/gen_speed.json")
 [ "$SMALL" = 1 ] && GEN_ARGS+=(--small)
-TAIL_LINES=10 run_step gen_speed 150 "$PY" benchmarks/gpu_check/gen_speed.py "${GEN_ARGS[@]}"
+TAIL_LINES=10 run_step gen_speed 150 "$PY" tools/gpu_check/gen_speed.py "${GEN_ARGS[@]}"
 
 # -- 1. hf testbed: smoke run on CUDA, and its tests -------------------------------------------------
-run_step tiny_hf 90 "$PY" benchmarks/gpu_check/make_tiny_hf.py "$WORK/tiny_hf"
+run_step tiny_hf 90 "$PY" tools/gpu_check/make_tiny_hf.py "$WORK/tiny_hf"
 if [ -f "$WORK/tiny_hf/world.json" ]; then
     GPU_CHECK_CUDA_LOG="$J/probe_smoke.jsonl" PYTHONPATH="$PROBE:$PYTHONPATH" \
-        run_step smoke 150 "$PY" benchmarks/gpu_check/smoke.py "$WORK/tiny_hf/world.json" "$WORK/smoke_run" "$J/smoke.json"
+        run_step smoke 150 "$PY" tools/gpu_check/smoke.py "$WORK/tiny_hf/world.json" "$WORK/smoke_run" "$J/smoke.json"
 else
     echo "no tiny HF world: smoke skipped"
 fi
@@ -191,14 +191,14 @@ if [ "${GPU_CHECK_DEFAULT:-0}" = 1 ]; then
         printf '{"step":"default_preset","rc":null,"skipped":true}\n' >>"$J/steps.jsonl"
     else
         GPU_CHECK_CUDA_LOG="$J/probe_default.jsonl" PYTHONPATH="$PROBE:$PYTHONPATH" \
-            TAIL_LINES=30 run_step default_preset $((INNER + 25)) "$PY" benchmarks/gpu_check/stages.py "${ST_ARGS[@]}"
+            TAIL_LINES=30 run_step default_preset $((INNER + 25)) "$PY" tools/gpu_check/stages.py "${ST_ARGS[@]}"
     fi
 fi
 
 # -- 4. summary --------------------------------------------------------------------------------------
 [ -n "$SAMPLER" ] && kill "$SAMPLER" 2>/dev/null
 echo "== [+$(($(date +%s) - T0)) s] summary"
-timeout 40 "$PY" benchmarks/gpu_check/summarize.py "$WORK" "$OUT" >"$L/summarize.log" 2>&1 || {
+timeout 40 "$PY" tools/gpu_check/summarize.py "$WORK" "$OUT" >"$L/summarize.log" 2>&1 || {
     echo "summarize.py failed:"
     tail -n 20 "$L/summarize.log"
     { echo "# GPU check: summarize.py failed"; echo; cat "$J/nvidia_smi.txt"; echo; cat "$J/steps.jsonl"; } >"$OUT/summary.md"

@@ -1,8 +1,8 @@
 """Early warning of reward hacking, scored against gold (issue 16; overopt.detectors): every detector over
 many runs of three testbeds, its firing rule tuned on two testbeds and scored on the third.
 
-    python benchmarks/early_warning.py                         # default presets; about an hour on 2 CPU cores
-    python benchmarks/early_warning.py --seeds 2 --testbeds summarize,math_format --heldout math_format
+    python experiments/early_warning.py                         # default presets; about an hour on 2 CPU cores
+    python experiments/early_warning.py --seeds 2 --testbeds summarize,math_format --heldout math_format
 
 For each testbed one `overopt run --preset default --testbed T --methods none,kl,chi2,ref_reset --seeds N`
 into runs/alarms-T (finished runs are reused; `--stages-from` copies summarize's shared stages). Runs that
@@ -107,14 +107,14 @@ def main(args: Args) -> None:
     lines = [
         f"## Early warning of hacking, scored against gold: `{args.preset}` presets",
         "",
-        f"Command: `python benchmarks/early_warning.py` (runs {'; '.join(f'`{c}`' for c in commands)})  ",
+        f"Command: `python experiments/early_warning.py` (runs {'; '.join(f'`{c}`' for c in commands)})  ",
         f"Date: {datetime.date.today().isoformat()}  ",
         f"Machine: {machine()}",
         "",
         "Runs (hacked by the onset rule: gold loses ≥ 30 % of its gain): "
         + ", ".join(f"{t} {n} ({h} hacked)" for t, (n, h) in counts.items())
         + f"; methods {args.methods}, seeds 0–{args.seeds - 1}. Onset: the last evaluation within 10 % of the gain "
-        "of the running gold peak before that loss. Columns as in benchmarks/early_warning.py's docstring; "
+        "of the running gold peak before that loss. Columns as in experiments/early_warning.py's docstring; "
         "lead in evaluations (10 updates each), – where undefined (no hacked run fired, or no never-hacking run).",
         "",
     ]

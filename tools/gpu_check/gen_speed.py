@@ -1,7 +1,7 @@
 """GPU check: generation alone on the ~100M Llama — overopt's sampler against transformers' generate.
 
-    python benchmarks/gpu_check/gen_speed.py --out RESULT_JSON          # CUDA if present, bfloat16 autocast
-    python benchmarks/gpu_check/gen_speed.py --small --out /tmp/g.json  # tiny shapes, any device
+    python tools/gpu_check/gen_speed.py --out RESULT_JSON          # CUDA if present, bfloat16 autocast
+    python tools/gpu_check/gen_speed.py --small --out /tmp/g.json  # tiny shapes, any device
 
 Rows: 16 prompts × 8 copies (48–64 tokens, left-padded), exactly `--max-new` tokens each (no EOS can end a row:
 the cost is that of the full budget), T = 1. Samplers: overopt's `sample_completions` (dynamic KV cache, one

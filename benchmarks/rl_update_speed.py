@@ -1,8 +1,8 @@
 """How overopt's RL update scales: step time, peak memory and MFU against model size, completion length and group size.
 
-    python benchmarks/scaling.py                     # the sweep (a few minutes on 2 CPU cores): RESULTS.md, scaling.png
-    python benchmarks/scaling.py --quick --no-write  # smoke check (~30 s)
-    python benchmarks/scaling.py --device cuda --dtype bfloat16
+    python benchmarks/rl_update_speed.py                     # the sweep (minutes on 2 CPU cores): scaling.png
+    python benchmarks/rl_update_speed.py --quick --no-write  # smoke check (~30 s)
+    python benchmarks/rl_update_speed.py --device cuda --dtype bfloat16
 
 One factor varies at a time around the `default` preset's sizes (hidden 64, 2 layers, 4 heads,
 32 prompts × group 4, 12 completion tokens): model size, completion tokens per row, group size.
@@ -666,7 +666,7 @@ def report(args: Args, base: Config, sweeps: dict[str, list[Config]], raw: dict[
         "## Scaling of the RL update: model size, completion length, group size"
         + ("" if default else f" — {args.device}, {args.dtype}"),
         "",
-        f"Command: `{shlex.join(['python', 'benchmarks/scaling.py', *sys.argv[1:]])}`  ",
+        f"Command: `{shlex.join(['python', 'benchmarks/rl_update_speed.py', *sys.argv[1:]])}`  ",
         f"Date: {datetime.date.today().isoformat()}  ",
         f"Machine: {machine()}" + ("" if args.device == "cpu" else f", {b['device_name']}")
         + f"; load average before the run {load:.2f}",

@@ -1,6 +1,6 @@
 """GPU check, step 4: gather every step's JSON into OUT/results.json and write OUT/summary.md.
 
-    python benchmarks/gpu_check/summarize.py WORK OUT
+    python tools/gpu_check/summarize.py WORK OUT
 
 WORK/json holds what the steps wrote (steps.jsonl, versions.json, smoke.json, pytest.json, probe_*.jsonl,
 stages.json, throughput.json, gpu_samples.csv, nvidia_smi.txt); a missing or broken file is reported as
@@ -125,7 +125,7 @@ def main() -> int:
     md: list[str] = []
     v = data["versions"] if isinstance(data["versions"], dict) else {}
     vers = v.get("versions", {})
-    md += ["# GPU check (benchmarks/gpu_check/run.sh)", ""]
+    md += ["# GPU check (tools/gpu_check/run.sh)", ""]
     if data["small_mode"]:
         md += ["**SMALL mode** (GPU_CHECK_SMALL=1): tiny shapes, not the real check.", ""]
     md += [f"Date: {data['date']}  ", f"Device: {data['nvidia_smi'] or v.get('device_name') or 'no nvidia-smi'}  "]

@@ -2,8 +2,8 @@
 with overopt's monitor, alarms and mitigations plugged in (overopt.integrations.trl), next to the lab's own
 runs of the same methods on the same lab.
 
-    python benchmarks/trl_lab.py --lab runs/alarms-summarize      # default preset lab; ~20 min on 2 CPU cores
-    python benchmarks/trl_lab.py --lab runs/alarms-summarize --score-only
+    python experiments/trl_lab.py --lab runs/alarms-summarize      # default preset lab; ~20 min on 2 CPU cores
+    python experiments/trl_lab.py --lab runs/alarms-summarize --score-only
 
 Each (method, seed) is `python examples/trl_grpo.py --lab LAB --trainer rloo --mitigation M --seed S --out OUT`:
 TRL's RLOO with the lab's rl.* (steps, prompts × group, lr constant, KL β in the reward with the k1 estimator
@@ -130,7 +130,7 @@ def main(args: Args) -> None:
     body = "\n".join([
         "## The lab through TRL: RLOOTrainer with overopt's monitor and mitigations, `default` summarize lab",
         "",
-        f"Command: `python benchmarks/trl_lab.py --lab {args.lab} --out {args.out}` (each run: "
+        f"Command: `python experiments/trl_lab.py --lab {args.lab} --out {args.out}` (each run: "
         f"`python {' '.join(commands[0][1:])}` with its method and seed)  ",
         f"Date: {datetime.date.today().isoformat()}  ",
         f"Machine: {machine()}",

@@ -1,7 +1,7 @@
 """GPU check, step 3: overopt's RL step against TRL's GRPOTrainer on a ~100M-parameter Llama, side by side.
 
-    python benchmarks/gpu_check/throughput.py --out RESULT_JSON            # CUDA if present, bfloat16 autocast
-    python benchmarks/gpu_check/throughput.py --small --device cpu --out /tmp/t.json   # seconds-scale CPU check
+    python tools/gpu_check/throughput.py --out RESULT_JSON            # CUDA if present, bfloat16 autocast
+    python tools/gpu_check/throughput.py --small --device cpu --out /tmp/t.json   # seconds-scale CPU check
 
 It reuses benchmarks/rl_throughput.py (its Setup, run_side, Meter, TokenReward, summarise, tables and the
 same-prompts check) with three changes for a GPU:
@@ -42,7 +42,7 @@ import warnings
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # benchmarks/: rl_throughput, compare_methods
+sys.path.insert(0, str(HERE.parents[1] / "benchmarks"))  # rl_throughput
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

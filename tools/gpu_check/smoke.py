@@ -1,6 +1,6 @@
 """GPU check, step 1: `overopt run --testbed hf --preset smoke` on the tiny local models, in this process.
 
-    python benchmarks/gpu_check/smoke.py WORLD_JSON RUN_DIR RESULT_JSON [extra overopt args...]
+    python tools/gpu_check/smoke.py WORLD_JSON RUN_DIR RESULT_JSON [extra overopt args...]
 
 WORLD_JSON is what make_tiny_hf.py wrote. The run uses `--hf.dtype auto` (bfloat16 autocast on CUDA,
 float32 on the CPU). Running in-process lets us read torch.cuda.max_memory_allocated afterwards: a

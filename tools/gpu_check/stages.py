@@ -1,6 +1,6 @@
 """GPU check, step 2: wall time per stage of `overopt run --preset default --methods kl --seeds 1`, capped.
 
-    python benchmarks/gpu_check/stages.py RUN_DIR RESULT_JSON --timeout 200 [--threads 0] [overopt args...]
+    python tools/gpu_check/stages.py RUN_DIR RESULT_JSON --timeout 200 [--threads 0] [overopt args...]
 
 As benchmarks/stage_times.py measures (each stage's stage.json `wall_s`; an RL run's last `wall_s` in its
 metrics.jsonl; "start-up and report" is the rest of the process's wall time), but with a time limit: on

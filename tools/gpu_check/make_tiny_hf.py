@@ -1,6 +1,6 @@
 """Build the tiny local Hugging Face world of tests/test_hf_testbed.py (policy, gold RM, prompt files), no network.
 
-    python benchmarks/gpu_check/make_tiny_hf.py DIR      # writes DIR/world.json (the paths) and prints it
+    python tools/gpu_check/make_tiny_hf.py DIR      # writes DIR/world.json (the paths) and prints it
 
 It calls the test module's own `hf_world` fixture function (so it builds exactly what the tests build),
 with a stand-in for pytest's tmp_path_factory that makes folders under DIR.

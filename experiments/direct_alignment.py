@@ -1,9 +1,9 @@
 """Direct alignment overoptimizes too (Rafailov et al., arXiv 2406.02900): DPO over β, IPO, SimPO, RPO, DPO+NLL, hinge
 on the `default` preset's pairs, side by side with RL (`kl`, `none`) at matched KL; a RESULTS.md section.
 
-    python benchmarks/direct_alignment.py                  # about an hour on 2 CPU cores (a DAA run: 110 s)
-    python benchmarks/direct_alignment.py --seeds 1 --betas 0.1   # a quick look
-    python benchmarks/direct_alignment.py --rpo            # RPO over η against DPO at matched KL (25 min)
+    python experiments/direct_alignment.py                  # about an hour on 2 CPU cores (a DAA run: 110 s)
+    python experiments/direct_alignment.py --seeds 1 --betas 0.1   # a quick look
+    python experiments/direct_alignment.py --rpo            # RPO over η against DPO at matched KL (25 min)
 
 Two `overopt run` invocations into one OUT (the shared stages are trained once, or reused): DPO swept over
 `dpo.beta`, then the other losses at their defaults with the RL baselines. Every run is evaluated every
@@ -154,7 +154,7 @@ def rpo_study(args: Args, budgets: list[float]) -> None:
     body = "\n".join([
         "## RPO over η against DPO at matched KL: `default` preset, testbed `summarize`",
         "",
-        f"Command: `python benchmarks/direct_alignment.py --rpo` (runs {cmds})  ",
+        f"Command: `python experiments/direct_alignment.py --rpo` (runs {cmds})  ",
         f"Date: {datetime.date.today().isoformat()}  ",
         f"Machine: {machine()}",
         "",
@@ -205,7 +205,7 @@ def main(args: Args) -> None:
     body = "\n".join([
         "## Direct alignment on the lab's pairs: `default` preset, testbed `summarize`",
         "",
-        f"Command: `python benchmarks/direct_alignment.py` (runs {cmds})  ",
+        f"Command: `python experiments/direct_alignment.py` (runs {cmds})  ",
         f"Date: {datetime.date.today().isoformat()}  ",
         f"Machine: {machine()}",
         "",
