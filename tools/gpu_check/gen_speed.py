@@ -5,9 +5,11 @@
 
 Rows: 16 prompts × 8 copies (48–64 tokens, left-padded), exactly `--max-new` tokens each (no EOS can end a row:
 the cost is that of the full budget), T = 1. Samplers: overopt's `sample_completions` (dynamic KV cache, one
-prefill per distinct prompt, eager); `generate` with the dynamic cache; `generate` with the static cache
-(`cache_implementation="static"`, which transformers compiles on CUDA); each timed `--reps` times after one
-warm-up call (the static cache's compilation happens there and is reported apart).
+prefill per distinct prompt, eager); its static-cache sampler (`overopt.static_sampling`), eager and with the
+decode step compiled (CUDA only: captured graphs; the compilation is in the warm-up call); `generate` with the
+dynamic cache; `generate` with the static cache (`cache_implementation="static"`, which transformers compiles on
+CUDA); each timed `--reps` times after one warm-up call (the static cache's compilation happens there and is
+reported apart).
 """
 
 from __future__ import annotations
@@ -32,12 +34,17 @@ def main() -> int:
     p.add_argument("--small", action="store_true")
     p.add_argument("--max-new", type=int, default=128)
     p.add_argument("--reps", type=int, default=2)
-    p.add_argument("--samplers", default="overopt,generate-dynamic,generate-static")
+    p.add_argument(
+        "--samplers",
+        default="overopt,overopt-static,overopt-static-compiled,generate-dynamic,generate-static",
+        help="overopt-static-compiled runs on CUDA only (torch.compile of the decode step, CUDA graphs)",
+    )
     args = p.parse_args()
 
     from overopt.models.attention import use_pad_safe_sdpa
     from overopt.models.policy import random_llama
     from overopt.sampling import sample_completions
+    from overopt.static_sampling import sample_completions_static
 
     use_pad_safe_sdpa()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -65,6 +72,10 @@ def main() -> int:
         if name == "overopt":
             roll = sample_completions(model, ids, mask, t, 1.0, eos_id=-1, pad_id=0)
             return roll.completion_ids.shape[1]
+        if name.startswith("overopt-static"):
+            roll = sample_completions_static(model, ids, mask, t, 1.0, eos_id=-1, pad_id=0,
+                                             compile_step=name.endswith("compiled"))  # fmt: skip
+            return roll.completion_ids.shape[1]
         cache = {"generate-dynamic": {}, "generate-static": {"cache_implementation": "static"}}[name]
         out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
                              max_new_tokens=t, min_new_tokens=t, pad_token_id=0, **cache)  # fmt: skip
@@ -76,7 +87,8 @@ def main() -> int:
         else contextlib.nullcontext()
     )
     with autocast, torch.no_grad():
-        for name in [s.strip() for s in args.samplers.split(",") if s.strip()]:
+        names = [s.strip() for s in args.samplers.split(",") if s.strip()]
+        for name in [n for n in names if device.type == "cuda" or not n.endswith("compiled")]:
             row: dict = {}
             try:
                 torch.manual_seed(0)
