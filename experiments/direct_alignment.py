@@ -125,6 +125,8 @@ def rpo_study(args: Args, budgets: list[float]) -> None:
         "default",
         "--seeds",
         str(args.seeds),
+        "--jobs",
+        str(args.jobs),
         "--out",
         str(out),
     ]

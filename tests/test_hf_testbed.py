@@ -327,6 +327,19 @@ def test_bfloat16_precision_sees_in_place_weight_updates(hf_world):
         assert not torch.equal(layer(x), before)
 
 
+@pytest.mark.parametrize(("fields", "dtype"), [({"dtype": "bfloat16"}, torch.float32),
+                                              ({"dtype": "bfloat16", "lm_head_fp32": False}, torch.bfloat16),
+                                              ({"dtype": "float32"}, torch.float32)])  # fmt: skip
+def test_loaded_policy_computes_its_head_in_float32_under_bfloat16(hf_world, fields, dtype):
+    from transformers import AutoModelForCausalLM
+
+    testbed = _testbed(hf_world, **fields)
+    policy = testbed.loaded_policy(AutoModelForCausalLM.from_pretrained(hf_world["policy"]).to(testbed.device))
+    ids = torch.tensor([[5, 6, 7, 8]], device=testbed.device)
+    with torch.no_grad(), testbed.precision():
+        assert policy(ids).logits.dtype == dtype
+
+
 def test_prompt_chat_template_wraps_prompts_but_the_gold_reads_the_raw_prompt(hf_world, tmp_path):
     import shutil
 

@@ -316,6 +316,11 @@ class HFConfig(_Frozen):
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="auto = bfloat16 on a GPU, else float32; bfloat16 = autocast, float32 trained weights."
     )
+    lm_head_fp32: bool = Field(
+        True,
+        description="Under bfloat16 the policy's LM head computes in float32 (TRL's cast_lm_head_to_fp32): logits "
+        "and log-ratios without 16-bit rounding. False: the head in bfloat16 like the rest.",
+    )
     sampler: Literal["kv", "static", "static_compiled"] = Field(
         "kv",
         description="kv = a KV cache that grows, rows leave at EOS; static = a cache allocated once, fixed shapes "

@@ -277,7 +277,7 @@ def build_lab(cfg: ExperimentConfig, testbed, plans: Plans, publish: bool = True
         stage("sft", fps["sft"], lambda tmp, progress, checkpoints: {"policy": policy_path})
         sft_dir = policy_path
     sft_policy = _load_artifact(sft_dir, AutoModelForCausalLM.from_pretrained, **_loading(testbed))
-    sft_policy = sft_policy.to(testbed.device).eval()  # hf: on a GPU when there is one
+    sft_policy = testbed.loaded_policy(sft_policy.to(testbed.device).eval())  # hf: on a GPU when there is one
 
     # 2-4. The proxy: a Bradley-Terry RM on gold-labelled pairs, a judge of gold-labelled answers,
     #      or (RLVR) the testbed's rule reward with nothing to train.

@@ -81,6 +81,10 @@ class Testbed(Protocol):
         """The numeric context every stage runs in (e.g. bfloat16 autocast)."""
         ...
 
+    def loaded_policy(self, policy: torch.nn.Module) -> torch.nn.Module:
+        """The SFT policy as loaded, before any stage uses it (e.g. its LM head in float32 under autocast)."""
+        ...
+
     def trainable_policy(self, policy: torch.nn.Module, seed: int) -> torch.nn.Module:
         """The copy of the SFT policy that RL trains (e.g. with LoRA adapters); the reference stays the SFT model."""
         ...
@@ -96,6 +100,9 @@ class TestbedDefaults:
 
     def precision(self) -> ContextManager:
         return contextlib.nullcontext()
+
+    def loaded_policy(self, policy: torch.nn.Module) -> torch.nn.Module:
+        return policy
 
     def trainable_policy(self, policy: torch.nn.Module, seed: int) -> torch.nn.Module:
         return policy

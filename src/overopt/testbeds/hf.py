@@ -44,6 +44,7 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from overopt.models.attention import use_pad_safe_sdpa
+from overopt.models.head import fp32_lm_head
 from overopt.models.policy import SAFE_LOADING, with_lora
 from overopt.models.reward import score_texts
 from overopt.static_sampling import use_static_cache
@@ -435,6 +436,13 @@ class HFTestbed(TestbedDefaults):
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype, cache_enabled=False)
+
+    def loaded_policy(self, policy: torch.nn.Module) -> torch.nn.Module:
+        """Under bfloat16 autocast the LM head computes in float32 (hf.lm_head_fp32; overopt.models.head), the
+        reference and every run's copy alike, so their log-ratios carry no 16-bit rounding."""
+        if self.autocast_dtype is None or not self.cfg.lm_head_fp32:
+            return policy
+        return fp32_lm_head(policy)
 
     def trainable_policy(self, policy: torch.nn.Module, seed: int) -> torch.nn.Module:
         """hf.lora_r > 0: LoRA adapters on the policy, which alone train (the reference stays the SFT model)."""
