@@ -539,3 +539,67 @@ def test_paper_presets_run_end_to_end_on_tiny_models_of_their_architectures(hf_w
     for method in methods:
         rows = [json.loads(line) for line in (out / "runs" / method / "seed0" / "metrics.jsonl").open()]
         assert rows[-1]["step"] == 2 and all(math.isfinite(r["gold_reward"]) for r in rows)
+
+
+def _preference_file(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_preference_pairs_tokenize_as_the_policy_would_have_generated_them(hf_world, tmp_path):
+    """hf.preference_dataset: a text prompt's completions are their tokens and EOS, cut at the generation
+    budget; a conversation's are the chat template's rendering after the prompt's; the gold reads the prompt."""
+    import shutil
+
+    rows = [{"prompt": f"the cat {i}", "chosen": " sat on the mat", "rejected": " ran"} for i in range(3)]
+    testbed = _testbed(hf_world, preference_dataset=_preference_file(tmp_path / "p.jsonl", rows),
+                       max_completion_tokens=4)  # fmt: skip
+    tok = testbed.tokenizer
+    pairs = testbed.preference_pairs()
+    assert [p for p, _, _ in pairs] == [tok(f"the cat {i}")["input_ids"] for i in range(3)]
+    chosen = [*tok(" sat on the mat", add_special_tokens=False)["input_ids"], tok.eos_token_id]
+    assert len(chosen) > 4 and all(c == chosen[:4] for _, c, _ in pairs)  # cut at the budget, as sampling is
+    assert all(r == [*tok(" ran", add_special_tokens=False)["input_ids"], tok.eos_token_id] for _, _, r in pairs)
+    assert _testbed(hf_world).preference_pairs() is None
+    # Conversational: the answer's tokens are what the chat template renders after the prompt's.
+    policy_dir = tmp_path / "chat_policy"
+    shutil.copytree(hf_world["policy"], policy_dir)
+    config = json.loads((policy_dir / "tokenizer_config.json").read_text())
+    config["chat_template"] = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                               "{% if add_generation_prompt %}assistant:{% endif %}")  # fmt: skip
+    (policy_dir / "tokenizer_config.json").write_text(json.dumps(config))
+    turns = [{"chosen": [{"role": "user", "content": "a dog"}, {"role": "assistant", "content": "ran"}],
+              "rejected": [{"role": "user", "content": "a dog"}, {"role": "assistant", "content": "sat"}]}]  # fmt: skip
+    chat = _testbed(hf_world | {"policy": str(policy_dir)},
+                    preference_dataset=_preference_file(tmp_path / "c.jsonl", turns))  # fmt: skip
+    ((prompt, chosen, rejected),) = chat.preference_pairs()
+    tok = chat.tokenizer
+    assert tok.decode(prompt) == "user: a dog\nassistant:"
+    assert tok.decode(chosen) == " ran\n" and tok.decode(rejected) == " sat\n"
+    with pytest.raises(ValueError, match="hf.preference_split: 'test' is not a split"):
+        _testbed(hf_world, preference_dataset=str(tmp_path / "p.jsonl"), preference_split="test")
+    with pytest.raises(ValueError, match="hf.preference_dataset: .* has no 'chosen' column"):
+        _testbed(hf_world, preference_dataset=hf_world["jsonl"])
+
+
+def test_a_run_trains_its_proxy_on_the_given_preference_pairs(hf_world, tmp_path):
+    """The proxy RM learns the dataset's pairs, gold-scored, their labels as given."""
+    from datasets import load_from_disk
+
+    rows = [{"prompt": f"the cat {i}", "chosen": " sat on the mat", "rejected": " ran under a log"} for i in range(40)]
+    data = _preference_file(tmp_path / "prefs.jsonl", rows)
+    out = tmp_path / "out"
+    main(_args(hf_world, out, "--methods", "none", "--hf.preference-dataset", data))
+    pairs = load_from_disk(str(out / "artifacts" / "pairs" / "data"))
+    assert len(pairs["train"]) + len(pairs["test"]) == 40
+    testbed = _testbed(hf_world)
+    tok = testbed.tokenizer
+    decoded = {tok.decode(row["chosen_ids"], skip_special_tokens=True) for row in pairs["train"]}
+    assert decoded == {" sat on the mat"}
+    by_hand = testbed.score_texts(["the cat 0"], [" sat on the mat"]).item()
+    (gold,) = [row["gold_chosen"] for split in pairs.values() for row in split
+               if tok.decode(row["prompt_ids"]) == "the cat 0"]  # fmt: skip
+    assert gold == pytest.approx(by_hand, abs=1e-5)
+    stats = json.loads((out / "artifacts" / "pairs" / "stage.json").read_text())["metrics"]
+    assert stats["n_pairs"] == 40 and 0.0 <= stats["label_agrees_with_gold"] <= 1.0
+    assert list((out / "artifacts" / "rm").glob("*.safetensors"))

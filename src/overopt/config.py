@@ -309,6 +309,13 @@ class HFConfig(_Frozen):
     eval_split: str = Field("", description="Split of the held-out prompts; '' = hold out eval_fraction of train.")
     eval_fraction: float = Field(0.05, gt=0, lt=1, description="Share of train held out when eval_split is ''.")
     prompt_chat_template: bool = Field(False, description="Wrap each prompt in the policy tokenizer's chat template.")
+    preference_dataset: str = Field(
+        "",
+        description="Preference pairs the proxy RM trains on instead of the lab's gold-labelled samples of the "
+        "policy: a datasets id or local file in TRL's preference format (chosen, rejected, optional prompt; text "
+        "or conversations). The gold RM scores them; their labels stay the dataset's. '' = the lab's own pairs.",
+    )
+    preference_split: str = Field("train", description="Split of hf.preference_dataset the pairs come from.")
     max_prompt_tokens: int = Field(512, gt=0, description="Prompts longer than this (policy tokens) are skipped.")
     max_completion_tokens: int = Field(53, gt=0, description="Generation budget.")
     gold_rm: str = Field("", description="Gold RM: a sequence-classification model (num_labels=1), id or directory.")

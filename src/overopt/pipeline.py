@@ -39,7 +39,7 @@ from overopt.stages.bon import run_best_of_n
 from overopt.stages.daa import run_daa
 from overopt.stages.judge import ANSWER_COLUMNS, sample_and_label_answers, train_judge
 from overopt.stages.method_run import SAMPLE_BATCH, Lab, run_method
-from overopt.stages.pairs import PAIR_COLUMNS, sample_and_label_pairs
+from overopt.stages.pairs import PAIR_COLUMNS, gold_score_given_pairs, sample_and_label_pairs
 from overopt.stages.prm import STEP_COLUMNS, sample_and_label_steps, train_prm
 from overopt.stages.rm import train_reward_model
 from overopt.stages.sft import train_sft
@@ -462,22 +462,28 @@ class _ProxyTraining(NamedTuple):
 def _pairs_and_rm(
     cfg: ExperimentConfig, testbed, sft_policy, backbone: Path, prompts: list[list[int]] | None = None
 ) -> _ProxyTraining:
-    """Gold-labelled pairs sampled from the SFT policy (on `prompts`, else the proxy's labelled prompts);
-    Bradley-Terry RMs (`backbone`, fresh head)."""
+    """Gold-labelled pairs sampled from the SFT policy (on `prompts`, else the proxy's labelled prompts, or the
+    testbed's own pairs where it brings them: Testbed.preference_pairs); Bradley-Terry RMs (`backbone`, fresh head)."""
     tok = testbed.tokenizer
 
     def build_data(tmp: Path, progress: StageProgress, checkpoints: Checkpointer) -> dict:
         torch.manual_seed(cfg.seed)
-        pairs, stats = sample_and_label_pairs(
-            sft_policy, testbed, _labelled_prompts(cfg, testbed) if prompts is None else prompts,
-            labeling=cfg.pairs.labeling, bt_temperature=cfg.pairs.bt_temperature, label_noise=cfg.pairs.label_noise,
-            drop_ties=cfg.pairs.drop_ties, seed=cfg.seed, batch_size=SAMPLE_BATCH, progress=progress,
-        )  # fmt: skip
-        if len(pairs) < MIN_PAIRS:
+        given = testbed.preference_pairs() if prompts is None else None  # the validation RM samples its own
+        if given is not None:
+            pairs, stats = gold_score_given_pairs(testbed, given, batch_size=SAMPLE_BATCH, progress=progress)
+            short = f"the testbed's preference data has {len(pairs)} pairs"
+        else:
+            pairs, stats = sample_and_label_pairs(
+                sft_policy, testbed, _labelled_prompts(cfg, testbed) if prompts is None else prompts,
+                labeling=cfg.pairs.labeling, bt_temperature=cfg.pairs.bt_temperature,
+                label_noise=cfg.pairs.label_noise, drop_ties=cfg.pairs.drop_ties, seed=cfg.seed,
+                batch_size=SAMPLE_BATCH, progress=progress,
+            )  # fmt: skip
             asked = len(_labelled_prompts(cfg, testbed) if prompts is None else prompts)
-            raise ValueError(f"{asked} prompts gave {len(pairs)} gold-labelled pairs that are not ties (the SFT "
-                             f"policy's two samples scored alike); an RM needs at least {MIN_PAIRS}: ask for more "
-                             "prompts")  # fmt: skip
+            short = (f"{asked} prompts gave {len(pairs)} gold-labelled pairs that are not ties (the SFT policy's "
+                     "two samples scored alike)")  # fmt: skip
+        if len(pairs) < MIN_PAIRS:
+            raise ValueError(f"{short}; an RM needs at least {MIN_PAIRS}" + ("" if given else ": ask for more prompts"))
         pairs.train_test_split(test_size=cfg.pairs.heldout_fraction, seed=cfg.seed).save_to_disk(str(tmp / "data"))
         return stats
 

@@ -7,7 +7,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel
 
 from overopt.progress import StageProgress
-from overopt.sampling import pad_left, sample_completions
+from overopt.sampling import pad_left, pad_right, sample_completions
 from overopt.testbeds.base import Testbed
 
 PAIR_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids", "gold_chosen", "gold_rejected")
@@ -93,11 +93,44 @@ def sample_and_label_pairs(
     pairs = Dataset.from_dict(rows)
     if len(pairs) == 0:
         raise ValueError("every sampled pair was a gold tie: no preference data (try pairs.drop_ties=false)")
+    return pairs, _pair_stats(rows, n_ties)
+
+
+def _pair_stats(rows: dict[str, list], n_ties: int) -> dict[str, float]:
     margin = torch.tensor(rows["gold_chosen"]) - torch.tensor(rows["gold_rejected"])
-    stats = {
-        "n_pairs": len(pairs),
+    return {
+        "n_pairs": len(rows["prompt_ids"]),
         "n_ties": n_ties,
         "gold_margin_mean": margin.mean().item(),
         "label_agrees_with_gold": (margin > 0).double().mean().item(),
     }
-    return pairs, stats
+
+
+def gold_score_given_pairs(
+    testbed: Testbed,
+    pairs: list[tuple[list[int], list[int], list[int]]],
+    *,
+    batch_size: int,
+    progress: StageProgress,
+) -> tuple[Dataset, dict[str, float]]:
+    """Pairs the testbed brings (Testbed.preference_pairs: a user's preference data), their labels as given and
+    both completions gold-scored, so the lab's RM accuracy against gold, OCRM's weights and every figure read
+    them as they read the lab's own pairs. `label_agrees_with_gold`: the share of pairs whose chosen completion
+    the gold reward also prefers (ties count as disagreeing)."""
+    pad = testbed.tokenizer.pad_token_id
+    rows: dict[str, list] = {k: [] for k in PAIR_COLUMNS}
+    progress.start(len(pairs))
+    for start in range(0, len(pairs), batch_size):
+        batch = pairs[start : start + batch_size]
+        prompt_ids, _ = pad_left([p for p, _, _ in batch for _ in range(2)], pad)
+        completion_ids, completion_mask = pad_right([c for _, *both in batch for c in both], pad)
+        gold = testbed.gold_reward(prompt_ids, completion_ids, completion_mask)
+        for i, (prompt, chosen, rejected) in enumerate(batch):
+            rows["prompt_ids"].append(prompt)
+            rows["chosen_ids"].append(chosen)
+            rows["rejected_ids"].append(rejected)
+            rows["gold_chosen"].append(float(gold[2 * i]))
+            rows["gold_rejected"].append(float(gold[2 * i + 1]))
+        progress.advance(len(batch))
+    n_ties = sum(c == r for c, r in zip(rows["gold_chosen"], rows["gold_rejected"], strict=True))
+    return Dataset.from_dict(rows), _pair_stats(rows, n_ties)

@@ -81,6 +81,11 @@ class Testbed(Protocol):
         """The numeric context every stage runs in (e.g. bfloat16 autocast)."""
         ...
 
+    def preference_pairs(self) -> list[tuple[list[int], list[int], list[int]]] | None:
+        """(prompt, chosen, rejected) token ids the proxy RM trains on in place of the lab's gold-labelled samples
+        of the SFT policy (e.g. a user's preference dataset); None: the lab samples and labels its own."""
+        ...
+
     def loaded_policy(self, policy: torch.nn.Module) -> torch.nn.Module:
         """The SFT policy as loaded, before any stage uses it (e.g. its LM head in float32 under autocast)."""
         ...
@@ -100,6 +105,9 @@ class TestbedDefaults:
 
     def precision(self) -> ContextManager:
         return contextlib.nullcontext()
+
+    def preference_pairs(self) -> list[tuple[list[int], list[int], list[int]]] | None:
+        return None
 
     def loaded_policy(self, policy: torch.nn.Module) -> torch.nn.Module:
         return policy

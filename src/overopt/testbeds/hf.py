@@ -49,6 +49,7 @@ from overopt.models.policy import SAFE_LOADING, with_lora
 from overopt.models.reward import score_texts
 from overopt.static_sampling import use_static_cache
 from overopt.testbeds.base import SFTExample, TestbedDefaults
+from overopt.testbeds.preferences import Text, is_conversation, preference_triples
 
 if TYPE_CHECKING:  # annotations only: the configuration validates testbed knobs through overopt.testbeds
     from overopt.config import HFConfig
@@ -56,18 +57,7 @@ if TYPE_CHECKING:  # annotations only: the configuration validates testbed knobs
 _LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 _HOLDOUT_SEED = 1234  # the held-out share of train is the same for every experiment seed
 _SPLIT_CODES = {"train": 0, "eval": 1}
-_ADD_ROWS = "add prompts, one per row"
-
-
-def _is_conversation(value) -> bool:
-    """A list of {"role": str, "content": str} messages (TRL's conversational format)."""
-    return (
-        isinstance(value, list)
-        and bool(value)
-        and all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
-        )
-    )
+_ADD_ROWS = {"dataset": "add prompts, one per row", "preference_dataset": "add preference pairs, one per row"}
 
 
 def _first_line(err: BaseException) -> str:
@@ -169,6 +159,7 @@ class HFTestbed(TestbedDefaults):
         self._texts = self._prompt_texts()
         self._encoded: dict[str, dict[int, list[int] | None]] = {"train": {}, "eval": {}}
         self._prompt_of: dict[tuple[int, ...], str | list[dict]] = {}  # the gold RM reads these
+        self._preferences = self._preference_triples() if cfg.preference_dataset else None
         # 4. Placement: bfloat16 autocast on a GPU (trained weights stay float32), the gold RM in bfloat16. Left
         # padding's pad queries attend to every key (overopt.models.attention): with transformers' own masks they
         # see none, and CUDA's bfloat16 attention backward then gives NaN gradients (benchmarks/RESULTS.md).
@@ -254,30 +245,31 @@ class HFTestbed(TestbedDefaults):
             )
 
     # -- prompts -----------------------------------------------------------------------------
-    def _load_dataset(self) -> DatasetDict:
-        source = self.cfg.dataset
+    def _load_dataset(self, field: str, config_name: str) -> DatasetDict:
+        """hf.<field>'s local file or Hub dataset; one line naming the field for whatever is wrong with it."""
+        source, add_rows = getattr(self.cfg, field), _ADD_ROWS[field]
         suffix = Path(source).suffix.lower()
         if os.path.isfile(source) and suffix not in _LOCAL_FORMATS:
-            raise ValueError(f"hf.dataset: {source} is not a .json, .jsonl, .parquet or .csv file")
+            raise ValueError(f"hf.{field}: {source} is not a .json, .jsonl, .parquet or .csv file")
         if not os.path.exists(source) and (suffix in _LOCAL_FORMATS or source.startswith(("/", ".", "~"))):
-            raise ValueError(f"hf.dataset: no such file or directory: {source}")
+            raise ValueError(f"hf.{field}: no such file or directory: {source}")
         if os.path.isfile(source) and os.path.getsize(source) == 0:
-            raise ValueError(f"hf.dataset: {source} is an empty file, so it has no rows; {_ADD_ROWS}")
+            raise ValueError(f"hf.{field}: {source} is an empty file, so it has no rows; {add_rows}")
         if os.path.isfile(source) and suffix == ".parquet" and _parquet_rows(source) == 0:
-            raise ValueError(f"hf.dataset: {source} has no rows; {_ADD_ROWS}")  # datasets fails on it obscurely
+            raise ValueError(f"hf.{field}: {source} has no rows; {add_rows}")  # datasets fails on it obscurely
         try:
             with _datasets_logging_silenced():  # its readers log a parse error before raising it; we report it
                 if os.path.isfile(source):
                     return load_dataset(_LOCAL_FORMATS[suffix], data_files=source)
-                return load_dataset(source, self.cfg.dataset_config or None)
+                return load_dataset(source, config_name or None)
         except (OSError, ValueError, DatasetsError) as err:
             cause = err.__cause__ or err  # datasets wraps a parse error in a generation error
             if "corresponds to no data" in str(cause):  # datasets' words for a split of 0 rows
-                raise ValueError(f"hf.dataset: {source} has no rows; {_ADD_ROWS}") from None
+                raise ValueError(f"hf.{field}: {source} has no rows; {add_rows}") from None
             where = _json_error(source) if os.path.isfile(source) and _LOCAL_FORMATS[suffix] == "json" else None
             if where:
-                raise ValueError(f"hf.dataset: {source} is not valid JSON at {where}; fix or drop that line") from None
-            raise ValueError(f"hf.dataset: cannot read {source}: {_first_line(cause)}") from None
+                raise ValueError(f"hf.{field}: {source} is not valid JSON at {where}; fix or drop that line") from None
+            raise ValueError(f"hf.{field}: cannot read {source}: {_first_line(cause)}") from None
 
     def _column(self, data: DatasetDict, split_field: str) -> list[str]:
         source, split, column = self.cfg.dataset, getattr(self.cfg, split_field), self.cfg.prompt_column
@@ -289,9 +281,9 @@ class HFTestbed(TestbedDefaults):
                 f"hf.prompt_column: {column!r} is not a column of {source} (columns: {', '.join(rows.column_names)})"
             )
         if len(rows) == 0:
-            raise ValueError(f"hf.dataset: split {split!r} of {source} has no rows; {_ADD_ROWS}")
+            raise ValueError(f"hf.dataset: split {split!r} of {source} has no rows; {_ADD_ROWS['dataset']}")
         texts = list(rows[column])
-        if any(_is_conversation(t) for t in texts):  # TRL's conversational prompt-only format
+        if any(is_conversation(t) for t in texts):  # TRL's conversational prompt-only format
             return self._conversations(texts, split, source, column)
         if not any(isinstance(t, str) for t in texts) and any(t is not None for t in texts):
             kind = type(next(t for t in texts if t is not None)).__name__
@@ -324,7 +316,7 @@ class HFTestbed(TestbedDefaults):
                 f"tokenizer of {self.cfg.policy} has no chat template to render them"
             )
         for index, messages in enumerate(rows):
-            if not _is_conversation(messages) or not messages:
+            if not is_conversation(messages) or not messages:
                 raise ValueError(
                     f"hf.dataset: row {index} (counting from 0) of split {split!r} of {source} is not a list of "
                     f"{{'role', 'content'}} messages in {column!r}, as the other rows are; fix or drop the row"
@@ -332,7 +324,7 @@ class HFTestbed(TestbedDefaults):
         return rows
 
     def _prompt_texts(self) -> dict[str, list[str]]:
-        data = self._load_dataset()
+        data = self._load_dataset("dataset", self.cfg.dataset_config)
         train = self._column(data, "train_split")
         if self.cfg.eval_split:
             return {"train": train, "eval": self._column(data, "eval_split")}
@@ -348,24 +340,29 @@ class HFTestbed(TestbedDefaults):
             "eval": [t for i, t in enumerate(train) if i in held_out],
         }
 
+    def _prompt_ids(self, text: Text) -> list[int] | None:
+        """Token ids of one prompt (None when longer than hf.max_prompt_tokens); the gold RM will read `text`."""
+        tok = self.tokenizer
+        if not isinstance(text, str):  # a conversation: its own turns, through the chat template
+            rendered = tok.apply_chat_template(text, tokenize=False, add_generation_prompt=True)
+            ids = tok(rendered, add_special_tokens=False)["input_ids"]
+        elif self.cfg.prompt_chat_template:
+            rendered = tok.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
+            ids = tok(rendered, add_special_tokens=False)["input_ids"]
+        else:
+            ids = tok(text)["input_ids"]
+        if not 0 < len(ids) <= self.cfg.max_prompt_tokens:
+            return None
+        self._prompt_of[self._key(ids)] = text
+        return ids
+
     def _encode(self, split: str, index: int) -> list[int] | None:
-        """Token ids of one prompt (None when longer than hf.max_prompt_tokens), cached."""
+        """Token ids of one prompt of `split` (None when too long), cached."""
         cache = self._encoded[split]
         if index not in cache:
-            text, tok = self._texts[split][index], self.tokenizer
-            if not isinstance(text, str):  # a conversation: its own turns, through the chat template
-                rendered = tok.apply_chat_template(text, tokenize=False, add_generation_prompt=True)
-                ids = tok(rendered, add_special_tokens=False)["input_ids"]
-            elif self.cfg.prompt_chat_template:
-                rendered = tok.apply_chat_template(
-                    [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-                )
-                ids = tok(rendered, add_special_tokens=False)["input_ids"]
-            else:
-                ids = tok(text)["input_ids"]
-            cache[index] = ids if 0 < len(ids) <= self.cfg.max_prompt_tokens else None
-            if cache[index] is not None:
-                self._prompt_of[self._key(ids)] = text
+            cache[index] = self._prompt_ids(self._texts[split][index])
         return cache[index]
 
     def prompts(self, split: str, n: int, seed: int) -> list[list[int]]:
@@ -388,6 +385,56 @@ class HFTestbed(TestbedDefaults):
                     f"hf.max_prompt_tokens: every {split} prompt is longer than {self.cfg.max_prompt_tokens} tokens"
                 )
         return out
+
+    # -- the user's preference pairs (hf.preference_dataset) --------------------------------
+    def _preference_triples(self) -> list:
+        source, split = self.cfg.preference_dataset, self.cfg.preference_split
+        data = self._load_dataset("preference_dataset", "")
+        if split not in data:
+            raise ValueError(f"hf.preference_split: {split!r} is not a split of {source} (splits: {', '.join(data)})")
+        triples = preference_triples(data[split], f"hf.preference_dataset: split {split!r} of {source}")
+        if not self.tokenizer.chat_template and any(isinstance(t[0], list) for t in triples):
+            raise ValueError(
+                f"hf.preference_dataset: {source} holds conversations, and the tokenizer of {self.cfg.policy} has "
+                "no chat template to render them"
+            )
+        return triples
+
+    def _completion_ids(self, prompt: Text, prompt_ids: list[int], completion: Text) -> list[int]:
+        """A completion's token ids as the policy would have generated them after `prompt_ids`: a conversation's
+        turns rendered after the prompt's by the chat template; a text's tokens and EOS. At most the generation
+        budget (hf.max_completion_tokens), cut at its end as a sampled completion would be."""
+        tok = self.tokenizer
+        if isinstance(completion, list):
+            rendered = tok.apply_chat_template(prompt + completion, tokenize=False)
+            ids = tok(rendered, add_special_tokens=False)["input_ids"]
+            if ids[: len(prompt_ids)] != prompt_ids:
+                raise ValueError(
+                    f"hf.preference_dataset: the chat template of {self.cfg.policy} does not render a prompt as "
+                    "the beginning of prompt + answer, so the answer's tokens cannot be told apart"
+                )
+            ids = ids[len(prompt_ids) :]
+        else:
+            ids = [*tok(completion, add_special_tokens=False)["input_ids"], tok.eos_token_id]
+        return ids[: self.max_completion_tokens]
+
+    def preference_pairs(self) -> list[tuple[list[int], list[int], list[int]]] | None:
+        """hf.preference_dataset's pairs as (prompt, chosen, rejected) token ids, the proxy RM's training data in
+        place of the lab's gold-labelled samples; pairs whose prompt is longer than hf.max_prompt_tokens are
+        left out. None without hf.preference_dataset."""
+        if self._preferences is None:
+            return None
+        pairs = []
+        for prompt, chosen, rejected in self._preferences:
+            prompt_ids = self._prompt_ids(prompt)
+            if prompt_ids is not None:
+                pairs.append((prompt_ids, *(self._completion_ids(prompt, prompt_ids, c) for c in (chosen, rejected))))
+        if not pairs:
+            raise ValueError(
+                f"hf.max_prompt_tokens: every prompt of hf.preference_dataset is longer than "
+                f"{self.cfg.max_prompt_tokens} tokens"
+            )
+        return pairs
 
     def sft_corpus(self, n: int, seed: int) -> list[SFTExample]:
         raise ValueError("testbed hf: hf.policy is already the SFT policy; there is no SFT corpus")
