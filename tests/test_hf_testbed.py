@@ -603,3 +603,54 @@ def test_a_run_trains_its_proxy_on_the_given_preference_pairs(hf_world, tmp_path
     stats = json.loads((out / "artifacts" / "pairs" / "stage.json").read_text())["metrics"]
     assert stats["n_pairs"] == 40 and 0.0 <= stats["label_agrees_with_gold"] <= 1.0
     assert list((out / "artifacts" / "rm").glob("*.safetensors"))
+
+
+def _stepwise_file(path, n=24):
+    rows = [{"prompt": f"the cat {i}", "completions": ["a dog sat", "on the mat", "the end"],
+             "labels": [i % 2 == 0, True, i % 3 == 0]} for i in range(n)]  # fmt: skip
+    return _preference_file(path, rows)
+
+
+def test_stepwise_examples_end_steps_where_the_policy_samples_are_split(hf_world, tmp_path):
+    """hf.stepwise_dataset: steps tokenized one by one with the separator's tokens between them (TRL's PRM
+    trainer) and EOS after the last; the step ends are where `steps` finds them on a sampled completion."""
+    testbed = _testbed(hf_world, stepwise_dataset=_stepwise_file(tmp_path / "s.jsonl"))
+    assert testbed.proxy == "process" and _testbed(hf_world).proxy == "preference"
+    tok = testbed.tokenizer
+    prompt, ids, positions, labels = testbed.stepwise_examples()[1]
+    assert prompt == tok("the cat 1")["input_ids"] and labels == [0.0, 1.0, 0.0]
+    assert tok.decode(ids) == "a dog sat\non the mat\nthe end" + tok.eos_token
+    assert [tok.decode(ids[p]) for p in positions] == ["\n", "\n", tok.eos_token] and positions[-1] == len(ids) - 1
+    steps = testbed.steps(prompt, ids)
+    assert steps.positions == positions and steps.final and all(math.isnan(x) for x in steps.labels)
+    unfinished = testbed.steps(prompt, ids[:-1])  # out of budget before its EOS: no final step
+    assert unfinished.positions == positions[:-1] and not unfinished.final
+    # Cut at the generation budget: the steps that end within it keep their labels.
+    short = _testbed(hf_world, stepwise_dataset=str(tmp_path / "s.jsonl"), max_completion_tokens=positions[1] + 1)
+    assert short.stepwise_examples()[1][2:] == (positions[:2], [0.0, 1.0])
+    with pytest.raises(ValueError, match="learns from one of them"):
+        _testbed(hf_world, stepwise_dataset=str(tmp_path / "s.jsonl"), preference_dataset=str(tmp_path / "s.jsonl"))
+    bad = _preference_file(tmp_path / "bad.jsonl", [{"prompt": "p", "completions": ["a\nb", "c"], "labels": [1, 0]}])
+    with pytest.raises(ValueError, match="labels is not a list of true/false"):
+        _testbed(hf_world, stepwise_dataset=bad)
+    merged = _preference_file(tmp_path / "merged.jsonl",
+                              [{"prompt": "p", "completions": ["a\nb", "c"], "labels": [True, False]}])  # fmt: skip
+    with pytest.raises(ValueError, match="row 0 .* has 2 steps, but 3 step ends"):
+        _testbed(hf_world, stepwise_dataset=merged).stepwise_examples()
+
+
+def test_a_run_trains_a_prm_on_the_given_steps_and_aggregates_its_step_rewards(hf_world, tmp_path):
+    from datasets import load_from_disk
+
+    out = tmp_path / "out"
+    data = _stepwise_file(tmp_path / "s.jsonl", n=40)
+    main(_args(hf_world, out, "--methods", "none", "--hf.stepwise-dataset", data, "--hf.max-completion-tokens", "32",
+               "--sweep", "rl.aggregation=sum,min"))  # fmt: skip
+    answers = load_from_disk(str(out / "artifacts" / "prm_data" / "data"))
+    assert len(answers["train"]) + len(answers["test"]) == 40
+    stats = json.loads((out / "artifacts" / "prm_data" / "stage.json").read_text())["metrics"]
+    assert stats["n_steps"] == 120 and 0 < stats["right_fraction"] < 1
+    assert list((out / "artifacts" / "rm").glob("*.safetensors"))
+    for name in ("none@rl.aggregation=sum", "none@rl.aggregation=min"):
+        rows = [json.loads(line) for line in (out / "runs" / name / "seed0" / "metrics.jsonl").open()]
+        assert all(math.isfinite(r["proxy_reward"]) and math.isfinite(r["gold_reward"]) for r in rows)

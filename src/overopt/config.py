@@ -316,6 +316,16 @@ class HFConfig(_Frozen):
         "or conversations). The gold RM scores them; their labels stay the dataset's. '' = the lab's own pairs.",
     )
     preference_split: str = Field("train", description="Split of hf.preference_dataset the pairs come from.")
+    stepwise_dataset: str = Field(
+        "",
+        description="Step-labelled solutions in TRL's stepwise-supervision format (prompt, completions: the "
+        "steps, labels: a bool per step): the proxy becomes a PRM trained on them (proxy 'process', rl.aggregation "
+        "applies). '' = a Bradley-Terry RM on pairs.",
+    )
+    stepwise_split: str = Field("train", description="Split of hf.stepwise_dataset the solutions come from.")
+    step_separator: str = Field(
+        "\n", min_length=1, description="Text after each step but the last (TRL's PRMConfig.step_separator)."
+    )
     max_prompt_tokens: int = Field(512, gt=0, description="Prompts longer than this (policy tokens) are skipped.")
     max_completion_tokens: int = Field(53, gt=0, description="Generation budget.")
     gold_rm: str = Field("", description="Gold RM: a sequence-classification model (num_labels=1), id or directory.")

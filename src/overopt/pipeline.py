@@ -40,7 +40,7 @@ from overopt.stages.daa import run_daa
 from overopt.stages.judge import ANSWER_COLUMNS, sample_and_label_answers, train_judge
 from overopt.stages.method_run import SAMPLE_BATCH, Lab, run_method
 from overopt.stages.pairs import PAIR_COLUMNS, gold_score_given_pairs, sample_and_label_pairs
-from overopt.stages.prm import STEP_COLUMNS, sample_and_label_steps, train_prm
+from overopt.stages.prm import STEP_COLUMNS, given_steps, sample_and_label_steps, train_prm
 from overopt.stages.rm import train_reward_model
 from overopt.stages.sft import train_sft
 from overopt.testbeds import TESTBEDS, make_testbed
@@ -513,16 +513,20 @@ def _answers_and_classifier(
 
     def build_data(tmp: Path, progress: StageProgress, checkpoints: Checkpointer) -> dict:
         torch.manual_seed(cfg.seed)
-        answers, stats = sample(
-            sft_policy, testbed, _labelled_prompts(cfg, testbed), batch_size=SAMPLE_BATCH, progress=progress
-        )
+        given = testbed.stepwise_examples() if testbed.proxy == "process" else None
+        if given is not None:  # the testbed's own step-labelled solutions (hf.stepwise_dataset)
+            answers, stats = given_steps(given)
+        else:
+            answers, stats = sample(
+                sft_policy, testbed, _labelled_prompts(cfg, testbed), batch_size=SAMPLE_BATCH, progress=progress
+            )
         answers.train_test_split(test_size=knobs.heldout_fraction, seed=cfg.seed).save_to_disk(str(tmp / "data"))
         return stats
 
     def build_model(
         answers: DatasetDict, seed: int, tmp: Path, progress: StageProgress, checkpoints: Checkpointer
     ) -> dict:
-        model = reward_model_from_backbone(sft_dir, seed=seed)
+        model = reward_model_from_backbone(sft_dir, seed=seed, **_loading(testbed)).to(sft_policy.device)
         metrics = train(
             model, answers["train"], answers["test"], epochs=knobs.epochs, batch_size=knobs.batch_size,
             lr=knobs.lr, pad_id=tok.pad_token_id, seed=seed, progress=progress, checkpoints=checkpoints,

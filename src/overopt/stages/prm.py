@@ -94,14 +94,22 @@ def sample_and_label_steps(
             rows["step_positions"].append(steps.positions)
             rows["step_labels"].append(steps.labels)
         progress.advance(len(batch))
-    data = Dataset.from_dict(rows)
+    return _step_data(rows, "(more prm.n_prompts, or a better-trained SFT policy: sft.epochs)")
+
+
+def given_steps(examples: list[tuple[list[int], list[int], list[int], list[float]]]) -> tuple[Dataset, dict]:
+    """Step-labelled solutions the testbed brings (Testbed.stepwise_examples: a user's stepwise data) as the
+    PRM's training data, in the columns of sample_and_label_steps."""
+    rows = {k: [list(e[i]) for e in examples] for i, k in enumerate(STEP_COLUMNS)}
+    return _step_data(rows, "(the stepwise dataset needs right and wrong steps)")
+
+
+def _step_data(rows: dict[str, list], fix: str) -> tuple[Dataset, dict[str, float]]:
     labels = [label for row in rows["step_labels"] for label in row]
     right = sum(labels) / max(1, len(labels))
     if right in (0.0, 1.0):
-        raise ValueError(
-            f"every sampled step was {'right' if right else 'wrong'}: a PRM needs both kinds "
-            "(more prm.n_prompts, or a better-trained SFT policy: sft.epochs)"
-        )
+        raise ValueError(f"every step was {'right' if right else 'wrong'}: a PRM needs both kinds {fix}")
+    data = Dataset.from_dict(rows)
     return data, {"n_answers": len(data), "n_steps": len(labels), "right_fraction": right}
 
 

@@ -86,6 +86,11 @@ class Testbed(Protocol):
         of the SFT policy (e.g. a user's preference dataset); None: the lab samples and labels its own."""
         ...
 
+    def stepwise_examples(self) -> list[tuple[list[int], list[int], list[int], list[float]]] | None:
+        """(prompt, completion, step-end positions, step labels) the PRM trains on in place of the lab's
+        gold-labelled samples (proxy 'process'; e.g. a user's stepwise dataset); None: the lab samples its own."""
+        ...
+
     def loaded_policy(self, policy: torch.nn.Module) -> torch.nn.Module:
         """The SFT policy as loaded, before any stage uses it (e.g. its LM head in float32 under autocast)."""
         ...
@@ -107,6 +112,9 @@ class TestbedDefaults:
         return contextlib.nullcontext()
 
     def preference_pairs(self) -> list[tuple[list[int], list[int], list[int]]] | None:
+        return None
+
+    def stepwise_examples(self) -> list[tuple[list[int], list[int], list[int], list[float]]] | None:
         return None
 
     def loaded_policy(self, policy: torch.nn.Module) -> torch.nn.Module:

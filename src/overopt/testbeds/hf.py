@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,7 +50,8 @@ from overopt.models.policy import SAFE_LOADING, with_lora
 from overopt.models.reward import score_texts
 from overopt.static_sampling import use_static_cache
 from overopt.testbeds.base import SFTExample, TestbedDefaults
-from overopt.testbeds.preferences import Text, is_conversation, preference_triples
+from overopt.testbeds.process import Steps
+from overopt.testbeds.trl_formats import Text, is_conversation, preference_triples, stepwise_rows
 
 if TYPE_CHECKING:  # annotations only: the configuration validates testbed knobs through overopt.testbeds
     from overopt.config import HFConfig
@@ -57,7 +59,11 @@ if TYPE_CHECKING:  # annotations only: the configuration validates testbed knobs
 _LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 _HOLDOUT_SEED = 1234  # the held-out share of train is the same for every experiment seed
 _SPLIT_CODES = {"train": 0, "eval": 1}
-_ADD_ROWS = {"dataset": "add prompts, one per row", "preference_dataset": "add preference pairs, one per row"}
+_ADD_ROWS = {
+    "dataset": "add prompts, one per row",
+    "preference_dataset": "add preference pairs, one per row",
+    "stepwise_dataset": "add step-labelled solutions, one per row",
+}
 
 
 def _first_line(err: BaseException) -> str:
@@ -159,7 +165,14 @@ class HFTestbed(TestbedDefaults):
         self._texts = self._prompt_texts()
         self._encoded: dict[str, dict[int, list[int] | None]] = {"train": {}, "eval": {}}
         self._prompt_of: dict[tuple[int, ...], str | list[dict]] = {}  # the gold RM reads these
+        if cfg.preference_dataset and cfg.stepwise_dataset:
+            raise ValueError("hf.preference_dataset and hf.stepwise_dataset: the proxy learns from one of them; "
+                             "leave the other ''")  # fmt: skip
         self._preferences = self._preference_triples() if cfg.preference_dataset else None
+        self._stepwise = self._stepwise_rows() if cfg.stepwise_dataset else None
+        self._ends_step: dict[int, bool] = {}  # token id -> its text holds hf.step_separator
+        if self._stepwise is not None:
+            self.proxy = "process"  # a PRM on the user's step labels, read at every step end (Testbed.steps)
         # 4. Placement: bfloat16 autocast on a GPU (trained weights stay float32), the gold RM in bfloat16. Left
         # padding's pad queries attend to every key (overopt.models.attention): with transformers' own masks they
         # see none, and CUDA's bfloat16 attention backward then gives NaN gradients (benchmarks/RESULTS.md).
@@ -435,6 +448,64 @@ class HFTestbed(TestbedDefaults):
                 f"{self.cfg.max_prompt_tokens} tokens"
             )
         return pairs
+
+    # -- the user's step-labelled solutions (hf.stepwise_dataset): a PRM proxy -----------------
+    def _stepwise_rows(self) -> list:
+        source, split = self.cfg.stepwise_dataset, self.cfg.stepwise_split
+        data = self._load_dataset("stepwise_dataset", "")
+        if split not in data:
+            raise ValueError(f"hf.stepwise_split: {split!r} is not a split of {source} (splits: {', '.join(data)})")
+        return stepwise_rows(data[split], f"hf.stepwise_dataset: split {split!r} of {source}")
+
+    def steps(self, prompt_ids: list[int], completion_ids: list[int]) -> Steps:
+        """The step ends of a completion: every token whose text holds hf.step_separator, and the EOS, which ends
+        the final step. There are no gold step labels on the policy's own samples (the gold is an outcome RM):
+        the labels are NaN, and only the PRM's training data (hf.stepwise_dataset) carries labels."""
+        positions = []
+        for i, token in enumerate(completion_ids):
+            if token == self.tokenizer.eos_token_id:
+                positions.append(i)
+                return Steps(positions, [math.nan] * len(positions), True)
+            if token not in self._ends_step:
+                self._ends_step[token] = self.cfg.step_separator in self.tokenizer.decode([token])
+            if self._ends_step[token]:
+                positions.append(i)
+        return Steps(positions, [math.nan] * len(positions), False)
+
+    def stepwise_examples(self) -> list[tuple[list[int], list[int], list[int], list[float]]] | None:
+        """hf.stepwise_dataset's solutions as (prompt ids, completion ids, step-end positions, labels), the PRM's
+        training data in place of the lab's gold-labelled samples. As TRL's PRM trainer builds them, each step is
+        tokenized on its own and followed by the separator's tokens, except the last, which ends with EOS as a
+        finished sample does; the step ends are where `steps` finds them on the policy's samples, cut at the
+        generation budget. None without hf.stepwise_dataset."""
+        if self._stepwise is None:
+            return None
+        tok, source = self.tokenizer, self.cfg.stepwise_dataset
+        separator = tok(self.cfg.step_separator, add_special_tokens=False)["input_ids"]
+        examples = []
+        for index, (prompt, steps, labels) in enumerate(self._stepwise):
+            prompt_ids = self._prompt_ids(prompt)
+            if prompt_ids is None:
+                continue
+            ids = [t for step in steps[:-1] for t in tok(step, add_special_tokens=False)["input_ids"] + separator]
+            ids += [*tok(steps[-1], add_special_tokens=False)["input_ids"], tok.eos_token_id]
+            found = self.steps(prompt_ids, ids).positions
+            if len(found) != len(steps):
+                raise ValueError(
+                    f"hf.stepwise_dataset: row {index} (counting from 0) of {source} has {len(steps)} steps, but "
+                    f"{len(found)} step ends are found in its tokens (a step's text holds hf.step_separator "
+                    f"{self.cfg.step_separator!r}, or the tokenizer merges it); fix the row or the separator"
+                )
+            ids = ids[: self.max_completion_tokens]
+            kept = [p for p in found if p < len(ids)]
+            if kept:
+                examples.append((prompt_ids, ids, kept, [float(b) for b in labels[: len(kept)]]))
+        if not examples:
+            raise ValueError(
+                f"hf.max_prompt_tokens: no solution of hf.stepwise_dataset has a prompt of at most "
+                f"{self.cfg.max_prompt_tokens} tokens and a step end within hf.max_completion_tokens"
+            )
+        return examples
 
     def sft_corpus(self, n: int, seed: int) -> list[SFTExample]:
         raise ValueError("testbed hf: hf.policy is already the SFT policy; there is no SFT corpus")

@@ -1,10 +1,13 @@
-"""TRL's preference format read into (prompt, chosen, rejected) triples: pairs a user brings for the proxy RM.
+"""TRL's dataset formats read into what the lab trains its proxy on: a user's own data for the `hf` testbed.
 
-A preference dataset in TRL's formats (its documentation, "Dataset formats") holds per row a `chosen` and a
+Preference: a preference dataset in TRL's formats (its documentation, "Dataset formats") holds per row a `chosen` and a
 `rejected` completion of one prompt, either as text (standard) or as lists of {"role", "content"} messages
 (conversational). The prompt is its own `prompt` column (explicit), or the shared beginning of both completions
 (implicit): every message but the last of a conversation, or the longest common prefix of two texts (as TRL's
 `extract_prompt` splits them, the space before the split going to the completions).
+
+Stepwise supervision: per row a `prompt` (text), `completions` (the solution's steps, one text each) and
+`labels` (one bool per step: is the step right), the format of TRL's PRM training.
 """
 
 from __future__ import annotations
@@ -80,3 +83,31 @@ def preference_triples(rows: Dataset, where: str) -> list[Triple]:
             raise ValueError(f"{here} has an empty {name}; write it or drop the row")
         triples.append(triple)
     return triples
+
+
+def stepwise_rows(rows: Dataset, where: str) -> list[tuple[str, list[str], list[bool]]]:
+    """Every row of `rows` as (prompt, steps, labels); one-line ValueError naming `where`, the row and the fix
+    for anything that is not TRL's stepwise-supervision format."""
+    columns = rows.column_names
+    missing = [c for c in ("prompt", "completions", "labels") if c not in columns]
+    if missing:
+        raise ValueError(
+            f"{where} has no {missing[0]!r} column (columns: {', '.join(columns)}); TRL's stepwise supervision "
+            "format has prompt, completions (the steps) and labels (one bool per step)"
+        )
+    if len(rows) == 0:
+        raise ValueError(f"{where} has no rows; add step-labelled solutions, one per row")
+    out = []
+    for index, row in enumerate(rows):
+        prompt, steps, labels = row["prompt"], row["completions"], row["labels"]
+        here = f"{where}: row {index} (counting from 0)"
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"{here} has no prompt text; write it or drop the row")
+        if not isinstance(steps, list) or not steps or not all(isinstance(t, str) and t.strip() for t in steps):
+            raise ValueError(f"{here}: completions is not a non-empty list of step texts; fix or drop the row")
+        if not isinstance(labels, list) or not all(isinstance(b, bool) for b in labels):
+            raise ValueError(f"{here}: labels is not a list of true/false, one per step; fix or drop the row")
+        if len(labels) != len(steps):
+            raise ValueError(f"{here} has {len(steps)} steps and {len(labels)} labels; give one label per step")
+        out.append((prompt, steps, labels))
+    return out

@@ -1,9 +1,10 @@
-"""overopt.testbeds.preferences: TRL's preference format, explicit and implicit, standard and conversational."""
+"""overopt.testbeds.trl_formats: TRL's preference format (explicit and implicit, standard and conversational) and
+stepwise supervision."""
 
 import pytest
 from datasets import Dataset
 
-from overopt.testbeds.preferences import preference_triples
+from overopt.testbeds.trl_formats import preference_triples, stepwise_rows
 
 
 def _user(text):
@@ -58,3 +59,26 @@ def test_what_is_not_the_format_is_one_line_naming_row_and_fix(rows, words):
 def test_no_rows_is_refused():
     with pytest.raises(ValueError, match="has no rows"):
         preference_triples(Dataset.from_dict({"chosen": [], "rejected": []}), "data")
+
+
+def test_stepwise_rows_are_taken_as_they_are():
+    rows = Dataset.from_list([{"prompt": "2 + 3 + 1", "completions": ["2 + 3 = 5", "5 + 1 = 7"],
+                               "labels": [True, False]}])  # fmt: skip
+    assert stepwise_rows(rows, "data") == [("2 + 3 + 1", ["2 + 3 = 5", "5 + 1 = 7"], [True, False])]
+
+
+@pytest.mark.parametrize(
+    "row, words",
+    [
+        ({"prompt": "p", "completions": ["a"]}, ["no 'labels' column", "stepwise supervision"]),
+        ({"prompt": "p", "completions": ["a", "b"], "labels": [True]}, ["row 0", "2 steps and 1 labels"]),
+        ({"prompt": "p", "completions": [], "labels": []}, ["row 0", "not a non-empty list of step texts"]),
+        ({"prompt": " ", "completions": ["a"], "labels": [True]}, ["row 0", "no prompt text"]),
+    ],
+    ids=["missing-column", "label-count", "no-steps", "empty-prompt"],
+)
+def test_what_is_not_stepwise_supervision_is_one_line_naming_row_and_fix(row, words):
+    with pytest.raises(ValueError) as err:
+        stepwise_rows(Dataset.from_list([row]), "data")
+    message = str(err.value)
+    assert len(message.splitlines()) == 1 and all(w in message for w in words), message
