@@ -156,7 +156,7 @@ def rpo_study(args: Args, budgets: list[float]) -> None:
     body = "\n".join([
         "## RPO over η against DPO at matched KL: `default` preset, testbed `summarize`",
         "",
-        f"Command: `python experiments/direct_alignment.py --rpo` (runs {cmds})  ",
+        f"Command: `python experiments/direct_alignment.py --rpo --budgets {args.budgets}` (runs {cmds})  ",
         f"Date: {datetime.date.today().isoformat()}  ",
         f"Machine: {machine()}",
         "",
