@@ -116,13 +116,16 @@ def run_jobs(lab, plans, named: Named, every: list[tuple[str, int]], precision) 
 
 def run_groups(todo: list[tuple[str, int]], plans, jobs: int, together: bool) -> list[list[tuple[str, int]]]:
     """The runs as groups, each trained together in one process: one run each without `together`; else at least
-    `jobs` groups of at most batching.MAX_GROUP runs, the long runs (OCRM, GR) dealt out first, one to each."""
+    `jobs` groups of at most batching.MAX_GROUP runs, as many as a multiple of `jobs` (so that no process is left
+    alone with the last group while the others wait: 48 runs at --jobs 2 are 4 groups of 12, not 3 of 16), the
+    long runs (OCRM, GR) dealt out first, one to each."""
     from overopt.batching import MAX_GROUP
 
     todo = sorted(todo, key=lambda job: -_cost(plans[job[0]][0]))  # the long ones first
     if not together:
         return [[job] for job in todo]
     n = max(min(jobs, len(todo)), -(-len(todo) // MAX_GROUP))
+    n = min(len(todo), -(-n // jobs) * jobs)
     return [group for group in (todo[i::n] for i in range(n)) if group]
 
 
