@@ -46,19 +46,22 @@ def _split_implicit(chosen: Text, rejected: Text) -> Triple | str:
     return chosen[:cut], chosen[cut:], rejected[cut:]
 
 
+def _check_table(rows: Dataset, where: str, required: tuple[str, ...], the_format: str, what: str) -> None:
+    """One line naming `where` for a missing column (with the format's columns) or no rows at all."""
+    missing = [c for c in required if c not in rows.column_names]
+    if missing:
+        columns = ", ".join(rows.column_names)
+        raise ValueError(f"{where} has no {missing[0]!r} column (columns: {columns}); {the_format}")
+    if len(rows) == 0:
+        raise ValueError(f"{where} has no rows; add {what}, one per row")
+
+
 def preference_triples(rows: Dataset, where: str) -> list[Triple]:
     """Every row of `rows` as (prompt, chosen, rejected), texts or conversations; one-line ValueError naming
     `where`, the row and the fix for anything that is not TRL's preference format."""
-    columns = rows.column_names
-    missing = [c for c in ("chosen", "rejected") if c not in columns]
-    if missing:
-        raise ValueError(
-            f"{where} has no {missing[0]!r} column (columns: {', '.join(columns)}); TRL's preference format has "
-            "chosen, rejected and an optional prompt"
-        )
-    if len(rows) == 0:
-        raise ValueError(f"{where} has no rows; add preference pairs, one per row")
-    explicit = "prompt" in columns
+    _check_table(rows, where, ("chosen", "rejected"), "TRL's preference format has chosen, rejected and an optional "
+                 "prompt", "preference pairs")  # fmt: skip
+    explicit = "prompt" in rows.column_names
     triples = []
     for index, row in enumerate(rows):
         values = [row["prompt"]] if explicit else []
@@ -88,15 +91,8 @@ def preference_triples(rows: Dataset, where: str) -> list[Triple]:
 def stepwise_rows(rows: Dataset, where: str) -> list[tuple[str, list[str], list[bool]]]:
     """Every row of `rows` as (prompt, steps, labels); one-line ValueError naming `where`, the row and the fix
     for anything that is not TRL's stepwise-supervision format."""
-    columns = rows.column_names
-    missing = [c for c in ("prompt", "completions", "labels") if c not in columns]
-    if missing:
-        raise ValueError(
-            f"{where} has no {missing[0]!r} column (columns: {', '.join(columns)}); TRL's stepwise supervision "
-            "format has prompt, completions (the steps) and labels (one bool per step)"
-        )
-    if len(rows) == 0:
-        raise ValueError(f"{where} has no rows; add step-labelled solutions, one per row")
+    _check_table(rows, where, ("prompt", "completions", "labels"), "TRL's stepwise supervision format has prompt, "
+                 "completions (the steps) and labels (one bool per step)", "step-labelled solutions")  # fmt: skip
     out = []
     for index, row in enumerate(rows):
         prompt, steps, labels = row["prompt"], row["completions"], row["labels"]
