@@ -45,6 +45,8 @@ def _bad_values(field) -> list[str]:
                 bad.append(str(rule.le + 1))
         if ann is int:
             bad.append("2.5")
+    if ann is str and any(isinstance(rule, annotated_types.MinLen) for rule in field.metadata):
+        bad.append("")
     if typing.get_origin(ann) is typing.Literal:
         bad += ["not-a-choice", "RLOO ", "0"]
     return bad

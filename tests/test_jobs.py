@@ -118,8 +118,11 @@ def test_a_pool_broken_by_the_stop_signal_is_a_preemption(monkeypatch):
         launch._result(broken)
 
 
-@pytest.mark.parametrize(("runs", "jobs", "sizes"), [(48, 2, [12] * 4), (48, 1, [16] * 3), (6, 2, [3, 3]),
-                                                     (3, 2, [2, 1]), (40, 3, [14, 13, 13]), (50, 3, [9] * 2 + [8] * 4), (1, 2, [1])])  # fmt: skip
+@pytest.mark.parametrize(
+    ("runs", "jobs", "sizes"),
+    [(48, 2, [12] * 4), (48, 1, [16] * 3), (6, 2, [3, 3]), (3, 2, [2, 1]), (40, 3, [14, 13, 13]),
+     (50, 3, [9] * 2 + [8] * 4), (1, 2, [1])],
+)  # fmt: skip
 def test_run_groups_keep_every_process_busy_to_the_end(runs, jobs, sizes):
     """Groups of at most MAX_GROUP runs, as many as a multiple of --jobs: 48 runs at --jobs 2 are 4 groups of 12
     (2 rounds on each process), not 3 of 16 (the third alone on one process while the other waits)."""
