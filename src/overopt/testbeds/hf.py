@@ -400,12 +400,17 @@ class HFTestbed(TestbedDefaults):
         return out
 
     # -- the user's preference pairs (hf.preference_dataset) --------------------------------
-    def _preference_triples(self) -> list:
-        source, split = self.cfg.preference_dataset, self.cfg.preference_split
-        data = self._load_dataset("preference_dataset", "")
+    def _split_of(self, kind: str):
+        """The split hf.<kind>_split of hf.<kind>_dataset, and how errors name it."""
+        source, split = getattr(self.cfg, f"{kind}_dataset"), getattr(self.cfg, f"{kind}_split")
+        data = self._load_dataset(f"{kind}_dataset", "")
         if split not in data:
-            raise ValueError(f"hf.preference_split: {split!r} is not a split of {source} (splits: {', '.join(data)})")
-        triples = preference_triples(data[split], f"hf.preference_dataset: split {split!r} of {source}")
+            raise ValueError(f"hf.{kind}_split: {split!r} is not a split of {source} (splits: {', '.join(data)})")
+        return data[split], f"hf.{kind}_dataset: split {split!r} of {source}"
+
+    def _preference_triples(self) -> list:
+        source = self.cfg.preference_dataset
+        triples = preference_triples(*self._split_of("preference"))
         if not self.tokenizer.chat_template and any(isinstance(t[0], list) for t in triples):
             raise ValueError(
                 f"hf.preference_dataset: {source} holds conversations, and the tokenizer of {self.cfg.policy} has "
@@ -451,11 +456,7 @@ class HFTestbed(TestbedDefaults):
 
     # -- the user's step-labelled solutions (hf.stepwise_dataset): a PRM proxy -----------------
     def _stepwise_rows(self) -> list:
-        source, split = self.cfg.stepwise_dataset, self.cfg.stepwise_split
-        data = self._load_dataset("stepwise_dataset", "")
-        if split not in data:
-            raise ValueError(f"hf.stepwise_split: {split!r} is not a split of {source} (splits: {', '.join(data)})")
-        return stepwise_rows(data[split], f"hf.stepwise_dataset: split {split!r} of {source}")
+        return stepwise_rows(*self._split_of("stepwise"))
 
     def steps(self, prompt_ids: list[int], completion_ids: list[int]) -> Steps:
         """The step ends of a completion: every token whose text holds hf.step_separator, and the EOS, which ends
