@@ -13,13 +13,14 @@ import os
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from test_lock import _fork, _stopped
 from test_resume import assert_same_results
 
-from overopt import faults
+from overopt import faults, preempt
 from overopt.cli import main
 from overopt.progress import StageProgress
 
@@ -45,9 +46,18 @@ def test_a_signal_mid_rl_checkpoints_exits_75_and_the_same_command_resumes_bit_f
     shutil.copytree(uninterrupted / "artifacts", out / "artifacts")  # the shared stages: only RL runs here
     stderr = tmp_path / "preempted.err"
 
+    def stop_until_signalled() -> None:
+        # The signal is pending while the child is stopped, but the kernel may hand it to another thread (a
+        # progress bar's), and Python runs the handler in the main thread only at its next check: without this
+        # wait the run can pass its step boundary first and checkpoint one step later (seen in CI).
+        os.kill(os.getpid(), signal.SIGSTOP)
+        deadline = time.monotonic() + 30
+        while preempt.requested() is None and time.monotonic() < deadline:
+            time.sleep(0.001)
+
     def preempted() -> None:
         sys.stderr = open(stderr, "w")  # noqa: SIM115 (the child's own log; the parent reads it)
-        faults.arm(moment, crash=faults.send(signal.SIGSTOP))
+        faults.arm(moment, crash=stop_until_signalled)
         main([*COMMAND, "--out", str(out)])
 
     pid = _fork(preempted)
@@ -72,7 +82,6 @@ def test_a_signal_mid_rl_checkpoints_exits_75_and_the_same_command_resumes_bit_f
 
 def test_signal_handlers_last_as_long_as_the_command(tmp_path, capsys):
     """Installed by the CLI for one command; a stage that has not started once a stop is asked does not."""
-    import overopt.preempt as preempt
 
     before = {s: signal.getsignal(s) for s in preempt.SIGNALS}
     seen = []
