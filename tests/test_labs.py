@@ -154,3 +154,9 @@ def test_compare_with_three_labs_pairs_methods_within_each_lab(tmp_path):
     assert all(f["methods"] for f in frontiers)
     for budget, cell in summary["methods"]["chi2"]["matched"].items():
         assert len(cell["vs_kl"]["per_lab"]) == 3 and cell["vs_kl"]["n"] == 3, budget
+    text = (out / "labs.md").read_text()
+    for table in ("Gold at matched KL", "Paired against `kl`", "Paired against `none` stopped early"):
+        assert f"**{table}**" in text
+    against_kl = text.split("Paired against `kl`")[1].split("**")[1]
+    assert "| chi2 |" in against_kl and "| kl |" not in against_kl  # kl is the reference, not a row
+    assert "| none |" not in text.split("stopped early**")[1]

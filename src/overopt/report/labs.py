@@ -206,11 +206,20 @@ def labs_markdown(result: dict) -> str:
             "[95 % Student t interval, unit: the lab].",
             "",
         ]
-        head = "| method | cv gold | " + " | ".join(f"vs kl @ KL ≤ {b}" for b in result["budgets"]) + " |"
-        lines += [head, "|" + "---|" * (2 + len(result["budgets"]))]
-        for name, m in result["methods"].items():
-            cells = [format_ci(m["matched"][b]["vs_kl"], signed=True) for b in result["budgets"]]
-            lines.append(f"| {name} | {format_ci(m['cv_gold'])} | " + " | ".join(cells) + " |")
+        budgets = result["budgets"]
+        tables = (("Gold at matched KL", "gold", None), ("Paired against `kl`", "vs_kl", "kl"),
+                  ("Paired against `none` stopped early", "vs_none_early", "none"))  # fmt: skip
+        for title, key, reference in tables:
+            lines += [f"**{title}**", "", "| method | " + ("cv gold | " if key == "gold" else "")
+                      + " | ".join(f"KL ≤ {b}" for b in budgets) + " |",
+                      "|" + "---|" * (1 + (key == "gold") + len(budgets))]  # fmt: skip
+            for name, m in result["methods"].items():
+                if reference and (name == reference or not any(m["matched"][b][key].get("n") for b in budgets)):
+                    continue  # the reference itself, or nothing to pair with
+                cells = [format_ci(m["matched"][b][key], signed=bool(reference)) for b in budgets]
+                lead = f"{format_ci(m['cv_gold'])} | " if key == "gold" else ""
+                lines.append(f"| {name} | {lead}" + " | ".join(cells) + " |")
+            lines.append("")
     else:
         lines += [
             "Slope of each coefficient against log10 of the axis, per lab, mean over labs [95 % t interval].",
