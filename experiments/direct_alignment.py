@@ -4,6 +4,7 @@ on the `default` preset's pairs, side by side with RL (`kl`, `none`) at matched 
     python experiments/direct_alignment.py                  # about an hour on 2 CPU cores (a DAA run: 110 s)
     python experiments/direct_alignment.py --seeds 1 --betas 0.1   # a quick look
     python experiments/direct_alignment.py --rpo            # RPO over η against DPO at matched KL (25 min)
+    python experiments/direct_alignment.py --labs 3 --seeds 2 --jobs 2   # DPO, RPO against RL over 3 labs
 
 Two `overopt run` invocations into one OUT (the shared stages are trained once, or reused): DPO swept over
 `dpo.beta`, then the other losses at their defaults with the RL baselines. Every run is evaluated every
@@ -11,6 +12,11 @@ Two `overopt run` invocations into one OUT (the shared stages are trained once, 
 Read from OUT: each run's gold final, gold peak and its step, KL final, hacked seeds, the RL form fitted to
 gold against √KL (R²) and gold along each run's own path at matched KL budgets (report.frontier.path_gold_at_kl,
 mean and 95 % Student t interval over seeds; "–" where a run never reaches the budget).
+
+With `--labs N` (overopt.labs), the claims of the one-lab tables over N lab replicates, each its own world, SFT
+policy, pairs and proxy RM: DPO at `labs_betas`, RPO at its defaults, `kl` and `none`, into OUT-labsN. Gold at
+matched KL along each run's path, paired within lab and seed against `kl` (and RPO against DPO at RPO's β),
+averaged within each lab, Student t interval over labs.
 """
 
 from __future__ import annotations
@@ -27,13 +33,14 @@ import numpy as np
 import tyro
 from matplotlib import colormaps
 
+from overopt.labs import lab_out
 from overopt.report.frontier import format_ci, paired_diff_ci, path_gold_at_kl
 from overopt.report.plots import aggregate, new_figure, save_figure, style_axes
 from overopt.report.summary import load_runs
 from overopt.report.table import format_mean_std as _ms
 from overopt.report.table import format_value as _v
 from overopt.results import machine, write_section
-from overopt.stats import interval
+from overopt.stats import interval, nested_interval
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +63,12 @@ class Args:
     """Only the RPO study: rpo over `rpo_etas` (rpo.beta = dpo.beta = 0.1) beside DPO and DPO+NLL, into OUT-rpo."""
     rpo_etas: str = "0.005,0.05,0.5,5,50"
     """rpo.eta values: from the paper's recipe (0.005) to a chosen-response SFT term that dominates the DPO term."""
+    labs: int = 1
+    """Lab replicates (overopt run --labs): > 1 runs only the over-labs study (module docstring), into OUT-labsN."""
+    labs_preset: str = "default"
+    """Preset of the over-labs study (`smoke` checks the script in a minute)."""
+    labs_betas: str = "0.1,0.3"
+    """dpo.beta values of the over-labs study (0.1 is RPO's β, 0.3 the one-lab table's best at KL 1)."""
 
 
 def table_rows(out: Path, budgets: list[float], suffix: str = "") -> list[str]:
@@ -177,7 +190,81 @@ def rpo_study(args: Args, budgets: list[float]) -> None:
     write_section("daa-rpo-eta", body)
 
 
+def labs_study(args: Args, budgets: list[float]) -> None:
+    """DPO, RPO and RL at matched KL over lab replicates (module docstring)."""
+    out = args.out.with_name(f"{args.out.name}-labs{args.labs}")
+    base = [sys.executable, "-m", "overopt", "run", "--preset", args.labs_preset, "--labs", str(args.labs),
+            "--seeds", str(args.seeds), "--jobs", str(args.jobs), "--out", str(out)]  # fmt: skip
+    commands = [[*base, "--methods", "dpo", "--sweep", f"dpo.beta={args.labs_betas}"],
+                [*base, "--methods", "rpo,kl,none"]]  # fmt: skip
+    for cmd in commands:
+        subprocess.run(cmd, check=True)
+    labs = [load_runs(lab_out(out, i)) for i in range(args.labs)]
+    rpo_beta = 0.1  # RPOConfig.beta's default: RPO is paired with DPO at the same β
+    dpo_names = [f"dpo@dpo.beta={b}" for b in args.labs_betas.split(",")]
+    names = [*dpo_names, "rpo", "kl", "none"]
+    reference = {n: "kl" for n in names if n != "kl"}
+    if f"dpo@dpo.beta={rpo_beta:g}" in dpo_names:
+        reference["rpo"] = f"dpo@dpo.beta={rpo_beta:g}"
+
+    def per_run(name: str, value) -> tuple[list[float | None], list[int]]:
+        """value(rows) of every (lab, seed) run of `name`, with the lab of each."""
+        pairs = [(value(rows), i) for i, runs in enumerate(labs) for rows in runs.get(name, {}).values()]
+        return [v for v, _ in pairs], [i for _, i in pairs]
+
+    def paired(name: str, ref: str, value) -> dict:
+        diffs, groups = [], []
+        for i, runs in enumerate(labs):
+            for seed, rows in runs.get(name, {}).items():
+                other = runs.get(ref, {}).get(seed)
+                a, b = value(rows), (value(other) if other is not None else None)
+                if a is not None and b is not None:
+                    diffs.append(a - b)
+                    groups.append(i)
+        return nested_interval(diffs, groups) if diffs else interval([])
+
+    rows = []
+    for name in names:
+        final = nested_interval(*per_run(name, lambda r: r[-1].get("gold_reward")))
+        kl_final = nested_interval(*per_run(name, lambda r: r[-1].get("kl_sft")))
+        cells = []
+        for b in budgets:
+            at = lambda r, b=b: path_gold_at_kl(r, b)  # noqa: E731
+            cell = format_ci(nested_interval(*per_run(name, at)))
+            if name in reference:
+                cell += f" ({format_ci(paired(name, reference[name], at), signed=True)})"
+            cells.append(cell)
+        rows.append(f"| `{name}` | {reference.get(name, '–')} | {format_ci(final)} | {format_ci(kl_final, 2)} | "
+                    + " | ".join(cells) + " |")  # fmt: skip
+    sft = [json.loads((lab_out(out, i) / "summary.json").read_text())["sft"]["gold_reward"] for i in range(args.labs)]
+    cmds = "; ".join(f"`{' '.join(c[2:])}`" for c in commands)
+    body = "\n".join([
+        f"## Direct alignment over {args.labs} labs: DPO, RPO and RL at matched KL (`summarize`, `{args.labs_preset}`)",
+        "",
+        f"Command: `python experiments/direct_alignment.py --labs {args.labs} --seeds {args.seeds} --budgets "
+        f"{args.budgets}` (runs {cmds})  ",
+        f"Date: {datetime.date.today().isoformat()}  ",
+        f"Machine: {machine()}",
+        "",
+        f"{args.labs} labs (each its own world, SFT policy, pairs and proxy RM; SFT gold "
+        + ", ".join(f"{g:.3f}" for g in sft) + f"), {args.seeds} RL/DAA seeds per lab. Every figure: mean over labs "
+        "[95 % Student t interval, unit: the lab], each lab's seeds averaged first. Gold @ KL b: gold along each "
+        "run's own path where its KL first reaches b (interpolated; runs that never reach b left out); in brackets "
+        "the difference to the reference run at the same budget, paired within lab and seed.",
+        "",
+        "| run | reference | gold final | KL final | "
+        + " | ".join(f"gold @ KL {b:g} (− ref.)" for b in budgets) + " |",
+        "|---|---|---|---|" + "---|" * len(budgets),
+        *rows,
+    ])  # fmt: skip
+    print(body)
+    write_section(f"daa-labs{args.labs}", body)
+
+
 def main(args: Args) -> None:
+    if args.labs > 1:
+        labs_study(args, [float(b) for b in args.budgets.split(",")])
+        return
     if args.rpo:
         rpo_study(args, [float(b) for b in args.budgets.split(",")])
         return

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from overopt.stats import interval, t_quantile
+from overopt.stats import interval, nested_interval, t_quantile
 
 REPS = 4000
 
@@ -76,3 +76,21 @@ def test_edge_cases():
     assert wide["lo"] < narrow["lo"] < narrow["hi"] < wide["hi"]
     with pytest.raises(ValueError, match="level"):
         interval([1.0, 2.0], level=1.0)
+
+
+def test_nested_interval_is_the_t_interval_of_group_means():
+    values = [0.1, 0.3, np.nan, 0.5, 0.4, 0.9, 1.1, 1.0]
+    groups = ["a", "a", "a", "b", "b", "c", "c", "c"]
+    means = np.array([0.2, 0.45, 1.0], dtype=np.float64)  # NaN dropped inside its group, by hand
+    half = t_quantile(0.975, 2) * means.std(ddof=1) / math.sqrt(3)
+    got = nested_interval(values, groups)
+    assert got["n"] == 3 and math.isclose(got["mean"], means.mean(), rel_tol=1e-12)
+    assert math.isclose(got["lo"], means.mean() - half, rel_tol=1e-12)
+    assert math.isclose(got["hi"], means.mean() + half, rel_tol=1e-12)
+    # pooling the runs instead would give 8 - 1 units and a narrower interval: not what this returns
+    assert got["hi"] - got["lo"] > interval(values)["hi"] - interval(values)["lo"]
+    # one group with a value: its mean, no interval; each item its own group: the interval over items
+    assert nested_interval([1.0, 2.0, 4.0, np.nan], [0, 0, 0, 1]) == {"mean": 7 / 3, "lo": None, "hi": None, "n": 1}
+    assert nested_interval([1.0, 2.0, 4.0], [0, 1, 2]) == interval([1.0, 2.0, 4.0])
+    with pytest.raises(ValueError):
+        nested_interval([1.0, 2.0], [0])

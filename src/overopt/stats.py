@@ -90,6 +90,24 @@ def interval(units: Iterable[Any], statistic: Callable[[Sequence[Any]], Any] | N
     return {"mean": estimate, "lo": estimate - half, "hi": estimate + half, "n": n}
 
 
+def nested_interval(values: Iterable[Any], groups: Sequence[Any], level: float = LEVEL) -> CI:
+    """:func:`interval` over groups (labs) of per-item values (runs), each group's finite values averaged first.
+
+    The lab is the unit when runs are nested in labs: runs of one lab share its proxy RM, so they are not
+    independent draws, and the interval is the Student t interval of the group means (n = the groups that
+    have a finite value; one such group: no interval). ``groups[i]`` is the group of ``values[i]``; items
+    that are units themselves (runs of one lab, when the run is the unit) each get a group of their own.
+    """
+    values = [finite_float(v) for v in values]
+    if len(values) != len(groups):
+        raise ValueError(f"nested_interval: {len(values)} values but {len(groups)} groups")
+    inside: dict[Any, list[float]] = {}
+    for v, g in zip(values, groups, strict=True):
+        if v is not None:
+            inside.setdefault(g, []).append(v)
+    return interval((math.fsum(vs) / len(vs) for vs in inside.values()), level=level)
+
+
 def t_quantile(p: float, df: int) -> float:
     """The p-quantile of Student's t with ``df`` degrees of freedom (scipy.stats.t)."""
     from scipy.stats import t  # imported where an interval is computed: scipy is slow to import
