@@ -160,3 +160,34 @@ def test_compare_with_three_labs_pairs_methods_within_each_lab(tmp_path):
     against_kl = text.split("Paired against `kl`")[1].split("**")[1]
     assert "| chi2 |" in against_kl and "| kl |" not in against_kl  # kl is the reference, not a row
     assert "| none |" not in text.split("stopped early**")[1]
+
+
+def test_scaling_statistics_give_each_cells_fit_and_each_labs_trend_over_labs(tmp_path):
+    """d* and α per cell over labs, and the slope of d* against log10 RM parameters per lab, then over labs."""
+    params = {"base": 1000, "rm_small": 100, "rm_big": 10000}
+    d_star = [{"rm_small": 1.0, "base": 1.2, "rm_big": 1.4}, {"rm_small": 1.1, "base": 1.1, "rm_big": 1.1},
+              {"rm_small": 0.9, "base": 1.3, "rm_big": 1.5}]  # fmt: skip
+    labs = []
+    for i, lab in enumerate(d_star):
+        cells = [{"cell": name, "axis": "base" if name == "base" else "rm_size", "value": None,
+                  "rm_params": params[name], "policy_params": 500, "pairs": 300, "rm_accuracy": 0.6 + 0.1 * i,
+                  "methods": {"bon": {"fit": {"alpha": 0.4 + i, "beta": 0.1, "d_peak": d}}}}
+                 for name, d in lab.items()]  # fmt: skip
+        path = tmp_path / "labs" / f"lab{i}"
+        path.mkdir(parents=True)
+        (path / "scaling.json").write_text(json.dumps({"cells": cells}))
+        labs.append({"lab": i, "seed": i, "world_seed": 1234 + i, "out": f"labs/lab{i}"})
+    (tmp_path / "labs.json").write_text(json.dumps({"kind": "scaling", "hold": None, "labs": labs}))
+    result = build_labs_report(tmp_path)
+    big = result["cells"]["rm_big"]["methods"]["bon"]
+    assert big["d_peak"]["per_lab"] == [1.4, 1.1, 1.5] and big["d_peak"]["lo"] == pytest.approx(
+        interval([1.4, 1.1, 1.5])["lo"]
+    )
+    assert big["alpha"]["mean"] == pytest.approx(1.4)
+    # per lab, d* against log10 params at x = 2, 3, 4: slopes 0.2, 0, 0.3 (least squares by hand)
+    slopes = result["trends"]["rm_size"]["bon"]["d_peak"]
+    assert slopes["per_lab"] == pytest.approx([0.2, 0.0, 0.3])
+    assert slopes["hi"] == pytest.approx(interval([0.2, 0.0, 0.3])["hi"])
+    assert result["trends"]["rm_size"]["rm_accuracy"]["accuracy"]["per_lab"] == pytest.approx([0.0, 0.0, 0.0])
+    text = (tmp_path / "labs.md").read_text()
+    assert "| rm_size | bon |" in text and "bon d*" in text

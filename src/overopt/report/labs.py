@@ -11,8 +11,9 @@ differences of one lab averaged, then the interval over labs).
   the (lab, seed) runs, gold first rises above the SFT level in ≥ 90 %).
 - `compare`: each lab's frontier analysis (report.frontier.analyze_frontier), then gold at matched KL paired
   against `kl` and against `none` stopped early, and the leave-one-seed-out best point, over labs.
-- `scaling`: each cell's RM accuracy and each method's fitted α and β over labs; each lab's log-linear
-  trend along each axis, the slope's interval over labs.
+- `scaling`: each cell's RM accuracy and each method's fitted α, β and predicted peak d* over labs; each
+  lab's log-linear trend of α, β, d* and the RM's accuracy along each axis, the slope's interval over labs
+  (does a bigger RM overoptimize later? its d* slope against log10 RM parameters, with the lab as the unit).
 Never imports torch.
 """
 
@@ -28,10 +29,12 @@ from overopt.labs import read_labs
 from overopt.stats import interval, labs_to_resolve, variance_components
 
 from .frontier import analyze_frontier, format_ci
+from .scaling import AXIS_X, log_linear_trend
 from .summary import _json_safe, _num
 
 VALID_HACKED, VALID_ROSE = 0.8, 0.9  # the testbed-validity bar (issue 29): share of (lab, seed) runs of `none`
 LEVEL_KEYS = ("gold_final", "gold_peak", "kl_final")
+SCALING_KEYS = ("alpha", "beta", "d_peak")  # each method's fit per cell (laws.Fit); d_peak: the predicted peak d*
 
 
 def _lab_summaries(out: Path, labs: list[dict], name: str) -> list[dict | None]:
@@ -137,30 +140,39 @@ def _over_labs(cells: list[dict]) -> dict[str, Any]:
 
 
 def scaling_statistics(out: Path, labs: list[dict]) -> dict[str, Any]:
-    """Statistics over labs of `overopt scaling --labs N`: per cell and method, α and β; per axis, the trend."""
+    """Statistics over labs of `overopt scaling --labs N` (module docstring)."""
     results = _lab_summaries(out, labs, "scaling.json")
     done = [r for r in results if r is not None]
     cells: dict[str, Any] = {}
+    slopes: dict[str, Any] = {}  # {axis: {method or "rm_accuracy": {key: [slope per lab]}}}
     for r in done:
-        for cell in r["cells"]:
+        fine = [c for c in r["cells"] if "error" not in c]
+        for cell in fine:
             c = cells.setdefault(cell["cell"], {"axis": cell["axis"], "value": cell["value"], "rm_accuracy": [],
                                                 "methods": {}})  # fmt: skip
             c["rm_accuracy"].append(_num(cell.get("rm_accuracy")))
             for m, e in (cell.get("methods") or {}).items():
                 fit = e.get("fit") or {}
-                for k in ("alpha", "beta"):
+                for k in SCALING_KEYS:
                     c["methods"].setdefault(m, {}).setdefault(k, []).append(_num(fit.get(k)))
+        for axis, x_key in AXIS_X.items():
+            members = [c for c in fine if c["axis"] in (axis, "base")]
+            xs = [c.get(x_key) for c in members]
+            series = {"rm_accuracy": {"accuracy": [c.get("rm_accuracy") for c in members]}}
+            for m in dict.fromkeys(m for c in members for m in c.get("methods") or {}):
+                fits = [((c["methods"].get(m) or {}).get("fit") or {}) for c in members]
+                series[m] = {k: [None if f.get("error") else f.get(k) for f in fits] for k in SCALING_KEYS}
+            for name, ks in series.items():
+                for k, ys in ks.items():
+                    trend = log_linear_trend(xs, ys)
+                    slopes.setdefault(axis, {}).setdefault(name, {}).setdefault(k, []).append(
+                        _num((trend or {}).get("slope"))
+                    )
     for c in cells.values():
         c["rm_accuracy"] = {**interval(c["rm_accuracy"]), "per_lab": c["rm_accuracy"]}
         c["methods"] = {m: {k: {**interval(v), "per_lab": v} for k, v in ks.items()} for m, ks in c["methods"].items()}
-    trends: dict[str, Any] = {}
-    for r in done:
-        for axis, by_method in (r.get("trends") or {}).items():
-            for m, by_coef in by_method.items():
-                for k, t in by_coef.items():
-                    trends.setdefault(axis, {}).setdefault(m, {}).setdefault(k, []).append(_num((t or {}).get("slope")))
     trends = {a: {m: {k: {**interval(v), "per_lab": v} for k, v in ks.items()} for m, ks in ms.items()}
-              for a, ms in trends.items()}  # fmt: skip
+              for a, ms in slopes.items()}  # fmt: skip
     return {"kind": "scaling", "labs": len(labs), "labs_done": len(done), "cells": cells, "trends": trends}
 
 
@@ -221,15 +233,35 @@ def labs_markdown(result: dict) -> str:
                 lines.append(f"| {name} | {lead}" + " | ".join(cells) + " |")
             lines.append("")
     else:
+        methods = list(dict.fromkeys(m for c in result["cells"].values() for m in c["methods"]))
         lines += [
-            "Slope of each coefficient against log10 of the axis, per lab, mean over labs [95 % t interval].",
+            "Per cell: the proxy RM's held-out accuracy and each method's fitted α, β and predicted peak d* "
+            "(√KL at the gold peak), mean over labs [95 % Student t interval, unit: the lab; the fit per lab over "
+            "its seeds].",
             "",
-            "| axis | method | α slope | β slope |",
-            "|---|---|---|---|",
+            "| cell | axis | RM accuracy | " + " | ".join(f"{m} α | {m} β | {m} d*" for m in methods) + " |",
+            "|---|---|---|" + "---|---|---|" * len(methods),
+        ]
+        for name, c in result["cells"].items():
+            fits = [format_ci((c["methods"].get(m) or {}).get(k)) for m in methods for k in SCALING_KEYS]
+            lines.append(f"| {name} | {c['axis']} | {format_ci(c['rm_accuracy'])} | " + " | ".join(fits) + " |")
+        lines += [
+            "",
+            "Slope against log10 of the axis (RM or policy parameters, pairs), each lab's own log-linear trend over "
+            "the axis's cells, mean over labs [95 % t interval]; above 0: grows with the axis.",
+            "",
+            "| axis | method | α slope | β slope | d* slope |",
+            "|---|---|---|---|---|",
         ]
         for axis, ms in result["trends"].items():
             for m, ks in ms.items():
-                lines.append(f"| {axis} | {m} | {format_ci(ks.get('alpha'))} | {format_ci(ks.get('beta'))} |")
+                if m == "rm_accuracy":
+                    continue
+                cells = " | ".join(format_ci(ks.get(k), signed=True) for k in SCALING_KEYS)
+                lines.append(f"| {axis} | {m} | {cells} |")
+        accuracy = [f"{axis} {format_ci(ms['rm_accuracy']['accuracy'], signed=True)}"
+                    for axis, ms in result["trends"].items() if "rm_accuracy" in ms]  # fmt: skip
+        lines += ["", "RM accuracy slope per axis: " + "; ".join(accuracy) + "."]
     return "\n".join(lines) + "\n"
 
 
