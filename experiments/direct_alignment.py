@@ -22,7 +22,6 @@ averaged within each lab, Student t interval over labs.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import shutil
 import subprocess
@@ -39,7 +38,7 @@ from overopt.report.plots import aggregate, new_figure, save_figure, style_axes
 from overopt.report.summary import load_runs
 from overopt.report.table import format_mean_std as _ms
 from overopt.report.table import format_value as _v
-from overopt.results import machine, write_section
+from overopt.results import markdown_table, section_head, write_section
 from overopt.stats import interval, nested_interval
 
 
@@ -166,26 +165,23 @@ def rpo_study(args: Args, budgets: list[float]) -> None:
                     f"{format_ci(_last(seeds, 'daa/implicit_accuracy'))} | "
                     f"{m['hacked_seeds']}/{m['n_seeds']} | " + " | ".join(cells) + " |")  # fmt: skip
     cmds = "; ".join(f"`{' '.join(c[2:])}`" for c in commands)
-    body = "\n".join([
-        "## RPO over η against DPO at matched KL: `default` preset, testbed `summarize`",
-        "",
-        f"Command: `python experiments/direct_alignment.py --rpo --budgets {args.budgets}` (runs {cmds})  ",
-        f"Date: {datetime.date.today().isoformat()}  ",
-        f"Machine: {machine()}",
-        "",
-        f"RPO as its authors' code computes it: DPO − β·η·log π(y_c), the chosen response's summed log-likelihood, "
-        f"β = 0.1 (= DPO's here), η from the paper's recipe (0.005) up; DPO+NLL (Pang et al.) at α = 1 for "
+    head = section_head(
+        "RPO over η against DPO at matched KL: `default` preset, testbed `summarize`",
+        f"python experiments/direct_alignment.py --rpo --budgets {args.budgets}",
+        f" (runs {cmds})",
+    )
+    note = (
+        "RPO as its authors' code computes it: DPO − β·η·log π(y_c), the chosen response's summed log-likelihood, "
+        "β = 0.1 (= DPO's here), η from the paper's recipe (0.005) up; DPO+NLL (Pang et al.) at α = 1 for "
         f"comparison. SFT gold {summary['sft']['gold_reward']:.3f}. Mean ± std over {args.seeds} seeds (gold final, "
         "gold peak, KL final); the chosen log-ratio log π(y_c) − log π_ref(y_c) and the implicit reward's accuracy "
         "on held-out pairs at the end, mean [95 % Student t interval over seeds]. Gold @ KL b: gold along each run's "
         "own path where its KL first reaches b (interpolated), mean [95 % t interval]; in brackets the paired "
-        "difference to DPO at the same budget and seed.",
-        "",
-        "| run | gold final | gold peak | KL final | chosen log-ratio | implicit accuracy | hacked | "
-        + " | ".join(f"gold @ KL {b:g} (− DPO)" for b in budgets) + " |",
-        "|---|---|---|---|---|---|---|" + "---|" * len(budgets),
-        *rows,
-    ])  # fmt: skip
+        "difference to DPO at the same budget and seed."
+    )
+    header = ["run", "gold final", "gold peak", "KL final", "chosen log-ratio", "implicit accuracy", "hacked",
+              *(f"gold @ KL {b:g} (− DPO)" for b in budgets)]  # fmt: skip
+    body = "\n".join([*head, note, "", *markdown_table(header, rows)])
     print(body)
     write_section("daa-rpo-eta", body)
 
@@ -238,25 +234,20 @@ def labs_study(args: Args, budgets: list[float]) -> None:
                     + " | ".join(cells) + " |")  # fmt: skip
     sft = [json.loads((lab_out(out, i) / "summary.json").read_text())["sft"]["gold_reward"] for i in range(args.labs)]
     cmds = "; ".join(f"`{' '.join(c[2:])}`" for c in commands)
-    body = "\n".join([
-        f"## Direct alignment over {args.labs} labs: DPO, RPO and RL at matched KL (`summarize`, `{args.labs_preset}`)",
-        "",
-        f"Command: `python experiments/direct_alignment.py --labs {args.labs} --seeds {args.seeds} --budgets "
-        f"{args.budgets}` (runs {cmds})  ",
-        f"Date: {datetime.date.today().isoformat()}  ",
-        f"Machine: {machine()}",
-        "",
+    head = section_head(
+        f"Direct alignment over {args.labs} labs: DPO, RPO and RL at matched KL (`summarize`, `{args.labs_preset}`)",
+        f"python experiments/direct_alignment.py --labs {args.labs} --seeds {args.seeds} --budgets {args.budgets}",
+        f" (runs {cmds})",
+    )
+    note = (
         f"{args.labs} labs (each its own world, SFT policy, pairs and proxy RM; SFT gold "
         + ", ".join(f"{g:.3f}" for g in sft) + f"), {args.seeds} RL/DAA seeds per lab. Every figure: mean over labs "
         "[95 % Student t interval, unit: the lab], each lab's seeds averaged first. Gold @ KL b: gold along each "
         "run's own path where its KL first reaches b (interpolated; runs that never reach b left out); in brackets "
-        "the difference to the reference run at the same budget, paired within lab and seed.",
-        "",
-        "| run | reference | gold final | KL final | "
-        + " | ".join(f"gold @ KL {b:g} (− ref.)" for b in budgets) + " |",
-        "|---|---|---|---|" + "---|" * len(budgets),
-        *rows,
-    ])  # fmt: skip
+        "the difference to the reference run at the same budget, paired within lab and seed."
+    )  # fmt: skip
+    header = ["run", "reference", "gold final", "KL final", *(f"gold @ KL {b:g} (− ref.)" for b in budgets)]
+    body = "\n".join([*head, note, "", *markdown_table(header, rows)])
     print(body)
     write_section(f"daa-labs{args.labs}", body)
 
@@ -291,24 +282,18 @@ def main(args: Args) -> None:
         rows += table_rows(out, budgets, suffix="" if out == args.out else f" (β {smallest})")
     sft = json.loads((args.out / "summary.json").read_text())["sft"]["gold_reward"]
     cmds = "; ".join(f"`{' '.join(c[2:])}`" for c in commands)
-    body = "\n".join([
-        "## Direct alignment on the lab's pairs: `default` preset, testbed `summarize`",
-        "",
-        f"Command: `python experiments/direct_alignment.py` (runs {cmds})  ",
-        f"Date: {datetime.date.today().isoformat()}  ",
-        f"Machine: {machine()}",
-        "",
+    head = section_head("Direct alignment on the lab's pairs: `default` preset, testbed `summarize`",
+                        "python experiments/direct_alignment.py", f" (runs {cmds})")  # fmt: skip
+    note = (
         f"SFT gold {sft:.3f}. DAAs: 2 epochs of the training pairs (166 steps each, batch 64, lr 3e-4), "
         f"evaluated every 10 steps; RL: 200 updates. Mean ± std over {args.seeds} seeds; gold peak (step) and "
         "hacked seeds as in every table here. Fit: the RL form d(α − β log d) to gold gain against √KL (α, β, R²). "
         "Matched KL: gold along each run's own path where its KL first reaches the budget (linear interpolation "
-        "between evaluations), mean [95 % Student t interval] over the seeds that reach it (n=1: one seed did).",
-        "",
-        "| run | gold final | gold peak (step) | KL final | hacked | fit α, β, R² | "
-        + " | ".join(f"gold @ KL {b:g}" for b in budgets) + " |",
-        "|---|---|---|---|---|---|" + "---|" * len(budgets),
-        *rows,
-    ])  # fmt: skip
+        "between evaluations), mean [95 % Student t interval] over the seeds that reach it (n=1: one seed did)."
+    )
+    header = ["run", "gold final", "gold peak (step)", "KL final", "hacked", "fit α, β, R²",
+              *(f"gold @ KL {b:g}" for b in budgets)]  # fmt: skip
+    body = "\n".join([*head, note, "", *markdown_table(header, rows)])
     print(body)
     write_section("daa-summarize-default", body)
     print(plot_curves(outs, Path(__file__).parent.parent / "docs" / "img" / "daa_gold_vs_kl.png"))

@@ -4,6 +4,7 @@ they ran on."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import platform
 from pathlib import Path
@@ -18,6 +19,18 @@ def machine() -> str:
     cpu = platform.processor() or platform.machine()
     versions = f"Python {platform.python_version()}, torch {torch.__version__}"
     return f"{os.cpu_count()} CPU cores ({cpu}), {platform.system()}, {versions}"
+
+
+def section_head(title: str, command: str, after: str = "") -> list[str]:
+    """The first lines of a section: its heading, the command that wrote it (`after` follows it, e.g. the
+    commands it ran), today's date and the machine."""
+    return [f"## {title}", "", f"Command: `{command}`{after}  ", f"Date: {datetime.date.today().isoformat()}  ",
+            f"Machine: {machine()}", ""]  # fmt: skip
+
+
+def markdown_table(header: list[str], rows: list[str]) -> list[str]:
+    """A markdown table's lines: the header cells, the rule, then the rows (already written as `| a | b |`)."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *rows]
 
 
 def write_section(name: str, body: str, path: Path = RESULTS) -> None:
