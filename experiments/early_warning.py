@@ -126,10 +126,12 @@ def main(args: Args) -> None:
     counts = {t: (len(r), sum(hacking_onset([row.get("gold_reward") for row in rows]) is not None for rows in r))
               for t, r in runs.items()}  # fmt: skip
     default = Rule()
+    labs_args = f" --labs {args.labs} --seeds {args.seeds} --out-prefix {args.out_prefix}" if args.labs > 1 else ""
     lines = [
-        f"## Early warning of hacking, scored against gold: `{args.preset}` presets",
+        f"## Early warning of hacking, scored against gold: `{args.preset}` presets"
+        + (f", {args.labs} labs per testbed" if args.labs > 1 else ""),
         "",
-        f"Command: `python experiments/early_warning.py` (runs {'; '.join(f'`{c}`' for c in commands)})  ",
+        f"Command: `python experiments/early_warning.py{labs_args}` (runs {'; '.join(f'`{c}`' for c in commands)})  ",
         f"Date: {datetime.date.today().isoformat()}  ",
         f"Machine: {machine()}",
         "",
