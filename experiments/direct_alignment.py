@@ -32,6 +32,7 @@ import numpy as np
 import tyro
 from matplotlib import colormaps
 
+from overopt.config import RPOConfig
 from overopt.labs import lab_out
 from overopt.report.frontier import format_ci, paired_diff_ci, path_gold_at_kl
 from overopt.report.plots import aggregate, new_figure, save_figure, style_axes
@@ -196,7 +197,7 @@ def labs_study(args: Args, budgets: list[float]) -> None:
     for cmd in commands:
         subprocess.run(cmd, check=True)
     labs = [load_runs(lab_out(out, i)) for i in range(args.labs)]
-    rpo_beta = 0.1  # RPOConfig.beta's default: RPO is paired with DPO at the same β
+    rpo_beta = RPOConfig().beta  # RPO is paired with DPO at the same β
     dpo_names = [f"dpo@dpo.beta={b}" for b in args.labs_betas.split(",")]
     names = [*dpo_names, "rpo", "kl", "none"]
     reference = {n: "kl" for n in names if n != "kl"}
@@ -217,7 +218,7 @@ def labs_study(args: Args, budgets: list[float]) -> None:
                 if a is not None and b is not None:
                     diffs.append(a - b)
                     groups.append(i)
-        return nested_interval(diffs, groups) if diffs else interval([])
+        return nested_interval(diffs, groups)
 
     rows = []
     for name in names:

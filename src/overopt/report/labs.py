@@ -29,7 +29,7 @@ from overopt.labs import read_labs
 from overopt.stats import interval, labs_to_resolve, variance_components
 
 from .frontier import analyze_frontier, format_ci
-from .scaling import AXIS_X, log_linear_trend
+from .scaling import AXIS_X, log_linear_trend, trends
 from .summary import _json_safe, _num
 
 VALID_HACKED, VALID_ROSE = 0.8, 0.9  # the testbed-validity bar (issue 29): share of (lab, seed) runs of `none`
@@ -155,25 +155,23 @@ def scaling_statistics(out: Path, labs: list[dict]) -> dict[str, Any]:
                 fit = e.get("fit") or {}
                 for k in SCALING_KEYS:
                     c["methods"].setdefault(m, {}).setdefault(k, []).append(_num(fit.get(k)))
+        methods = list(dict.fromkeys(m for c in fine for m in c.get("methods") or {}))
+        lab_trends = trends(fine, methods, SCALING_KEYS)  # the one-lab report's trends, with d* added
         for axis, x_key in AXIS_X.items():
             members = [c for c in fine if c["axis"] in (axis, "base")]
-            xs = [c.get(x_key) for c in members]
-            series = {"rm_accuracy": {"accuracy": [c.get("rm_accuracy") for c in members]}}
-            for m in dict.fromkeys(m for c in members for m in c.get("methods") or {}):
-                fits = [((c["methods"].get(m) or {}).get("fit") or {}) for c in members]
-                series[m] = {k: [None if f.get("error") else f.get(k) for f in fits] for k in SCALING_KEYS}
-            for name, ks in series.items():
-                for k, ys in ks.items():
-                    trend = log_linear_trend(xs, ys)
+            accuracy = log_linear_trend([c.get(x_key) for c in members], [c.get("rm_accuracy") for c in members])
+            lab_trends[axis]["rm_accuracy"] = {"accuracy": accuracy}
+            for name, ks in lab_trends[axis].items():
+                for k, trend in ks.items():
                     slopes.setdefault(axis, {}).setdefault(name, {}).setdefault(k, []).append(
                         _num((trend or {}).get("slope"))
                     )
     for c in cells.values():
         c["rm_accuracy"] = {**interval(c["rm_accuracy"]), "per_lab": c["rm_accuracy"]}
         c["methods"] = {m: {k: {**interval(v), "per_lab": v} for k, v in ks.items()} for m, ks in c["methods"].items()}
-    trends = {a: {m: {k: {**interval(v), "per_lab": v} for k, v in ks.items()} for m, ks in ms.items()}
-              for a, ms in slopes.items()}  # fmt: skip
-    return {"kind": "scaling", "labs": len(labs), "labs_done": len(done), "cells": cells, "trends": trends}
+    over_labs = {a: {m: {k: {**interval(v), "per_lab": v} for k, v in ks.items()} for m, ks in ms.items()}
+                 for a, ms in slopes.items()}  # fmt: skip
+    return {"kind": "scaling", "labs": len(labs), "labs_done": len(done), "cells": cells, "trends": over_labs}
 
 
 STATISTICS = {"run": run_statistics, "compare": compare_statistics, "scaling": scaling_statistics}

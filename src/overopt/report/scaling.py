@@ -88,8 +88,9 @@ def log_linear_trend(xs: list[float], ys: list[float]) -> dict[str, Any] | None:
     return {"slope": float(slope), "intercept": float(intercept), "r2": r2, "n": len(pts)}
 
 
-def trends(cells: list[dict], methods: list[str]) -> dict:
-    """{axis: {method: {coef: log_linear_trend}}} over the cells of each axis (the shared "base" cell included)."""
+def trends(cells: list[dict], methods: list[str], keys: tuple[str, ...] = COEFFICIENTS) -> dict:
+    """{axis: {method: {key: log_linear_trend}}} over the cells of each axis (the shared "base" cell included);
+    `keys` are the fit's entries to follow (α and β; the labs report adds the predicted peak)."""
     out: dict[str, Any] = {}
     for axis, x_key in AXIS_X.items():
         members = [c for c in cells if c["axis"] in (axis, "base") and "error" not in c]
@@ -97,9 +98,7 @@ def trends(cells: list[dict], methods: list[str]) -> dict:
         for m in methods:
             fits = [(c.get(x_key), (c["methods"].get(m) or {}).get("fit") or {}) for c in members]
             fits = [(x, f) for x, f in fits if not f.get("error")]
-            out[axis][m] = {
-                k: log_linear_trend([x for x, _ in fits], [f.get(k) for _, f in fits]) for k in COEFFICIENTS
-            }
+            out[axis][m] = {k: log_linear_trend([x for x, _ in fits], [f.get(k) for _, f in fits]) for k in keys}
     return out
 
 
