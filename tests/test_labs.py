@@ -120,6 +120,34 @@ def test_run_statistics_pair_within_lab_and_seed_and_score_validity(tmp_path):
     assert "NOT valid" in (tmp_path / "labs.md").read_text()
 
 
+def test_mechanisms_over_labs_take_each_labs_mean_as_one_unit(tmp_path):
+    """Each lab's mechanism figure is its own mean over runs (report.mechanisms); the interval is over labs,
+    and the verdict is the deciding figure's: the accuracy change for OCRM, the correlation for ensembles."""
+    accuracy = [[(0.70, 0.50), (0.72, 0.44)], [(0.68, 0.50), (0.70, 0.52)], [(0.75, 0.40), (0.71, 0.49)]]
+    disagreement = [[0.2, 0.1], [-0.1, 0.0], [0.3, 0.2]]
+    labs = []
+    for i in range(3):
+        path = tmp_path / "labs" / f"lab{i}"
+        _fake_lab(path, {"none": [(0.0, True, True)] * 2, "ensemble_uwo": [(0.3, False, True)] * 2}, 0.1, 0.7)
+        summary = json.loads((path / "summary.json").read_text())
+        for seed, (sft, final) in zip(summary["methods"]["none"]["seeds"], accuracy[i], strict=True):
+            seed["mech"] = {"proxy_accuracy_sft": sft, "proxy_accuracy_final": final}
+        for seed, corr in zip(summary["methods"]["ensemble_uwo"]["seeds"], disagreement[i], strict=True):
+            seed["mech"] = {"disagreement_error_corr_mean": corr}
+        (path / "summary.json").write_text(json.dumps(summary))
+        labs.append({"lab": i, "seed": i, "world_seed": 1234 + i, "out": f"labs/lab{i}"})
+    (tmp_path / "labs.json").write_text(json.dumps({"kind": "run", "hold": None, "labs": labs}))
+    mech = build_labs_report(tmp_path)["mechanisms"]
+    changes = [np.mean([f - s for s, f in lab]) for lab in accuracy]
+    assert mech["ocrm"]["numbers"]["change"]["per_lab"] == pytest.approx(changes)
+    assert mech["ocrm"]["numbers"]["change"]["hi"] == pytest.approx(interval(changes)["hi"])
+    assert mech["ocrm"]["deciding"] == "change" and mech["ocrm"]["status"] == "supported"
+    corrs = [np.mean(lab) for lab in disagreement]  # 0.15, -0.05, 0.25: its interval crosses 0
+    assert mech["ensemble"]["numbers"]["corr"]["per_lab"] == pytest.approx(corrs)
+    assert mech["ensemble"]["status"] == "inconclusive"
+    assert "**Mechanisms over labs**" in (tmp_path / "labs.md").read_text()
+
+
 # -- the commands, end to end -----------------------------------------------------------------------------
 
 
@@ -160,6 +188,7 @@ def test_compare_with_three_labs_pairs_methods_within_each_lab(tmp_path):
     against_kl = text.split("Paired against `kl`")[1].split("**")[1]
     assert "| chi2 |" in against_kl and "| kl |" not in against_kl  # kl is the reference, not a row
     assert "| none |" not in text.split("stopped early**")[1]
+    assert summary["mechanisms"]["ocrm"]["numbers"]["change"]["n"] == 3  # OCRM's premise, one unit per lab
 
 
 def test_scaling_statistics_give_each_cells_fit_and_each_labs_trend_over_labs(tmp_path):

@@ -14,6 +14,8 @@ differences of one lab averaged, then the interval over labs).
 - `scaling`: each cell's RM accuracy and each method's fitted α, β and predicted peak d* over labs; each
   lab's log-linear trend of α, β, d* and the RM's accuracy along each axis, the slope's interval over labs
   (does a bigger RM overoptimize later? its d* slope against log10 RM parameters, with the lab as the unit).
+- `run` and `compare` also: each mechanism claim's figures (report.mechanisms.mechanism_verdicts on each
+  lab's summary.json) over labs, with the claim's verdict from the interval over labs.
 Never imports torch.
 """
 
@@ -29,12 +31,22 @@ from overopt.labs import read_labs
 from overopt.stats import interval, labs_to_resolve, variance_components
 
 from .frontier import analyze_frontier, format_ci
+from .mechanisms import mechanism_verdicts, verdict_status
 from .scaling import AXIS_X, log_linear_trend, trends
 from .summary import _json_safe, _num
 
 VALID_HACKED, VALID_ROSE = 0.8, 0.9  # the testbed-validity bar (issue 29): share of (lab, seed) runs of `none`
 LEVEL_KEYS = ("gold_final", "gold_peak", "kl_final")
 SCALING_KEYS = ("alpha", "beta", "d_peak")  # each method's fit per cell (laws.Fit); d_peak: the predicted peak d*
+# Each mechanism claim's deciding figure over labs (report.mechanisms): the key in its verdict's numbers, the
+# value it is tested against, and the direction its paper expects (None: either sign is a finding, as for GR).
+MECH_DECIDING = {
+    "ocrm": (("change", 0.0, False), ("refit_gain", 0.0, True)),
+    "signcert": (("change", 0.0, True), ("radius_auroc", 0.5, True)),
+    "gr": (("corr_diff", 0.0, None), ("corr", 0.0, None)),
+    "ensemble": (("corr", 0.0, True),),
+}
+SIGNED_MECH = ("change", "refit_gain", "corr", "corr_diff")  # differences and correlations print with a sign
 
 
 def _lab_summaries(out: Path, labs: list[dict], name: str) -> list[dict | None]:
@@ -93,7 +105,7 @@ def run_statistics(out: Path, labs: list[dict]) -> dict[str, Any]:
         "kind": "run", "labs": len(labs), "labs_done": len(done), "baseline": baseline,
         "testbed": done[0][1].get("testbed") if done else None, "preset": done[0][1].get("preset") if done else None,
         "sft_gold": {**interval(sft), "per_lab": sft}, "rm_accuracy": {**interval(rm), "per_lab": rm},
-        "methods": methods,
+        "methods": methods, "mechanisms": mechanism_statistics(out, labs),
     }  # fmt: skip
     if "none" in methods:
         none = methods["none"]
@@ -103,6 +115,25 @@ def run_statistics(out: Path, labs: list[dict]) -> dict[str, Any]:
                               "labs": none["labs"], "bar": {"hacked": VALID_HACKED, "rose": VALID_ROSE},
                               "valid": hacked >= VALID_HACKED and rose >= VALID_ROSE}  # fmt: skip
     return result
+
+
+def mechanism_statistics(out: Path, labs: list[dict]) -> dict[str, Any]:
+    """Each mechanism claim over labs: every figure of the claim's verdict (its mean over one lab's runs) as
+    one unit per lab, the interval over labs, and the verdict of the deciding figure (MECH_DECIDING)."""
+    claims: dict[str, Any] = {}
+    for summary in _lab_summaries(out, labs, "summary.json"):
+        for item in mechanism_verdicts(summary) if summary is not None else []:
+            claim = claims.setdefault(item["claim"], {"method": item["method"], "statement": item["statement"],
+                                                      "numbers": {}})  # fmt: skip
+            for key, ci in item["numbers"].items():
+                claim["numbers"].setdefault(key, []).append(_num(ci.get("mean")))
+    for name, claim in claims.items():
+        claim["numbers"] = {k: {**interval(v), "per_lab": v} for k, v in claim["numbers"].items()}
+        key, above, expect_up = next(((k, a, e) for k, a, e in MECH_DECIDING[name]
+                                      if claim["numbers"].get(k, {}).get("n")), (None, 0.0, None))  # fmt: skip
+        claim["deciding"] = key
+        claim["status"] = verdict_status(claim["numbers"][key], above, expect_up) if key else "no data"
+    return claims
 
 
 def compare_statistics(out: Path, labs: list[dict]) -> dict[str, Any]:
@@ -130,6 +161,7 @@ def compare_statistics(out: Path, labs: list[dict]) -> dict[str, Any]:
         "kind": "compare", "labs": len(labs), "labs_done": len(done), "budgets": budgets,
         "testbed": done[0]["testbed"] if done else None, "preset": done[0]["preset"] if done else None,
         "sft_gold": _over_labs([{"mean": f.get("sft_gold")} for f in done]), "methods": methods,
+        "mechanisms": mechanism_statistics(out, labs),
     }  # fmt: skip
 
 
@@ -260,6 +292,15 @@ def labs_markdown(result: dict) -> str:
         accuracy = [f"{axis} {format_ci(ms['rm_accuracy']['accuracy'], signed=True)}"
                     for axis, ms in result["trends"].items() if "rm_accuracy" in ms]  # fmt: skip
         lines += ["", "RM accuracy slope per axis: " + "; ".join(accuracy) + "."]
+    if result.get("mechanisms"):
+        lines += ["", "**Mechanisms over labs**: each figure one lab's mean over its runs (of `none` for the accuracy "
+                  "and flip-rate changes, of every run that has it otherwise), then the mean over labs [95 % t "
+                  "interval, unit: the lab]; the verdict is the deciding figure's.", "",
+                  "| claim | verdict over labs (deciding figure) | figures |", "|---|---|---|"]  # fmt: skip
+        for c in result["mechanisms"].values():
+            figures = "; ".join(f"{k} {format_ci(v, signed=k in SIGNED_MECH)}" for k, v in c["numbers"].items()
+                                if v.get("n"))  # fmt: skip
+            lines.append(f"| {c['method']}: {c['statement']} | {c['status']} ({c['deciding']}) | {figures} |")
     return "\n".join(lines) + "\n"
 
 

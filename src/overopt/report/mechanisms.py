@@ -31,7 +31,15 @@ import numpy as np
 from overopt.stats import finite_float as _f
 from overopt.stats import interval
 
-__all__ = ["MECH_KEYS", "grad_norm", "mechanism_verdicts", "pearson", "plot_mechanisms", "run_mechanisms"]
+__all__ = [
+    "MECH_KEYS",
+    "grad_norm",
+    "mechanism_verdicts",
+    "pearson",
+    "plot_mechanisms",
+    "run_mechanisms",
+    "verdict_status",
+]
 
 ACC, RM0, ROUND = "mech/proxy_accuracy", "mech/rm0_accuracy", "ocrm/round"
 FLIP, MASS, AUROC, DIS = (
@@ -145,11 +153,15 @@ def _paired(mechs: list[dict], a: str, b: str) -> tuple[list[float], list[float]
     return [x for x, _ in pairs], [y for _, y in pairs]
 
 
-def _status(ci: Mapping, above: float = 0.0, expect_up: bool = True) -> str:
-    """Verdict of a CI against ``above``: supported (on the expected side), contradicted (other side), inconclusive."""
+def verdict_status(ci: Mapping, above: float = 0.0, expect_up: bool | None = True) -> str:
+    """Verdict of a CI against ``above``: supported (on the expected side), contradicted (other side),
+    inconclusive; with no expected side (``expect_up`` None, GR's correlation): "tracks it positively",
+    "tracks it negatively" or "no clear relation"."""
     if ci.get("n", 0) < 2:
         return "inconclusive (n<2)"
     lo_ok, hi_ok = ci["lo"] > above, ci["hi"] < above
+    if expect_up is None:
+        return f"tracks it {'positively' if lo_ok else 'negatively'}" if lo_ok or hi_ok else "no clear relation"
     if (lo_ok and expect_up) or (hi_ok and not expect_up):
         return "supported"
     if lo_ok or hi_ok:
@@ -193,13 +205,13 @@ def mechanism_verdicts(summary: Mapping) -> list[dict[str, Any]]:
         if sft:
             a, b, d = interval(sft), interval(fin), interval(y - x for x, y in zip(sft, fin))
             nums.update(accuracy_sft=a, accuracy_final=b, change=d)
-            status = _status(d, expect_up=False)
+            status = verdict_status(d, expect_up=False)
             parts.append(f"proxy accuracy on current-policy pairs goes from {format_ci(a)} at SFT to {format_ci(b)} "
                          f"at the end ({who}; change {format_ci(d, signed=True)}, n={d['n']})")  # fmt: skip
         if gain["n"]:
             parts.append(f"OCRM's refit gains {format_ci(gain, signed=True)} over RM_0 (n={gain['n']} runs)")
             if not sft:
-                status = _status(gain)
+                status = verdict_status(gain)
         items.append({"claim": "ocrm", "method": "OCRM", "statement": "the RM gets worse off-policy",
                       "status": status, "verdict": f"OCRM — the RM gets worse off-policy: {status}; "
                       + "; ".join(parts) + ".", "numbers": nums})  # fmt: skip
@@ -212,14 +224,14 @@ def mechanism_verdicts(summary: Mapping) -> list[dict[str, Any]]:
         if first:
             a, b, d = interval(first), interval(last), interval(y - x for x, y in zip(first, last))
             nums.update(flip_rate_first=a, flip_rate_final=b, change=d)
-            status = _status(d)
+            status = verdict_status(d)
             parts.append(f"sign-flip rate goes from {format_ci(a)} at the first evaluation to {format_ci(b)} at the "
                          f"end ({who}; change {format_ci(d, signed=True)}, n={d['n']})")  # fmt: skip
         if auroc["n"]:
             parts.append(f"radius AUROC for predicting a flip {format_ci(auroc)} vs chance 0.5 "
-                         f"({_status(auroc, above=0.5)}, n={auroc['n']} runs)")  # fmt: skip
+                         f"({verdict_status(auroc, above=0.5)}, n={auroc['n']} runs)")  # fmt: skip
             if not first:
-                status = _status(auroc, above=0.5)
+                status = verdict_status(auroc, above=0.5)
         items.append({"claim": "signcert", "method": "SignCert-PO", "statement": "hacking is flipped advantage signs",
                       "status": status, "verdict": f"SignCert-PO — hacking is flipped advantage signs: {status}; "
                       + "; ".join(parts) + ".", "numbers": nums})  # fmt: skip
@@ -230,12 +242,7 @@ def mechanism_verdicts(summary: Mapping) -> list[dict[str, Any]]:
     diff = interval(d.get("grad_norm_accuracy_corr_diff") for d in everyone)
     if corr["n"] or diff["n"]:
         decisive = diff if diff["n"] else corr
-        if decisive["n"] < 2:
-            status = "inconclusive (n<2)"
-        elif decisive["lo"] > 0 or decisive["hi"] < 0:
-            status = f"tracks it {'positively' if decisive['lo'] > 0 else 'negatively'}"
-        else:
-            status = "no clear relation"
+        status = verdict_status(decisive, expect_up=None)
         items.append({"claim": "gr", "method": "GR", "statement": "gradient norm tracks reward accuracy",
                       "status": status, "verdict": f"GR — gradient norm tracks reward accuracy: {status}; mean "
                       f"per-run Pearson r between the changes of gradient norm and proxy accuracy from one "
@@ -246,7 +253,7 @@ def mechanism_verdicts(summary: Mapping) -> list[dict[str, Any]]:
     # Ensembles: member disagreement is larger where the proxy is more wrong.
     dis = interval(d.get("disagreement_error_corr_mean") for d in everyone)
     if dis["n"]:
-        status = _status(dis)
+        status = verdict_status(dis)
         items.append({"claim": "ensemble", "method": "Ensembles", "statement": "disagreement marks error",
                       "status": status, "verdict": f"Ensembles — disagreement marks error: {status}; mean "
                       f"correlation between member std and |proxy − gold| {format_ci(dis, signed=True)} "
