@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
+from overopt import compare, scaling
 from overopt.config import ExperimentConfig
 from overopt.labs import replicate
 from overopt.report.labs import build_labs_report
@@ -148,6 +152,30 @@ def test_mechanisms_over_labs_take_each_labs_mean_as_one_unit(tmp_path):
     assert "**Mechanisms over labs**" in (tmp_path / "labs.md").read_text()
 
 
+def _script(name: str):
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+over_labs = _script("over_labs")
+
+
+@pytest.mark.parametrize("name", list(over_labs.STUDIES))
+def test_each_study_names_a_grid_its_command_reads_and_writes_under_runs(name):
+    study = over_labs.STUDIES[name]
+    argv = list(study.argv)
+    grid = over_labs.ROOT / argv[argv.index("--grid") + 1]
+    if argv[0] == "compare":
+        assert "none" in compare.load_grid(grid)[0]
+    else:
+        assert scaling.load_grid(grid, quick=False)
+    assert argv[argv.index("--out") + 1].startswith("runs/") and int(argv[argv.index("--labs") + 1]) >= 3
+
+
 # -- the commands, end to end -----------------------------------------------------------------------------
 
 
@@ -189,6 +217,10 @@ def test_compare_with_three_labs_pairs_methods_within_each_lab(tmp_path):
     assert "| chi2 |" in against_kl and "| kl |" not in against_kl  # kl is the reference, not a row
     assert "| none |" not in text.split("stopped early**")[1]
     assert summary["mechanisms"]["ocrm"]["numbers"]["change"]["n"] == 3  # OCRM's premise, one unit per lab
+    study = over_labs.Study("A study", ("compare", "--out", str(out)), "What each lab redraws.", 1)
+    section = over_labs.section("a-study", study, 2.0)
+    assert section.startswith("## A study") and "What each lab redraws. 2.0 min on this machine." in section
+    assert "**Paired against `kl`**" in section and "# Over labs" not in section
 
 
 def test_scaling_statistics_give_each_cells_fit_and_each_labs_trend_over_labs(tmp_path):
