@@ -18,7 +18,6 @@ apart, with its 95 % Student t interval over seeds.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import subprocess
 import tempfile
@@ -30,7 +29,7 @@ from jobs_speedup import rows
 from oversubscription import linked_out, overopt, shared_stages, usable_cores
 
 from overopt.report.table import format_ci
-from overopt.results import machine, write_section
+from overopt.results import section_head, write_section
 from overopt.stats import interval
 
 CONDITIONS = (("apart, --jobs 2", False, 2), ("together, --jobs 1", True, 1), ("together, --jobs 2", True, 2))
@@ -84,12 +83,8 @@ def run(args: Args) -> None:
     command = (f"python benchmarks/batched_runs.py --testbed {args.testbed} --preset {args.preset} --methods "
                f"{args.methods} --seeds {args.seeds}" + "".join(f" --extra {e}" for e in args.extra))  # fmt: skip
     body = "\n".join([
-        f"## Runs trained together: `overopt run --testbed {args.testbed} --preset {args.preset} --batch-runs`",
-        "",
-        f"Command: `{command}`  ",
-        f"Date: {datetime.date.today().isoformat()}  ",
-        f"Machine: {machine()}; {usable_cores()} usable cores",
-        "",
+        *section_head(f"Runs trained together: `overopt run --testbed {args.testbed} --preset {args.preset} "
+                      "--batch-runs`", command, machine_note=f"; {usable_cores()} usable cores"),
         f"The same {len(apart)} runs (`--methods {args.methods}`, seeds 0–{args.seeds - 1}), the preset's shared "
         "stages reused, in three conditions one after another. *Runs*: from the first run's start to the last "
         "one's end (OUT/run_timing.json); *command*: the whole `overopt run`.",

@@ -14,7 +14,6 @@ first N: the table says so, and the script stops if one does not.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import statistics
 import subprocess
@@ -25,7 +24,7 @@ from pathlib import Path
 import tyro
 from oversubscription import linked_out, overopt, shared_stages, usable_cores
 
-from overopt.results import machine, write_section
+from overopt.results import section_head, write_section
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,12 +95,8 @@ def run(args: Args) -> None:
         + (f" --seeds {args.seeds}" if args.seeds else "") + "".join(f" --extra {e}" for e in args.extra)
     )  # fmt: skip
     body = "\n".join([
-        f"## Many runs at once: `overopt run --testbed {args.testbed} --preset {args.preset} --jobs N`",
-        "",
-        f"Command: `{command}`  ",
-        f"Date: {datetime.date.today().isoformat()}  ",
-        f"Machine: {machine()}; {usable_cores()} usable cores",
-        "",
+        *section_head(f"Many runs at once: `overopt run --testbed {args.testbed} --preset {args.preset} --jobs N`",
+                      command, machine_note=f"; {usable_cores()} usable cores"),
         f"The preset's {n_runs} runs with its shared stages reused (trained once, before). *Runs*: from the first "
         "run's start to the last one's end (OUT/run_timing.json); *command*: the whole `overopt run`, with "
         f"start-up, stage checks and report. Median (min–max) over {args.reps} repetitions, in a rotated order. "

@@ -24,7 +24,6 @@ medians over processes and repetitions.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import hashlib
 import json
 import os
@@ -37,7 +36,7 @@ from pathlib import Path
 
 import tyro
 
-from overopt.results import machine, write_section
+from overopt.results import section_head, write_section
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,12 +144,7 @@ def run(args: Args) -> None:
         f"--steps {args.steps} --processes {p} --reps {args.reps}" + "".join(f" --extra {e}" for e in args.extra)
     )
     body = "\n".join([
-        f"## Thread oversubscription: RL updates of overopt processes sharing {cores} cores",
-        "",
-        f"Command: `{command}`  ",
-        f"Date: {datetime.date.today().isoformat()}  ",
-        f"Machine: {machine()}",
-        "",
+        *section_head(f"Thread oversubscription: RL updates of overopt processes sharing {cores} cores", command),
         f"`overopt run --testbed {args.testbed} --preset {args.preset} --methods none --seeds 1 "
         f"--rl.steps {args.steps}` (stages reused), one process alone or {p} started at once, each with the "
         f"given torch threads and OpenMP waiting. Seconds per RL update: median over "

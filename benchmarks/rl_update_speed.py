@@ -36,7 +36,6 @@ torch.utils.flop_counter.FlopCounterMode) over its measured time, divided by the
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import math
 import os
@@ -647,7 +646,7 @@ def plot(path: Path, sweeps: dict[str, list[Config]], raw: dict[Config, dict], s
 def report(args: Args, base: Config, sweeps: dict[str, list[Config]], raw: dict[Config, dict],
            peak: tuple[float, str], warmup: int, steps: int, png: Path, load: float) -> str:  # fmt: skip
     """The RESULTS.md section: command, date, machine, setup, tables, slopes, plot link, MFU and the FLOP check."""
-    from overopt.results import machine
+    from overopt.results import section_head
 
     s = {cfg: summarise(r, peak[0]) for cfg, r in raw.items()}
     slope_lines, verdict = slopes(sweeps, raw, s)
@@ -663,14 +662,13 @@ def report(args: Args, base: Config, sweeps: dict[str, list[Config]], raw: dict[
         f"{steps} timed updates, medians; {args.device} {args.dtype}, torch threads: {args.threads}."
     )
     return "\n".join([
-        "## Scaling of the RL update: model size, completion length, group size"
-        + ("" if default else f" — {args.device}, {args.dtype}"),
-        "",
-        f"Command: `{shlex.join(['python', 'benchmarks/rl_update_speed.py', *sys.argv[1:]])}`  ",
-        f"Date: {datetime.date.today().isoformat()}  ",
-        f"Machine: {machine()}" + ("" if args.device == "cpu" else f", {b['device_name']}")
-        + f"; load average before the run {load:.2f}",
-        "",
+        *section_head(
+            "Scaling of the RL update: model size, completion length, group size"
+            + ("" if default else f" — {args.device}, {args.dtype}"),
+            shlex.join(["python", "benchmarks/rl_update_speed.py", *sys.argv[1:]]),
+            machine_note=("" if args.device == "cpu" else f", {b['device_name']}")
+            + f"; load average before the run {load:.2f}",
+        ),
         config_line,
         "",
         "Step: wall time per update. Generation: inside `sample_completions`. Update phase: from the start of the "

@@ -26,7 +26,6 @@ part called outside any run (a stage built before the runs, the report) counts i
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import shutil
 import tempfile
 import time
@@ -38,7 +37,7 @@ import torch
 import tyro
 
 from overopt.cli import main as overopt_main
-from overopt.results import machine, write_section
+from overopt.results import section_head, write_section
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,13 +169,8 @@ def main(args: Args) -> None:
                f"--methods {args.methods} --seeds {args.seeds} --threads {args.threads}"
                + "".join(f" --extra {item}" for item in args.extra))  # fmt: skip
     body = "\n".join([
-        f"## Where a run's time goes: `{args.preset}` preset, testbed `{args.testbed}`, methods `{args.methods}`"
-        + (f" ({args.tag})" if args.tag else ""),
-        "",
-        f"Command: `{command}`  ",
-        f"Date: {datetime.date.today().isoformat()}  ",
-        f"Machine: {machine()}",
-        "",
+        *section_head(f"Where a run's time goes: `{args.preset}` preset, testbed `{args.testbed}`, methods "
+                      f"`{args.methods}`" + (f" ({args.tag})" if args.tag else ""), command),
         f"{args.seeds} run(s) per method, {args.threads} torch thread(s); {run_total:.1f} s in the runs, "
         f"{total - run_total:.1f} s of start-up, stages reused and report. Exclusive time per part (the parts are "
         "listed in benchmarks/run_profile.py).",

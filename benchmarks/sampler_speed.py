@@ -12,7 +12,6 @@ are identical between the two samplers under the same seed.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import statistics
 import time
 
@@ -20,7 +19,7 @@ import torch
 import tyro
 
 from overopt.models.policy import random_llama
-from overopt.results import machine, write_section
+from overopt.results import section_head, write_section
 from overopt.sampling import pad_left, sample_completions
 from overopt.static_sampling import sample_completions_static
 
@@ -81,13 +80,11 @@ def main(args: Args) -> None:
     )
     body = "\n".join(
         [
-            "## Static-cache sampler on the CPU: `python benchmarks/sampler_speed.py`",
-            "",
-            f"Command: `python benchmarks/sampler_speed.py --max-new {args.max_new} --reps {args.reps} "
-            f"--threads {args.threads}`  ",
-            f"Date: {datetime.date.today().isoformat()}  ",
-            f"Machine: {machine()}",
-            "",
+            *section_head(
+                "Static-cache sampler on the CPU: `python benchmarks/sampler_speed.py`",
+                f"python benchmarks/sampler_speed.py --max-new {args.max_new} --reps {args.reps} "
+                f"--threads {args.threads}",
+            ),
             __doc__.split("\n\n")[2].replace("\n", " "),
             "",
             table,

@@ -14,7 +14,6 @@ process's wall time (imports, testbed, evaluation prompts, summary, plots, repor
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 import tyro
 
 from overopt.io import read_json
-from overopt.results import machine, write_section
+from overopt.results import section_head, write_section
 
 CONDITIONS = {"default": [], "unbatched": ["--batch_runs", "False", "--compute_once", "False"]}
 
@@ -77,12 +76,7 @@ def run(args: Args) -> None:
     command = f"python benchmarks/stage_times.py --testbed {args.testbed} --preset {args.preset}"
     flags = "; ".join(f"`{n}`: {' '.join(CONDITIONS[n]) or 'no flags'}" for n in args.conditions)
     body = "\n".join([
-        f"## Wall time per stage: `overopt run --testbed {args.testbed} --preset {args.preset}`",
-        "",
-        f"Command: `{command}`  ",
-        f"Date: {datetime.date.today().isoformat()}  ",
-        f"Machine: {machine()}",
-        "",
+        *section_head(f"Wall time per stage: `overopt run --testbed {args.testbed} --preset {args.preset}`", command),
         f"Each condition from nothing, one after the other in this run ({flags}). Wall seconds.",
         "",
         "| part | " + " | ".join(args.conditions) + " |",

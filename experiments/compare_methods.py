@@ -22,7 +22,6 @@ command, date and machine.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import sys
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import yaml
 from overopt.cli import main as overopt_main
 from overopt.config import ExperimentConfig
 from overopt.io import read_json
-from overopt.results import machine, write_section
+from overopt.results import section_head, write_section
 
 OUT_ROOT = Path(__file__).resolve().parents[1] / "benchmarks" / "out"  # git-ignored; earlier runs are reused
 METHODS = "none,kl,ref_reset,gr,signcert,ocrm,ensemble_uwo,par,chi2"
@@ -146,11 +145,9 @@ def run_frontier(args: Args) -> None:
     ]
     verdicts = [f"- {item['verdict']}" for item in mechanism_verdicts(summary)]
     body = "\n".join([
-        f"## Frontier at matched KL: `{args.preset}` preset, testbed `{frontier['testbed']}`",
-        "",
-        f"Command: `{command}`  ",
-        f"Date: {datetime.date.today().isoformat()}  ",
-        f"Machine: {machine()}  ",
+        # the head without its closing blank line: the wall time continues its block
+        *section_head(f"Frontier at matched KL: `{args.preset}` preset, testbed `{frontier['testbed']}`", command,
+                      machine_note="  ")[:-1],
         "Wall time of the runs (the shared stages come before; reused runs are not counted): "
         + "; ".join(f"{i['wall_s']:.0f} s for {i['ran']} runs ({i['jobs']} processes × "
                     f"{i['threads_per_run']} torch thread, {i['date'][:10]})" for i in invocations) + ".",
@@ -222,13 +219,8 @@ def run(args: Args) -> None:
             " seeds) at the run's final KL, mean [95 % Student t interval] over the seeds where none got that far."
         )
     body = "\n".join([
-        f"## Mitigation comparison: `{args.preset}` preset, testbed `{summary['testbed']}`"
-        + (f" — {args.tag}" if args.tag else ""),
-        "",
-        f"Command: `{command}`  ",
-        f"Date: {datetime.date.today().isoformat()}  ",
-        f"Machine: {machine()}",
-        "",
+        *section_head(f"Mitigation comparison: `{args.preset}` preset, testbed `{summary['testbed']}`"
+                      + (f" — {args.tag}" if args.tag else ""), command),
         f"{proxy} Mean ± sample std (ddof = 1) over "
         f"{args.seeds} seeds, sorted by final gold reward. *Hacked*: gold rose above SFT, then lost ≥ 30 % of the gain "
         "while the proxy kept rising." + lift_note,

@@ -31,7 +31,6 @@ first. Rules are still tuned on the other testbeds' runs, pooled over their labs
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import shutil
 import subprocess
 import sys
@@ -55,7 +54,7 @@ from overopt.labs import lab_out
 from overopt.report.early_warning import SCORE_HEADER, present_detectors, score_cells
 from overopt.report.frontier import format_ci
 from overopt.report.summary import load_runs
-from overopt.results import machine, write_section
+from overopt.results import section_head, write_section
 from overopt.stats import nested_interval
 
 
@@ -128,13 +127,12 @@ def main(args: Args) -> None:
     default = Rule()
     labs_args = f" --labs {args.labs} --seeds {args.seeds} --out-prefix {args.out_prefix}" if args.labs > 1 else ""
     lines = [
-        f"## Early warning of hacking, scored against gold: `{args.preset}` presets"
-        + (f", {args.labs} labs per testbed" if args.labs > 1 else ""),
-        "",
-        f"Command: `python experiments/early_warning.py{labs_args}` (runs {'; '.join(f'`{c}`' for c in commands)})  ",
-        f"Date: {datetime.date.today().isoformat()}  ",
-        f"Machine: {machine()}",
-        "",
+        *section_head(
+            f"Early warning of hacking, scored against gold: `{args.preset}` presets"
+            + (f", {args.labs} labs per testbed" if args.labs > 1 else ""),
+            f"python experiments/early_warning.py{labs_args}",
+            f" (runs {'; '.join(f'`{c}`' for c in commands)})",
+        ),
         "Runs (hacked by the onset rule: gold loses ≥ 30 % of its gain): "
         + ", ".join(f"{t} {n} ({h} hacked)" for t, (n, h) in counts.items())
         + f"; methods {args.methods}, seeds 0–{args.seeds - 1}"

@@ -12,7 +12,6 @@ RL at equal gold: the d = √KL at which each fitted curve first reaches a share
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from overopt.report.scaling import mean_curve
 from overopt.report.summary import load_runs
 from overopt.report.table import format_value as _v
 from overopt.report.table import format_with_ci as _ci
-from overopt.results import machine, write_section
+from overopt.results import section_head, write_section
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,12 +89,8 @@ def fits_section(args: Args) -> str:
     sft = summary["sft"]["gold_reward"]
     stage = summary["stages"]["rm"]["metrics"]["heldout_accuracy"]
     return "\n".join([
-        "## Functional forms of overoptimization: `default` preset, testbed `summarize`",
-        "",
-        f"Command: `python experiments/overoptimization_laws.py --part fits` (runs `{' '.join(cmd)}`)  ",
-        f"Date: {datetime.date.today().isoformat()}  ",
-        f"Machine: {machine()}",
-        "",
+        *section_head("Functional forms of overoptimization: `default` preset, testbed `summarize`",
+                      "python experiments/overoptimization_laws.py --part fits", f" (runs `{' '.join(cmd)}`)"),
         f"SFT gold {sft:.3f}; proxy RM held-out accuracy {stage:.3f}; {args.seeds} seeds; best-of-n from N = "
         f"{summary['config']['bon']['n_samples']} samples per held-out prompt, d = √(log n − (n−1)/n) (an upper "
         "bound on its KL). Fits through the origin on (d, gold − gold at the first evaluation) of every seed; "
@@ -145,12 +140,8 @@ def scaling_section(args: Args) -> str:
                     trends.append(f"| {labels[axis]} | `{m}` | {coef} | {t['slope']:+.4f} | {t['intercept']:.4f} "
                                   f"| {_v(t['r2'])} | {t['n']} |")  # fmt: skip
     return "\n".join([
-        "## Overoptimization scaling: `default` preset, testbed `summarize`",
-        "",
-        f"Command: `python experiments/overoptimization_laws.py --part scaling` (runs `{' '.join(cmd)}`)  ",
-        f"Date: {datetime.date.today().isoformat()}  ",
-        f"Machine: {machine()}",
-        "",
+        *section_head("Overoptimization scaling: `default` preset, testbed `summarize`",
+                      "python experiments/overoptimization_laws.py --part scaling", f" (runs `{' '.join(cmd)}`)"),
         "One axis at a time around the preset's cell (`base`: policy and RM 64×2×4, 12000 pairs). RM cells: the RM "
         "starts from an SFT model of its own size; policy cells keep the RM at 64×2×4, trained on pairs from that "
         f"policy. {args.seeds} seeds per method; brackets: 95 % jackknife t intervals over seeds. Parameters: every "

@@ -17,7 +17,6 @@ answer and the share of answers that reach an answer at all.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import shutil
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import tyro
 
 from overopt.report.plots import aggregate, new_figure, save_figure, style_axes
 from overopt.report.summary import build_summary, load_runs
-from overopt.results import machine, write_section
+from overopt.results import section_head, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEPT = ("sum", "discounted_sum", "min", "max", "mean", "sharpe")  # one `overopt run --sweep`
@@ -146,13 +145,10 @@ def main(args: Args) -> None:
     cfg = summary["config"]
     figure = plot(runs, ROOT / "docs/img/process_aggregation.png")
     body = "\n".join([
-        "## Process rewards: how the PRM's step rewards are aggregated (`process` testbed, default preset)",
-        "",
-        f"Command: `python experiments/process_aggregation.py --out {args.out}`, which runs  ",
-        *(f"`{c}`  " for c in commands),
-        f"Date: {datetime.date.today().isoformat()}  ",
-        f"Machine: {machine()}",
-        "",
+        # the commands it runs, one a line, follow the Command line
+        *section_head("Process rewards: how the PRM's step rewards are aggregated (`process` testbed, default preset)",
+                      f"python experiments/process_aggregation.py --out {args.out}",
+                      ", which runs" + "".join(f"  \n`{c}`" for c in commands)),
         f"PRM held-out step accuracy {prm['heldout_step_accuracy']:.3f} (train {prm['train_step_accuracy']:.3f}; "
         f"{prm['n_train_answers']} SFT answers, steps right: "
         f"{summary['stages']['prm_data']['metrics']['right_fraction']:.2f}). RLOO, {cfg['rl']['steps']} updates of "

@@ -16,7 +16,6 @@ and hacked seeds (gold falls ≥ 30 % of its gain from the peak: report.summary.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import tyro
 
 from overopt.report.plots import aggregate, new_figure, save_figure, style_axes
 from overopt.report.summary import build_summary, load_runs
-from overopt.results import machine, write_section
+from overopt.results import section_head, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 # Arms beyond a mitigation at the lab's default knobs: name -> (mitigation, the example's extra flags). GR's γ
@@ -128,13 +127,10 @@ def main(args: Args) -> None:
     header = ("| side | method | gold final | gold peak (step) | KL final | hacked | effective strength | wall s |\n"
               "|---|---|---|---|---|---|---|---|")  # fmt: skip
     body = "\n".join([
-        "## The lab through TRL: RLOOTrainer with overopt's monitor and mitigations, `default` summarize lab",
-        "",
-        f"Command: `python experiments/trl_lab.py --lab {args.lab} --out {args.out}` (each run: "
-        f"`python {' '.join(commands[0][1:])}` with its method and seed)  ",
-        f"Date: {datetime.date.today().isoformat()}  ",
-        f"Machine: {machine()}",
-        "",
+        *section_head("The lab through TRL: RLOOTrainer with overopt's monitor and mitigations, `default` summarize "
+                      "lab",
+                      f"python experiments/trl_lab.py --lab {args.lab} --out {args.out}",
+                      f" (each run: `python {' '.join(commands[0][1:])}` with its method and seed)"),
         f"SFT gold {lab['sft']['gold_reward']:.3f} (lab), {trl['sft']['gold_reward']:.3f} (TRL's step-0 "
         f"evaluation). TRL: RLOOTrainer, {steps} updates of {lab_cfg['rl']['prompts_per_step']} prompts × "
         f"{lab_cfg['rl']['group_size']}, lr {lab_cfg['rl']['lr']} constant, `kl`/`ref_reset` β = "

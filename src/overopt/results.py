@@ -21,11 +21,12 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({cpu}), {platform.system()}, {versions}"
 
 
-def section_head(title: str, command: str, after: str = "") -> list[str]:
+def section_head(title: str, command: str, after: str = "", machine_note: str = "") -> list[str]:
     """The first lines of a section: its heading, the command that wrote it (`after` follows it, e.g. the
-    commands it ran), today's date and the machine."""
+    commands it ran), today's date, the machine (`machine_note` follows it, e.g. the usable cores) and a blank
+    line."""
     return [f"## {title}", "", f"Command: `{command}`{after}  ", f"Date: {datetime.date.today().isoformat()}  ",
-            f"Machine: {machine()}", ""]  # fmt: skip
+            f"Machine: {machine()}{machine_note}", ""]  # fmt: skip
 
 
 def markdown_table(header: list[str], rows: list[str]) -> list[str]:
