@@ -60,6 +60,13 @@ STUDIES = {
         "seeds per grid point.",
         75,
     ),
+    "labs-frontier-full": Study(
+        "The full `summarize` frontier over 5 labs: every method of src/overopt/presets/frontier.yaml",
+        ("compare", "--labs", "5", "--seeds", "2", "--out", "runs/frontier-labs5-full", "--jobs", "2"),
+        "Each lab redraws the world, SFT policy, pairs, proxy RM and the ensemble's members from seed i; 2 RL "
+        "seeds per grid point, 37 points.",
+        90,
+    ),
     "labs-scaling-rl": Study(
         "RL and best-of-n scaling over 3 labs: RM size, pairs and policy size",
         (

@@ -15,6 +15,7 @@ from scipy import stats as scipy_stats
 from overopt import compare, scaling
 from overopt.config import ExperimentConfig
 from overopt.labs import replicate
+from overopt.report.frontier import analyze_frontier
 from overopt.report.labs import build_labs_report
 from overopt.stats import interval, labs_to_resolve, t_quantile, variance_components
 
@@ -165,10 +166,10 @@ over_labs = _script("over_labs")
 
 
 @pytest.mark.parametrize("name", list(over_labs.STUDIES))
-def test_each_study_names_a_grid_its_command_reads_and_writes_under_runs(name):
+def test_each_studys_grid_loads_and_it_writes_under_runs_with_three_labs_or_more(name):
     study = over_labs.STUDIES[name]
     argv = list(study.argv)
-    grid = over_labs.ROOT / argv[argv.index("--grid") + 1]
+    grid = over_labs.ROOT / argv[argv.index("--grid") + 1] if "--grid" in argv else None  # None: the preset's
     if argv[0] == "compare":
         assert "none" in compare.load_grid(grid)[0]
     else:
@@ -217,6 +218,9 @@ def test_compare_with_three_labs_pairs_methods_within_each_lab(tmp_path):
     assert "| chi2 |" in against_kl and "| kl |" not in against_kl  # kl is the reference, not a row
     assert "| none |" not in text.split("stopped early**")[1]
     assert summary["mechanisms"]["ocrm"]["numbers"]["change"]["n"] == 3  # OCRM's premise, one unit per lab
+    cv = {m: [f["methods"][m]["cv_gold"]["mean"] for f in (analyze_frontier(out / "labs" / f"lab{i}")
+                                                          for i in range(3))] for m in ("kl", "chi2")}  # fmt: skip
+    assert summary["methods"]["chi2"]["cv_vs_kl"]["per_lab"] == pytest.approx(np.subtract(cv["chi2"], cv["kl"]))
     study = over_labs.Study("A study", ("compare", "--out", str(out)), "What each lab redraws.", 1)
     section = over_labs.section("a-study", study, 2.0)
     assert section.startswith("## A study") and "What each lab redraws. 2.0 min on this machine." in section

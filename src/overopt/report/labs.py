@@ -157,6 +157,12 @@ def compare_statistics(out: Path, labs: list[dict]) -> dict[str, Any]:
                 "vs_none_early": _over_labs([c.get("vs_none_early") or {} for c in cells]),
             }
         methods[name] = entry
+    if "kl" in methods:  # each method's best point (leave-one-seed-out) against kl's, paired within lab
+        kl_cv = [f["methods"].get("kl", {}).get("cv_gold", {}).get("mean") for f in done]
+        for name, entry in methods.items():
+            mine = [f["methods"].get(name, {}).get("cv_gold", {}).get("mean") for f in done]
+            diffs = [a - b for a, b in zip(mine, kl_cv, strict=True) if _num(a) is not None and _num(b) is not None]
+            entry["cv_vs_kl"] = {**interval(diffs), "per_lab": diffs}
     return {
         "kind": "compare", "labs": len(labs), "labs_done": len(done), "budgets": budgets,
         "testbed": done[0]["testbed"] if done else None, "preset": done[0]["preset"] if done else None,
@@ -245,21 +251,24 @@ def labs_markdown(result: dict) -> str:
         lines += [
             f"Testbed `{result['testbed']}`, preset `{result['preset']}`. Gold at matched KL, each lab's "
             "leave-one-seed-out choice; paired differences within lab and seed, then mean over labs "
-            "[95 % Student t interval, unit: the lab].",
+            "[95 % Student t interval, unit: the lab]. cv gold: each lab's leave-one-seed-out best point at any "
+            "KL; cv gold − kl: the same against `kl`'s, paired within lab.",
             "",
         ]
         budgets = result["budgets"]
         tables = (("Gold at matched KL", "gold", None), ("Paired against `kl`", "vs_kl", "kl"),
                   ("Paired against `none` stopped early", "vs_none_early", "none"))  # fmt: skip
         for title, key, reference in tables:
-            lines += [f"**{title}**", "", "| method | " + ("cv gold | " if key == "gold" else "")
+            lead_cols = 2 if key == "gold" else 0
+            lines += [f"**{title}**", "", "| method | " + ("cv gold | cv gold − kl | " if lead_cols else "")
                       + " | ".join(f"KL ≤ {b}" for b in budgets) + " |",
-                      "|" + "---|" * (1 + (key == "gold") + len(budgets))]  # fmt: skip
+                      "|" + "---|" * (1 + lead_cols + len(budgets))]  # fmt: skip
             for name, m in result["methods"].items():
                 if reference and (name == reference or not any(m["matched"][b][key].get("n") for b in budgets)):
                     continue  # the reference itself, or nothing to pair with
                 cells = [format_ci(m["matched"][b][key], signed=bool(reference)) for b in budgets]
-                lead = f"{format_ci(m['cv_gold'])} | " if key == "gold" else ""
+                vs_kl = format_ci(m.get("cv_vs_kl"), signed=True) if name != "kl" else ""
+                lead = f"{format_ci(m['cv_gold'])} | {vs_kl} | " if key == "gold" else ""
                 lines.append(f"| {name} | {lead}" + " | ".join(cells) + " |")
             lines.append("")
     else:
@@ -293,7 +302,8 @@ def labs_markdown(result: dict) -> str:
                     for axis, ms in result["trends"].items() if "rm_accuracy" in ms]  # fmt: skip
         lines += ["", "RM accuracy slope per axis: " + "; ".join(accuracy) + "."]
     if result.get("mechanisms"):
-        lines += ["", "**Mechanisms over labs**: each figure one lab's mean over its runs (of `none` for the accuracy "
+        lines += [""] if lines[-1] else []
+        lines += ["**Mechanisms over labs**: each figure one lab's mean over its runs (of `none` for the accuracy "
                   "and flip-rate changes, of every run that has it otherwise), then the mean over labs [95 % t "
                   "interval, unit: the lab]; the verdict is the deciding figure's.", "",
                   "| claim | verdict over labs (deciding figure) | figures |", "|---|---|---|"]  # fmt: skip
