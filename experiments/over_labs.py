@@ -101,14 +101,16 @@ class Args:
     """Rewrite the section from the study's OUT without running anything."""
     wall_min: float | None = None
     """With --score-only: the wall time of the run that made OUT, when measured outside this script."""
+    note: str = ""
+    """Said after the study's own note: what this run reused, or how it differs from the study's command."""
 
 
-def section(name: str, study: Study, wall_min: float | None) -> str:
+def section(name: str, study: Study, wall_min: float | None, note: str = "") -> str:
     command = f"python experiments/over_labs.py {name}"
     head = section_head(study.title, command, f" (runs `overopt {shlex.join(study.argv)}`)")
     timing = f" {wall_min:.1f} min on this machine." if wall_min is not None else ""
     body = (study.out / "labs.md").read_text().split("\n", 2)[2]  # without its own `# Over labs` title
-    return "\n".join([*head, study.note + timing, "", body.rstrip()])
+    return "\n".join([*head, study.note + timing + (f" {note}" if note else ""), "", body.rstrip()])
 
 
 def main(args: Args) -> None:
@@ -125,7 +127,7 @@ def main(args: Args) -> None:
         wall_min = (time.perf_counter() - start) / 60
     else:
         build_labs_report(study.out)
-    write_section(args.study, section(args.study, study, wall_min))
+    write_section(args.study, section(args.study, study, wall_min, args.note))
     print(f"over_labs: wrote section {args.study} of benchmarks/RESULTS.md")
 
 
