@@ -17,7 +17,7 @@ from overopt.config import ExperimentConfig
 from overopt.labs import replicate
 from overopt.report.frontier import analyze_frontier
 from overopt.report.labs import build_labs_report
-from overopt.stats import interval, labs_to_resolve, t_quantile, variance_components
+from overopt.stats import interval, labs_to_resolve, prediction_interval, t_quantile, variance_components
 
 # -- the statistics ---------------------------------------------------------------------------------------
 
@@ -114,6 +114,7 @@ def test_run_statistics_pair_within_lab_and_seed_and_score_validity(tmp_path):
     m = result["methods"]
     assert m["none"]["gold_final"]["per_lab"] == pytest.approx([0.15, -0.15, 0.45])
     assert m["none"]["gold_final"]["mean"] == pytest.approx(interval([0.15, -0.15, 0.45])["mean"])
+    assert m["none"]["gold_final"]["new_lab"] == pytest.approx(prediction_interval([0.15, -0.15, 0.45]))
     diffs = [np.mean([a[0] - b[0] for a, b in zip(kl[i], none[i])]) for i in range(3)]
     assert m["kl"]["vs_baseline"]["per_lab"] == pytest.approx(diffs)
     assert m["kl"]["vs_baseline"]["lo"] == pytest.approx(interval(diffs)["lo"])

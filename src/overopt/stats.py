@@ -90,6 +90,25 @@ def interval(units: Iterable[Any], statistic: Callable[[Sequence[Any]], Any] | N
     return {"mean": estimate, "lo": estimate - half, "hi": estimate + half, "n": n}
 
 
+def prediction_interval(units: Iterable[Any], level: float = LEVEL) -> CI:
+    """Where one new unit (a new lab) falls: ``x̄ ± t_{n−1, (1+level)/2} · s · √(1 + 1/n)`` over the n finite
+    units (s with ddof 1), the normal-theory prediction interval for one more draw.
+
+    :func:`interval` bounds the mean over labs; a user who runs one lab of their own gets one draw, whose
+    spread is the between-lab sd, not its standard error: this is the interval that draw falls in at
+    ``level`` (for normal units). Returns ``{"mean", "lo", "hi", "n"}`` as :func:`interval` does.
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"prediction_interval: level must be in (0, 1), got {level}")
+    xs = np.asarray([v for v in (finite_float(x) for x in units) if v is not None], dtype=np.float64)
+    n = len(xs)
+    if n < 2:
+        return {"mean": float(xs[0]) if n else None, "lo": None, "hi": None, "n": n}
+    mean, sd = float(xs.mean()), float(xs.std(ddof=1))
+    half = t_quantile((1 + level) / 2, n - 1) * sd * math.sqrt(1 + 1 / n)
+    return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": n}
+
+
 def nested_interval(values: Iterable[Any], groups: Sequence[Any], level: float = LEVEL) -> CI:
     """:func:`interval` over groups (labs) of per-item values (runs), each group's finite values averaged first.
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from overopt.labs import read_labs
-from overopt.stats import interval, labs_to_resolve, variance_components
+from overopt.stats import interval, labs_to_resolve, prediction_interval, variance_components
 
 from .frontier import analyze_frontier, format_ci
 from .mechanisms import mechanism_verdicts, verdict_status
@@ -87,6 +87,7 @@ def run_statistics(out: Path, labs: list[dict]) -> dict[str, Any]:
             per_lab = [list(_by_seed(e, key).values()) for _, e in entries]
             entry[key] = interval(float(np.mean(v)) for v in per_lab if v)
             entry[key]["per_lab"] = [float(np.mean(v)) if v else None for v in per_lab]
+            entry[key]["new_lab"] = prediction_interval(entry[key]["per_lab"])  # where one more lab would fall
             entry[key]["variance"] = _components(per_lab)
         runs = [s for _, e in entries for s in e.get("seeds") or []]
         entry["hacked"] = {"runs": sum(bool(s.get("hacked")) for s in runs), "of": len(runs)}
@@ -239,6 +240,9 @@ def labs_markdown(result: dict) -> str:
                 f"{format_ci(m['kl_final'], 2)} | {m['hacked']['runs']}/{m['hacked']['of']} | "
                 f"{format_ci(vs, signed=True) if vs else ''} | {split} | {need if need else '–'} |"
             )
+        new_lab = [f"{name} {format_ci(m['gold_final']['new_lab'])}" for name, m in result["methods"].items()]
+        lines += ["", "Final gold of one new lab (95 % prediction interval, mean ± t·sd·√(1 + 1/labs)): "
+                  + "; ".join(new_lab) + "."]  # fmt: skip
         if "validity" in result:
             v = result["validity"]
             lines += [
