@@ -41,6 +41,135 @@ class Study:
 
 GRIDS = "benchmarks/grids"
 STUDIES = {
+    "labs-default": Study(
+        "The default preset over 5 labs: `overopt run --labs 5`",
+        ("run", "--labs", "5", "--out", "runs/labs-default", "--threads", "1"),
+        "Each lab draws its own world (summarize.world_seed 1234 + i), SFT corpus and policy, pairs and proxy RM "
+        "from seed i; 3 RL seeds per lab.",
+        20,
+    ),
+    "labs-math_format": Study(
+        "`math_format` over 5 labs: `overopt run --testbed math_format --labs 5 --methods none`",
+        ("run", "--testbed", "math_format", "--labs", "5", "--methods", "none", "--out", "runs/labs-math_format"),
+        "The testbed has a fixed world: a lab redraws the SFT corpus, the SFT policy and the RL seeds (the rule "
+        "reward has nothing to train).",
+        35,
+    ),
+    "labs-judge": Study(
+        "`judge` over 5 labs: `overopt run --testbed judge --labs 5 --methods none`",
+        ("run", "--testbed", "judge", "--labs", "5", "--methods", "none", "--out", "runs/labs-judge"),
+        "The testbed has a fixed world: a lab redraws the SFT corpus and policy, the judge's labelled answers, its "
+        "init and data order, and the RL seeds.",
+        17,
+    ),
+    "labs-process": Study(
+        "`process` over 5 labs: `overopt run --testbed process --labs 5 --methods none` (sum of step rewards)",
+        ("run", "--testbed", "process", "--labs", "5", "--methods", "none", "--out", "runs/labs-process"),
+        "The default return (`rl.aggregation sum`). The testbed has a fixed world: a lab redraws the SFT corpus "
+        "and policy, the PRM's labelled solutions, init and data order, and the RL seeds.",
+        18,
+    ),
+    "labs-process-min": Study(
+        "`process` over 5 labs with the min return: `--rl.aggregation min --rl.min_temperature 0`",
+        (
+            "run",
+            "--testbed",
+            "process",
+            "--labs",
+            "5",
+            "--methods",
+            "none",
+            "--rl.aggregation",
+            "min",
+            "--rl.min_temperature",
+            "0",
+            "--out",
+            "runs/labs-process-min",
+        ),  # fmt: skip
+        "The labs of `labs-process` with RRA's exact min of the step rewards (copy their stages in to reuse them: "
+        'only the return differs). The validity line applies the bar to a mitigation, so "NOT valid" here means '
+        "the min return is not hacked.",
+        18,
+    ),
+    "labs-frontier-summarize": Study(
+        "The `summarize` frontier over 5 labs: `none`, `kl`, `chi2`, `signcert+kl`",
+        (
+            "compare",
+            "--labs",
+            "5",
+            "--seeds",
+            "2",
+            "--grid-methods",
+            "none,kl,chi2,signcert+kl",
+            "--out",
+            "runs/frontier-labs5",
+            "--jobs",
+            "2",
+        ),  # fmt: skip
+        "Each lab draws its world (summarize.world_seed 1234 + i), SFT corpus and policy, pairs and proxy RM from "
+        "seed i; 2 RL seeds per lab; 16 points of the frontier grid (labs-frontier-full runs all 37).",
+        35,
+    ),
+    "labs-frontier-judge": Study(
+        "The `judge` frontier over 3 labs: `none`, `kl`, `chi2`",
+        (
+            "compare",
+            "--testbed",
+            "judge",
+            "--labs",
+            "3",
+            "--seeds",
+            "2",
+            "--grid-methods",
+            "none,kl,chi2",
+            "--out",
+            "runs/frontier-judge-labs3",
+            "--jobs",
+            "2",
+        ),  # fmt: skip
+        "The testbed has a fixed world: each lab redraws the SFT corpus and policy, the judge's labelled answers, "
+        "its init and data order, from seed i; 2 RL seeds per lab.",
+        24,
+    ),
+    "labs-frontier-math_format": Study(
+        "The `math_format` frontier over 3 labs: `none`, `kl`, `chi2`",
+        (
+            "compare",
+            "--testbed",
+            "math_format",
+            "--labs",
+            "3",
+            "--seeds",
+            "2",
+            "--grid",
+            f"{GRIDS}/frontier-labs-small.yaml",
+            "--out",
+            "runs/frontier-math_format-labs3",
+            "--jobs",
+            "2",
+        ),  # fmt: skip
+        "The testbed has a fixed world (a rule proxy: nothing to train): each lab redraws the SFT corpus and "
+        "policy from seed i; 2 RL seeds per lab.",
+        25,
+    ),
+    "labs-scaling-bon": Study(
+        "Best-of-n scaling over 3 labs: RM size and pairs",
+        (
+            "scaling",
+            "--labs",
+            "3",
+            "--methods",
+            "bon",
+            "--grid",
+            f"{GRIDS}/scaling-labs.yaml",
+            "--out",
+            "runs/scaling-bon-labs3",
+            "--jobs",
+            "2",
+        ),  # fmt: skip
+        "Each lab redraws every cell's RM (and world, SFT, pairs) from seed i; best-of-n, 3 seeds.",
+        30,
+    ),
     "labs-frontier-par-uwo": Study(
         "The `summarize` frontier over 3 labs: PAR and the UWO ensemble against `kl`",
         (

@@ -173,8 +173,10 @@ def test_each_studys_grid_loads_and_it_writes_under_runs_with_three_labs_or_more
     grid = over_labs.ROOT / argv[argv.index("--grid") + 1] if "--grid" in argv else None  # None: the preset's
     if argv[0] == "compare":
         assert "none" in compare.load_grid(grid)[0]
-    else:
+    elif argv[0] == "scaling":
         assert scaling.load_grid(grid, quick=False)
+    else:
+        assert argv[0] == "run" and grid is None
     assert argv[argv.index("--out") + 1].startswith("runs/") and int(argv[argv.index("--labs") + 1]) >= 3
 
 
