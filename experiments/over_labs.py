@@ -187,14 +187,14 @@ STUDIES = {
         ),  # fmt: skip
         "Each lab redraws the world, SFT policy, pairs, proxy RM and the ensemble's members from seed i; 2 RL "
         "seeds per grid point.",
-        75,
+        18,
     ),
     "labs-frontier-full": Study(
         "The full `summarize` frontier over 5 labs: every method of src/overopt/presets/frontier.yaml",
         ("compare", "--labs", "5", "--seeds", "2", "--out", "runs/frontier-labs5-full", "--jobs", "2"),
         "Each lab redraws the world, SFT policy, pairs, proxy RM and the ensemble's members from seed i; 2 RL "
         "seeds per grid point, 37 points.",
-        90,
+        75,  # 59.5 min with labs 0-2 partly reused
     ),
     "labs-scaling-rl": Study(
         "RL and best-of-n scaling over 3 labs: RM size, pairs and policy size",
@@ -215,7 +215,7 @@ STUDIES = {
         ),  # fmt: skip
         "Each lab redraws every cell's RM (and world, SFT policies, pairs) from seed i; `none` (RL, 200 updates) "
         "and best-of-n, 2 seeds per cell.",
-        60,
+        30,
     ),
 }
 
