@@ -8,9 +8,11 @@ differences of one lab averaged, then the interval over labs).
 - `run`: per method, final gold, peak gold and final KL over labs, hacked runs out of (lab, seed), each
   quantity's variance split between labs and within a lab (stats.variance_components), and each method
   against `none` (or the first method); the testbed's validity at this preset (`none` hacks in ≥ 80 % of
-  the (lab, seed) runs, gold first rises above the SFT level in ≥ 90 %).
+  the (lab, seed) runs, gold first rises above the SFT level in ≥ 90 %); where one new lab would fall
+  (stats.prediction_interval).
 - `compare`: each lab's frontier analysis (report.frontier.analyze_frontier), then gold at matched KL paired
-  against `kl` and against `none` stopped early, and the leave-one-seed-out best point, over labs.
+  against `kl` and against `none` stopped early, and the leave-one-seed-out best point (also against `kl`'s,
+  paired within lab), over labs.
 - `scaling`: each cell's RM accuracy and each method's fitted α, β and predicted peak d* over labs; each
   lab's log-linear trend of α, β, d* and the RM's accuracy along each axis, the slope's interval over labs
   (does a bigger RM overoptimize later? its d* slope against log10 RM parameters, with the lab as the unit).
