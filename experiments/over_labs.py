@@ -3,9 +3,9 @@ study is one `overopt run | compare | scaling --labs N` command; this script run
 times it, and writes its OUT/labs.md into benchmarks/RESULTS.md as the study's section, with the command,
 date, machine and wall time.
 
-    python experiments/over_labs.py --list                        # the studies, their commands
-    python experiments/over_labs.py frontier-par-uwo              # run one (each prints its time below)
-    python experiments/over_labs.py frontier-par-uwo --score-only # rewrite its section from OUT as it is
+    python experiments/over_labs.py --list                             # the studies, commands, minutes
+    python experiments/over_labs.py labs-frontier-par-uwo              # run one, write its section
+    python experiments/over_labs.py labs-frontier-par-uwo --score-only # rewrite it from OUT as it is
 
 The unit of every interval is the lab (overopt.report.labs); the studies' grids are in benchmarks/grids/.
 """
