@@ -48,6 +48,14 @@ STUDIES = {
         "from seed i; 3 RL seeds per lab.",
         20,
     ),
+    "labs-default-rerun": Study(
+        "The default preset's 5 labs again, on the machine at hand: `overopt run --labs 5`",
+        ("run", "--labs", "5", "--out", "runs/labs-default-2", "--threads", "1", "--jobs", "2"),
+        "The labs of `labs-default` (same seeds and world seeds) re-run where this script runs: on the same machine "
+        "and versions it repeats that table (runs are bit-for-bit repeatable there); on another CPU it measures "
+        "how far the over-labs figures move.",
+        10,
+    ),
     "labs-math_format": Study(
         "`math_format` over 5 labs: `overopt run --testbed math_format --labs 5 --methods none`",
         ("run", "--testbed", "math_format", "--labs", "5", "--methods", "none", "--out", "runs/labs-math_format"),
