@@ -15,6 +15,7 @@ from overopt.report.frontier import (
     analyze_frontier,
     early_stop_gold,
     envelope_band,
+    error_bars,
     format_ci,
     frontier_markdown,
     loso_select,
@@ -326,3 +327,10 @@ def test_plan_without_baselines(tmp_path):
     md = frontier_markdown(res)
     assert "none stopped early" not in md and "− kl" not in md
     assert len(plot_frontier(out, res)) == 2
+
+
+def test_error_bars_are_the_intervals_halves_and_none_for_a_one_unit_point():
+    # A point that one seed reached (n = 1: lo and hi None) failed the frontier plot of `compare --seeds 2`.
+    cis = [{"mean": 0.5, "lo": 0.4, "hi": 0.7, "n": 3}, {"mean": 0.2, "lo": None, "hi": None, "n": 1},
+           {"mean": 0.1, "lo": 0.15, "hi": 0.3, "n": 2}]  # fmt: skip
+    assert error_bars(cis) == pytest.approx(np.array([[0.1, 0.0, 0.0], [0.2, 0.0, 0.2]]))

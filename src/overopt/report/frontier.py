@@ -638,9 +638,14 @@ def frontier_markdown(result: Mapping) -> str:
 # --------------------------------------------------------------------------- #
 # plots
 # --------------------------------------------------------------------------- #
-def _err(cis: list[dict]) -> np.ndarray:
-    """Asymmetric error bars (mean - lo, hi - mean) of CIs, clipped at 0."""
-    err = np.array([[c["mean"] - c["lo"] for c in cis], [c["hi"] - c["mean"] for c in cis]], dtype=float)
+def error_bars(cis: list[dict]) -> np.ndarray:
+    """Asymmetric error bars (mean − lo, hi − mean) of CIs, clipped at 0; a CI without bounds (one unit: n = 1,
+    lo and hi None) gets none (0), so one seed's point is drawn without a bar instead of failing the plot."""
+
+    def half(a, b):
+        return a - b if a is not None and b is not None else 0.0
+
+    err = np.array([[half(c["mean"], c["lo"]) for c in cis], [half(c["hi"], c["mean"]) for c in cis]], dtype=float)
     return np.clip(err, 0.0, None)
 
 
@@ -691,7 +696,7 @@ def _frontier_panel(ax, name: str, m: dict, result: dict, color) -> None:
         if not sel:
             continue
         ax.errorbar([p["kl"]["mean"] for p in sel], [p["gold"]["mean"] for p in sel],
-                    xerr=_err([p["kl"] for p in sel]), yerr=_err([p["gold"] for p in sel]),
+                    xerr=error_bars([p["kl"] for p in sel]), yerr=error_bars([p["gold"] for p in sel]),
                     fmt="*" if published else "o", markersize=11 if published else 5,
                     color=color, ecolor=color, elinewidth=0.9, capsize=2, zorder=4,
                     markeredgecolor="black" if published else color,
@@ -767,7 +772,9 @@ def plot_frontier(out_dir: str | Path, result: Mapping) -> list[Path]:
                 style = {"fmt": "s", "color": "0.35", "markersize": 7}
             elif name == none_name:
                 style = {"fmt": "X", "color": "0.55", "markersize": 7}
-            ax.errorbar(xi, [c["mean"] for c in cis], yerr=_err(cis), capsize=3, elinewidth=1.1, label=name, **style)
+            ax.errorbar(
+                xi, [c["mean"] for c in cis], yerr=error_bars(cis), capsize=3, elinewidth=1.1, label=name, **style
+            )
         if result.get("sft_gold") is not None:
             ax.axhline(result["sft_gold"], color="0.3", linestyle=":", linewidth=1.1, label="SFT policy")
         ax.set_xticks(range(len(budgets)))

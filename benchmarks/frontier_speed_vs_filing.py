@@ -1,0 +1,86 @@
+"""Runs per hour on a `summarize` frontier grid, this code against an earlier revision, side by side in one run.
+
+    python benchmarks/frontier_speed_vs_filing.py                  # against 9f29858 (issue 28's filing)
+    python benchmarks/frontier_speed_vs_filing.py --seeds 1 --no-write
+
+Issue 28 asks for 2.5× the runs per hour of `--jobs 2` as it was when the issue was filed. The earlier revision
+is checked out with `git worktree` (a temporary folder) and run from its own src/ through PYTHONPATH, in this
+environment; this revision runs as installed. Each runs `overopt compare --grid GRID --seeds N --jobs J` into
+its own OUT (its stages built first: their time is not counted), then the runs' wall time is read from
+OUT/compare_timing.json (the first run's start to the last one's end). The two versions run one after the
+other on an otherwise idle machine; the earlier one first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import tyro
+
+from overopt.results import markdown_table, section_head, write_section
+
+ROOT = Path(__file__).resolve().parents[1]
+FILING = "9f29858"  # the last commit before the work of issue 28 (088e60d: runs trained together)
+
+
+@dataclasses.dataclass
+class Args:
+    rev: str = FILING
+    """The earlier revision to compare against."""
+    grid: str = "benchmarks/grids/frontier-labs-small.yaml"
+    """The frontier grid both versions run (none, kl and chi2 at three strengths each)."""
+    seeds: int = 2
+    jobs: int = 2
+    out: str = "benchmarks/out/speed-vs-filing"
+    write: bool = True
+    """Write the table into benchmarks/RESULTS.md."""
+
+
+def compare(out: Path, args: Args, pythonpath: str | None) -> dict:
+    env = dict(os.environ, PYTHONPATH=pythonpath) if pythonpath else dict(os.environ)
+    cmd = [sys.executable, "-m", "overopt", "compare", "--grid", str(ROOT / args.grid), "--seeds", str(args.seeds),
+           "--jobs", str(args.jobs), "--out", str(out)]  # fmt: skip
+    # The runs are what is timed: a version whose report fails after them (9f29858's frontier plot, on an
+    # interval with one seed) still counts, with its exit status in the table.
+    rc = subprocess.run(cmd, env=env, cwd=ROOT).returncode
+    runs = [i for i in json.loads((out / "compare_timing.json").read_text())["invocations"] if i.get("ran")]
+    return {"ran": sum(i["ran"] for i in runs), "wall_s": sum(i["wall_s"] for i in runs), "rc": rc}
+
+
+def main(args: Args) -> None:
+    out = ROOT / args.out
+    shutil.rmtree(out, ignore_errors=True)
+    rows, per_hour = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "rev"
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), args.rev], check=True, cwd=ROOT)
+        try:
+            for name, path in ((f"{args.rev} (filing)", str(tree / "src")), ("this revision", None)):
+                t = compare(out / ("rev" if path else "now"), args, path)
+                per_hour[name] = t["ran"] / t["wall_s"] * 3600
+                rows.append((name, t))
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], check=False, cwd=ROOT)
+    base = next(iter(per_hour.values()))
+    table = [f"| {name} | {t['ran']} | {t['wall_s']:.1f} | {per_hour[name]:.0f} | {per_hour[name] / base:.2f}× "
+             f"| {t['rc']} |" for name, t in rows]  # fmt: skip
+    command = f"python benchmarks/frontier_speed_vs_filing.py --rev {args.rev} --seeds {args.seeds} --jobs {args.jobs}"
+    body = [*section_head("Runs per hour on a frontier grid: this revision against issue 28's filing", command),
+            f"`overopt compare --grid {args.grid} --seeds {args.seeds} --jobs {args.jobs}` (testbed `summarize`, "
+            "default preset) by each version into its own OUT, one after the other; runs wall time from "
+            "OUT/compare_timing.json (stages not counted).", "",
+            *markdown_table(["version", "runs", "runs wall s", "runs per hour", "speed-up", "rc"], table)]  # fmt: skip
+    print("\n".join(body))
+    if args.write:
+        write_section("frontier-speed-vs-filing", "\n".join(body))
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
