@@ -30,27 +30,30 @@ ROOT = Path(__file__).resolve().parents[1]
 @dataclasses.dataclass(frozen=True)
 class Study:
     title: str
-    argv: tuple[str, ...]  # the overopt command after `overopt`, --out included
+    command: str  # the overopt command after `overopt`, --out included
     note: str  # what the section says before the tables: what each lab redraws, what the study leaves fixed
     minutes: int  # about, on 2 CPU cores, from nothing
+
+    @property
+    def argv(self) -> list[str]:
+        return shlex.split(self.command)
 
     @property
     def out(self) -> Path:
         return ROOT / self.argv[self.argv.index("--out") + 1]
 
 
-GRIDS = "benchmarks/grids"
 STUDIES = {
     "labs-default": Study(
         "The default preset over 5 labs: `overopt run --labs 5`",
-        ("run", "--labs", "5", "--out", "runs/labs-default", "--threads", "1"),
+        "run --labs 5 --out runs/labs-default --threads 1",
         "Each lab draws its own world (summarize.world_seed 1234 + i), SFT corpus and policy, pairs and proxy RM "
         "from seed i; 3 RL seeds per lab.",
         20,
     ),
     "labs-default-rerun": Study(
         "The default preset's 5 labs again, on the machine at hand: `overopt run --labs 5`",
-        ("run", "--labs", "5", "--out", "runs/labs-default-2", "--threads", "1", "--jobs", "2"),
+        "run --labs 5 --out runs/labs-default-2 --threads 1 --jobs 2",
         "The labs of `labs-default` (same seeds and world seeds) re-run where this script runs: on the same machine "
         "and versions it repeats that table (runs are bit-for-bit repeatable there); on another CPU it measures "
         "how far the over-labs figures move.",
@@ -58,42 +61,29 @@ STUDIES = {
     ),
     "labs-math_format": Study(
         "`math_format` over 5 labs: `overopt run --testbed math_format --labs 5 --methods none`",
-        ("run", "--testbed", "math_format", "--labs", "5", "--methods", "none", "--out", "runs/labs-math_format"),
+        "run --testbed math_format --labs 5 --methods none --out runs/labs-math_format",
         "The testbed has a fixed world: a lab redraws the SFT corpus, the SFT policy and the RL seeds (the rule "
         "reward has nothing to train).",
         35,
     ),
     "labs-judge": Study(
         "`judge` over 5 labs: `overopt run --testbed judge --labs 5 --methods none`",
-        ("run", "--testbed", "judge", "--labs", "5", "--methods", "none", "--out", "runs/labs-judge"),
+        "run --testbed judge --labs 5 --methods none --out runs/labs-judge",
         "The testbed has a fixed world: a lab redraws the SFT corpus and policy, the judge's labelled answers, its "
         "init and data order, and the RL seeds.",
         17,
     ),
     "labs-process": Study(
         "`process` over 5 labs: `overopt run --testbed process --labs 5 --methods none` (sum of step rewards)",
-        ("run", "--testbed", "process", "--labs", "5", "--methods", "none", "--out", "runs/labs-process"),
+        "run --testbed process --labs 5 --methods none --out runs/labs-process",
         "The default return (`rl.aggregation sum`). The testbed has a fixed world: a lab redraws the SFT corpus "
         "and policy, the PRM's labelled solutions, init and data order, and the RL seeds.",
         18,
     ),
     "labs-process-min": Study(
         "`process` over 5 labs with the min return: `--rl.aggregation min --rl.min_temperature 0`",
-        (
-            "run",
-            "--testbed",
-            "process",
-            "--labs",
-            "5",
-            "--methods",
-            "none",
-            "--rl.aggregation",
-            "min",
-            "--rl.min_temperature",
-            "0",
-            "--out",
-            "runs/labs-process-min",
-        ),  # fmt: skip
+        "run --testbed process --labs 5 --methods none --rl.aggregation min --rl.min_temperature 0 --out "
+        "runs/labs-process-min",
         "The labs of `labs-process` with RRA's exact min of the step rewards (copy their stages in to reuse them: "
         'only the return differs). The validity line applies the bar to a mitigation, so "NOT valid" here means '
         "the min return is not hacked.",
@@ -101,126 +91,53 @@ STUDIES = {
     ),
     "labs-frontier-summarize": Study(
         "The `summarize` frontier over 5 labs: `none`, `kl`, `chi2`, `signcert+kl`",
-        (
-            "compare",
-            "--labs",
-            "5",
-            "--seeds",
-            "2",
-            "--grid-methods",
-            "none,kl,chi2,signcert+kl",
-            "--out",
-            "runs/frontier-labs5",
-            "--jobs",
-            "2",
-        ),  # fmt: skip
+        "compare --labs 5 --seeds 2 --grid-methods none,kl,chi2,signcert+kl --out runs/frontier-labs5 --jobs 2",
         "Each lab draws its world (summarize.world_seed 1234 + i), SFT corpus and policy, pairs and proxy RM from "
         "seed i; 2 RL seeds per lab; 16 points of the frontier grid (labs-frontier-full runs all 37).",
         35,
     ),
     "labs-frontier-judge": Study(
         "The `judge` frontier over 3 labs: `none`, `kl`, `chi2`",
-        (
-            "compare",
-            "--testbed",
-            "judge",
-            "--labs",
-            "3",
-            "--seeds",
-            "2",
-            "--grid-methods",
-            "none,kl,chi2",
-            "--out",
-            "runs/frontier-judge-labs3",
-            "--jobs",
-            "2",
-        ),  # fmt: skip
+        "compare --testbed judge --labs 3 --seeds 2 --grid-methods none,kl,chi2 --out runs/frontier-judge-labs3 "
+        "--jobs 2",
         "The testbed has a fixed world: each lab redraws the SFT corpus and policy, the judge's labelled answers, "
         "its init and data order, from seed i; 2 RL seeds per lab.",
         24,
     ),
     "labs-frontier-math_format": Study(
         "The `math_format` frontier over 3 labs: `none`, `kl`, `chi2`",
-        (
-            "compare",
-            "--testbed",
-            "math_format",
-            "--labs",
-            "3",
-            "--seeds",
-            "2",
-            "--grid",
-            f"{GRIDS}/frontier-labs-small.yaml",
-            "--out",
-            "runs/frontier-math_format-labs3",
-            "--jobs",
-            "2",
-        ),  # fmt: skip
+        "compare --testbed math_format --labs 3 --seeds 2 --grid benchmarks/grids/frontier-labs-small.yaml --out "
+        "runs/frontier-math_format-labs3 --jobs 2",
         "The testbed has a fixed world (a rule proxy: nothing to train): each lab redraws the SFT corpus and "
         "policy from seed i; 2 RL seeds per lab.",
         25,
     ),
     "labs-scaling-bon": Study(
         "Best-of-n scaling over 3 labs: RM size and pairs",
-        (
-            "scaling",
-            "--labs",
-            "3",
-            "--methods",
-            "bon",
-            "--grid",
-            f"{GRIDS}/scaling-labs.yaml",
-            "--out",
-            "runs/scaling-bon-labs3",
-            "--jobs",
-            "2",
-        ),  # fmt: skip
+        "scaling --labs 3 --methods bon --grid benchmarks/grids/scaling-labs.yaml --out runs/scaling-bon-labs3 --jobs "
+        "2",
         "Each lab redraws every cell's RM (and world, SFT, pairs) from seed i; best-of-n, 3 seeds.",
         30,
     ),
     "labs-frontier-par-uwo": Study(
         "The `summarize` frontier over 3 labs: PAR and the UWO ensemble against `kl`",
-        (
-            "compare",
-            "--labs",
-            "3",
-            "--seeds",
-            "2",
-            "--grid",
-            f"{GRIDS}/frontier-labs-par-uwo.yaml",
-            "--out",
-            "runs/frontier-labs-paruwo",
-            "--jobs",
-            "2",
-        ),  # fmt: skip
+        "compare --labs 3 --seeds 2 --grid benchmarks/grids/frontier-labs-par-uwo.yaml --out "
+        "runs/frontier-labs-paruwo --jobs 2",
         "Each lab redraws the world, SFT policy, pairs, proxy RM and the ensemble's members from seed i; 2 RL "
         "seeds per grid point.",
         18,
     ),
     "labs-frontier-full": Study(
         "The full `summarize` frontier over 5 labs: every method of src/overopt/presets/frontier.yaml",
-        ("compare", "--labs", "5", "--seeds", "2", "--out", "runs/frontier-labs5-full", "--jobs", "2"),
+        "compare --labs 5 --seeds 2 --out runs/frontier-labs5-full --jobs 2",
         "Each lab redraws the world, SFT policy, pairs, proxy RM and the ensemble's members from seed i; 2 RL "
         "seeds per grid point, 37 points.",
-        75,  # 59.5 min with labs 0-2 partly reused
+        75,
     ),
     "labs-scaling-rl": Study(
         "RL and best-of-n scaling over 3 labs: RM size, pairs and policy size",
-        (
-            "scaling",
-            "--labs",
-            "3",
-            "--seeds",
-            "2",
-            "--methods",
-            "bon,none",
-            "--grid",
-            f"{GRIDS}/scaling-labs-rl.yaml",
-            "--out",
-            "runs/scaling-rl-labs3",
-            "--jobs",
-            "2",
-        ),  # fmt: skip
+        "scaling --labs 3 --seeds 2 --methods bon,none --grid benchmarks/grids/scaling-labs-rl.yaml --out "
+        "runs/scaling-rl-labs3 --jobs 2",
         "Each lab redraws every cell's RM (and world, SFT policies, pairs) from seed i; `none` (RL, 200 updates) "
         "and best-of-n, 2 seeds per cell.",
         30,
@@ -244,7 +161,7 @@ class Args:
 
 def section(name: str, study: Study, wall_min: float | None, note: str = "") -> str:
     command = f"python experiments/over_labs.py {name}"
-    head = section_head(study.title, command, f" (runs `overopt {shlex.join(study.argv)}`)")
+    head = section_head(study.title, command, f" (runs `overopt {study.command}`)")
     timing = f" {wall_min:.1f} min on this machine." if wall_min is not None else ""
     body = (study.out / "labs.md").read_text().split("\n", 2)[2]  # without its own `# Over labs` title
     return "\n".join([*head, study.note + timing + (f" {note}" if note else ""), "", body.rstrip()])
@@ -253,14 +170,14 @@ def section(name: str, study: Study, wall_min: float | None, note: str = "") -> 
 def main(args: Args) -> None:
     if args.list or not args.study:
         for name, s in STUDIES.items():
-            print(f"{name} (about {s.minutes} min on 2 cores): overopt {shlex.join(s.argv)}")
+            print(f"{name} (about {s.minutes} min on 2 cores): overopt {s.command}")
         return
     if args.study not in STUDIES:
         raise SystemExit(f"over_labs: no study {args.study!r}; studies: {', '.join(STUDIES)}")
     study, wall_min = STUDIES[args.study], args.wall_min
     if not args.score_only:
         start = time.perf_counter()
-        overopt(list(study.argv))
+        overopt(study.argv)
         wall_min = (time.perf_counter() - start) / 60
     else:
         build_labs_report(study.out)

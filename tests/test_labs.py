@@ -169,7 +169,7 @@ over_labs = _script("over_labs")
 @pytest.mark.parametrize("name", list(over_labs.STUDIES))
 def test_each_studys_grid_loads_and_it_writes_under_runs_with_three_labs_or_more(name):
     study = over_labs.STUDIES[name]
-    argv = list(study.argv)
+    argv = study.argv
     grid = over_labs.ROOT / argv[argv.index("--grid") + 1] if "--grid" in argv else None  # None: the preset's
     if argv[0] == "compare":
         assert "none" in compare.load_grid(grid)[0]
@@ -224,7 +224,7 @@ def test_compare_with_three_labs_pairs_methods_within_each_lab(tmp_path):
     cv = {m: [f["methods"][m]["cv_gold"]["mean"] for f in (analyze_frontier(out / "labs" / f"lab{i}")
                                                           for i in range(3))] for m in ("kl", "chi2")}  # fmt: skip
     assert summary["methods"]["chi2"]["cv_vs_kl"]["per_lab"] == pytest.approx(np.subtract(cv["chi2"], cv["kl"]))
-    study = over_labs.Study("A study", ("compare", "--out", str(out)), "What each lab redraws.", 1)
+    study = over_labs.Study("A study", f"compare --out {out}", "What each lab redraws.", 1)
     section = over_labs.section("a-study", study, 2.0)
     assert section.startswith("## A study") and "What each lab redraws. 2.0 min on this machine." in section
     assert "**Paired against `kl`**" in section and "# Over labs" not in section

@@ -24,6 +24,7 @@ Never imports torch.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +41,6 @@ from .summary import _json_safe, _num
 VALID_HACKED, VALID_ROSE = 0.8, 0.9  # the testbed-validity bar (issue 29): share of (lab, seed) runs of `none`
 LEVEL_KEYS = ("gold_final", "gold_peak", "kl_final")
 SCALING_KEYS = ("alpha", "beta", "d_peak")  # each method's fit per cell (laws.Fit); d_peak: the predicted peak d*
-# Each mechanism claim's deciding figure over labs (report.mechanisms): the key in its verdict's numbers, the
-# value it is tested against, and the direction its paper expects (None: either sign is a finding, as for GR).
-MECH_DECIDING = {
-    "ocrm": (("change", 0.0, False), ("refit_gain", 0.0, True)),
-    "signcert": (("change", 0.0, True), ("radius_auroc", 0.5, True)),
-    "gr": (("corr_diff", 0.0, None), ("corr", 0.0, None)),
-    "ensemble": (("corr", 0.0, True),),
-}
 SIGNED_MECH = ("change", "refit_gain", "corr", "corr_diff")  # differences and correlations print with a sign
 
 
@@ -108,7 +101,7 @@ def run_statistics(out: Path, labs: list[dict]) -> dict[str, Any]:
         "kind": "run", "labs": len(labs), "labs_done": len(done), "baseline": baseline,
         "testbed": done[0][1].get("testbed") if done else None, "preset": done[0][1].get("preset") if done else None,
         "sft_gold": {**interval(sft), "per_lab": sft}, "rm_accuracy": {**interval(rm), "per_lab": rm},
-        "methods": methods, "mechanisms": mechanism_statistics(out, labs),
+        "methods": methods, "mechanisms": mechanism_statistics(summaries),
     }  # fmt: skip
     if "none" in methods:
         none = methods["none"]
@@ -120,22 +113,23 @@ def run_statistics(out: Path, labs: list[dict]) -> dict[str, Any]:
     return result
 
 
-def mechanism_statistics(out: Path, labs: list[dict]) -> dict[str, Any]:
-    """Each mechanism claim over labs: every figure of the claim's verdict (its mean over one lab's runs) as
-    one unit per lab, the interval over labs, and the verdict of the deciding figure (MECH_DECIDING)."""
+def mechanism_statistics(summaries: list[dict | None]) -> dict[str, Any]:
+    """Each mechanism claim over the labs' summaries: every figure of the claim's verdict (its mean over one
+    lab's runs) as one unit per lab, the interval over labs, and the verdict of the figure that decided it in
+    most labs (report.mechanisms.mechanism_verdicts' ``deciding``), tested the same way over labs."""
     claims: dict[str, Any] = {}
-    for summary in _lab_summaries(out, labs, "summary.json"):
+    for summary in summaries:
         for item in mechanism_verdicts(summary) if summary is not None else []:
             claim = claims.setdefault(item["claim"], {"method": item["method"], "statement": item["statement"],
-                                                      "numbers": {}})  # fmt: skip
+                                                      "numbers": {}, "deciding_by_lab": []})  # fmt: skip
+            claim["deciding_by_lab"].append(tuple(item["deciding"]))
             for key, ci in item["numbers"].items():
                 claim["numbers"].setdefault(key, []).append(_num(ci.get("mean")))
-    for name, claim in claims.items():
+    for claim in claims.values():
         claim["numbers"] = {k: {**interval(v), "per_lab": v} for k, v in claim["numbers"].items()}
-        key, above, expect_up = next(((k, a, e) for k, a, e in MECH_DECIDING[name]
-                                      if claim["numbers"].get(k, {}).get("n")), (None, 0.0, None))  # fmt: skip
+        key, above, expect_up = Counter(claim.pop("deciding_by_lab")).most_common(1)[0][0]
         claim["deciding"] = key
-        claim["status"] = verdict_status(claim["numbers"][key], above, expect_up) if key else "no data"
+        claim["status"] = verdict_status(claim["numbers"][key], above, expect_up)
     return claims
 
 
@@ -170,7 +164,7 @@ def compare_statistics(out: Path, labs: list[dict]) -> dict[str, Any]:
         "kind": "compare", "labs": len(labs), "labs_done": len(done), "budgets": budgets,
         "testbed": done[0]["testbed"] if done else None, "preset": done[0]["preset"] if done else None,
         "sft_gold": _over_labs([{"mean": f.get("sft_gold")} for f in done]), "methods": methods,
-        "mechanisms": mechanism_statistics(out, labs),
+        "mechanisms": mechanism_statistics(_lab_summaries(out, labs, "summary.json")),
     }  # fmt: skip
 
 

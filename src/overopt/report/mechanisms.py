@@ -173,7 +173,9 @@ def mechanism_verdicts(summary: Mapping) -> list[dict[str, Any]]:
     """One verdict per mechanistic claim that has data, from summary's per-seed ``mech`` dicts.
 
     Each item: ``{"claim", "method", "statement", "status", "verdict" (one line
-    quoting mean [95 % Student t interval over runs] and n), "numbers": {name: CI}}``.  Claims:
+    quoting mean [95 % Student t interval over runs] and n), "numbers": {name: CI}, "deciding": (name, value,
+    expected side)}``: the status is :func:`verdict_status` of ``numbers[name]`` against the value (the
+    statistics over labs apply the same test to the labs' figures).  Claims:
 
     * ``ocrm`` — "the RM gets worse off-policy": proxy accuracy at SFT vs final
       over the seeds of ``none`` (all runs when there is no ``none``), the
@@ -201,63 +203,63 @@ def mechanism_verdicts(summary: Mapping) -> list[dict[str, Any]]:
     gain = interval(gains)
     if sft or gain["n"]:
         nums: dict[str, Any] = {"refit_gain": gain}
-        parts, status = [], "inconclusive"
+        parts: list[str] = []
         if sft:
             a, b, d = interval(sft), interval(fin), interval(y - x for x, y in zip(sft, fin))
             nums.update(accuracy_sft=a, accuracy_final=b, change=d)
-            status = verdict_status(d, expect_up=False)
             parts.append(f"proxy accuracy on current-policy pairs goes from {format_ci(a)} at SFT to {format_ci(b)} "
                          f"at the end ({who}; change {format_ci(d, signed=True)}, n={d['n']})")  # fmt: skip
         if gain["n"]:
             parts.append(f"OCRM's refit gains {format_ci(gain, signed=True)} over RM_0 (n={gain['n']} runs)")
-            if not sft:
-                status = verdict_status(gain)
+        deciding = ("change", 0.0, False) if sft else ("refit_gain", 0.0, True)
+        status = verdict_status(nums[deciding[0]], *deciding[1:])
         items.append({"claim": "ocrm", "method": "OCRM", "statement": "the RM gets worse off-policy",
                       "status": status, "verdict": f"OCRM — the RM gets worse off-policy: {status}; "
-                      + "; ".join(parts) + ".", "numbers": nums})  # fmt: skip
+                      + "; ".join(parts) + ".", "numbers": nums, "deciding": deciding})  # fmt: skip
 
     # SignCert-PO: hacking shows up as proxy/gold advantage sign flips, and a small radius predicts them.
     first, last = _paired([d for _, d in base], "sign_flip_rate_first", "sign_flip_rate_final")
     auroc = interval(d.get("radius_auroc_mean") for d in everyone)
     if first or auroc["n"]:
-        nums, parts, status = {"radius_auroc": auroc}, [], "inconclusive"
+        nums, parts = {"radius_auroc": auroc}, []
         if first:
             a, b, d = interval(first), interval(last), interval(y - x for x, y in zip(first, last))
             nums.update(flip_rate_first=a, flip_rate_final=b, change=d)
-            status = verdict_status(d)
             parts.append(f"sign-flip rate goes from {format_ci(a)} at the first evaluation to {format_ci(b)} at the "
                          f"end ({who}; change {format_ci(d, signed=True)}, n={d['n']})")  # fmt: skip
         if auroc["n"]:
             parts.append(f"radius AUROC for predicting a flip {format_ci(auroc)} vs chance 0.5 "
                          f"({verdict_status(auroc, above=0.5)}, n={auroc['n']} runs)")  # fmt: skip
-            if not first:
-                status = verdict_status(auroc, above=0.5)
+        deciding = ("change", 0.0, True) if first else ("radius_auroc", 0.5, True)
+        status = verdict_status(nums[deciding[0]], *deciding[1:])
         items.append({"claim": "signcert", "method": "SignCert-PO", "statement": "hacking is flipped advantage signs",
                       "status": status, "verdict": f"SignCert-PO — hacking is flipped advantage signs: {status}; "
-                      + "; ".join(parts) + ".", "numbers": nums})  # fmt: skip
+                      + "; ".join(parts) + ".", "numbers": nums, "deciding": deciding})  # fmt: skip
 
     # GR: gradient norm moves with the proxy's accuracy on the policy's samples. Both drift with training
     # time, so the verdict rests on their changes between evaluations, the levels' r is quoted beside it.
     corr = interval(d.get("grad_norm_accuracy_corr") for d in everyone)
     diff = interval(d.get("grad_norm_accuracy_corr_diff") for d in everyone)
     if corr["n"] or diff["n"]:
+        deciding = ("corr_diff", 0.0, None) if diff["n"] else ("corr", 0.0, None)
         decisive = diff if diff["n"] else corr
-        status = verdict_status(decisive, expect_up=None)
+        status = verdict_status(decisive, *deciding[1:])
         items.append({"claim": "gr", "method": "GR", "statement": "gradient norm tracks reward accuracy",
                       "status": status, "verdict": f"GR — gradient norm tracks reward accuracy: {status}; mean "
                       f"per-run Pearson r between the changes of gradient norm and proxy accuracy from one "
                       f"evaluation to the next {format_ci(diff, signed=True)} (levels: {format_ci(corr, signed=True)}, "
                       f"which training time alone inflates; n={decisive['n']} runs).",
-                      "numbers": {"corr": corr, "corr_diff": diff}})  # fmt: skip
+                      "numbers": {"corr": corr, "corr_diff": diff}, "deciding": deciding})  # fmt: skip
 
     # Ensembles: member disagreement is larger where the proxy is more wrong.
     dis = interval(d.get("disagreement_error_corr_mean") for d in everyone)
     if dis["n"]:
-        status = verdict_status(dis)
+        deciding = ("corr", 0.0, True)
+        status = verdict_status(dis, *deciding[1:])
         items.append({"claim": "ensemble", "method": "Ensembles", "statement": "disagreement marks error",
                       "status": status, "verdict": f"Ensembles — disagreement marks error: {status}; mean "
                       f"correlation between member std and |proxy − gold| {format_ci(dis, signed=True)} "
-                      f"(n={dis['n']} runs).", "numbers": {"corr": dis}})  # fmt: skip
+                      f"(n={dis['n']} runs).", "numbers": {"corr": dis}, "deciding": deciding})  # fmt: skip
     return items
 
 
