@@ -134,6 +134,15 @@ STUDIES = {
         "seeds per grid point, 37 points.",
         75,
     ),
+    "labs-frontier-full-1seed": Study(
+        "The full `summarize` frontier over 5 labs, one RL seed each: every method of src/overopt/presets/frontier.yaml",
+        "compare --labs 5 --seeds 1 --out runs/frontier-labs5-s1 --jobs 2",
+        "Each lab redraws the world, SFT policy, pairs, proxy RM and the ensemble's members from seed i; one RL "
+        "seed per grid point, 37 points, from nothing (issue 28's 5-lab frontier). With one seed a lab cannot "
+        "choose its own point out of sample: the point at each KL budget is chosen on the other labs "
+        "(leave-one-lab-out).",
+        45,
+    ),
     "labs-scaling-rl": Study(
         "RL and best-of-n scaling over 3 labs: RM size, pairs and policy size",
         "scaling --labs 3 --seeds 2 --methods bon,none --grid benchmarks/grids/scaling-labs-rl.yaml --out "

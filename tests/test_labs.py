@@ -16,7 +16,7 @@ from overopt import compare, scaling
 from overopt.config import ExperimentConfig
 from overopt.labs import replicate
 from overopt.report.frontier import analyze_frontier
-from overopt.report.labs import build_labs_report
+from overopt.report.labs import build_labs_report, labs_markdown, leave_one_lab_out
 from overopt.stats import interval, labs_to_resolve, prediction_interval, t_quantile, variance_components
 
 # -- the statistics ---------------------------------------------------------------------------------------
@@ -154,6 +154,56 @@ def test_mechanisms_over_labs_take_each_labs_mean_as_one_unit(tmp_path):
     assert "**Mechanisms over labs**" in (tmp_path / "labs.md").read_text()
 
 
+def _frontier(points: dict[str, dict[str, list[tuple[float, float]]]], early: float) -> dict:
+    """An analyze_frontier result with only what leave_one_lab_out reads: method -> point -> [(gold, kl) per seed]."""
+    methods = {m: {"points": [{"run": run, "per_seed": {str(s): {"gold": g, "kl": k} for s, (g, k) in enumerate(v)}}
+                              for run, v in pts.items()]} for m, pts in points.items()}  # fmt: skip
+    return {"methods": methods, "none_early": {"2": {"mean": early}}}
+
+
+def test_leave_one_lab_out_chooses_each_labs_point_on_the_other_labs():
+    """Three labs, one seed each: at KL ≤ 2, lab j takes the point with the best gold over the other labs among
+    those within budget at lab j, never its own best (that would be in sample)."""
+    kl_points = [{"kl@a": [(0.50, 1.0)], "kl@b": [(0.60, 1.5)]},   # lab 0: b is its own best
+                 {"kl@a": [(0.52, 1.0)], "kl@b": [(0.40, 3.0)]},   # lab 1: b over the budget here
+                 {"kl@a": [(0.48, 1.0)], "kl@b": [(0.45, 1.8)]}]  # fmt: skip
+    chi_points = [{"chi2@a": [(0.55, 1.0)]}, {"chi2@a": [(0.50, 1.0)]}, {"chi2@a": [(0.47, 1.2)]}]
+    frontiers = [_frontier({"kl": k, "chi2": c}, early=0.3 + 0.1 * j)
+                 for j, (k, c) in enumerate(zip(kl_points, chi_points, strict=True))]  # fmt: skip
+    result = leave_one_lab_out(frontiers, ["2"])
+    kl = result["kl"]["matched"]["2"]
+    # lab 0: other labs' means a 0.50, b (0.40+0.45)/2 = 0.425 -> a (0.50), not its own best b (0.60)
+    # lab 1: b is over the budget at lab 1 -> a (0.52); lab 2: a (0.505) beats b (0.50) -> a (0.48)
+    assert kl["chosen"] == ["kl@a", "kl@a", "kl@a"] and kl["per_lab"] == pytest.approx([0.50, 0.52, 0.48])
+    assert kl["mean"] == pytest.approx(interval([0.50, 0.52, 0.48])["mean"])
+    chi2 = result["chi2"]["matched"]["2"]
+    assert chi2["vs"]["per_lab"] == pytest.approx([0.05, -0.02, -0.01])
+    assert chi2["vs"]["lo"] == pytest.approx(interval([0.05, -0.02, -0.01])["lo"])
+    assert chi2["vs_none_early"]["per_lab"] == pytest.approx([0.25, 0.10, -0.03])
+    # at any KL, lab 1 takes b (best over labs 0 and 2: 0.525 against a's 0.49) and reads its 0.40 there
+    assert result["kl"]["cv_gold"]["chosen"][1] == "kl@b" and result["kl"]["cv_gold"]["per_lab"][1] == 0.40
+    assert leave_one_lab_out(frontiers[:1], ["2"]) == {}  # one lab: nothing to choose on
+
+
+def test_one_seed_labs_report_the_choice_on_the_other_labs_only():
+    """With one RL seed per lab a lab's own choice is in sample: labs.md shows the leave-one-lab-out tables."""
+    frontier = _frontier({"kl": {"kl@a": [(0.5, 1.0)]}, "chi2": {"chi2@a": [(0.55, 1.0)]}}, early=0.3)
+    result = {
+        "kind": "compare",
+        "labs": 2,
+        "labs_done": 2,
+        "budgets": ["2"],
+        "testbed": "summarize",
+        "preset": "default",
+        "one_seed": True,
+        "methods": {},
+        "lolo": leave_one_lab_out([frontier] * 2, ["2"]),
+    }
+    text = labs_markdown(result)
+    assert "**Gold at matched KL (chosen on the other labs)**" in text and "**Gold at matched KL**" not in text
+    assert "would be in sample" in text and "| chi2 | 0.550" in text
+
+
 def _script(name: str):
     path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
@@ -220,6 +270,8 @@ def test_compare_with_three_labs_pairs_methods_within_each_lab(tmp_path):
     against_kl = text.split("Paired against `kl`")[1].split("**")[1]
     assert "| chi2 |" in against_kl and "| kl |" not in against_kl  # kl is the reference, not a row
     assert "| none |" not in text.split("stopped early**")[1]
+    assert not summary["one_seed"] and "**Paired against `kl` (chosen on the other labs)**" in text
+    assert summary["lolo"]["chi2"]["cv_gold"]["n"] == 3  # every lab chose on the two others
     assert summary["mechanisms"]["ocrm"]["numbers"]["change"]["n"] == 3  # OCRM's premise, one unit per lab
     cv = {m: [f["methods"][m]["cv_gold"]["mean"] for f in (analyze_frontier(out / "labs" / f"lab{i}")
                                                           for i in range(3))] for m in ("kl", "chi2")}  # fmt: skip

@@ -14,7 +14,7 @@ from overopt.progress import StageProgress
 from overopt.stages.rl import train_policy
 
 
-def _train(world, cfg: RLConfig, seed: int = 0, eval_every: int = 2):
+def _train(world, cfg: RLConfig, seed: int = 0, eval_every: int = 2, generator=None):
     """Run `cfg` from the tiny world's policy; returns (trained policy, logged train figures per eval)."""
     testbed = world["testbed"]
     policy = copy.deepcopy(world["policy"]).train()
@@ -37,6 +37,7 @@ def _train(world, cfg: RLConfig, seed: int = 0, eval_every: int = 2):
             eval_every=eval_every,
             on_eval=lambda step, figures: logged.append((step, figures)),
             progress=progress,
+            generator=generator,
         )
     return policy, logged
 
@@ -99,6 +100,68 @@ def test_one_update_equals_the_step_written_out(tiny_world):
     optimizer.step()
     assert not torch.equal(_params(policy), _params(tiny_world["policy"]))
     torch.testing.assert_close(_params(trained), _params(policy), rtol=0, atol=1e-7)
+
+
+def test_sampler_correction_with_the_policys_own_sampler_changes_nothing_but_rounding(tiny_world):
+    """The policy's own sampler reads its log-probs off the logits it drew with: π_old/μ is 1 to float rounding,
+    so every mode's weights are 1 and the update is the uncorrected one."""
+    plain, _ = _train(tiny_world, BASE)
+    for mode in ("token_truncate", "sequence_mask"):
+        corrected, logged = _train(tiny_world, BASE.model_copy(update={"sampler_correction": mode}))
+        torch.testing.assert_close(_params(corrected), _params(plain), rtol=0, atol=1e-6)
+        figures = logged[-1][1]
+        assert figures["sampler/logp_diff_max"] < 1e-5 and figures["sampler/masked_frac"] == 0
+        assert figures["sampler/weight_mean"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_another_samplers_tokens_are_reweighted_by_its_mismatch(tiny_world):
+    """A sampler whose reported log-probs are off by δ_b = 0.3·b on row b (token_truncate, C_max 3): one
+    update equals the GRPO step written out with the per-token weights min(exp(δ_b), 3), and not the unweighted
+    one. Checks the wiring: the generator's log-probs, the op, the surrogate's weights."""
+    from overopt.models.policy import completion_logprobs
+    from overopt.ops import clipped_surrogate, grpo_advantages, sampler_importance_weights
+    from overopt.sampling import SampledLogprobs, pad_left, sample_completions
+    from overopt.stages.rl import PromptStream
+
+    calls = []
+
+    def off_by_delta(*args, with_logprobs=False, **kwargs):
+        calls.append(with_logprobs)
+        rollout, sampled = sample_completions(*args, with_logprobs=True, **kwargs)
+        delta = 0.3 * torch.arange(len(sampled.logprobs)).unsqueeze(1) * rollout.completion_mask
+        return rollout, SampledLogprobs(sampled.logprobs - delta, sampled.entropy)
+
+    cfg = BASE.model_copy(update={"algo": "grpo", "steps": 1, "sampler_correction": "token_truncate"})
+    trained, logged = _train(tiny_world, cfg, seed=5, generator=off_by_delta)
+    assert calls == [True] and logged[-1][1]["sampler/logp_diff_max"] == pytest.approx(0.3 * 7, abs=1e-5)
+
+    testbed, tok = tiny_world["testbed"], tiny_world["testbed"].tokenizer
+    steps = {}
+    for weighted in (True, False):
+        policy = copy.deepcopy(tiny_world["policy"]).train()
+        torch.manual_seed(5)
+        prompts = PromptStream(testbed.prompts("train", 16, 0), 5).take(cfg.prompts_per_step)
+        ids, mask = pad_left([p for p in prompts for _ in range(cfg.group_size)], tok.pad_token_id)
+        roll, sampled = off_by_delta(policy, ids, mask, testbed.max_completion_tokens, 1.0, tok.eos_token_id,
+                                     tok.pad_token_id, with_logprobs=True)  # fmt: skip
+        with torch.no_grad():
+            rewards = ProxyRewardModel(tiny_world["reward_model"])(roll).rewards
+        advantages = grpo_advantages(rewards.view(-1, cfg.group_size)).flatten()
+        logprobs, _ = completion_logprobs(policy, roll.input_ids, roll.attention_mask, roll.prompt_len)
+        cmask = roll.completion_mask
+        weights = sampler_importance_weights(logprobs.detach(), sampled.logprobs, cmask, "token_truncate").weights
+        expected = torch.exp(0.3 * torch.arange(len(cmask))).clamp(max=3.0).unsqueeze(1) * cmask
+        torch.testing.assert_close(weights, expected, rtol=0, atol=1e-5)
+        pg = clipped_surrogate(logprobs, logprobs.detach(), advantages, cmask, clip_eps=cfg.clip_eps,
+                               aggregation=cfg.token_aggregation, norm_const=float(testbed.max_completion_tokens),
+                               weights=weights if weighted else None)  # fmt: skip
+        optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
+        pg.loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(policy.parameters()), cfg.max_grad_norm)
+        optimizer.step()
+        steps[weighted] = _params(policy)
+    torch.testing.assert_close(_params(trained), steps[True], rtol=0, atol=1e-7)
+    assert (_params(trained) - steps[False]).abs().max() > 1e-5
 
 
 def test_same_seed_same_run_and_other_seed_differs(tiny_world):

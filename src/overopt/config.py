@@ -130,6 +130,23 @@ class RLConfig(_Frozen):
     lam: float = Field(0.95, ge=0, le=1, description="PPO: GAE λ.")
     vf_coef: float = Field(0.1, ge=0, description="PPO: value-loss coefficient.")
     vf_clip: float = Field(0.2, gt=0, description="PPO: value clipping range.")
+    generation: Literal["policy", "vllm"] = Field(
+        "policy",
+        description="Who draws the rollouts: policy = the trained model itself (exact log-probs); vllm = a vLLM "
+        "engine on the same GPU, weights synchronised after each update (pip install vllm; overopt.vllm_sampling).",
+    )
+    vllm_gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=1, description="rl.generation=vllm: share of the GPU's memory vLLM takes (TRL's colocate 0.3)."
+    )
+    sampler_correction: Literal["auto", "off", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"] = (
+        Field(
+            "auto",
+            description="Importance weights π_old/μ for the sampler's mismatch with the trainer (ops.sampler_is); "
+            "auto = sequence_mask with vllm (TRL's default), off with the policy's own sampler.",
+        )
+    )
+    sampler_clip_min: float | None = Field(None, ge=0, description="C_min of sampler_correction (None: no bound).")
+    sampler_clip_max: float | None = Field(3.0, gt=0, description="C_max of sampler_correction (None: no bound).")
 
     @field_validator("stop_on_alarm")
     @classmethod
@@ -161,6 +178,20 @@ class RLConfig(_Frozen):
     @property
     def stop_alarms(self) -> list[str]:
         return [n for n in self.stop_on_alarm.split(",") if n]
+
+    @model_validator(mode="after")
+    def _sampler_bounds(self):
+        low, high = self.sampler_clip_min, self.sampler_clip_max
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"rl.sampler_clip_min ({low}) must not exceed rl.sampler_clip_max ({high})")
+        return self
+
+    @property
+    def sampler_is_mode(self) -> str | None:
+        """The sampler-correction mode in force (sampler_correction with auto resolved), or None when off."""
+        if self.sampler_correction == "auto":
+            return "sequence_mask" if self.generation == "vllm" else None
+        return None if self.sampler_correction == "off" else self.sampler_correction
 
     @property
     def token_aggregation(self) -> str:

@@ -41,7 +41,7 @@ def ref_surrogate(logprobs, old, adv, mask, eps, aggregation, norm_const=None, w
             rho = math.exp(lp[b][t] - olp[b][t])
             unclipped = rho * a_bt
             clipped = min(max(rho, 1 - eps), 1 + eps) * a_bt
-            terms.append(-sign * min(unclipped, clipped) * w[b])
+            terms.append(-sign * min(unclipped, clipped) * (w[b][t] if isinstance(w[b], list) else w[b]))
             n_clip += clipped < unclipped
             l = lp[b][t] - olp[b][t]
             kl_terms.append(math.exp(-l) - 1 + l)
@@ -58,11 +58,13 @@ def ref_surrogate(logprobs, old, adv, mask, eps, aggregation, norm_const=None, w
 
 @pytest.mark.parametrize("aggregation", AGGREGATIONS)
 @pytest.mark.parametrize("per_token_adv", [False, True])
-@pytest.mark.parametrize("use_weights", [False, True])
+@pytest.mark.parametrize("use_weights", [None, "sequence", "token"])
 def test_clipped_surrogate_matches_loop(
     gen, right_padded_mask, with_garbage, assert_close, aggregation, per_token_adv, use_weights
 ):
     logprobs, old, adv, mask, weights = _batch(gen, right_padded_mask, per_token_adv=per_token_adv)
+    if use_weights == "token":  # per-token weights (the sampler's importance weights): a different one per token
+        weights = weights.unsqueeze(1) * (0.5 + torch.rand(B, T, generator=gen, dtype=torch.float64))
     weights = weights if use_weights else None
     expected = ref_surrogate(logprobs, old, adv, mask, EPS, aggregation, NORM, weights)
     out = clipped_surrogate(logprobs, old, adv, mask, EPS, aggregation, NORM, weights)

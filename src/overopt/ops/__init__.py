@@ -18,6 +18,8 @@ By file:
 * ``policy_loss`` - ``clipped_surrogate`` returning ``PolicyLoss(loss,
   clip_frac, approx_kl)`` with the ``AGGREGATIONS`` "seq_mean" / "token_mean" /
   "token_sum_norm"; ``clipped_value_loss``.
+* ``sampler_is``  - ``sampler_importance_weights`` (``SamplerWeights``, ``SAMPLER_IS_MODES``): truncated or
+  masked importance weights π_old/μ for rollouts drawn by another engine (vLLM), as TRL's GRPOTrainer.
 * ``preference``  - ``bradley_terry_loss`` (optionally importance-weighted),
   ``pairwise_accuracy``.
 * ``daa``         - direct-alignment losses on sequence log-probs, each returning
@@ -118,6 +120,7 @@ from overopt.ops.ocrm import (
 from overopt.ops.par import par_reward, par_saturation
 from overopt.ops.policy_loss import AGGREGATIONS, PolicyLoss, clipped_surrogate, clipped_value_loss
 from overopt.ops.preference import bradley_terry_loss, order_disagreement, pairwise_accuracy
+from overopt.ops.sampler_is import SAMPLER_IS_MODES, SamplerWeights, sampler_importance_weights
 from overopt.ops.signcert import (
     CERTIFIED_WEIGHT_MODES,
     THRESHOLD_SCOPES,
@@ -238,4 +241,8 @@ __all__ = [
     "auroc",
     "order_accuracy",
     "pearson",
+    # sampler_is
+    "SAMPLER_IS_MODES",
+    "SamplerWeights",
+    "sampler_importance_weights",
 ]

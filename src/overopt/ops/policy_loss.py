@@ -39,7 +39,8 @@ def clipped_surrogate(
 
     Per token: ``ρ = exp(logprobs - old_logprobs)`` and
     ``ℓ_t = -min(ρ A, clip(ρ, 1 - ε, 1 + ε) A)``; with per-sequence
-    ``weights`` w_b, ``ℓ_{b,t} <- w_b ℓ_{b,t}`` (SignCert-PO, arXiv 2604.02986).
+    ``weights`` w_b, ``ℓ_{b,t} <- w_b ℓ_{b,t}`` (SignCert-PO, arXiv 2604.02986),
+    or per-token w_{b,t} (the sampler's importance weights, ops.sampler_is).
     ``old_logprobs``, ``advantages`` and ``weights`` are detached (they are
     constants of the surrogate). Aggregation over valid tokens (n_b per row,
     N = Σ_b n_b, B rows):
@@ -61,7 +62,7 @@ def clipped_surrogate(
 
     Shapes: ``logprobs``, ``old_logprobs``, ``mask`` (B, T); ``advantages``
     (B,) (one per sequence, broadcast over tokens) or (B, T); ``weights``
-    (B,) or None. Returns ``PolicyLoss`` of scalars.
+    (B,), (B, T) or None. Returns ``PolicyLoss`` of scalars.
     """
     _check_ndim("logprobs", logprobs, 2, "(B, T)")
     _check_same_shape("logprobs", logprobs, "old_logprobs", old_logprobs)
@@ -74,8 +75,10 @@ def clipped_surrogate(
             f"advantages must have shape (B,) = ({batch},) or (B, T) = "
             f"{tuple(logprobs.shape)}, got {tuple(advantages.shape)}"
         )
-    if weights is not None and weights.shape != (batch,):
-        raise ValueError(f"weights must have shape (B,) = ({batch},), got {tuple(weights.shape)}")
+    if weights is not None and weights.shape not in ((batch,), logprobs.shape):
+        raise ValueError(
+            f"weights must have shape (B,) = ({batch},) or (B, T) = {tuple(logprobs.shape)}, got {tuple(weights.shape)}"
+        )
     if not clip_eps > 0:
         raise ValueError(f"clip_eps must be > 0, got {clip_eps}")
     if aggregation not in AGGREGATIONS:
@@ -98,7 +101,7 @@ def clipped_surrogate(
     clip_active = ((advantages > 0) & (ratio > 1.0 + clip_eps)) | ((advantages < 0) & (ratio < 1.0 - clip_eps))
     per_token = -torch.where(clip_active, clipped, unclipped)
     if weights is not None:
-        per_token = per_token * weights.detach().unsqueeze(1)
+        per_token = per_token * (weights.detach() if weights.dim() == 2 else weights.detach().unsqueeze(1))
 
     if aggregation == "seq_mean":
         per_seq = masked_sum(per_token, mask, dim=1) / _count(per_token, mask, 1).clamp_min(1)

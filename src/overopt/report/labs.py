@@ -12,7 +12,10 @@ differences of one lab averaged, then the interval over labs).
   (stats.prediction_interval).
 - `compare`: each lab's frontier analysis (report.frontier.analyze_frontier), then gold at matched KL paired
   against `kl` and against `none` stopped early, and the leave-one-seed-out best point (also against `kl`'s,
-  paired within lab), over labs.
+  paired within lab), over labs. Also each point chosen on the other labs (leave-one-lab-out,
+  `leave_one_lab_out`): the strength a user would pick from other RMs, read on a new one. It needs no second
+  seed, so it is the matched-KL figure of a study with one RL seed per lab (`--seeds 1`), where a lab's own
+  choice would be in sample.
 - `scaling`: each cell's RM accuracy and each method's fitted α, β and predicted peak d* over labs; each
   lab's log-linear trend of α, β, d* and the RM's accuracy along each axis, the slope's interval over labs
   (does a bigger RM overoptimize later? its d* slope against log10 RM parameters, with the lab as the unit).
@@ -33,7 +36,7 @@ import numpy as np
 from overopt.labs import read_labs
 from overopt.stats import interval, labs_to_resolve, prediction_interval, variance_components
 
-from .frontier import analyze_frontier, format_ci
+from .frontier import analyze_frontier, format_ci, loso_select, paired_diff_ci
 from .mechanisms import mechanism_verdicts, verdict_status
 from .scaling import AXIS_X, log_linear_trend, trends
 from .summary import _json_safe, _num
@@ -162,10 +165,73 @@ def compare_statistics(out: Path, labs: list[dict]) -> dict[str, Any]:
             entry["cv_vs_kl"] = {**interval(diffs), "per_lab": diffs}
     return {
         "kind": "compare", "labs": len(labs), "labs_done": len(done), "budgets": budgets,
+        "one_seed": bool(done) and all(len(f.get("seeds") or []) == 1 for f in done),
+        "lolo": leave_one_lab_out(done, budgets),
         "testbed": done[0]["testbed"] if done else None, "preset": done[0]["preset"] if done else None,
         "sft_gold": _over_labs([{"mean": f.get("sft_gold")} for f in done]), "methods": methods,
         "mechanisms": mechanism_statistics(_lab_summaries(out, labs, "summary.json")),
     }  # fmt: skip
+
+
+def _lab_means(frontier: dict, name: str, key: str) -> dict[str, float]:
+    """Point (its run name) -> the lab's mean over its seeds of `key` ('gold' or 'kl', final values)."""
+    out = {}
+    for point in frontier["methods"].get(name, {}).get("points") or []:
+        values = [v for f in (point.get("per_seed") or {}).values() if (v := _num(f.get(key))) is not None]
+        if values:
+            out[point["run"]] = float(np.mean(values))
+    return out
+
+
+def _by_point(per_lab: list[dict[str, float]]) -> dict[str, dict[int, float]]:
+    return {
+        p: {j: lab[p] for j, lab in enumerate(per_lab) if p in lab}
+        for p in dict.fromkeys(k for lab in per_lab for k in lab)
+    }
+
+
+def _selection(chosen: dict[int, tuple[str, float]], n_labs: int, against: dict[int, float] | None = None):
+    values = {j: v for j, (_, v) in chosen.items()}
+    out = {**interval(values.values()), "per_lab": [values.get(j) for j in range(n_labs)],
+           "chosen": [chosen[j][0] if j in chosen else None for j in range(n_labs)]}  # fmt: skip
+    if against is not None:
+        diff = paired_diff_ci(values, against)
+        out["vs"] = {
+            **{k: diff[k] for k in ("mean", "lo", "hi", "n")},
+            "per_lab": [values[j] - against[j] if j in diff["seeds"] else None for j in range(n_labs)],
+        }
+    return out
+
+
+def leave_one_lab_out(frontiers: list[dict], budgets: list[str]) -> dict[str, Any]:
+    """Each method's point chosen on the other labs and read on the held-out one, for every lab in turn.
+
+    A lab's value at a point is its mean over its RL seeds of the final gold (and KL). At budget b, lab j takes
+    the point, among those whose KL at lab j is ≤ b, with the best mean gold over the other labs
+    (report.frontier.loso_select with labs as the units); `cv_gold` the same at any KL. Differences against
+    `kl`'s own choice and against `none` stopped early (its lab mean) are paired within lab. Frontiers are
+    analyze_frontier outputs, one per lab; empty with fewer than 2 labs, where nothing is left to choose on."""
+    n = len(frontiers)
+    if n < 2:
+        return {}
+    names = list(dict.fromkeys(m for f in frontiers for m in f["methods"]))
+    gold = {m: _by_point([_lab_means(f, m, "gold") for f in frontiers]) for m in names}
+    kls = {m: _by_point([_lab_means(f, m, "kl") for f in frontiers]) for m in names}
+    chosen = {m: {b: loso_select(gold[m], kls[m], float(b)) for b in budgets} for m in names}
+    cv = {m: loso_select(gold[m]) for m in names}
+    kl_cv = {j: v for j, (_, v) in cv["kl"].items()} if "kl" in names else None
+    result: dict[str, Any] = {}
+    for m in names:
+        entry: dict[str, Any] = {"cv_gold": _selection(cv[m], n, kl_cv if m != "kl" else None), "matched": {}}
+        for b in budgets:
+            kl_b = {j: v for j, (_, v) in chosen["kl"][b].items()} if "kl" in names and m != "kl" else None
+            early = {j: v for j, f in enumerate(frontiers)
+                     if (v := _num(((f.get("none_early") or {}).get(b) or {}).get("mean"))) is not None}  # fmt: skip
+            cell = _selection(chosen[m][b], n, kl_b)
+            cell["vs_none_early"] = _selection(chosen[m][b], n, early)["vs"] if m != "none" and early else None
+            entry["matched"][b] = cell
+        result[m] = entry
+    return result
 
 
 def _over_labs(cells: list[dict]) -> dict[str, Any]:
@@ -248,29 +314,7 @@ def labs_markdown(result: dict) -> str:
                 f"{v['bar']['rose']:.0%}): {'valid' if v['valid'] else 'NOT valid'}.",
             ]
     elif result["kind"] == "compare":
-        lines += [
-            f"Testbed `{result['testbed']}`, preset `{result['preset']}`. Gold at matched KL, each lab's "
-            "leave-one-seed-out choice; paired differences within lab and seed, then mean over labs "
-            "[95 % Student t interval, unit: the lab]. cv gold: each lab's leave-one-seed-out best point at any "
-            "KL; cv gold − kl: the same against `kl`'s, paired within lab.",
-            "",
-        ]
-        budgets = result["budgets"]
-        tables = (("Gold at matched KL", "gold", None), ("Paired against `kl`", "vs_kl", "kl"),
-                  ("Paired against `none` stopped early", "vs_none_early", "none"))  # fmt: skip
-        for title, key, reference in tables:
-            lead_cols = 2 if key == "gold" else 0
-            lines += [f"**{title}**", "", "| method | " + ("cv gold | cv gold − kl | " if lead_cols else "")
-                      + " | ".join(f"KL ≤ {b}" for b in budgets) + " |",
-                      "|" + "---|" * (1 + lead_cols + len(budgets))]  # fmt: skip
-            for name, m in result["methods"].items():
-                if reference and (name == reference or not any(m["matched"][b][key].get("n") for b in budgets)):
-                    continue  # the reference itself, or nothing to pair with
-                cells = [format_ci(m["matched"][b][key], signed=bool(reference)) for b in budgets]
-                vs_kl = format_ci(m.get("cv_vs_kl"), signed=True) if name != "kl" else ""
-                lead = f"{format_ci(m['cv_gold'])} | {vs_kl} | " if key == "gold" else ""
-                lines.append(f"| {name} | {lead}" + " | ".join(cells) + " |")
-            lines.append("")
+        lines += _compare_markdown(result)
     else:
         methods = list(dict.fromkeys(m for c in result["cells"].values() for m in c["methods"]))
         lines += [
@@ -312,6 +356,70 @@ def labs_markdown(result: dict) -> str:
                                 if v.get("n"))  # fmt: skip
             lines.append(f"| {c['method']}: {c['statement']} | {c['status']} ({c['deciding']}) | {figures} |")
     return "\n".join(lines) + "\n"
+
+
+_COMPARE_TABLES = (
+    ("Gold at matched KL", "gold", None),
+    ("Paired against `kl`", "vs_kl", "kl"),
+    ("Paired against `none` stopped early", "vs_none_early", "none"),
+)
+
+
+def _compare_tables(budgets: list[str], rows: dict[str, tuple[str, str, dict[str, dict]]], suffix: str) -> list[str]:
+    """The three matched-KL tables; `rows`: method -> (cv gold, cv gold − kl, {key: {budget: cell}})."""
+    lines: list[str] = []
+    for title, key, reference in _COMPARE_TABLES:
+        lead_cols = 2 if key == "gold" else 0
+        lines += [f"**{title}{suffix}**", "", "| method | " + ("cv gold | cv gold − kl | " if lead_cols else "")
+                  + " | ".join(f"KL ≤ {b}" for b in budgets) + " |",
+                  "|" + "---|" * (1 + lead_cols + len(budgets))]  # fmt: skip
+        for name, (cv, cv_vs_kl, cells) in rows.items():
+            if reference and (name == reference or not any((cells[key][b] or {}).get("n") for b in budgets)):
+                continue  # the reference itself, or nothing to pair with
+            text = [format_ci(cells[key][b], signed=bool(reference)) for b in budgets]
+            lead = f"{cv} | {cv_vs_kl if name != 'kl' else ''} | " if key == "gold" else ""
+            lines.append(f"| {name} | {lead}" + " | ".join(text) + " |")
+        lines.append("")
+    return lines
+
+
+def _compare_markdown(result: dict) -> list[str]:
+    """`compare`'s tables: each lab's own (leave-one-seed-out) choice, unless every lab has one seed, where that
+    choice would be in sample; then the choice made on the other labs (leave-one-lab-out)."""
+    budgets, lines = result["budgets"], []
+    head = f"Testbed `{result['testbed']}`, preset `{result['preset']}`. "
+    if not result.get("one_seed"):
+        lines += [
+            head + "Gold at matched KL, each lab's leave-one-seed-out choice; paired differences within lab and "
+            "seed, then mean over labs [95 % Student t interval, unit: the lab]. cv gold: each lab's "
+            "leave-one-seed-out best point at any KL; cv gold − kl: the same against `kl`'s, paired within lab.",
+            "",
+        ]
+        rows = {name: (format_ci(m["cv_gold"]), format_ci(m.get("cv_vs_kl"), signed=True),
+                       {key: {b: m["matched"][b][key] for b in budgets} for _, key, _ in _COMPARE_TABLES})
+                for name, m in result["methods"].items()}  # fmt: skip
+        lines += _compare_tables(budgets, rows, "")
+        head = ""
+    if result.get("lolo"):
+        lines += [
+            head + "Chosen on the other labs (leave-one-lab-out): at each KL budget, lab j takes the point with the "
+            "best mean gold over the other labs among those within the budget at lab j, and its gold there (mean "
+            "over its seeds) is lab j's value; paired differences within lab, then mean over labs [95 % Student t "
+            "interval, unit: the lab]. cv gold: the same at any KL."
+            + (
+                " Every lab has one RL seed, so a lab's own choice would be in sample: these are the study's tables."
+                if result.get("one_seed")
+                else ""
+            ),
+            "",
+        ]
+        rows = {name: (format_ci(m["cv_gold"]), format_ci(m["cv_gold"].get("vs"), signed=True),
+                       {"gold": {b: m["matched"][b] for b in budgets},
+                        "vs_kl": {b: m["matched"][b].get("vs") for b in budgets},
+                        "vs_none_early": {b: m["matched"][b].get("vs_none_early") for b in budgets}})
+                for name, m in result["lolo"].items()}  # fmt: skip
+        lines += _compare_tables(budgets, rows, " (chosen on the other labs)")
+    return lines
 
 
 def build_labs_report(out: str | Path, console=None) -> dict:

@@ -163,6 +163,14 @@ def run_method(
                **({"last_good": last_good} if last_good is not None else {})}  # fmt: skip
         checkpoints.save(step, {"run": run, "loop": loop_state()}, models)
 
+    # Rollouts from a colocated vLLM engine (rl.generation=vllm), started from the policy; it gets the trained
+    # weights whenever they change. The evaluation keeps the lab's own sampler, whose log-probs are exact.
+    generator = None
+    if rl.generation == "vllm":
+        from overopt.vllm_sampling import VLLMSampler
+
+        generator = VLLMSampler(policy, run_dir / "vllm_model", rl.vllm_gpu_memory_utilization, seed)
+
     # 3. Phases (OCRM: rounds + 1 of them).
     shares = phase_steps(rl.steps, cfg.ocrm.rounds + 1 if plan.ocrm else 1)
     loop = resume.state["loop"] if resume is not None else None
@@ -196,7 +204,7 @@ def run_method(
                 on_eval=on_eval, progress=progress, mitigations=plan.mitigations(ctx), steps=steps,
                 step_offset=offset, evaluate_first=phase == 0, resume=loop, on_step_end=on_step_end,
                 lr_decay=plan.ocrm and cfg.ocrm.phase_lr_decay, train_mechanisms=train_mechanisms,
-                share_prefix=cfg.compute_once,
+                share_prefix=cfg.compute_once, generator=generator,
             )  # fmt: skip
         loop = None
         if stop is not None:

@@ -1,10 +1,12 @@
 """Stage 5: policy optimisation against the proxy RM — RLOO, GRPO / Dr.GRPO, PPO (docs/methods/none.md, kl.md).
 
 One readable loop. Each update:
-  1. draw prompts, repeat each K times, sample completions from π_θ;
+  1. draw prompts, repeat each K times, sample completions from π_θ (or from
+     a vLLM engine holding θ: rl.generation);
   2. score them with the reward source (proxy RM or ensemble), the optional no-EOS penalty and the
      method's reward transforms;
-  3. log-probs under π_θ (old) and π_ref; KL penalty in the reward if so configured;
+  3. log-probs under π_θ (old) and π_ref; KL penalty in the reward if so configured; with another sampler,
+     its importance weights π_old/μ (ops.sampler_is, rl.sampler_correction);
   4. advantages: RLOO / GRPO / Dr.GRPO per group of K, or GAE over tokens with a value model (PPO);
      then the method's advantage transform (SignCert-PO's worst-case advantages);
   5. `epochs` × `minibatches` clipped-surrogate steps (+ β·KL in the loss, + value loss for PPO, +
@@ -40,6 +42,7 @@ from overopt.ops import (
     masked_whiten,
     penalty_share,
     rloo_advantages,
+    sampler_importance_weights,
     token_returns,
 )
 from overopt.progress import StageProgress
@@ -58,6 +61,7 @@ class Batch:
     old_values: torch.Tensor | None = None  # (B, T), PPO only; (B, T, k) aggregation states under a PRM
     returns: torch.Tensor | None = None  # the value targets, shaped as old_values
     value_mask: torch.Tensor | None = None  # (B, T) where the value loss is taken (None: the completion)
+    sampler_weights: torch.Tensor | None = None  # (B, T) π_old/μ of another sampler's tokens (ops.sampler_is)
 
 
 def _values(value_model: PreTrainedModel, rollout: Rollout) -> torch.Tensor:
@@ -186,6 +190,7 @@ def train_policy(
     lr_decay: bool = False,
     train_mechanisms: Callable[[Rollout, RewardScores], Figures] | None = None,
     share_prefix: bool = False,
+    generator: Callable | None = None,
 ) -> None:
     """Optimise `policy` in place for `steps` (default cfg.steps) updates.
 
@@ -200,6 +205,9 @@ def train_policy(
     batch's rollouts and their reward-source scores (mech/*, against gold), averaged like train/*.
     `share_prefix`: the policy's and the reference's forward passes run each group's prompt once
     (models.policy.completion_logits); one process only (a wrapped model takes one forward per backward).
+    `generator`: draws the rollouts in place of sampling.sample_completions (same arguments; rl.generation=vllm:
+    overopt.vllm_sampling). With rl.sampler_correction in force, the sampler's own log-probs of its tokens give
+    the importance weights π_old/μ that multiply the surrogate per token.
     """
     mitigations = mitigations or Mitigations()
     steps = cfg.steps if steps is None else steps
@@ -263,10 +271,12 @@ def train_policy(
         batch_prompts = [p for p in prompts.take(cfg.prompts_per_step) for _ in range(cfg.group_size)]
         mine = distributed.share(len(batch_prompts))
         prompt_ids, prompt_mask = pad_left(batch_prompts[mine], tok.pad_token_id)
-        rollout = sample_completions(
+        drawn = (generator or sample_completions)(
             policy, prompt_ids, prompt_mask, testbed.max_completion_tokens, cfg.temperature, tok.eos_token_id,
             tok.pad_token_id, row_offset=mine.start, total_rows=len(batch_prompts),
+            with_logprobs=cfg.sampler_is_mode is not None,
         )  # fmt: skip
+        rollout, sampled = drawn if cfg.sampler_is_mode is not None else (drawn, None)
         ids, mask, plen, cmask = rollout.input_ids, rollout.attention_mask, rollout.prompt_len, rollout.completion_mask
         grad_logprobs = None
         with torch.no_grad():
@@ -302,6 +312,13 @@ def train_policy(
             else:
                 old_logprobs, _ = completion_logprobs(policy, ids, mask, plen, cfg.temperature,
                                                       share_prefix=share_prefix)  # fmt: skip
+            sampler_weights = None
+            if sampled is not None:  # the sampler's mismatch with the trainer, per token (ops.sampler_is)
+                corr = sampler_importance_weights(old_logprobs, sampled.logprobs, cmask, cfg.sampler_is_mode,
+                                                  cfg.sampler_clip_min, cfg.sampler_clip_max)  # fmt: skip
+                sampler_weights = corr.weights
+                log.add({"sampler/logp_diff_mean": corr.logp_diff_mean, "sampler/logp_diff_max": corr.logp_diff_max,
+                         "sampler/weight_mean": corr.weight_mean, "sampler/masked_frac": corr.masked_frac})  # fmt: skip
             ref_logprobs, seq_kl = None, None
             if kl_coef > 0 or mitigations.loss_terms:
                 ref_logprobs, _ = completion_logprobs(ref_policy, ids, mask, plen, cfg.temperature,
@@ -318,7 +335,7 @@ def train_policy(
                 ppo_scores = scored._replace(rewards=scores, steps=scored.steps if per_step else None)
                 batch = _ppo_batch(
                     cfg, value_model, rollout, ppo_scores, token_kl if in_reward else None,
-                    kl_coef, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
+                    kl_coef, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, sampler_weights=sampler_weights,
                 )  # fmt: skip
             else:
                 rewards = scores - kl_coef * seq_kl if in_reward else scores
@@ -329,7 +346,7 @@ def train_policy(
                 if mitigations.advantage_transform is not None:
                     advantages, figures = mitigations.advantage_transform(advantages, scored, cfg.group_size)
                     log.add(figures)
-                batch = Batch(rollout, old_logprobs, ref_logprobs, advantages[mine])
+                batch = Batch(rollout, old_logprobs, ref_logprobs, advantages[mine], sampler_weights=sampler_weights)
         lengths = everyone.completion_mask.sum(1).double()
         log.add({"kl/coef": kl_coef, "train/mean_length": lengths.mean()})
 
@@ -456,6 +473,7 @@ def _minibatch_loss(
         clip_eps=cfg.clip_eps,
         aggregation=cfg.token_aggregation,
         norm_const=float(max_completion_tokens),
+        weights=None if batch.sampler_weights is None else batch.sampler_weights[rows],
     )
     loss = pg.loss * (token_share if cfg.token_aggregation == "token_mean" else 1.0)
     figures = {"train/pg_loss": pg.loss.item(), "train/clip_frac": pg.clip_frac.item()}
