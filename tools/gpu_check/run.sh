@@ -14,7 +14,8 @@
 #   1. the tiny HF world of tests/test_hf_testbed.py (make_tiny_hf.py), `overopt run --testbed hf --preset
 #      smoke --hf.dtype auto` on it in-process (smoke.py), and `pytest tests/test_hf_testbed.py` with a plugin
 #      that records each test's CUDA use (cuda_plugin.py) and a probe that records every child Python
-#      process's (probe/sitecustomize.py).
+#      process's (probe/sitecustomize.py); where vLLM is importable, the smoke run again with
+#      `--rl.generation vllm` (smoke_vllm).
 #   2. (GPU_CHECK_DEFAULT=1) the `default` preset for method kl and one seed, stage times next to RESULTS.md's CPU figures
 #      (stages.py), last: it gets the time left, at most ~200 s, and records partial times on timeout.
 #   4. OUT/summary.md and OUT/results.json (summarize.py); OUT/logs.tar.gz holds every log and JSON.
@@ -166,6 +167,15 @@ run_step tiny_hf 90 "$PY" tools/gpu_check/make_tiny_hf.py "$WORK/tiny_hf"
 if [ -f "$WORK/tiny_hf/world.json" ]; then
     GPU_CHECK_CUDA_LOG="$J/probe_smoke.jsonl" PYTHONPATH="$PROBE:$PYTHONPATH" \
         run_step smoke 150 "$PY" tools/gpu_check/smoke.py "$WORK/tiny_hf/world.json" "$WORK/smoke_run" "$J/smoke.json"
+    # The same run with its rollouts drawn by a colocated vLLM engine (rl.generation=vllm), where vLLM is installed:
+    # overopt's vLLM path has only run against a stand-in module on the CPU (tests/test_vllm_sampling.py).
+    if "$PY" -c "import vllm" 2>/dev/null; then
+        GPU_CHECK_CUDA_LOG="$J/probe_smoke_vllm.jsonl" PYTHONPATH="$PROBE:$PYTHONPATH" TAIL_LINES=30 \
+            run_step smoke_vllm 150 "$PY" tools/gpu_check/smoke.py "$WORK/tiny_hf/world.json" "$WORK/smoke_vllm" \
+            "$J/smoke_vllm.json" --rl.generation vllm
+    else
+        echo "vLLM not importable here: smoke_vllm skipped"
+    fi
 else
     echo "no tiny HF world: smoke skipped"
 fi
