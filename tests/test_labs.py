@@ -202,6 +202,12 @@ def test_one_seed_labs_report_the_choice_on_the_other_labs_only():
     text = labs_markdown(result)
     assert "**Gold at matched KL (chosen on the other labs)**" in text and "**Gold at matched KL**" not in text
     assert "would be in sample" in text and "| chi2 | 0.550" in text
+    # with two seeds or more, each lab's own (leave-one-seed-out) tables come first, then these
+    cell = {"mean": 0.6, "lo": 0.5, "hi": 0.7, "n": 2}
+    own = {"cv_gold": cell, "cv_vs_kl": cell, "matched": {"2": {"gold": cell, "vs_kl": cell, "vs_none_early": cell}}}
+    text = labs_markdown({**result, "one_seed": False, "methods": {"chi2": own}})
+    assert text.index("**Gold at matched KL**") < text.index("**Gold at matched KL (chosen on the other labs)**")
+    assert "would be in sample" not in text and "| chi2 | 0.600 [0.500, 0.700] |" in text
 
 
 def _script(name: str):
@@ -265,12 +271,14 @@ def test_compare_with_three_labs_pairs_methods_within_each_lab(tmp_path):
     for budget, cell in summary["methods"]["chi2"]["matched"].items():
         assert len(cell["vs_kl"]["per_lab"]) == 3 and cell["vs_kl"]["n"] == 3, budget
     text = (out / "labs.md").read_text()
+    # --quick trains one RL seed per lab: a lab's own choice would be in sample, so the tables are the choice
+    # made on the other labs (leave-one-lab-out) only
+    assert summary["one_seed"] and "**Gold at matched KL**" not in text
     for table in ("Gold at matched KL", "Paired against `kl`", "Paired against `none` stopped early"):
-        assert f"**{table}**" in text
+        assert f"**{table} (chosen on the other labs)**" in text
     against_kl = text.split("Paired against `kl`")[1].split("**")[1]
     assert "| chi2 |" in against_kl and "| kl |" not in against_kl  # kl is the reference, not a row
-    assert "| none |" not in text.split("stopped early**")[1]
-    assert not summary["one_seed"] and "**Paired against `kl` (chosen on the other labs)**" in text
+    assert "| none |" not in text.split("stopped early (chosen on the other labs)**")[1]
     assert summary["lolo"]["chi2"]["cv_gold"]["n"] == 3  # every lab chose on the two others
     assert summary["mechanisms"]["ocrm"]["numbers"]["change"]["n"] == 3  # OCRM's premise, one unit per lab
     cv = {m: [f["methods"][m]["cv_gold"]["mean"] for f in (analyze_frontier(out / "labs" / f"lab{i}")
@@ -279,7 +287,7 @@ def test_compare_with_three_labs_pairs_methods_within_each_lab(tmp_path):
     study = over_labs.Study("A study", f"compare --out {out}", "What each lab redraws.", 1)
     section = over_labs.section("a-study", study, 2.0)
     assert section.startswith("## A study") and "What each lab redraws. 2.0 min on this machine." in section
-    assert "**Paired against `kl`**" in section and "# Over labs" not in section
+    assert "**Paired against `kl` (chosen on the other labs)**" in section and "# Over labs" not in section
 
 
 def test_scaling_statistics_give_each_cells_fit_and_each_labs_trend_over_labs(tmp_path):
