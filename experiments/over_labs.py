@@ -135,7 +135,8 @@ STUDIES = {
         75,
     ),
     "labs-frontier-full-1seed": Study(
-        "The full `summarize` frontier over 5 labs, one RL seed each: every method of src/overopt/presets/frontier.yaml",
+        "The full `summarize` frontier over 5 labs, one RL seed each: every method of "
+        "src/overopt/presets/frontier.yaml",
         "compare --labs 5 --seeds 1 --out runs/frontier-labs5-s1 --jobs 2",
         "Each lab redraws the world, SFT policy, pairs, proxy RM and the ensemble's members from seed i; one RL "
         "seed per grid point, 37 points, from nothing (issue 28's 5-lab frontier). With one seed a lab cannot "
