@@ -105,6 +105,7 @@ def test_completions_and_logprobs_come_back_as_the_labs_sampler_gives_them(tiny_
     rollout, sampled = sampler(policy, *_batch(tiny_world), with_logprobs=True)
     engine = LLM.last
     assert engine.kwargs["skip_tokenizer_init"] and engine.kwargs["logprobs_mode"] == "processed_logprobs"
+    assert engine.kwargs["max_model_len"] == policy.config.max_position_embeddings
     assert all(sp.logprobs == 0 and sp.detokenize is False and sp.n == 1 for sp in engine.requests)
     eos = tiny_world["testbed"].tokenizer.eos_token_id
     for ids, mask in zip(rollout.completion_ids, rollout.completion_mask, strict=True):

@@ -48,7 +48,16 @@ def _colocated_env() -> None:
 class VLLMSampler:
     """A colocated vLLM engine with sampling.sample_completions' signature (module docstring)."""
 
-    def __init__(self, policy: PreTrainedModel, workdir: Path, gpu_memory_utilization: float, seed: int):
+    def __init__(
+        self,
+        policy: PreTrainedModel,
+        workdir: Path,
+        gpu_memory_utilization: float,
+        seed: int,
+        max_model_len: int | None = None,
+    ):
+        """`max_model_len`: the longest prompt + completion the engine holds a KV cache for (None: the policy's
+        max_position_embeddings, which for a real model reserves far more than RL needs)."""
         try:
             from vllm import LLM
         except ImportError as err:
@@ -64,7 +73,7 @@ class VLLMSampler:
             model=_engine_source(policy, Path(workdir)),
             skip_tokenizer_init=True,
             gpu_memory_utilization=gpu_memory_utilization,
-            max_model_len=policy.config.max_position_embeddings,
+            max_model_len=max_model_len or policy.config.max_position_embeddings,
             distributed_executor_backend="external_launcher",
             seed=seed,
             logprobs_mode="processed_logprobs",  # log-probs after the temperature: those of the draw

@@ -169,7 +169,8 @@ def run_method(
     if rl.generation == "vllm":
         from overopt.vllm_sampling import VLLMSampler
 
-        generator = VLLMSampler(policy, run_dir / "vllm_model", rl.vllm_gpu_memory_utilization, seed)
+        longest = cfg.hf.max_prompt_tokens + cfg.hf.max_completion_tokens if cfg.testbed == "hf" else None
+        generator = VLLMSampler(policy, run_dir / "vllm_model", rl.vllm_gpu_memory_utilization, seed, longest)
 
     # 3. Phases (OCRM: rounds + 1 of them).
     shares = phase_steps(rl.steps, cfg.ocrm.rounds + 1 if plan.ocrm else 1)
