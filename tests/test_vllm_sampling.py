@@ -18,6 +18,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+import overopt.distributed
+
 from overopt.models.policy import completion_logprobs
 from overopt.sampling import pad_left, sample_completions
 
@@ -159,11 +161,14 @@ def test_a_stop_token_the_engine_leaves_out_is_put_back_unscored(tiny_world, tmp
     assert stopped.any() and torch.isnan(sampled.logprobs[stopped]).all()
 
 
-def test_lora_policies_and_a_missing_vllm_fail_with_one_line_errors(tiny_world, tmp_path, fake_vllm, monkeypatch):
+def test_lora_several_processes_and_a_missing_vllm_fail_with_one_line_errors(tiny_world, tmp_path, fake_vllm, monkeypatch):
     from overopt.vllm_sampling import VLLMSampler
 
     with pytest.raises(ValueError, match="LoRA"):
         VLLMSampler(SimpleNamespace(peft_config={}), tmp_path, 0.3, 0)
+    monkeypatch.setattr(overopt.distributed, "world", lambda: 2)
+    with pytest.raises(ValueError, match="one process"):
+        VLLMSampler(tiny_world["policy"], tmp_path, 0.3, 0)
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
     with pytest.raises(ImportError, match="pip install vllm"):
         VLLMSampler(tiny_world["policy"], tmp_path, 0.3, 0)

@@ -64,6 +64,10 @@ class VLLMSampler:
             raise ImportError(
                 "rl.generation=vllm needs vLLM and a CUDA GPU: pip install vllm (or rl.generation=policy)"
             ) from err
+        from overopt import distributed
+
+        if distributed.world() > 1:
+            raise ValueError("rl.generation=vllm runs in one process: launch 1 process or use rl.generation=policy")
         if hasattr(policy, "peft_config"):
             raise ValueError(
                 "rl.generation=vllm does not push LoRA adapters yet: use hf.lora_r=0 or rl.generation=policy"
