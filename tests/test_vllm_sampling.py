@@ -19,7 +19,6 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import overopt.distributed
-
 from overopt.models.policy import completion_logprobs
 from overopt.sampling import pad_left, sample_completions
 
@@ -161,7 +160,7 @@ def test_a_stop_token_the_engine_leaves_out_is_put_back_unscored(tiny_world, tmp
     assert stopped.any() and torch.isnan(sampled.logprobs[stopped]).all()
 
 
-def test_lora_several_processes_and_a_missing_vllm_fail_with_one_line_errors(tiny_world, tmp_path, fake_vllm, monkeypatch):
+def test_lora_several_processes_and_no_vllm_fail_with_one_line_errors(tiny_world, tmp_path, fake_vllm, monkeypatch):
     from overopt.vllm_sampling import VLLMSampler
 
     with pytest.raises(ValueError, match="LoRA"):
