@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
+from overopt import distributed
 from overopt.sampling import Rollout, SampledLogprobs, mask_after_eos, pad_right
 
 
@@ -64,8 +65,6 @@ class VLLMSampler:
             raise ImportError(
                 "rl.generation=vllm needs vLLM and a CUDA GPU: pip install vllm (or rl.generation=policy)"
             ) from err
-        from overopt import distributed
-
         if distributed.world() > 1:
             raise ValueError("rl.generation=vllm runs in one process: launch 1 process or use rl.generation=policy")
         if hasattr(policy, "peft_config"):

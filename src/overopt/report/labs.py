@@ -190,17 +190,19 @@ def _by_point(per_lab: list[dict[str, float]]) -> dict[str, dict[int, float]]:
     }
 
 
-def _selection(chosen: dict[int, tuple[str, float]], n_labs: int, against: dict[int, float] | None = None):
+def _selection(chosen: dict[int, tuple[str, float]], n_labs: int) -> dict[str, Any]:
+    """Interval over labs of the chosen points' gold, with each lab's value and choice."""
     values = {j: v for j, (_, v) in chosen.items()}
-    out = {**interval(values.values()), "per_lab": [values.get(j) for j in range(n_labs)],
-           "chosen": [chosen[j][0] if j in chosen else None for j in range(n_labs)]}  # fmt: skip
-    if against is not None:
-        diff = paired_diff_ci(values, against)
-        out["vs"] = {
-            **{k: diff[k] for k in ("mean", "lo", "hi", "n")},
-            "per_lab": [values[j] - against[j] if j in diff["seeds"] else None for j in range(n_labs)],
-        }
-    return out
+    return {**interval(values.values()), "per_lab": [values.get(j) for j in range(n_labs)],
+            "chosen": [chosen[j][0] if j in chosen else None for j in range(n_labs)]}  # fmt: skip
+
+
+def _versus(chosen: dict[int, tuple[str, float]], against: dict[int, float], n_labs: int) -> dict[str, Any]:
+    """The chosen points' gold minus `against`, paired within lab (labs that have both)."""
+    values = {j: v for j, (_, v) in chosen.items()}
+    diff = paired_diff_ci(values, against)
+    return {**{k: diff[k] for k in ("mean", "lo", "hi", "n")},
+            "per_lab": [values[j] - against[j] if j in diff["seeds"] else None for j in range(n_labs)]}  # fmt: skip
 
 
 def leave_one_lab_out(frontiers: list[dict], budgets: list[str]) -> dict[str, Any]:
@@ -219,16 +221,23 @@ def leave_one_lab_out(frontiers: list[dict], budgets: list[str]) -> dict[str, An
     kls = {m: _by_point([_lab_means(f, m, "kl") for f in frontiers]) for m in names}
     chosen = {m: {b: loso_select(gold[m], kls[m], float(b)) for b in budgets} for m in names}
     cv = {m: loso_select(gold[m]) for m in names}
-    kl_cv = {j: v for j, (_, v) in cv["kl"].items()} if "kl" in names else None
+    early = {b: {j: v for j, f in enumerate(frontiers)
+                 if (v := _num(((f.get("none_early") or {}).get(b) or {}).get("mean"))) is not None}
+             for b in budgets}  # fmt: skip
+
+    def values(selected: dict[int, tuple[str, float]]) -> dict[int, float]:
+        return {j: v for j, (_, v) in selected.items()}
+
     result: dict[str, Any] = {}
     for m in names:
-        entry: dict[str, Any] = {"cv_gold": _selection(cv[m], n, kl_cv if m != "kl" else None), "matched": {}}
+        entry: dict[str, Any] = {"cv_gold": _selection(cv[m], n), "matched": {}}
+        if "kl" in names and m != "kl":
+            entry["cv_gold"]["vs"] = _versus(cv[m], values(cv["kl"]), n)
         for b in budgets:
-            kl_b = {j: v for j, (_, v) in chosen["kl"][b].items()} if "kl" in names and m != "kl" else None
-            early = {j: v for j, f in enumerate(frontiers)
-                     if (v := _num(((f.get("none_early") or {}).get(b) or {}).get("mean"))) is not None}  # fmt: skip
-            cell = _selection(chosen[m][b], n, kl_b)
-            cell["vs_none_early"] = _selection(chosen[m][b], n, early)["vs"] if m != "none" and early else None
+            cell = _selection(chosen[m][b], n)
+            if "kl" in names and m != "kl":
+                cell["vs"] = _versus(chosen[m][b], values(chosen["kl"][b]), n)
+            cell["vs_none_early"] = _versus(chosen[m][b], early[b], n) if m != "none" and early[b] else None
             entry["matched"][b] = cell
         result[m] = entry
     return result

@@ -169,7 +169,7 @@ def run_method(
     if rl.generation == "vllm":
         from overopt.vllm_sampling import VLLMSampler
 
-        longest = cfg.hf.max_prompt_tokens + cfg.hf.max_completion_tokens if cfg.testbed == "hf" else None
+        longest = max(map(len, lab.train_prompts)) + lab.testbed.max_completion_tokens  # what a rollout can reach
         generator = VLLMSampler(policy, run_dir / "vllm_model", rl.vllm_gpu_memory_utilization, seed, longest)
 
     # 3. Phases (OCRM: rounds + 1 of them).

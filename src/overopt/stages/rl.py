@@ -271,12 +271,12 @@ def train_policy(
         batch_prompts = [p for p in prompts.take(cfg.prompts_per_step) for _ in range(cfg.group_size)]
         mine = distributed.share(len(batch_prompts))
         prompt_ids, prompt_mask = pad_left(batch_prompts[mine], tok.pad_token_id)
+        corrected = cfg.sampler_is_mode is not None  # the sampler's own log-probs are needed
         drawn = (generator or sample_completions)(
             policy, prompt_ids, prompt_mask, testbed.max_completion_tokens, cfg.temperature, tok.eos_token_id,
-            tok.pad_token_id, row_offset=mine.start, total_rows=len(batch_prompts),
-            with_logprobs=cfg.sampler_is_mode is not None,
+            tok.pad_token_id, row_offset=mine.start, total_rows=len(batch_prompts), with_logprobs=corrected,
         )  # fmt: skip
-        rollout, sampled = drawn if cfg.sampler_is_mode is not None else (drawn, None)
+        rollout, sampled = drawn if corrected else (drawn, None)
         ids, mask, plen, cmask = rollout.input_ids, rollout.attention_mask, rollout.prompt_len, rollout.completion_mask
         grad_logprobs = None
         with torch.no_grad():
