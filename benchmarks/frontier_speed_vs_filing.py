@@ -71,7 +71,9 @@ def main(args: Args) -> None:
     base = next(iter(per_hour.values()))
     table = [f"| {name} | {t['ran']} | {t['wall_s']:.1f} | {per_hour[name]:.0f} | {per_hour[name] / base:.2f}× "
              f"| {t['rc']} |" for name, t in rows]  # fmt: skip
-    command = f"python benchmarks/frontier_speed_vs_filing.py --rev {args.rev} --seeds {args.seeds} --jobs {args.jobs}"
+    default_grid = args.grid == Args.grid
+    command = (f"python benchmarks/frontier_speed_vs_filing.py --rev {args.rev} --seeds {args.seeds} --jobs {args.jobs}"
+               + ("" if default_grid else f" --grid {args.grid}"))  # fmt: skip
     body = [*section_head("Runs per hour on a frontier grid: this revision against issue 28's filing", command),
             f"`overopt compare --grid {args.grid} --seeds {args.seeds} --jobs {args.jobs}` (testbed `summarize`, "
             "default preset) by each version into its own OUT, one after the other; runs wall time from "
@@ -79,7 +81,8 @@ def main(args: Args) -> None:
             *markdown_table(["version", "runs", "runs wall s", "runs per hour", "speed-up", "rc"], table)]  # fmt: skip
     print("\n".join(body))
     if args.write:
-        write_section("frontier-speed-vs-filing", "\n".join(body))
+        # one section per grid: the small grid's and the full frontier's stand side by side
+        write_section("frontier-speed-vs-filing" + ("" if default_grid else f"-{Path(args.grid).stem}"), "\n".join(body))
 
 
 if __name__ == "__main__":

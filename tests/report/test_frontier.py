@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -334,3 +335,19 @@ def test_error_bars_are_the_intervals_halves_and_none_for_a_one_unit_point():
     cis = [{"mean": 0.5, "lo": 0.4, "hi": 0.7, "n": 3}, {"mean": 0.2, "lo": None, "hi": None, "n": 1},
            {"mean": 0.1, "lo": 0.15, "hi": 0.3, "n": 2}]  # fmt: skip
     assert error_bars(cis) == pytest.approx(np.array([[0.1, 0.0, 0.0], [0.2, 0.0, 0.2]]))
+
+
+def test_one_seed_frontier_report(tmp_path):
+    # `overopt compare --seeds 1` (the lab-replicate shape: one RL seed per lab) failed in the frontier plot:
+    # with one seed no point has a KL interval, and the axis's extent took the intervals' upper ends.
+    out = make_frontier_out(tmp_path)
+    for seed in (1, 2):
+        for run in (out / "runs").iterdir():
+            shutil.rmtree(run / f"seed{seed}")
+    plan = json.loads((out / "frontier_plan.json").read_text())
+    (out / "frontier_plan.json").write_text(json.dumps(dict(plan, seeds=[0])))
+    build_report(out, console=Console(file=io.StringIO(), width=200, color_system=None))
+    res = json.loads((out / "frontier.json").read_text())
+    assert all(p["n"] == 1 and p["kl"]["hi"] is None for m in res["methods"].values() for p in m["points"])
+    for name in ("frontier_methods.png", "matched_kl.png"):
+        assert (out / "plots" / name).read_bytes()[:8] == PNG_MAGIC

@@ -732,7 +732,9 @@ def plot_frontier(out_dir: str | Path, result: Mapping) -> list[Path]:
     colors = method_colors(list(result["methods"]))
     paths: list[Path] = []
 
-    xs = [p["kl"]["hi"] for m in result["methods"].values() for p in m["points"] if p["n"]]
+    # The axis reaches the top of every point's KL bar; a point of one seed has no bar, only its mean.
+    xs = [p["kl"]["mean"] if p["kl"]["hi"] is None else p["kl"]["hi"]
+          for m in result["methods"].values() for p in m["points"] if p["n"]]  # fmt: skip
     if result.get("none") and result["none"]["path"]["kl"]:
         xs += result["none"]["path"]["kl"]
     xmax = max(xs) if xs else 1.0
