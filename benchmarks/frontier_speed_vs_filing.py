@@ -82,7 +82,8 @@ def main(args: Args) -> None:
     print("\n".join(body))
     if args.write:
         # one section per grid: the small grid's and the full frontier's stand side by side
-        write_section("frontier-speed-vs-filing" + ("" if default_grid else f"-{Path(args.grid).stem}"), "\n".join(body))
+        section = "frontier-speed-vs-filing" + ("" if default_grid else f"-{Path(args.grid).stem}")
+        write_section(section, "\n".join(body))
 
 
 if __name__ == "__main__":
