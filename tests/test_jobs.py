@@ -132,3 +132,25 @@ def test_run_groups_keep_every_process_busy_to_the_end(runs, jobs, sizes):
     groups = launch.run_groups([("none", s) for s in range(runs)], plans, jobs, together=True)
     assert [len(g) for g in groups] == sizes
     assert sorted(s for g in groups for _, s in g) == list(range(runs))
+
+
+def test_run_groups_balance_the_groups_cost():
+    """The summarize frontier's mix (3 OCRM runs, 5 GR, 29 others at --jobs 2): dealt out in turn, the one group
+    without an OCRM run ended 90 s before the others (2026-12-06); balanced by cost, the groups' costs are
+    within one plain run of each other and the OCRM runs are spread out."""
+    from types import SimpleNamespace
+
+    plans = {"ocrm+kl": (SimpleNamespace(ocrm=True, parts=("ocrm", "kl")), None),
+             "gr": (SimpleNamespace(ocrm=False, parts=("gr",)), None),
+             "kl": (SimpleNamespace(ocrm=False, parts=("kl",)), None)}  # fmt: skip
+    todo = [("ocrm+kl", s) for s in range(3)] + [("gr", s) for s in range(5)] + [("kl", s) for s in range(29)]
+    groups = launch.run_groups(todo, plans, 2, together=True)
+    costs = [sum(launch._cost(plans[name][0]) for name, _ in g) for g in groups]
+    assert len(groups) == 4 and sum(costs) == 3 * 5 + 5 * 2 + 29
+    assert max(costs) - min(costs) <= 1.0
+    assert sorted(sum(name == "ocrm+kl" for name, _ in g) for g in groups) == [0, 1, 1, 1]
+    assert sorted(job for g in groups for job in g) == sorted(todo)
+    # round robin (the rule before) left the group without OCRM 3 units short of the others
+    robin = [todo[i::4] for i in range(4)]
+    robin_costs = [sum(launch._cost(plans[name][0]) for name, _ in g) for g in robin]
+    assert max(robin_costs) - min(robin_costs) > 1.0

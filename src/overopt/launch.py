@@ -70,8 +70,10 @@ def train_shared(lab, plans) -> None:
 
 
 def _cost(plan) -> float:
-    """Rough relative cost of a run, to start the long ones first: OCRM refits RMs, GR doubles backward passes."""
-    return 1.0 + 3.0 * plan.ocrm + 1.0 * ("gr" in plan.parts)
+    """Rough relative cost of a run, to start the long ones first and to balance the groups: OCRM's two RM refits
+    cost about four plain runs (the summarize frontier, 2026-12-06: a group of 9–10 runs took 261–286 s with one
+    OCRM run in it, 184 s without), GR's second backward pass about one."""
+    return 1.0 + 4.0 * plan.ocrm + 1.0 * ("gr" in plan.parts)
 
 
 def run_jobs(lab, plans, named: Named, every: list[tuple[str, int]], precision) -> dict:
@@ -117,8 +119,10 @@ def run_jobs(lab, plans, named: Named, every: list[tuple[str, int]], precision) 
 def run_groups(todo: list[tuple[str, int]], plans, jobs: int, together: bool) -> list[list[tuple[str, int]]]:
     """The runs as groups, each trained together in one process: one run each without `together`; else at least
     `jobs` groups of at most batching.MAX_GROUP runs, as many as a multiple of `jobs` (so that no process is left
-    alone with the last group while the others wait: 48 runs at --jobs 2 are 4 groups of 12, not 3 of 16), the
-    long runs (OCRM, GR) dealt out first, one to each."""
+    alone with the last group while the others wait: 48 runs at --jobs 2 are 4 groups of 12, not 3 of 16), of
+    near-equal cost: the long runs (OCRM, GR) first, each to the cheapest group so far (longest processing time
+    first), so that a group without an OCRM run takes more runs. Equal costs deal the runs out in turn. Which runs
+    share a group changes no run's result (overopt.batching), only when the last group ends."""
     from overopt.batching import MAX_GROUP
 
     todo = sorted(todo, key=lambda job: -_cost(plans[job[0]][0]))  # the long ones first
@@ -126,7 +130,13 @@ def run_groups(todo: list[tuple[str, int]], plans, jobs: int, together: bool) ->
         return [[job] for job in todo]
     n = max(min(jobs, len(todo)), -(-len(todo) // MAX_GROUP))
     n = min(len(todo), -(-n // jobs) * jobs)
-    return [group for group in (todo[i::n] for i in range(n)) if group]
+    groups: list[list[tuple[str, int]]] = [[] for _ in range(n)]
+    load = [0.0] * n
+    for job in todo:
+        i = min((i for i in range(n) if len(groups[i]) < MAX_GROUP), key=lambda i: (load[i], len(groups[i]), i))
+        groups[i].append(job)
+        load[i] += _cost(plans[job[0]][0])
+    return [group for group in groups if group]
 
 
 def run_group(lab, plans, group: list[tuple[str, int]]) -> None:
