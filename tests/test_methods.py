@@ -330,6 +330,83 @@ def test_ppo_value_model_is_rebuilt_from_each_ocrm_reward_model(tmp_path):
     assert rows[-1]["mech/proxy_accuracy"] == rows[-1]["mech/rm0_accuracy"]
 
 
+def test_ocrm_warm_start_refits_from_the_previous_rm_for_its_own_passes(tmp_path, monkeypatch):
+    """ocrm.warm_start: RM_1 starts from RM_0's weights and RM_2 from RM_1's (copies: the lab's RM_0 is shared),
+    each trained for ocrm.warm_start_epochs passes; without it every refit starts from the SFT backbone."""
+    from safetensors.torch import load_file
+
+    from overopt.models.reward import score_head
+    from overopt.stages import method_run
+
+    starts = []
+
+    def fake_training(model, *args, epochs, **kwargs):  # records where a refit starts, then moves its head
+        starts.append(({k: v.clone() for k, v in model.state_dict().items()}, epochs))
+        with torch.no_grad():
+            score_head(model).weight.add_(1.0)
+        return {"heldout_accuracy": 0.5}
+
+    monkeypatch.setattr(method_run, "train_reward_model", fake_training)
+    refit, refits = method_run._ocrm_refit, []
+
+    def spy(lab, cfg, policy, previous, *args):  # each refit's RM_{k-1} and the RM_k it returned
+        rm, figures = refit(lab, cfg, policy, previous, *args)
+        refits.append((previous, rm))
+        return rm, figures
+
+    monkeypatch.setattr(method_run, "_ocrm_refit", spy)
+    out = tmp_path / "warm"
+    common = ["run", "--preset", "smoke", "--methods", "ocrm+kl", "--jobs", "1"]
+    main([*common, "--out", str(out), "--ocrm.warm-start", "True", "--ocrm.warm-start-epochs", "2"])
+    rm0 = load_file(out / "artifacts" / "rm" / "model.safetensors")
+    (first, epochs1), (second, epochs2) = starts
+    assert epochs1 == epochs2 == 2
+    head = next(k for k in first if k.endswith("score.weight"))
+    for key, value in rm0.items():
+        torch.testing.assert_close(first[key], value, rtol=0, atol=0)
+        torch.testing.assert_close(second[key], value + (1.0 if key == head else 0.0), rtol=0, atol=0)
+    (rm0_model, rm1), (previous, rm2) = refits
+    assert previous is rm1 and len({id(rm0_model), id(rm1), id(rm2)}) == 3  # copies: the lab's RM_0 is unchanged
+    for key, value in rm0.items():
+        torch.testing.assert_close(rm0_model.state_dict()[key], value, rtol=0, atol=0)
+    rows = [json.loads(line) for line in (out / "runs" / "ocrm+kl" / "seed0" / "metrics.jsonl").open()]
+    assert rows[-1]["ocrm/round"] == 2 and rows[-1]["ocrm/refit_disagreement"] >= 0
+
+    # The paper's refit (the default): both rounds start from the SFT backbone with a fresh head, for rm.epochs.
+    starts.clear()
+    refits.clear()
+    main([*common, "--out", str(tmp_path / "scratch")])
+    assert [epochs for _, epochs in starts] == [1, 1]  # the smoke preset's rm.epochs
+    for state, _ in starts:
+        assert not torch.equal(state[head], rm0[head])
+        torch.testing.assert_close(state[head], starts[0][0][head], rtol=0, atol=0)
+
+
+def test_ocrm_runs_without_warm_start_keep_their_fingerprints(monkeypatch):
+    """Off (the default), the warm-start knobs are not in an OCRM run's fingerprint, so runs finished before they
+    existed stay valid; on, they are."""
+    from overopt import pipeline
+    from overopt.config import load_config
+
+    def fingerprint(**ocrm) -> tuple[str, dict]:
+        cfg = load_config("smoke")
+        cfg = cfg.model_validate({**cfg.model_dump(), "methods": "ocrm+kl", "ocrm": {**cfg.ocrm.model_dump(), **ocrm}})
+        plan, variant = pipeline.resolve_plans(cfg)["ocrm+kl"]
+        recorded = []
+        monkeypatch.setattr(pipeline, "fingerprint", lambda *parts: recorded.append(parts) or real(*parts))
+        fp = pipeline._run_fingerprint("rm", plan, variant, 0)
+        monkeypatch.setattr(pipeline, "fingerprint", real)
+        return fp, recorded[0][4]["ocrm"]  # (rm, name, rl, eval, sections, ...)
+
+    real = pipeline.fingerprint
+    base, section = fingerprint()
+    assert "warm_start" not in section and "warm_start_epochs" not in section and "phase_lr_decay" in section
+    assert fingerprint(warm_start_epochs=3)[0] == base
+    warm, section = fingerprint(warm_start=True)
+    assert warm != base and section["warm_start"] is True and section["warm_start_epochs"] == 1
+    assert fingerprint(warm_start=True, warm_start_epochs=2)[0] != warm
+
+
 # -- numerical faults ----------------------------------------------------------------------------
 class NaNLoss:
     name = "nan"

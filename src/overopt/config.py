@@ -501,6 +501,12 @@ class OCRMConfig(_Frozen):
     phase_lr_decay: bool = Field(
         True, description="Each RL phase decays the learning rate linearly to lr/N, as the published PPO code does."
     )
+    warm_start: bool = Field(
+        False,
+        description="Refit RM_k from RM_{k-1}'s weights for warm_start_epochs passes instead of from the SFT "
+        "backbone with a fresh head for rm.epochs (the paper's refit): a speed lever of the lab, not the paper's.",
+    )
+    warm_start_epochs: int = Field(1, gt=0, description="Passes over the re-weighted pairs of a warm-started refit.")
 
 
 class EnsembleConfig(_Frozen):

@@ -105,6 +105,8 @@ def own_rm_backbone(cfg: ExperimentConfig) -> bool:
 def _run_fingerprint(rm_fp: str, plan, variant: ExperimentConfig, seed: int) -> str:
     """A run's fingerprint: the proxy it starts from, its RL and eval settings, its method's sections, its seed."""
     sections = plan.part_sections(variant)
+    if "ocrm" in sections and not variant.ocrm.warm_start:  # an OCRM run from before the warm start existed
+        sections["ocrm"] = variant.ocrm.model_dump(exclude={"warm_start", "warm_start_epochs"})
     if plan.ensemble:
         sections["ensemble"] = variant.ensemble.model_dump()
     if plan.daa:

@@ -187,7 +187,7 @@ def run_method(
             # 3a. OCRM: re-weight the same pairs under π_k, refit the RM from scratch, move the anchor.
             refit = checkpoints.child(f"ocrm_round{phase}")
             with StageProgress(f"ocrm round {phase} rm") as progress:
-                rm, figures = _ocrm_refit(lab, cfg, policy, seed, phase, progress, refit)
+                rm, figures = _ocrm_refit(lab, cfg, policy, source.models()[0], progress, refit)
             refit.clear()
             source = ProxyRewardModel(rm, cfg.compute_once)
             extra = {**figures, "ocrm/round": phase}
@@ -326,11 +326,11 @@ def _ocrm_refit(
     lab: Lab,
     cfg: ExperimentConfig,
     policy: PreTrainedModel,
-    seed: int,
-    phase: int,
+    previous: PreTrainedModel,
     progress: StageProgress,
     checkpoints: Checkpointer,
 ) -> tuple[PreTrainedModel, Figures]:
+    """RM_k on the pairs re-weighted towards π_k (`previous` is RM_{k-1}, which ocrm.warm_start starts from)."""
     o, r = cfg.ocrm, cfg.rm
     pad = lab.testbed.tokenizer.pad_token_id
     train, heldout = lab.pairs["train"], lab.pairs["test"]
@@ -340,12 +340,17 @@ def _ocrm_refit(
     beta_w = o.beta_w if o.target_ess_frac is None else beta_for_target_ess(ratios, o.target_ess_frac)
     log_w = beta_w * ratios
     ess = ess_from_log_weights(log_w).item()
-    # RM_k is trained exactly as RM_0 was (its seed: head init and data order), so that with uniform
-    # weights (β_w = 0) the refit is RM_0 again and any change is the re-weighting's.
-    load = lab.testbed.load_kwargs  # hf: float32 weights, hf.trust_remote_code
-    rm = reward_model_from_backbone(lab.rm_backbone, seed=lab.cfg.seed, **load).to(lab.sft_policy.device)
+    if o.warm_start:
+        # The lab's speed lever: RM_{k-1} trained on for a few passes (a copy: RM_0 is the lab's, shared by runs).
+        rm, epochs = copy.deepcopy(previous).train(), o.warm_start_epochs
+    else:
+        # RM_k is trained exactly as RM_0 was (its seed: head init and data order), so that with uniform
+        # weights (β_w = 0) the refit is RM_0 again and any change is the re-weighting's.
+        load = lab.testbed.load_kwargs  # hf: float32 weights, hf.trust_remote_code
+        rm = reward_model_from_backbone(lab.rm_backbone, seed=lab.cfg.seed, **load).to(lab.sft_policy.device)
+        epochs = r.epochs
     metrics = train_reward_model(
-        rm, train, heldout, epochs=r.epochs, batch_size=r.batch_size, lr=r.lr, pad_id=pad, seed=lab.cfg.seed,
+        rm, train, heldout, epochs=epochs, batch_size=r.batch_size, lr=r.lr, pad_id=pad, seed=lab.cfg.seed,
         progress=progress, log_weights=log_w, normalization=o.normalization, checkpoints=checkpoints,
         share_prefix=cfg.compute_once,
     )  # fmt: skip
