@@ -70,10 +70,10 @@ def train_shared(lab, plans) -> None:
 
 
 def _cost(plan) -> float:
-    """Rough relative cost of a run, to start the long ones first and to balance the groups: OCRM's two RM refits
-    cost about four plain runs (the summarize frontier, 2026-12-06: a group of 9–10 runs took 261–286 s with one
-    OCRM run in it, 184 s without), GR's second backward pass about one."""
-    return 1.0 + 4.0 * plan.ocrm + 1.0 * ("gr" in plan.parts)
+    """Rough relative cost of a run, to start the long ones first and to balance the groups: an OCRM run (two RM
+    refits) costs about seven plain runs, GR's second backward pass about one more. Measured on the summarize
+    frontier at --jobs 2 (2026-12-06): a group's plain runs took about 17 s each, one OCRM run 120–145 s."""
+    return 1.0 + 6.0 * plan.ocrm + 1.0 * ("gr" in plan.parts)
 
 
 def run_jobs(lab, plans, named: Named, every: list[tuple[str, int]], precision) -> dict:
