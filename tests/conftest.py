@@ -20,6 +20,17 @@ if not os.environ.get("TRACKIO_DIR"):
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+@pytest.fixture(autouse=True)
+def ieee_subnormals():
+    """Every test starts with subnormal floats on: building a lab flushes them to zero for its whole process
+    (overopt.pipeline, for speed), and a test that ran after one in the same worker then saw a flushed FPU
+    (hypothesis refuses to draw floats there: tests/ops/test_daa.py failed in whichever worker that was)."""
+    import torch
+
+    torch.set_flush_denormal(False)
+    yield
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models gain nothing from intra-op threads, and on a busy 2-core box the thread pool makes
