@@ -54,26 +54,35 @@ def _flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def main(args: Args) -> None:
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+def default_update(seed: int = 0):
+    """The default preset's testbed and policy (weights from `seed`), and a sampler of one RL update's completions
+    (32 prompts × K 4 rows, the testbed's token budget, T = 1): the shapes this probe and compile_probe.py time.
+    Returns (cfg, testbed, policy, sample)."""
+    torch.manual_seed(seed)
     cfg = ExperimentConfig()
     testbed = SummarizeTestbed(SummarizeSpec(**cfg.summarize.model_dump()))
-    tok = testbed.tokenizer
-    m = cfg.model
-    policy = tiny_llama(tok, m.hidden_size, m.num_layers, m.num_heads, max_positions=128, seed=0)
+    tok, m = testbed.tokenizer, cfg.model
+    policy = tiny_llama(tok, m.hidden_size, m.num_layers, m.num_heads, max_positions=128, seed=seed)
+    prompts = [p for p in testbed.prompts("train", cfg.rl.prompts_per_step, 0) for _ in range(cfg.rl.group_size)]
+    prompt_ids, prompt_mask = pad_left(prompts, tok.pad_token_id)
+
+    def sample():
+        return sample_completions(policy, prompt_ids, prompt_mask, testbed.max_completion_tokens, 1.0,
+                                  tok.eos_token_id, tok.pad_token_id)  # fmt: skip
+
+    return cfg, testbed, policy, sample
+
+
+def main(args: Args) -> None:
+    torch.set_num_threads(args.threads)
+    cfg, testbed, policy, sample = default_update()
+    tok, m = testbed.tokenizer, cfg.model
     with tempfile.TemporaryDirectory() as tmp:
         policy.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         rm = RewardHead(reward_model_from_backbone(tmp, seed=0).eval())
     rows = cfg.rl.prompts_per_step * cfg.rl.group_size
-    prompts = [p for p in testbed.prompts("train", cfg.rl.prompts_per_step, 0) for _ in range(cfg.rl.group_size)]
-    prompt_ids, prompt_mask = pad_left(prompts, tok.pad_token_id)
     budget = testbed.max_completion_tokens
-
-    def sample():
-        return sample_completions(policy, prompt_ids, prompt_mask, budget, 1.0, tok.eos_token_id, tok.pad_token_id)
-
     rollout = sample()
     ids, mask, plen = rollout.input_ids, rollout.attention_mask, rollout.prompt_len
 

@@ -3,8 +3,9 @@ eager against `torch.compile` (inductor), side by side (issue 28: the update is 
 
     python benchmarks/compile_probe.py            # 1 torch thread, as each run of --jobs 2 on 2 cores
 
-The policy (Llama, the default preset's width and depth), 32 prompts × K 4 rows and one sampled rollout as in
-benchmarks/arithmetic_floor.py; the timed part is models.policy.completion_logprobs and its backward. Compiled:
+The policy (Llama, the default preset's width and depth), 32 prompts × K 4 rows and one sampled rollout
+(benchmarks/arithmetic_floor.default_update); the timed part is models.policy.completion_logprobs and its
+backward. Compiled:
 `torch.compile(policy)` (fixed shapes: a real run's completion lengths vary, each new length compiles again;
 with prompts once the KV cache object breaks the graph), the first call's time given apart (inductor's on-disk
 cache makes it short on a second run). Median of `--reps` after a warm-up. A probe, not a feature: nothing in
@@ -19,12 +20,10 @@ import time
 
 import torch
 import tyro
+from arithmetic_floor import default_update
 
-from overopt.config import ExperimentConfig
-from overopt.models.policy import completion_logprobs, tiny_llama
+from overopt.models.policy import completion_logprobs
 from overopt.results import markdown_table, section_head, write_section
-from overopt.sampling import pad_left, sample_completions
-from overopt.testbeds.summarize import SummarizeSpec, SummarizeTestbed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,15 +35,8 @@ class Args:
 
 def main(args: Args) -> None:
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    cfg = ExperimentConfig()
-    testbed = SummarizeTestbed(SummarizeSpec(**cfg.summarize.model_dump()))
-    tok, m = testbed.tokenizer, cfg.model
-    policy = tiny_llama(tok, m.hidden_size, m.num_layers, m.num_heads, max_positions=128, seed=0)
-    prompts = [p for p in testbed.prompts("train", cfg.rl.prompts_per_step, 0) for _ in range(cfg.rl.group_size)]
-    prompt_ids, prompt_mask = pad_left(prompts, tok.pad_token_id)
-    rollout = sample_completions(policy, prompt_ids, prompt_mask, testbed.max_completion_tokens, 1.0,
-                                 tok.eos_token_id, tok.pad_token_id)  # fmt: skip
+    cfg, _, policy, sample = default_update()
+    m, rollout = cfg.model, sample()
     ids, mask, plen = rollout.input_ids, rollout.attention_mask, rollout.prompt_len
     compiled = torch.compile(policy)
 

@@ -184,7 +184,8 @@ def run_method(
             continue
         if phase_k > phase:
             phase = phase_k
-            # 3a. OCRM: re-weight the same pairs under π_k, refit the RM from scratch, move the anchor.
+            # 3a. OCRM: re-weight the same pairs under π_k, refit the RM (from scratch, or from RM_{k-1} with
+            # ocrm.warm_start), move the anchor.
             refit = checkpoints.child(f"ocrm_round{phase}")
             with StageProgress(f"ocrm round {phase} rm") as progress:
                 rm, figures = _ocrm_refit(lab, cfg, policy, source.models()[0], progress, refit)
