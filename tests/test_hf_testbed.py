@@ -273,6 +273,18 @@ def test_parquet_prompts_hold_out_a_share_of_train(hf_world):
     assert len(short) == 50 and max(len(p) for p in short) <= limit
 
 
+def test_device_cpu_keeps_the_models_on_the_cpu_beside_a_gpu(hf_world, monkeypatch):
+    """Config `device` reaches the hf testbed: cpu on a GPU machine (one pretended here) loads nothing onto it."""
+    from overopt.config import ExperimentConfig
+    from overopt.testbeds import make_testbed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    fields = {"policy": hf_world["policy"], "dataset": hf_world["jsonl"], "gold_rm": hf_world["gold"]}
+    testbed = make_testbed(ExperimentConfig(testbed="hf", device="cpu", hf=HFConfig(**fields)))
+    assert testbed.device == torch.device("cpu") and testbed.autocast_dtype is None  # float32 on the CPU
+    assert next(testbed.gold_model.parameters()).device == torch.device("cpu")
+
+
 def test_named_presets_are_hf_and_validate():
     ocrm, gr = load_config("ocrm-tldr"), load_config("gr-alpaca")
     assert ocrm.testbed == gr.testbed == "hf"

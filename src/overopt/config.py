@@ -611,6 +611,11 @@ class ExperimentConfig(_Frozen):
     checkpoint_every_s: float = Field(
         120.0, ge=0, description="Seconds between checkpoints of a running stage (0 = after every step)."
     )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="Where the lab's models train and run: auto = the GPU when torch sees one, else the CPU; cuda "
+        "refuses to start without one. Runs on a GPU are other runs than on the CPU (their fingerprints say so).",
+    )
     batch_runs: bool = Field(
         True,
         description="Train the runs of one process together, their sampling one batched computation over their "

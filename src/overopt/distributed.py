@@ -47,6 +47,23 @@ def accelerator():
     return Accelerator(cpu=not torch.cuda.is_available())
 
 
+def lab_device(choice: str = "auto") -> torch.device:
+    """The device of the lab's models (config `device`): "auto" is the GPU when torch sees one, else the CPU;
+    "cuda" refuses to start without one. Under `accelerate launch` "cuda" is this process's GPU (_state)."""
+    if choice not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {choice!r}")
+    gpu = torch.cuda.is_available()
+    if choice == "cuda" and not gpu:
+        raise ValueError("device cuda: torch sees no GPU here (torch.cuda.is_available() is False); "
+                         "use --device auto or cpu")  # fmt: skip
+    if choice == "cpu" and gpu and _launched():
+        raise ValueError(
+            "device cpu under a multi-process launch on a GPU machine: its processes share gradients over the GPUs "
+            "(NCCL); hide them (CUDA_VISIBLE_DEVICES='') or keep --device auto"
+        )
+    return torch.device("cuda" if gpu and choice != "cpu" else "cpu")
+
+
 def world() -> int:
     return _state().num_processes if _launched() else 1
 

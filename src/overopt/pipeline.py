@@ -59,11 +59,15 @@ def quiet_libraries() -> None:
     datasets.disable_progress_bars()
 
 
-def stage_fingerprints(cfg: ExperimentConfig, proxy: str) -> dict[str, str]:
+def stage_fingerprints(cfg: ExperimentConfig, proxy: str, device: torch.device | str | None = None) -> dict[str, str]:
     """Each stage's fingerprint covers the sections it is built from; "rm" is what the RL runs start from
-    (the proxy model, or the SFT policy under a rule reward, which reads no pairs, judge or RM section)."""
+    (the proxy model, or the SFT policy under a rule reward, which reads no pairs, judge or RM section).
+    `device`: where the testbed's models run (None: config `device`); a GPU's stages and runs are other ones
+    than the CPU's (other kernels), and everything built on the CPU before the knob existed keeps its own."""
     entry = TESTBEDS.resolve(cfg.testbed)  # a plugin's code version makes its stages stale when it changes
-    world = (cfg.testbed, entry.knobs(cfg), cfg.seed, *([entry.version] if entry.version else []))
+    device = torch.device(device if device is not None else distributed.lab_device(cfg.device))
+    world = (cfg.testbed, entry.knobs(cfg), cfg.seed, *([entry.version] if entry.version else []),
+             *([{"device": device.type}] if device.type != "cpu" else []))  # fmt: skip
     sft = fingerprint(world, cfg.model.model_dump(), cfg.sft.model_dump())
     heldout = _heldout_fingerprints(cfg, sft)
     if proxy == "rule":
@@ -225,7 +229,7 @@ def build_lab(cfg: ExperimentConfig, testbed, plans: Plans, publish: bool = True
     Finished stages and runs built from another configuration are refused first. `publish` writes
     OUT/config.yaml; the comparison's worker processes, which only read the stages, pass False."""
     out = Path(cfg.out)
-    fps = stage_fingerprints(cfg, testbed.proxy)
+    fps = stage_fingerprints(cfg, testbed.proxy, testbed.device)
     runs = {
         out / "runs" / name / f"seed{seed}": _run_fingerprint(fps["rm"], plan, variant, seed)
         for name, (plan, variant) in plans.items()
@@ -255,7 +259,7 @@ def build_lab(cfg: ExperimentConfig, testbed, plans: Plans, publish: bool = True
             size.num_heads,
             max_positions=_longest_sequence(cfg, testbed, corpus) + 8,
             seed=cfg.seed,
-        )
+        ).to(testbed.device)  # initialised on the CPU: the same weights wherever it trains
         metrics = train_sft(
             policy,
             corpus,
@@ -279,7 +283,7 @@ def build_lab(cfg: ExperimentConfig, testbed, plans: Plans, publish: bool = True
         stage("sft", fps["sft"], lambda tmp, progress, checkpoints: {"policy": policy_path})
         sft_dir = policy_path
     sft_policy = _load_artifact(sft_dir, AutoModelForCausalLM.from_pretrained, **_loading(testbed))
-    sft_policy = testbed.loaded_policy(sft_policy.to(testbed.device).eval())  # hf: on a GPU when there is one
+    sft_policy = testbed.loaded_policy(sft_policy.to(testbed.device).eval())  # config `device`: a GPU when there is one
 
     # 2-4. The proxy: a Bradley-Terry RM on gold-labelled pairs, a judge of gold-labelled answers,
     #      or (RLVR) the testbed's rule reward with nothing to train.

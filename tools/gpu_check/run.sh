@@ -8,6 +8,10 @@
 #   0. device and versions (nvidia-smi -L, pip list), then install what is not importable from ./wheels
 #      (pip --no-index; with dependency resolution, else --no-deps, else --target), then `pip install -e .`
 #      (PYTHONPATH=src is set anyway, and every overopt command runs as `python -m overopt`).
+#   2. first (GPU_CHECK_LAB=0 skips it): the built-in lab on the GPU (config `device` auto, issue 28; never run on
+#      one before): the `default` preset for method kl and one seed, stage times next to RESULTS.md's CPU figures
+#      (stages.py, at most ~180 s, partial times on timeout), then the `summarize` frontier grid on those stages
+#      for 150 s, runs per hour next to the 2-core CPU's (frontier.py).
 #   bf16 diagnosis (bf16_diagnosis.py): SDPA kernels on fully masked rows, the 100M model's forward/backward.
 #   3. overopt's RL step vs TRL's GRPOTrainer on a ~100M Llama, bfloat16, with transformers' masks (the failure)
 #      and with overopt's pad-safe masks (throughput.py --mask); generation alone (gen_speed.py).
@@ -16,14 +20,13 @@
 #      that records each test's CUDA use (cuda_plugin.py) and a probe that records every child Python
 #      process's (probe/sitecustomize.py); where vLLM is importable, the smoke run again with
 #      `--rl.generation vllm` (smoke_vllm).
-#   2. (GPU_CHECK_DEFAULT=1) the `default` preset for method kl and one seed, stage times next to RESULTS.md's CPU figures
-#      (stages.py), last: it gets the time left, at most ~200 s, and records partial times on timeout.
 #   4. OUT/summary.md and OUT/results.json (summarize.py); OUT/logs.tar.gz holds every log and JSON.
 #
 # Environment: OUT (default /tmp/gpucheck), PY (default python3), GPU_CHECK_SMALL=1 (tiny shapes),
 # GPU_CHECK_BUDGET_S (default 530: the steps' total; summarising, at most 40 s, comes after: under 10 minutes
 # in all), GPU_CHECK_INSTALL=0|1|dry (dry: pip --dry-run, no editable install; for a local check),
-# GPU_CHECK_ONLY="bf16_diagnosis throughput_unfixed ..." (run only the steps named; install and versions always run).
+# GPU_CHECK_ONLY="bf16_diagnosis throughput_unfixed ..." (run only the steps named; install and versions always run),
+# GPU_CHECK_LAB=0 (skip step 2).
 set -u
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT" || exit 1
@@ -140,6 +143,32 @@ print(f"python {d['python']}  torch {v['torch']} (cuda {d.get('torch_cuda')}, av
 EOF
 "$PY" -c "import overopt; print('overopt from', overopt.__file__)" || echo "overopt NOT importable"
 
+# -- 2. the built-in lab on the GPU (config `device` auto): the default preset's stages and one run, then the
+#    frontier grid's runs per hour on those stages. First: the lab's CUDA path is new (issue 28) and never ran.
+if [ "${GPU_CHECK_LAB:-1}" = 1 ]; then
+    INNER=$(($(left) - 25))
+    ((INNER > 180)) && INNER=180
+    ST_ARGS=("$WORK/default_run" "$J/stages.json" --timeout "$INNER" --threads 0)
+    [ "$SMALL" = 1 ] && ST_ARGS+=(--preset smoke --threads 1)
+    if ((INNER < 30)); then
+        echo "== default_preset: SKIPPED, ${INNER} s left in the ${BUDGET} s budget"
+        printf '{"step":"default_preset","rc":null,"skipped":true}\n' >>"$J/steps.jsonl"
+    else
+        GPU_CHECK_CUDA_LOG="$J/probe_default.jsonl" PYTHONPATH="$PROBE:$PYTHONPATH" \
+            TAIL_LINES=30 run_step default_preset $((INNER + 25)) "$PY" tools/gpu_check/stages.py "${ST_ARGS[@]}"
+    fi
+    if [ -d "$WORK/default_run/artifacts/rm" ]; then
+        FR_ARGS=("$WORK/default_run" "$J/frontier.json" --timeout 150)
+        [ "$SMALL" = 1 ] && FR_ARGS=("$WORK/default_run" "$J/frontier.json" --timeout 60 --preset smoke --steps 3
+                                      --jobs 1 --threads 1)
+        GPU_CHECK_CUDA_LOG="$J/probe_frontier.jsonl" PYTHONPATH="$PROBE:$PYTHONPATH" \
+            TAIL_LINES=20 run_step frontier 180 "$PY" tools/gpu_check/frontier.py "${FR_ARGS[@]}"
+    else
+        echo "== frontier: SKIPPED, the default preset's stages did not finish"
+        printf '{"step":"frontier","rc":null,"skipped":true}\n' >>"$J/steps.jsonl"
+    fi
+fi
+
 # -- bf16: the diagnosis of the non-finite gradients (SDPA kernels on fully masked rows; the 100M model) --------
 DIAG_ARGS=(--out "$J/bf16_diagnosis.json")
 [ "$SMALL" = 1 ] && DIAG_ARGS+=(--small)
@@ -189,22 +218,6 @@ PYTEST_ARGS=(tests/test_hf_testbed.py -v -rfE -p cuda_plugin -p no:cacheprovider
 GPU_CHECK_PYTEST_JSON="$J/pytest.json" GPU_CHECK_CUDA_LOG="$J/probe_pytest.jsonl" PYTHONPATH="$PROBE:$PYTHONPATH" \
     TAIL_LINES=40 run_step pytest 200 "$PY" -m pytest "${PYTEST_ARGS[@]}"
 
-# The built-in testbeds keep their models on the CPU: their stage times say nothing of the GPU (GPU_CHECK_DEFAULT=1).
-if [ "${GPU_CHECK_DEFAULT:-0}" = 1 ]; then
-# -- 2. default preset (CPU-only testbed): stage times, capped ------------------------------------------
-    INNER=$(($(left) - 25))
-    ((INNER > 200)) && INNER=200
-    ST_ARGS=("$WORK/default_run" "$J/stages.json" --timeout "$INNER" --threads 0)
-    [ "$SMALL" = 1 ] && ST_ARGS+=(--preset smoke --threads 1)
-    if ((INNER < 30)); then
-        echo "== default_preset: SKIPPED, ${INNER} s left in the ${BUDGET} s budget"
-        printf '{"step":"default_preset","rc":null,"skipped":true}\n' >>"$J/steps.jsonl"
-    else
-        GPU_CHECK_CUDA_LOG="$J/probe_default.jsonl" PYTHONPATH="$PROBE:$PYTHONPATH" \
-            TAIL_LINES=30 run_step default_preset $((INNER + 25)) "$PY" tools/gpu_check/stages.py "${ST_ARGS[@]}"
-    fi
-fi
-
 # -- 4. summary --------------------------------------------------------------------------------------
 [ -n "$SAMPLER" ] && kill "$SAMPLER" 2>/dev/null
 echo "== [+$(($(date +%s) - T0)) s] summary"
@@ -213,7 +226,7 @@ timeout 40 "$PY" tools/gpu_check/summarize.py "$WORK" "$OUT" >"$L/summarize.log"
     tail -n 20 "$L/summarize.log"
     { echo "# GPU check: summarize.py failed"; echo; cat "$J/nvidia_smi.txt"; echo; cat "$J/steps.jsonl"; } >"$OUT/summary.md"
 }
-for f in bf16_diagnosis throughput_unfixed throughput gen_speed; do  # at most 8 files come back: the rest is in logs.tar.gz
+for f in frontier bf16_diagnosis throughput_unfixed throughput gen_speed; do  # at most 8 files come back: the rest is in logs.tar.gz
     [ -f "$J/$f.json" ] && cp "$J/$f.json" "$OUT/$f.json"
 done
 tar -czf "$OUT/logs.tar.gz" -C "$WORK" json logs 2>/dev/null

@@ -7,9 +7,8 @@ metrics.jsonl; "start-up and report" is the rest of the process's wall time), bu
 timeout the run is stopped and the stages finished so far (and the RL run's progress) are recorded. The
 CPU figures of RESULTS.md's section `stage-times-summarize-default` are put beside them.
 
-The built-in testbeds (summarize, math_format, judge) keep their models on the CPU: the pipeline moves
-the SFT policy to `testbed.device`, which only the hf testbed has (pipeline.py). So on a GPU machine this
-measures the machine's CPU cores; the probe log (GPU_CHECK_CUDA_LOG) shows whether CUDA was touched.
+With config `device` auto (the default) the built-in testbeds' stages and runs go to the GPU when torch sees
+one (issue 28); the probe log (GPU_CHECK_CUDA_LOG) shows whether CUDA was touched and how much memory it took.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
     python tools/gpu_check/summarize.py WORK OUT
 
 WORK/json holds what the steps wrote (steps.jsonl, versions.json, smoke.json, pytest.json, probe_*.jsonl,
-stages.json, throughput.json, gpu_samples.csv, nvidia_smi.txt); a missing or broken file is reported as
+stages.json, frontier.json, throughput.json, gpu_samples.csv, nvidia_smi.txt); a missing or broken file is reported as
 such, never fatal. summary.md is written to paste into benchmarks/RESULTS.md and the closing note.
 """
 
@@ -107,6 +107,7 @@ def main() -> int:
         "smoke": load(j / "smoke.json"),
         "pytest": merge_pytest(j),
         "stages": load(j / "stages.json"),
+        "frontier": load(j / "frontier.json"),
         "throughput": load(j / "throughput.json"),
         "probe": {p.stem: load(p) for p in sorted(j.glob("probe_*.jsonl"))},
     }
@@ -227,11 +228,29 @@ def main() -> int:
         used = [(p.get("cuda_initialized"), p.get("cuda_peak_allocated_mib")) for p in runs]
         md += ["", f"The `overopt run` process (probe at exit: CUDA initialised, peak MiB allocated): "
                    f"{used or 'no record (stopped by the timeout)'}; "
-                   f"torch.cuda.is_available() there: {st.get('cuda_available_in_parent')}. The built-in testbeds "
-                   "keep their models on the CPU (pipeline.py places the SFT policy on `testbed.device`, which only "
-                   "the hf testbed has): these are CPU times on this machine."]  # fmt: skip
+                   f"torch.cuda.is_available() there: {st.get('cuda_available_in_parent')}. With config `device` "
+                   "auto the built-in testbed's stages and runs are on the GPU when it is available."]  # fmt: skip
     else:
         md.append(f"No result ({data['stages']}).")
+    md.append("")
+    fr = data["frontier"] if isinstance(data["frontier"], dict) else None
+    md += ["## 2b. The `summarize` frontier grid on those stages: runs per hour", ""]
+    if fr:
+        ref = fr.get("cpu_reference") or {}
+        how = f"stopped after {fmt(fr.get('timeout_s'), 0)} s" if fr.get("timed_out") else "finished"
+        md += [
+            f"Command: `{fr.get('command')}` on {fr.get('device')}, exit {fr.get('exit')}, {how}, wall "
+            f"{fmt(fr.get('wall_s'))} s: {fr.get('finished')} runs finished, {fmt(fr.get('run_equivalents'))} "
+            f"run equivalents (each run's last logged step ÷ rl.steps, summed over {len(fr.get('runs') or {})} "
+            "runs), start-up included.",
+            "",
+            "| where | runs per hour |",
+            "|---|---|",
+            f"| this machine | {fmt(fr.get('runs_per_hour'))} |",
+            f"| RESULTS.md, {ref.get('machine')} ({ref.get('date')}), `--jobs 2` | {fmt(ref.get('runs_per_hour'))} |",
+        ]
+    else:
+        md.append(f"No result ({data['frontier']}).")
     md.append("")
 
     # 3. throughput

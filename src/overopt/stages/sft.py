@@ -18,7 +18,8 @@ def _batch_nll(model: torch.nn.Module, batch: list[SFTExample], pad_id: int) -> 
     the number of those tokens."""
     r = rollout_from_tokens([ex.prompt_ids for ex in batch], [ex.completion_ids for ex in batch], pad_id)
     logits = completion_logits(model, r.input_ids, r.attention_mask, r.prompt_len)
-    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), r.completion_ids, reduction="none")
+    targets = r.completion_ids.to(logits.device)
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), targets, reduction="none")
     mask = r.completion_mask.to(nll.device)
     return (nll * mask).sum(), mask.sum()
 

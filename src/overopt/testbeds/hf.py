@@ -131,7 +131,8 @@ class HFTestbed(TestbedDefaults):
     name = "hf"
     proxy = "preference"
 
-    def __init__(self, cfg: HFConfig):
+    def __init__(self, cfg: HFConfig, device: torch.device | str | None = None):
+        """`device`: where the models go (the lab passes config `device`); None: the GPU when there is one."""
         self.cfg = cfg
         for field, what in (
             ("policy", "a model id or local path"),
@@ -178,7 +179,7 @@ class HFTestbed(TestbedDefaults):
         # see none, and CUDA's bfloat16 attention backward then gives NaN gradients (benchmarks/RESULTS.md).
         use_pad_safe_sdpa()
         use_static_cache({"kv": None, "static": False, "static_compiled": True}[cfg.sampler])
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.device.type == "cuda":
             # SDPA's cuDNN kernel made the bf16 RL step of a 100M Llama 3x slower on an H200 (19 vs 58 completions/s,
             # its first run slowest; RESULTS.md, GPU check 2026-12-04): here shapes change every step (prompt
