@@ -11,7 +11,8 @@
 #   2. first (GPU_CHECK_LAB=0 skips it): the built-in lab on the GPU (config `device` auto, issue 28; never run on
 #      one before): the `default` preset for method kl and one seed, stage times next to RESULTS.md's CPU figures
 #      (stages.py, at most ~180 s, partial times on timeout), then the `summarize` frontier grid on those stages
-#      for 150 s, runs per hour next to the 2-core CPU's (frontier.py).
+#      for 150 s, runs per hour next to the 2-core CPU's (frontier.py); stacked sampling's time per run against
+#      the number of runs K on the GPU (benchmarks/stacked_sampling.py, its table in run.log).
 #   bf16 diagnosis (bf16_diagnosis.py): SDPA kernels on fully masked rows, the 100M model's forward/backward.
 #   3. overopt's RL step vs TRL's GRPOTrainer on a ~100M Llama, bfloat16, with transformers' masks (the failure)
 #      and with overopt's pad-safe masks (throughput.py --mask); generation alone (gen_speed.py).
@@ -167,6 +168,10 @@ if [ "${GPU_CHECK_LAB:-1}" = 1 ]; then
         echo "== frontier: SKIPPED, the default preset's stages did not finish"
         printf '{"step":"frontier","rc":null,"skipped":true}\n' >>"$J/steps.jsonl"
     fi
+    # Stacking K runs' sampling (overopt.batching) on this device: per-run time against K (table in run.log).
+    SS_DEVICE=cpu
+    "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null && SS_DEVICE=cuda
+    TAIL_LINES=12 run_step stacked_sampling 60 "$PY" benchmarks/stacked_sampling.py --device "$SS_DEVICE" --no-write
 fi
 
 # -- bf16: the diagnosis of the non-finite gradients (SDPA kernels on fully masked rows; the 100M model) --------
