@@ -41,6 +41,8 @@ class Args:
     out: str = "benchmarks/out/speed-vs-filing"
     write: bool = True
     """Write the table into benchmarks/RESULTS.md."""
+    repeat: int = 1
+    """Which repetition of this comparison this is: 2 and up get sections of their own beside the first's."""
 
 
 def compare(out: Path, args: Args, pythonpath: str | None) -> dict:
@@ -74,7 +76,10 @@ def main(args: Args) -> None:
     default_grid = args.grid == Args.grid
     command = (f"python benchmarks/frontier_speed_vs_filing.py --rev {args.rev} --seeds {args.seeds} --jobs {args.jobs}"
                + ("" if default_grid else f" --grid {args.grid}"))  # fmt: skip
-    body = [*section_head("Runs per hour on a frontier grid: this revision against issue 28's filing", command),
+    if args.repeat > 1:
+        command += f" --repeat {args.repeat}"
+    title = "Runs per hour on a frontier grid: this revision against issue 28's filing"
+    body = [*section_head(title + (f" (repeat {args.repeat})" if args.repeat > 1 else ""), command),
             f"`overopt compare --grid {args.grid} --seeds {args.seeds} --jobs {args.jobs}` (testbed `summarize`, "
             "default preset) by each version into its own OUT, one after the other; runs wall time from "
             "OUT/compare_timing.json (stages not counted).", "",
@@ -83,6 +88,7 @@ def main(args: Args) -> None:
     if args.write:
         # one section per grid: the small grid's and the full frontier's stand side by side
         section = "frontier-speed-vs-filing" + ("" if default_grid else f"-{Path(args.grid).stem}")
+        section += f"-repeat{args.repeat}" if args.repeat > 1 else ""
         write_section(section, "\n".join(body))
 
 
