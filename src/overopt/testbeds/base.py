@@ -73,7 +73,8 @@ class Testbed(Protocol):
     policy_path: str | None
     """A model (Hub id or directory) that already is the SFT policy: the lab then trains no SFT model."""
     device: torch.device | str
-    """Where the policy and the proxy models run."""
+    """Where the policy and the proxy models run. A testbed that sets none (in its instance or a class of its own)
+    runs where config `device` says (overopt.testbeds.make_testbed): the GPU when torch sees one."""
     load_kwargs: dict[str, Any]
     """Extra `from_pretrained` arguments for the SFT policy and the models built on it."""
 
@@ -105,7 +106,7 @@ class TestbedDefaults:
     in on one that does not)."""
 
     policy_path: str | None = None
-    device: torch.device | str = "cpu"
+    device: torch.device | str = "cpu"  # only the protocol's default: make_testbed puts config `device` here
     load_kwargs: dict[str, Any] = {}  # noqa: RUF012 (read only)
 
     def precision(self) -> ContextManager:
