@@ -5,7 +5,8 @@
 
 The default preset's shapes (overopt.batching's path: 32 prompts × K 4 = 128 rows per run, the testbed's
 12-token budget, T = 1, log-probs kept), K copies of one policy stacked (models.stack.PolicyStack) and sampled by
-RunGroup._decode as a run group does, against K = 1. Per run: a call's median time ÷ K. The op shares come from
+a run group (overopt.batching.RunGroup: K runs each call sample_completions, and the group draws their samples in
+one stacked call), against K = 1. Per run: a call's median time ÷ K. The op shares come from
 torch.profiler over 3 calls (self CPU time, or self device time on a GPU): the stacked matrix products (bmm),
 the attention kernel (scaled_dot_product_attention), the sampling noise (exponential_) and the rest. If
 the per-op fixed cost dominated, the time per run would fall like 1/K; where it stays flat, the work grows with
@@ -17,15 +18,16 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
+from functools import partial
 
 import torch
 import tyro
 from arithmetic_floor import default_update
 from torch.profiler import ProfilerActivity, profile
 
-from overopt.batching import RunGroup, _Request
+from overopt.batching import RunGroup
 from overopt.results import markdown_table, section_head, write_section
-from overopt.sampling import pad_left
+from overopt.sampling import pad_left, sample_completions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,16 +68,16 @@ def main(args: Args) -> None:
     ids, mask = pad_left(prompts, tok.pad_token_id)
     group = RunGroup()
 
-    def requests(k: int) -> list[_Request]:
-        return [_Request(policy, ids.to(device), mask.to(device), testbed.max_completion_tokens, 1.0,
-                         tok.eos_token_id, tok.pad_token_id, True, seed) for seed in range(k)]  # fmt: skip
+    def run(seed: int) -> None:  # one run's sampling call, as run_job makes it
+        torch.manual_seed(seed)
+        sample_completions(policy, ids, mask, testbed.max_completion_tokens, 1.0, tok.eos_token_id, tok.pad_token_id,
+                           with_logprobs=True)  # fmt: skip
 
     rows, base = [], None
     for k in args.ks:
-        batch = requests(k)
 
-        def call(batch=batch):
-            group._decode(batch)
+        def call(k=k):
+            group.run([partial(run, seed) for seed in range(k)])  # K runs waiting at once: one stacked call
             if device.type == "cuda":
                 torch.cuda.synchronize()
 
@@ -98,8 +100,8 @@ def main(args: Args) -> None:
     body = [*section_head(f"Stacked sampling against the number of runs K: {where}", command),
             f"One sampling call of the `default` preset's shapes per run ({ids.shape[0]} rows, ≤ "
             f"{testbed.max_completion_tokens} tokens, T = 1, log-probs kept), K copies of one policy stacked "
-            f"(RunGroup._decode, as a run group samples); median of {args.reps} calls. Op shares: torch.profiler's "
-            "self time over 3 calls.", "",
+            f"(overopt.batching.RunGroup, K runs each calling sample_completions); median of {args.reps} calls. "
+            "Op shares: torch.profiler's self time over 3 calls.", "",
             *markdown_table(["K", "rows", "ms per call", "ms per run", "speed-up per run", "bmm", "attention",
                              "noise", "rest"], rows)]  # fmt: skip
     print("\n".join(body))

@@ -175,3 +175,34 @@ def test_a_damaged_finished_stage_is_named_in_one_line(smoke_out, tmp_path, dama
     assert "delete the directory to rebuild it" in errors[0]
     # Nothing already written was touched (config.yaml records the latest command: its `out` moved here).
     assert {p: p.read_bytes() for p in out.glob("**/*") if p.is_file() and p.name != "config.yaml"} == before
+
+
+# The `summarize` default preset's stage fingerprints on the CPU and a hash of the frontier grid's 37 run
+# fingerprints (seed 0), as they were at 8ed8a00 (and in OUTs built since 2026-12-06).
+PINNED_STAGES = {"sft": "b8e07a27479a9999", "data": "181f932a50c13513", "rm": "db78746bcb6477f1",
+                 "rm_backbone": "b8e07a27479a9999"}  # fmt: skip
+PINNED_RUNS = {"none": "f93c225d8967332f", "kl": "6e101176c81cd548", "frontier grid": "eedc8dd6088ccfa1"}
+
+
+def test_fingerprints_of_finished_work_are_pinned():
+    """Fingerprints decide whether a finished stage or run in OUT is reused: a change that moves them makes every
+    OUT built before it stale, its stages and runs trained again. A new knob left at its old behaviour must leave
+    them as they are (pipeline._run_fingerprint); change the pins only on purpose, and say so in the commit."""
+    import hashlib
+
+    from overopt.compare import load_grid, variants
+    from overopt.config import load_config
+    from overopt.pipeline import _run_fingerprint, resolve_plans, stage_fingerprints
+
+    cfg = load_config(preset="default", testbed="summarize")
+    stages = stage_fingerprints(cfg, "preference", "cpu")
+    assert stages == PINNED_STAGES
+    runs = {
+        name: _run_fingerprint(stages["rm"], plan, variant, 0) for name, (plan, variant) in resolve_plans(cfg).items()
+    }
+    grid, _ = load_grid()
+    frontier = {name: _run_fingerprint(stages["rm"], plan, variant, 0)
+                for name, (plan, variant) in resolve_plans(cfg, variants(cfg, grid)).items()}  # fmt: skip
+    assert len(frontier) == 37
+    runs["frontier grid"] = hashlib.sha256(json.dumps(frontier, sort_keys=True).encode()).hexdigest()[:16]
+    assert runs == PINNED_RUNS, json.dumps(frontier, indent=1)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from datasets import DatasetDict, load_from_disk
@@ -106,21 +106,32 @@ def own_rm_backbone(cfg: ExperimentConfig) -> bool:
     return cfg.rm_backbone != cfg.model
 
 
+# Knobs added after runs were built, by section: (switch, its value that reproduces what ran before the knob
+# existed, the fields then left out). A run with the switch at that value is the run it was before, so its
+# fingerprint leaves the knob out and finished runs stay valid (tests/test_pipeline.py pins them).
+_ADDED_KNOBS: dict[str, list[tuple[str, Any, set[str]]]] = {
+    "rl": [("stop_on_alarm", "", {"stop_on_alarm"})],  # no stop alarm
+    "eval": [("heldout_rm_prompts", 0, {"heldout_rm_prompts"})],  # no validation RM
+    "ocrm": [("warm_start", False, {"warm_start", "warm_start_epochs"})],  # refits from scratch
+}
+
+
+def _without_added_knobs(name: str, section: dict) -> dict:
+    """`section` (a model_dump) without the fields of the knobs added later that are at their old behaviour."""
+    drop = {f for switch, old, fields in _ADDED_KNOBS.get(name, ()) if section.get(switch) == old for f in fields}
+    return {key: value for key, value in section.items() if key not in drop}
+
+
 def _run_fingerprint(rm_fp: str, plan, variant: ExperimentConfig, seed: int) -> str:
     """A run's fingerprint: the proxy it starts from, its RL and eval settings, its method's sections, its seed."""
-    sections = plan.part_sections(variant)
-    if "ocrm" in sections and not variant.ocrm.warm_start:  # an OCRM run from before the warm start existed
-        sections["ocrm"] = variant.ocrm.model_dump(exclude={"warm_start", "warm_start_epochs"})
+    sections = {name: _without_added_knobs(name, section) for name, section in plan.part_sections(variant).items()}
     if plan.ensemble:
         sections["ensemble"] = variant.ensemble.model_dump()
     if plan.daa:
         sections["daa"] = variant.daa.model_dump()
-    # Best-of-n and direct alignment do no RL: rl.* cannot make them stale. A run without a stop alarm is
-    # the run it was before rl.stop_on_alarm existed, so the empty field leaves finished runs valid.
-    unset = {"stop_on_alarm"} if not plan.rl.stop_on_alarm else None
-    rl = {} if plan.best_of_n or plan.daa else plan.rl.model_dump(exclude=unset)
-    # Likewise a run without a validation RM is the run it was before eval.heldout_rm_prompts existed.
-    evaluation = variant.eval.model_dump(exclude=None if variant.eval.heldout_rm_prompts else {"heldout_rm_prompts"})
+    # Best-of-n and direct alignment do no RL: rl.* cannot make them stale.
+    rl = {} if plan.best_of_n or plan.daa else _without_added_knobs("rl", plan.rl.model_dump())
+    evaluation = _without_added_knobs("eval", variant.eval.model_dump())
     sampler = [{"batch_runs": True}] if variant.batch_runs else []  # the stacked sampler: see overopt.batching
     return fingerprint(rm_fp, plan.name, rl, evaluation, sections, seed, *_computation(variant), *sampler)
 
