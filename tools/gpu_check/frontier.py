@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+import yaml
+from stages import run_with_timeout  # this folder is the script's: on sys.path
 
 ROOT = Path(__file__).resolve().parents[2]
 GRID = "src/overopt/presets/frontier.yaml"
@@ -62,28 +63,15 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--preset", default="default")
-    p.add_argument("--steps", type=int, default=200, help="rl.steps of the preset (default: 200)")
     args, extra = p.parse_known_args()
     out = Path(args.out)
     cmd = [sys.executable, "-m", "overopt", "compare", "--preset", args.preset, "--grid", GRID, "--seeds", "1",
            "--jobs", str(args.jobs), "--threads", str(args.threads), "--out", str(out), *extra]  # fmt: skip
     print(" ".join(cmd[1:]), flush=True)
     since = time.time()
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT)
-    timed_out = False
-    try:
-        code = proc.wait(timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = proc.wait()
-    wall = time.perf_counter() - start
-    done = progress(out, since, args.steps)
+    code, timed_out, wall = run_with_timeout(cmd, args.timeout, grace=20, cwd=ROOT)
+    steps = yaml.safe_load((out / "config.yaml").read_text())["rl"]["steps"]  # the preset's, as the runs read it
+    done = progress(out, since, steps)
     try:
         import torch
 

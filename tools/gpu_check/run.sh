@@ -160,8 +160,8 @@ if [ "${GPU_CHECK_LAB:-1}" = 1 ]; then
     fi
     if [ -d "$WORK/default_run/artifacts/rm" ]; then
         FR_ARGS=("$WORK/default_run" "$J/frontier.json" --timeout 150)
-        [ "$SMALL" = 1 ] && FR_ARGS=("$WORK/default_run" "$J/frontier.json" --timeout 60 --preset smoke --steps 3
-                                      --jobs 1 --threads 1)
+        [ "$SMALL" = 1 ] && FR_ARGS=("$WORK/default_run" "$J/frontier.json" --timeout 60 --preset smoke --jobs 1
+                                      --threads 1)
         GPU_CHECK_CUDA_LOG="$J/probe_frontier.jsonl" PYTHONPATH="$PROBE:$PYTHONPATH" \
             TAIL_LINES=20 run_step frontier 180 "$PY" tools/gpu_check/frontier.py "${FR_ARGS[@]}"
     else

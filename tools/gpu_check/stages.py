@@ -41,6 +41,25 @@ def cpu_reference() -> dict:
             "rows": {k.strip(): float(v) for k, v in rows.items()}}  # fmt: skip
 
 
+def run_with_timeout(cmd: list[str], timeout: float, grace: float = 15, cwd: Path | None = None):
+    """Run `cmd`; at `timeout` send SIGTERM (overopt checkpoints and stops), kill it `grace` s later.
+    Returns (exit status, timed out, wall seconds)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd)
+    timed_out = False
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+    return code, timed_out, time.perf_counter() - start
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("out")
@@ -54,20 +73,7 @@ def main() -> int:
     cmd = [sys.executable, "-m", "overopt", "run", "--preset", args.preset, "--methods", args.methods, "--seeds", "1",
            "--out", str(out), "--threads", str(args.threads), *extra]  # fmt: skip
     print(" ".join(cmd[1:]), flush=True)
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd)
-    timed_out = False
-    try:
-        code = proc.wait(timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = proc.wait()
-    total = time.perf_counter() - start
+    code, timed_out, total = run_with_timeout(cmd, args.timeout)
     rows = []
     stages = sorted(out.glob("artifacts/*/stage.json"), key=lambda s: s.stat().st_mtime)  # pipeline order
     for s in stages:
