@@ -12,7 +12,8 @@
 #      one before): the `default` preset for method kl and one seed, stage times next to RESULTS.md's CPU figures
 #      (stages.py, at most ~180 s, partial times on timeout), then the `summarize` frontier grid on those stages
 #      for 150 s, runs per hour next to the 2-core CPU's (frontier.py); stacked sampling's time per run against
-#      the number of runs K on the GPU (benchmarks/stacked_sampling.py, its table in run.log).
+#      the number of runs K on the GPU (benchmarks/stacked_sampling.py, its table in run.log); the smoke preset
+#      twice from nothing, compared bit for bit (repeatable.py).
 #   bf16 diagnosis (bf16_diagnosis.py): SDPA kernels on fully masked rows, the 100M model's forward/backward.
 #   3. overopt's RL step vs TRL's GRPOTrainer on a ~100M Llama, bfloat16, with transformers' masks (the failure)
 #      and with overopt's pad-safe masks (throughput.py --mask); generation alone (gen_speed.py).
@@ -172,6 +173,9 @@ if [ "${GPU_CHECK_LAB:-1}" = 1 ]; then
     SS_DEVICE=cpu
     "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null && SS_DEVICE=cuda
     TAIL_LINES=12 run_step stacked_sampling 60 "$PY" benchmarks/stacked_sampling.py --device "$SS_DEVICE" --no-write
+    # The same command twice from nothing: bit-for-bit the same on this device? (the smoke preset, none and kl)
+    GPU_CHECK_CUDA_LOG="$J/probe_repeatable.jsonl" PYTHONPATH="$PROBE:$PYTHONPATH" TAIL_LINES=20 \
+        run_step repeatable 140 "$PY" tools/gpu_check/repeatable.py "$WORK/repeat" "$J/repeatable.json"
 fi
 
 # -- bf16: the diagnosis of the non-finite gradients (SDPA kernels on fully masked rows; the 100M model) --------
@@ -231,7 +235,7 @@ timeout 40 "$PY" tools/gpu_check/summarize.py "$WORK" "$OUT" >"$L/summarize.log"
     tail -n 20 "$L/summarize.log"
     { echo "# GPU check: summarize.py failed"; echo; cat "$J/nvidia_smi.txt"; echo; cat "$J/steps.jsonl"; } >"$OUT/summary.md"
 }
-for f in frontier bf16_diagnosis throughput_unfixed throughput gen_speed; do  # at most 8 files come back: the rest is in logs.tar.gz
+for f in bf16_diagnosis throughput_unfixed throughput gen_speed; do  # at most 8 files come back: the rest is in logs.tar.gz
     [ -f "$J/$f.json" ] && cp "$J/$f.json" "$OUT/$f.json"
 done
 tar -czf "$OUT/logs.tar.gz" -C "$WORK" json logs 2>/dev/null

@@ -3,8 +3,9 @@
     python tools/gpu_check/summarize.py WORK OUT
 
 WORK/json holds what the steps wrote (steps.jsonl, versions.json, smoke.json, pytest.json, probe_*.jsonl,
-stages.json, frontier.json, throughput.json, gpu_samples.csv, nvidia_smi.txt); a missing or broken file is reported as
-such, never fatal. summary.md is written to paste into benchmarks/RESULTS.md and the closing note.
+stages.json, frontier.json, repeatable.json, throughput.json, gpu_samples.csv, nvidia_smi.txt); a missing or
+broken file is reported as such, never fatal. summary.md is written to paste into benchmarks/RESULTS.md and
+the closing note.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ def main() -> int:
         "pytest": merge_pytest(j),
         "stages": load(j / "stages.json"),
         "frontier": load(j / "frontier.json"),
+        "repeatable": load(j / "repeatable.json"),
         "throughput": load(j / "throughput.json"),
         "probe": {p.stem: load(p) for p in sorted(j.glob("probe_*.jsonl"))},
     }
@@ -251,6 +253,17 @@ def main() -> int:
         ]
     else:
         md.append(f"No result ({data['frontier']}).")
+    md.append("")
+
+    rp = data["repeatable"] if isinstance(data["repeatable"], dict) else None
+    md += ["## 2c. The same command twice: bit for bit?", ""]
+    if rp:
+        sides = "; ".join(f"`{rp[s].get('command')}` exit {rp[s].get('exit')} in {fmt(rp[s].get('wall_s'))} s"
+                          for s in ("a", "b") if isinstance(rp.get(s), dict))  # fmt: skip
+        md += [f"{sides}. Repeatable: **{rp.get('repeatable')}**.", ""]
+        md += [f"- {d}" for d in (rp.get("differences") or [])[:10]]
+    else:
+        md.append(f"No result ({data['repeatable']}).")
     md.append("")
 
     # 3. throughput
