@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from datasets import load_from_disk
 
 from overopt.cli import main
 from overopt.config import GRConfig, KLConfig, RLConfig
@@ -380,6 +381,45 @@ def test_ocrm_warm_start_refits_from_the_previous_rm_for_its_own_passes(tmp_path
     for state, _ in starts:
         assert not torch.equal(state[head], rm0[head])
         torch.testing.assert_close(state[head], starts[0][0][head], rtol=0, atol=0)
+
+
+def test_ocrm_refits_reuse_the_sft_log_likelihoods_and_skip_the_unread_train_accuracy(tmp_path, monkeypatch):
+    """π_SFT's log-likelihoods of the pairs are computed once per lab (both refits and the alarms' pairs_ess read
+    them), and a refit's RM is not scored on all its training pairs (nothing reads it): the run is bit for bit the
+    one that computes both every time."""
+    from overopt.stages import method_run
+
+    computed = []
+    real_logliks, real_train = method_run.pair_logliks, method_run.train_reward_model
+
+    def counted(model, pairs, *args):
+        computed.append(len(pairs))
+        return real_logliks(model, pairs, *args)
+
+    monkeypatch.setattr(method_run, "pair_logliks", counted)
+    common = ["run", "--preset", "smoke", "--methods", "ocrm+kl", "--jobs", "1", "--ocrm.target-ess-frac", "0.5"]
+    main([*common, "--out", str(tmp_path / "once")])
+    n_train = len(load_from_disk(str(tmp_path / "once" / "artifacts" / "pairs" / "data"))["train"])
+    assert sorted(computed) == sorted({min(128, n_train), n_train})  # alarm.pairs and all training pairs, once each
+
+    # Every time, as before: a fresh computation at each call, and the refit's train accuracy.
+    def every_time(lab, pairs, truncate_tokens):
+        return counted(lab.sft_policy, pairs, lab.testbed.tokenizer.pad_token_id, truncate_tokens)
+
+    monkeypatch.setattr(method_run, "sft_pair_logliks", every_time)
+    monkeypatch.setattr(
+        method_run, "train_reward_model", lambda *a, **k: real_train(*a, **{**k, "train_accuracy": True})
+    )
+    computed.clear()
+    main([*common, "--out", str(tmp_path / "every")])
+    assert len(computed) > 2
+
+    def rows(out):
+        lines = (out / "runs" / "ocrm+kl" / "seed0" / "metrics.jsonl").open()
+        return [{k: v for k, v in json.loads(line).items() if "wall" not in k} for line in lines]
+
+    assert rows(tmp_path / "once") == rows(tmp_path / "every")
+    assert rows(tmp_path / "once")[-1]["ocrm/round"] == 2
 
 
 def test_ocrm_runs_without_warm_start_keep_their_fingerprints(monkeypatch):

@@ -24,7 +24,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from datasets import DatasetDict
+from datasets import Dataset, DatasetDict
 from transformers import AutoModelForTokenClassification, PreTrainedModel
 
 from overopt import distributed, faults, mechanisms, trackers
@@ -67,8 +67,9 @@ class Lab:
     # (alarm.heads, alarm.head_pairs) -> the extra heads of head_std: fitted on RM_0 and its pairs, once per lab
     alarm_heads: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
     heldout_rm: PreTrainedModel | None = None  # the validation RM of eval.heldout_rm_prompts (never optimised)
-    # (alarm.pairs, ocrm.truncate_tokens) -> π_SFT's log-likelihoods of the pairs pairs_ess reads: once per lab
-    alarm_sft_logliks: dict[tuple[int, int | None], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    # (n, ocrm.truncate_tokens) -> π_SFT's log-likelihoods of the first n training pairs (the alarms' pairs_ess
+    # reads alarm.pairs of them, OCRM's refits all): π_SFT never changes, so once per lab and process
+    sft_pair_logliks: dict[tuple[int, int | None], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 def phase_steps(total: int, phases: int) -> list[int]:
@@ -257,10 +258,7 @@ def evaluation(
     alarm_pairs = labelled.select(range(min(cfg.alarm.pairs, len(labelled)))) if labelled is not None else None
     sft_logliks = None
     if alarm_pairs is not None and len(alarm_pairs):
-        key = (cfg.alarm.pairs, cfg.ocrm.truncate_tokens)
-        if key not in lab.alarm_sft_logliks:
-            lab.alarm_sft_logliks[key] = pair_logliks(lab.sft_policy, alarm_pairs, pad, cfg.ocrm.truncate_tokens)
-        sft_logliks = lab.alarm_sft_logliks[key]
+        sft_logliks = sft_pair_logliks(lab, alarm_pairs, cfg.ocrm.truncate_tokens)
     metrics.update(alarms.measured_figures(
         scored, mech_reference, policy=policy, sft_policy=lab.sft_policy, pad_id=pad, pairs=alarm_pairs,
         truncate_tokens=cfg.ocrm.truncate_tokens, rm0_features=rm0 is None, sft_logliks=sft_logliks,
@@ -323,6 +321,16 @@ def _value_model_from(reward_model: PreTrainedModel, outputs: int = 1) -> PreTra
     return value
 
 
+def sft_pair_logliks(lab: Lab, pairs: Dataset, truncate_tokens: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """π_SFT's `pair_logliks` of `pairs`, the first len(pairs) of the lab's training pairs: computed once per lab
+    and process, in the same batches as every time, so every caller gets the numbers it would compute itself."""
+    key = (len(pairs), truncate_tokens)
+    if key not in lab.sft_pair_logliks:
+        lab.sft_pair_logliks[key] = pair_logliks(lab.sft_policy, pairs, lab.testbed.tokenizer.pad_token_id,
+                                                 truncate_tokens)  # fmt: skip
+    return lab.sft_pair_logliks[key]
+
+
 def _ocrm_refit(
     lab: Lab,
     cfg: ExperimentConfig,
@@ -337,7 +345,8 @@ def _ocrm_refit(
     train, heldout = lab.pairs["train"], lab.pairs["test"]
     # log w = β_w·S with S = log ρ_α(y_c) + log ρ_α(y_r): β_w as given, or the one whose ESS/N hits the target.
     ratios = ocrm_pair_log_ratios(policy, lab.sft_policy, train, alpha=o.alpha, pad_id=pad,
-                                  truncate_tokens=o.truncate_tokens)  # fmt: skip
+                                  truncate_tokens=o.truncate_tokens,
+                                  sft_logliks=sft_pair_logliks(lab, train, o.truncate_tokens))  # fmt: skip
     beta_w = o.beta_w if o.target_ess_frac is None else beta_for_target_ess(ratios, o.target_ess_frac)
     log_w = beta_w * ratios
     ess = ess_from_log_weights(log_w).item()
@@ -353,7 +362,7 @@ def _ocrm_refit(
     metrics = train_reward_model(
         rm, train, heldout, epochs=epochs, batch_size=r.batch_size, lr=r.lr, pad_id=pad, seed=lab.cfg.seed,
         progress=progress, log_weights=log_w, normalization=o.normalization, checkpoints=checkpoints,
-        share_prefix=cfg.compute_once,
+        share_prefix=cfg.compute_once, train_accuracy=False,
     )  # fmt: skip
     # The refit's effective strength: held-out pairs that RM_k orders unlike RM_0 (0 = the same RM again).
     share = cfg.compute_once
