@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -43,12 +44,15 @@ class Args:
     """Write the table into benchmarks/RESULTS.md."""
     repeat: int = 1
     """Which repetition of this comparison this is: 2 and up get sections of their own beside the first's."""
+    extra: str = ""
+    """overopt arguments for this revision's command only (a knob the filing lacks), in a section of its own:
+    --extra='--ocrm.warm-start True'."""
 
 
-def compare(out: Path, args: Args, pythonpath: str | None) -> dict:
+def compare(out: Path, args: Args, pythonpath: str | None, extra: tuple[str, ...] = ()) -> dict:
     env = dict(os.environ, PYTHONPATH=pythonpath) if pythonpath else dict(os.environ)
     cmd = [sys.executable, "-m", "overopt", "compare", "--grid", str(ROOT / args.grid), "--seeds", str(args.seeds),
-           "--jobs", str(args.jobs), "--out", str(out)]  # fmt: skip
+           "--jobs", str(args.jobs), "--out", str(out), *extra]  # fmt: skip
     # The runs are what is timed: a version whose report fails after them (9f29858's frontier plot, on an
     # interval with one seed) still counts, with its exit status in the table.
     rc = subprocess.run(cmd, env=env, cwd=ROOT).returncode
@@ -64,8 +68,10 @@ def main(args: Args) -> None:
         tree = Path(tmp) / "rev"
         subprocess.run(["git", "worktree", "add", "--detach", str(tree), args.rev], check=True, cwd=ROOT)
         try:
-            for name, path in ((f"{args.rev} (filing)", str(tree / "src")), ("this revision", None)):
-                t = compare(out / ("rev" if path else "now"), args, path)
+            now = "this revision" + (f", `{args.extra}`" if args.extra else "")
+            for name, path in ((f"{args.rev} (filing)", str(tree / "src")), (now, None)):
+                extra = () if path else tuple(shlex.split(args.extra))
+                t = compare(out / ("rev" if path else "now"), args, path, extra)
                 per_hour[name] = t["ran"] / t["wall_s"] * 3600
                 rows.append((name, t))
         finally:
@@ -78,6 +84,8 @@ def main(args: Args) -> None:
                + ("" if default_grid else f" --grid {args.grid}"))  # fmt: skip
     if args.repeat > 1:
         command += f" --repeat {args.repeat}"
+    if args.extra:
+        command += f" --extra='{args.extra}'"
     title = "Runs per hour on a frontier grid: this revision against issue 28's filing"
     body = [*section_head(title + (f" (repeat {args.repeat})" if args.repeat > 1 else ""), command),
             f"`overopt compare --grid {args.grid} --seeds {args.seeds} --jobs {args.jobs}` (testbed `summarize`, "
@@ -89,6 +97,8 @@ def main(args: Args) -> None:
         # one section per grid: the small grid's and the full frontier's stand side by side
         section = "frontier-speed-vs-filing" + ("" if default_grid else f"-{Path(args.grid).stem}")
         section += f"-repeat{args.repeat}" if args.repeat > 1 else ""
+        slug = "-".join(a.strip("-").replace(".", "-").replace("_", "-") for a in shlex.split(args.extra))
+        section += f"-{slug}" if slug else ""  # e.g. -ocrm-warm-start-True
         write_section(section, "\n".join(body))
 
 
