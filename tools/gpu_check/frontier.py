@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import yaml
-from stages import run_with_timeout  # this folder is the script's: on sys.path
+from stages import provenance, results_section, run_with_timeout  # this folder is the script's: on sys.path
 
 ROOT = Path(__file__).resolve().parents[2]
 GRID = "src/overopt/presets/frontier.yaml"
@@ -28,16 +28,12 @@ GRID = "src/overopt/presets/frontier.yaml"
 
 def cpu_reference() -> dict:
     """Runs per hour of this revision's row in RESULTS.md's full-grid section, with its machine and date."""
-    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
-    m = re.search(r"<!-- frontier-speed-vs-filing-frontier:start -->(.*?)<!-- frontier-speed-vs-filing-frontier:end",
-                  text, re.S)  # fmt: skip
-    if not m:
+    section = results_section("frontier-speed-vs-filing-frontier")
+    if section is None:
         return {}
-    section = m.group(1)
     row = re.search(r"^\| this revision \| (\d+) \| ([\d.]+) \| (\d+) \|", section, re.M)
-    machine, date = re.search(r"Machine: (.*)", section), re.search(r"Date: (\S+)", section)
-    return {"machine": machine.group(1).strip() if machine else None, "date": date.group(1) if date else None,
-            "runs": int(row.group(1)) if row else None, "runs_wall_s": float(row.group(2)) if row else None,
+    return {**provenance(section), "runs": int(row.group(1)) if row else None,
+            "runs_wall_s": float(row.group(2)) if row else None,
             "runs_per_hour": float(row.group(3)) if row else None}  # fmt: skip
 
 

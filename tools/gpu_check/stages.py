@@ -26,19 +26,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def results_section(name: str) -> str | None:
+    """The text of benchmarks/RESULTS.md's section `name` (between its start and end markers), None if missing."""
+    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    m = re.search(rf"<!-- {re.escape(name)}:start -->(.*?)<!-- {re.escape(name)}:end -->", text, re.S)
+    return m.group(1) if m else None
+
+
+def provenance(section: str) -> dict:
+    """The machine and date a RESULTS.md section was measured on."""
+    machine, date = re.search(r"Machine: (.*)", section), re.search(r"Date: (\S+)", section)
+    return {"machine": machine.group(1).strip() if machine else None, "date": date.group(1) if date else None}
+
+
 def cpu_reference() -> dict:
     """The rows of RESULTS.md's per-stage section (the 2-core CPU figures), by part name."""
-    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
-    m = re.search(r"## Wall time per stage: `overopt run --testbed summarize --preset default`(.*?)(?:<!--|\n## )",
-                  text, re.S)  # fmt: skip
-    if not m:
+    section = results_section("stage-times-summarize-default")
+    if section is None:
         return {}
-    section = m.group(1)
     rows = dict(re.findall(r"^\| \*{0,2}([^|*]+?)\*{0,2} \| \*{0,2}([\d.]+)\*{0,2} \|", section, re.M))
-    machine = re.search(r"Machine: (.*)", section)
-    date = re.search(r"Date: (\S+)", section)
-    return {"machine": machine.group(1).strip() if machine else None, "date": date.group(1) if date else None,
-            "rows": {k.strip(): float(v) for k, v in rows.items()}}  # fmt: skip
+    return {**provenance(section), "rows": {k.strip(): float(v) for k, v in rows.items()}}
 
 
 def run_with_timeout(cmd: list[str], timeout: float, grace: float = 15, cwd: Path | None = None):
