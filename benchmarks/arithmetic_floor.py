@@ -57,7 +57,7 @@ def _flops(fn) -> int:
 def default_update(seed: int = 0):
     """The default preset's testbed and policy (weights from `seed`), and a sampler of one RL update's completions
     (32 prompts × K 4 rows, the testbed's token budget, T = 1): the shapes this probe and compile_probe.py time.
-    Returns (cfg, testbed, policy, sample)."""
+    Returns (cfg, testbed, policy, sample); sample(**kwargs) passes them on to sample_completions."""
     torch.manual_seed(seed)
     cfg = ExperimentConfig()
     testbed = SummarizeTestbed(SummarizeSpec(**cfg.summarize.model_dump()))
@@ -66,9 +66,9 @@ def default_update(seed: int = 0):
     prompts = [p for p in testbed.prompts("train", cfg.rl.prompts_per_step, 0) for _ in range(cfg.rl.group_size)]
     prompt_ids, prompt_mask = pad_left(prompts, tok.pad_token_id)
 
-    def sample():
+    def sample(**kwargs):
         return sample_completions(policy, prompt_ids, prompt_mask, testbed.max_completion_tokens, 1.0,
-                                  tok.eos_token_id, tok.pad_token_id)  # fmt: skip
+                                  tok.eos_token_id, tok.pad_token_id, **kwargs)  # fmt: skip
 
     return cfg, testbed, policy, sample
 

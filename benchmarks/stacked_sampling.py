@@ -27,7 +27,6 @@ from torch.profiler import ProfilerActivity, profile
 
 from overopt.batching import RunGroup
 from overopt.results import markdown_table, section_head, write_section
-from overopt.sampling import pad_left, sample_completions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,17 +60,14 @@ def _shares(fn, device: torch.device) -> dict[str, float]:
 def main(args: Args) -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    cfg, testbed, policy, _ = default_update()
-    policy = policy.to(device)
-    tok = testbed.tokenizer
-    prompts = [p for p in testbed.prompts("train", cfg.rl.prompts_per_step, 0) for _ in range(cfg.rl.group_size)]
-    ids, mask = pad_left(prompts, tok.pad_token_id)
+    cfg, testbed, policy, sample = default_update()
+    policy.to(device)  # in place: `sample` draws from it
+    rows_per_run = cfg.rl.prompts_per_step * cfg.rl.group_size
     group = RunGroup()
 
     def run(seed: int) -> None:  # one run's sampling call, as run_job makes it
         torch.manual_seed(seed)
-        sample_completions(policy, ids, mask, testbed.max_completion_tokens, 1.0, tok.eos_token_id, tok.pad_token_id,
-                           with_logprobs=True)  # fmt: skip
+        sample(with_logprobs=True)
 
     rows, base = [], None
     for k in args.ks:
@@ -91,14 +87,14 @@ def main(args: Args) -> None:
         per_run = per_call / k
         base = base or per_run
         s = _shares(call, device)
-        rows.append(f"| {k} | {k * ids.shape[0]} | {per_call:.1f} | {per_run:.1f} | {base / per_run:.2f}× | "
+        rows.append(f"| {k} | {k * rows_per_run} | {per_call:.1f} | {per_run:.1f} | {base / per_run:.2f}× | "
                     f"{100 * s['bmm']:.0f} % | {100 * s['attention']:.0f} % | {100 * s['noise']:.0f} % | "
                     f"{100 * s['rest']:.0f} % |")  # fmt: skip
         print(rows[-1], flush=True)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"the CPU, {args.threads} thread(s)"
     command = f"python benchmarks/stacked_sampling.py --device {args.device} --threads {args.threads}"
     body = [*section_head(f"Stacked sampling against the number of runs K: {where}", command),
-            f"One sampling call of the `default` preset's shapes per run ({ids.shape[0]} rows, ≤ "
+            f"One sampling call of the `default` preset's shapes per run ({rows_per_run} rows, ≤ "
             f"{testbed.max_completion_tokens} tokens, T = 1, log-probs kept), K copies of one policy stacked "
             f"(overopt.batching.RunGroup, K runs each calling sample_completions); median of {args.reps} calls. "
             "Op shares: torch.profiler's self time over 3 calls.", "",
