@@ -24,7 +24,7 @@ import tyro
 
 from overopt.report.table import format_ci
 from overopt.results import markdown_table, section_head, write_section
-from overopt.stats import interval
+from overopt.stats import nested_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = "benchmarks/grids/ocrm-warm-start.yaml"
@@ -58,11 +58,6 @@ def last_rows(out: Path, labs: int, seeds: int) -> dict[tuple[bool, int, int], d
     return found
 
 
-def over_labs(values: dict[tuple[int, int], float], labs: int, seeds: int) -> dict:
-    """Each lab's mean over seeds, then the t interval over labs."""
-    return interval(sum(values[lab, s] for s in range(seeds)) / seeds for lab in range(labs))
-
-
 def main(args: Args) -> None:
     out = ROOT / args.out
     cmd = [sys.executable, "-m", "overopt", "compare", "--preset", args.preset, "--grid", str(ROOT / GRID),
@@ -71,11 +66,12 @@ def main(args: Args) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT)
     rows = last_rows(out, args.labs, args.seeds)
     units = [(lab, s) for lab in range(args.labs) for s in range(args.seeds)]
+    labs = [lab for lab, _ in units]  # each lab's mean over its seeds, then the t interval over labs
     table = []
     for label, key, digits in FIGURES:
-        per = {warm: {u: float(rows[(warm, *u)][key]) for u in units} for _, warm in CONDITIONS}
-        cells = [format_ci(over_labs(per[warm], args.labs, args.seeds), digits=digits) for _, warm in CONDITIONS]
-        diff = over_labs({u: per[True][u] - per[False][u] for u in units}, args.labs, args.seeds)
+        per = {warm: [float(rows[(warm, *u)][key]) for u in units] for _, warm in CONDITIONS}
+        cells = [format_ci(nested_interval(per[warm], labs), digits=digits) for _, warm in CONDITIONS]
+        diff = nested_interval([w - s for w, s in zip(per[True], per[False], strict=True)], labs)
         table.append(f"| {label} | {cells[0]} | {cells[1]} | {format_ci(diff, signed=True, digits=digits)} |")
     scratch_s = sum(float(rows[(False, *u)]["wall_s"]) for u in units)
     warm_s = sum(float(rows[(True, *u)]["wall_s"]) for u in units)
