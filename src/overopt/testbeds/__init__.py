@@ -18,7 +18,7 @@ from overopt.distributed import lab_device
 from overopt.errors import validation_line
 from overopt.registry import Registry, source_version
 from overopt.testbeds.arithmetic import ArithmeticSpec, ArithmeticTestbed, JudgeTestbed
-from overopt.testbeds.base import SFTExample, Testbed, TestbedDefaults, check_testbed
+from overopt.testbeds.base import SFTExample, Testbed, check_testbed
 from overopt.testbeds.process import ProcessSpec, ProcessTestbed
 from overopt.testbeds.summarize import SummarizeSpec, SummarizeTestbed
 
@@ -113,20 +113,7 @@ TESTBEDS.register("hf", TestbedEntry("hf", _hf, section="hf"))
 def make_testbed(cfg: ExperimentConfig) -> Testbed:
     """The testbed named by `cfg.testbed`, built from its knobs and checked against the protocol."""
     entry = TESTBEDS.resolve(cfg.testbed)
-    testbed = entry.make(cfg)
-    own_device = _chooses_device(testbed)
-    testbed = check_testbed(testbed, cfg.testbed)
-    if not own_device:  # the built-in worlds, and a plugin that sets no device, run where config `device` says
-        testbed.device = lab_device(cfg.device)
-    return testbed
-
-
-def _chooses_device(testbed: Any) -> bool:
-    """Whether a testbed sets its device itself (hf from config `device`; a plugin on its own), in its instance or
-    a class of its own: TestbedDefaults' "cpu" is only the protocol's default."""
-    if "device" in vars(testbed):
-        return True
-    return any("device" in vars(cls) for cls in type(testbed).__mro__ if cls is not TestbedDefaults)
+    return check_testbed(entry.make(cfg), cfg.testbed, device=lab_device(cfg.device))
 
 
 __all__ = [

@@ -73,8 +73,8 @@ class Testbed(Protocol):
     policy_path: str | None
     """A model (Hub id or directory) that already is the SFT policy: the lab then trains no SFT model."""
     device: torch.device | str
-    """Where the policy and the proxy models run. A testbed that sets none (in its instance or a class of its own)
-    runs where config `device` says (overopt.testbeds.make_testbed): the GPU when torch sees one."""
+    """Where the policy and the proxy models run. A testbed that sets none runs where config `device` says
+    (check_testbed, from make_testbed): the GPU when torch sees one."""
     load_kwargs: dict[str, Any]
     """Extra `from_pretrained` arguments for the SFT policy and the models built on it."""
 
@@ -106,7 +106,6 @@ class TestbedDefaults:
     in on one that does not)."""
 
     policy_path: str | None = None
-    device: torch.device | str = "cpu"  # only the protocol's default: make_testbed puts config `device` here
     load_kwargs: dict[str, Any] = {}  # noqa: RUF012 (read only)
 
     def precision(self) -> ContextManager:
@@ -130,9 +129,10 @@ _REQUIRED = ("name", "proxy", "tokenizer", "max_completion_tokens", "sft_corpus"
              "gold_components", "gold_from_components")  # fmt: skip
 
 
-def check_testbed(testbed: Any, spec: str) -> Testbed:
+def check_testbed(testbed: Any, spec: str, device: torch.device | str = "cpu") -> Testbed:
     """What the lab checks of a testbed before any stage runs (one-line ValueError naming the member);
-    optional members it lacks get TestbedDefaults' (a plugin need not inherit from it)."""
+    optional members it lacks get TestbedDefaults' (a plugin need not inherit from it), and `device` (the lab's
+    config `device`, from make_testbed) when it sets none of its own."""
     where = f"testbed {spec!r}"
     missing = [m for m in _REQUIRED if not hasattr(testbed, m)]
     if getattr(testbed, "proxy", None) == "rule" and not hasattr(testbed, "rule_reward"):
@@ -155,6 +155,8 @@ def check_testbed(testbed: Any, spec: str) -> Testbed:
         if not member.startswith("_") and not hasattr(testbed, member):
             value = default.__get__(testbed) if isinstance(default, Callable) else default
             setattr(testbed, member, value)
+    if not hasattr(testbed, "device"):
+        testbed.device = device
     return testbed
 
 
